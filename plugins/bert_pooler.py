@@ -1,0 +1,37 @@
+"""BertPooler: ``tanh(dense(hidden[:, 0]))`` with the model's pretrained weights.
+
+This is what Hugging Face returns as ``pooler_output``; it is *not* the raw
+[CLS] vector (that is the ``cls`` pooler).
+"""
+
+import torch
+
+from poolkit import Pooler, hookimpl
+
+
+class BertPoolerPooler(Pooler):
+    name = "bert_pooler"
+
+    def __init__(self):
+        self.weight = None
+        self.bias = None
+
+    def setup(self, model):
+        dense = getattr(getattr(model, "pooler", None), "dense", None)
+        if dense is None:
+            raise ValueError(
+                "the model has no pretrained pooler weights (pooler.dense); "
+                "leave out 'bert_pooler' for this model"
+            )
+        self.weight = dense.weight.detach().float().clone()
+        self.bias = dense.bias.detach().float().clone()
+
+    def pool(self, hidden, mask):
+        first = hidden[:, 0].float()
+        out = torch.tanh(torch.nn.functional.linear(first, self.weight, self.bias))
+        return out.to(hidden.dtype)
+
+
+@hookimpl
+def register_poolers(register):
+    register(BertPoolerPooler())

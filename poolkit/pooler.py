@@ -1,0 +1,42 @@
+"""The base class every pooling plugin subclasses."""
+
+
+class Pooler:
+    """Turns token states into one vector per text.
+
+    Subclasses set ``name`` and implement :meth:`pool`. Override
+    :meth:`output_dim` when the output width is not the encoder's hidden size,
+    and :meth:`setup` when the pooler needs something from the encoder (e.g.
+    its pretrained weights).
+
+    Contract (checked by poolkit at run time):
+
+    - ``pool(hidden, mask)`` gets ``hidden`` ``(batch, seq, hidden_size)``
+      float and ``mask`` ``(batch, seq)`` with 1 for real tokens ([CLS] and
+      [SEP] included) and 0 for padding; returns ``(batch, output_dim)``.
+    - Inputs are read-only: never write into them.
+    - A text's vector must not depend on its batch's padding or other texts.
+    """
+
+    #: Unique name, used on the command line and in results.
+    name: str = ""
+
+    def output_dim(self, hidden_size: int) -> int:
+        """Width ``D`` of the pooled vector for an encoder of ``hidden_size``."""
+        return hidden_size
+
+    def setup(self, model) -> None:
+        """Called once with the loaded Hugging Face encoder before pooling.
+
+        ``model`` is the ``transformers`` model in eval mode on the CPU. Its
+        ``pooler`` attribute is ``None`` when the checkpoint has no pretrained
+        pooler weights.
+        """
+
+    def pool(self, hidden, mask):
+        """Pool ``hidden`` ``(batch, seq, H)`` under ``mask`` ``(batch, seq)``
+        into ``(batch, output_dim(H))``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

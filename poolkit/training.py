@@ -1,0 +1,161 @@
+"""Training one linear head per pooler × seed, all heads stacked into one model.
+
+Each head is ``nn.Linear(D, num_labels)`` trained with cross-entropy and AdamW,
+as in ``BertForSequenceClassification`` with the encoder frozen. All heads are
+stacked into one weight tensor ``(heads, D_max, C)`` (narrower features are
+zero-padded, which leaves their head's outputs and gradients unchanged) so a
+training step is one batched matmul however many poolers and seeds there are.
+
+A head's result depends only on its pooler's features and its seed: its
+initial weights and dropout come from a generator seeded by (seed, pooler
+name), its batch order from the seed alone (so every pooler sees the same
+batches for the same seed), and it stops updating its best weights once its
+own early stopping triggers.
+"""
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class HeadConfig:
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 5
+    dropout: float = 0.0  # > 0 costs a generator call per head and step
+    standardize: bool = True
+
+
+@dataclass
+class HeadResult:
+    pooler: str
+    seed: int
+    probabilities: np.ndarray  # (n_test, num_labels), columns in label-id order
+    best_epoch: int
+    epochs: int
+    validation_loss: float
+
+
+def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: int, seeds,
+                config: HeadConfig = HeadConfig(), device: str = "cpu", progress: bool = False):
+    """Train a head per ``features`` entry × seed; return a list of :class:`HeadResult`.
+
+    ``features[name]`` is ``(N, D_name)`` for all N texts; ``splits`` holds the
+    train/validation/test index arrays into them. Early stopping watches the
+    validation loss (the training loss when there is no validation split).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    names = list(features)
+    seeds = list(seeds)
+    heads = [(name, seed) for name in names for seed in seeds]
+    n_heads = len(heads)
+    dims = [features[name].shape[1] for name in names]
+    d_max = max(dims)
+    train, val, test = splits["train"], splits["validation"], splits["test"]
+    if len(val) == 0:
+        val = train
+
+    scaled = {}
+    for name in names:
+        x = features[name]
+        if config.standardize:  # an affine map the head could learn; it only eases training
+            x = (x - x[train].mean(axis=0)) / np.maximum(x[train].std(axis=0), 1e-6)
+        scaled[name] = x.astype(np.float32, copy=False)
+
+    def stacked(rows):  # (P, len(rows), D_max), zero-padded to D_max
+        out = np.zeros((len(names), len(rows), d_max), dtype=np.float32)
+        for p, name in enumerate(names):
+            out[p, :, : dims[p]] = scaled[name][rows]
+        return torch.from_numpy(out).to(device)
+
+    x_train, x_val, x_test = stacked(train), stacked(val), stacked(test)
+    y_train = torch.from_numpy(labels[train]).to(device)
+    y_val = torch.from_numpy(labels[val]).to(device)
+    pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
+
+    head_gens = [torch.Generator().manual_seed(_head_seed(seed, name)) for name, seed in heads]
+    weight = torch.zeros(n_heads, d_max, num_labels)
+    for h, (name, _) in enumerate(heads):
+        d = dims[names.index(name)]
+        weight[h, :d] = torch.randn(d, num_labels, generator=head_gens[h]) * 0.02
+    weight = weight.to(device).requires_grad_()
+    bias = torch.zeros(n_heads, 1, num_labels, device=device, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight, bias], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    order_gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+    seed_of_head = [seeds.index(s) for _, s in heads]
+
+    best_loss = torch.full((n_heads,), float("inf"))
+    best_weight = weight.detach().clone()
+    best_bias = bias.detach().clone()
+    best_epoch = torch.zeros(n_heads, dtype=torch.long)
+    stale = torch.zeros(n_heads, dtype=torch.long)
+    epochs_trained = torch.zeros(n_heads, dtype=torch.long)
+    active = torch.ones(n_heads, dtype=torch.bool)
+    n_train = len(train)
+    bar = tqdm(total=config.max_epochs, desc="training heads", unit="epoch",
+               disable=not progress, leave=False)
+    for epoch in range(1, config.max_epochs + 1):
+        perms = torch.stack([torch.randperm(n_train, generator=order_gens[s]) for s in seeds])
+        perms = perms[seed_of_head].to(device)  # (heads, n_train)
+        for start in range(0, n_train, config.batch_size):
+            rows = perms[:, start : start + config.batch_size]  # (heads, B)
+            x = x_train[pooler_of_head[:, None], rows]  # (heads, B, D_max)
+            if config.dropout > 0:
+                keep = torch.stack([
+                    torch.rand(x.shape[1], d_max, generator=g) >= config.dropout
+                    for g in head_gens
+                ]).to(device)
+                x = x * keep / (1 - config.dropout)
+            logits = torch.baddbmm(bias, x, weight)  # (heads, B, C)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, num_labels), y_train[rows].reshape(-1), reduction="none"
+            ).view(n_heads, -1).mean(dim=1).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val_loss = _losses(x_val[pooler_of_head], weight, bias, y_val).cpu()
+            epochs_trained[active] = epoch
+            improved = active & (val_loss < best_loss - 1e-6)
+            best_loss = torch.where(improved, val_loss, best_loss)
+            best_epoch[improved] = epoch
+            best_weight[improved.to(device)] = weight.detach()[improved.to(device)]
+            best_bias[improved.to(device)] = bias.detach()[improved.to(device)]
+            stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+            active &= stale < config.patience
+        bar.update(1)
+        if not active.any():
+            break
+    bar.close()
+
+    with torch.no_grad():
+        logits = torch.baddbmm(best_bias, x_test[pooler_of_head], best_weight)
+    # Softmax in float64 so each row sums to 1 within sklearn's tolerance.
+    probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+    return [
+        HeadResult(name, seed, probs[h], int(best_epoch[h]), int(epochs_trained[h]),
+                   float(best_loss[h]))
+        for h, (name, seed) in enumerate(heads)
+    ]
+
+
+def _losses(x, weight, bias, y):
+    """Mean cross-entropy per head: ``x`` ``(heads, n, D)``, ``y`` ``(n,)`` -> ``(heads,)``."""
+    import torch
+
+    logits = torch.baddbmm(bias, x, weight)
+    n_heads, n, c = logits.shape
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, c), y.repeat(n_heads), reduction="none"
+    ).view(n_heads, n).mean(dim=1)
+
+
+def _head_seed(seed: int, pooler: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(pooler.encode())) % (2**63)
