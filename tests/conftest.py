@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny random BERT written to disk, small labelled data files.
+
+No network: the model is built from a ``BertConfig`` and a hand-written WordPiece
+vocab, saved with ``save_pretrained`` and loaded back by path like any model.
+"""
+
+import random
+
+import pytest
+
+WORDS = (
+    "good great fine bad awful poor movie film plot actor story fun dull boring "
+    "loved hated the a an is was it this that and but not very really so"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache folder; nothing touches ~/.cache."""
+    monkeypatch.setenv("POOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Path to a 2-layer, hidden-32 random ``BertModel`` with its fast tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ly", ".", ",", "!"]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(path)
+    return path
+
+
+def make_rows(n=120, seed=0):
+    """``n`` (text, label) rows where the label is learnable from the words."""
+    rng = random.Random(seed)
+    positive = ["good", "great", "fun", "loved", "fine"]
+    negative = ["bad", "awful", "dull", "hated", "boring"]
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        cue = rng.choice(positive if label == "pos" else negative)
+        filler = rng.choices(["the", "movie", "film", "plot", "story", "was", "very", "really"],
+                             k=rng.randint(1, 12))
+        rows.append((" ".join(filler[: len(filler) // 2] + [cue] + filler[len(filler) // 2 :]), label))
+    return rows
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    """A 120-row CSV with 'text' and 'label' columns, two balanced labels."""
+    import pandas as pd
+
+    path = tmp_path / "small.csv"
+    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(path, index=False)
+    return path
