@@ -4,8 +4,6 @@ This is what Hugging Face returns as ``pooler_output``; it is *not* the raw
 [CLS] vector (that is the ``cls`` pooler).
 """
 
-import torch
-
 from poolkit import Pooler, hookimpl
 
 
@@ -27,6 +25,8 @@ class BertPoolerPooler(Pooler):
         self.bias = dense.bias.detach().float().clone()
 
     def pool(self, hidden, mask):
+        import torch  # here, not at the top: `poolkit plugins` stays fast
+
         first = hidden[:, 0].float()
         out = torch.tanh(torch.nn.functional.linear(first, self.weight, self.bias))
         return out.to(hidden.dtype)

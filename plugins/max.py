@@ -1,7 +1,5 @@
 """Max pooling: the per-dimension maximum over the real tokens' states."""
 
-import torch
-
 from poolkit import Pooler, hookimpl
 
 
@@ -9,6 +7,8 @@ class MaxPooler(Pooler):
     name = "max"
 
     def pool(self, hidden, mask):
+        import torch  # here, not at the top: `poolkit plugins` stays fast
+
         padding = ~mask.bool().unsqueeze(-1)
         # masked_fill returns a new tensor (the input stays untouched), and
         # finfo.min is representable in every float dtype, unlike -1e9 in fp16.

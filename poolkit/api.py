@@ -39,7 +39,10 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent):
             continue
         if item not in registered:
             known = ", ".join(registered) or "none"
-            raise PoolkitError(f"unknown pooler '{item}' (registered: {known}); see 'poolkit plugins'")
+            broken = f"; {len(pm.load_errors)} plugin(s) failed to load" if pm.load_errors else ""
+            raise PoolkitError(
+                f"unknown pooler '{item}' (registered: {known}{broken}); see 'poolkit plugins'"
+            )
         poolers[item], plugins[item] = registered[item]
     if not poolers:
         raise PoolkitError("no poolers to run; see 'poolkit plugins'")

@@ -78,26 +78,30 @@ class HiddenStateCache:
         return cls(path)
 
     def batches(self, max_tokens: int):
-        """Yield ``(indices, hidden, mask)`` over all texts, storage order.
+        """Yield index arrays over all texts in storage order, for :meth:`padded`.
+
+        Each batch holds at most ``max_tokens`` padded positions (at least one text).
+        """
+        order = np.argsort(self.starts, kind="stable")
+        for chunk in _token_budget_batches(self.lengths[order], max_tokens):
+            yield order[chunk]
+
+    def padded(self, indices):
+        """``(hidden, mask)`` for consecutive-in-storage texts ``indices`` (from :meth:`batches`).
 
         ``hidden`` is float32 ``(batch, seq, hidden_size)`` zero-padded and
-        ``mask`` ``(batch, seq)`` int64 with 1 on real tokens; ``indices`` are
-        the texts' positions in input order. Batches hold at most
-        ``max_tokens`` padded positions (at least one text).
+        ``mask`` ``(batch, seq)`` int64 with 1 on real tokens.
         """
         import torch
 
-        order = np.argsort(self.starts, kind="stable")
-        for chunk in _token_budget_batches(self.lengths[order], max_tokens):
-            indices = order[chunk]
-            lengths = self.lengths[indices]
-            first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
-            flat = torch.from_numpy(np.asarray(self.tokens[first:last], dtype=np.float32))
-            width = int(lengths.max())
-            mask = torch.arange(width) < torch.from_numpy(lengths)[:, None]
-            hidden = flat.new_zeros(len(indices), width, self.hidden_size)
-            hidden[mask] = flat  # row-major fill follows the storage order
-            yield indices, hidden, mask.long()
+        lengths = self.lengths[indices]
+        first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
+        flat = torch.from_numpy(np.array(self.tokens[first:last], dtype=np.float32))
+        width = int(lengths.max())
+        mask = torch.arange(width) < torch.from_numpy(lengths)[:, None]
+        hidden = flat.new_zeros(len(indices), width, self.hidden_size)
+        hidden[mask] = flat  # row-major fill follows the storage order
+        return hidden, mask.long()
 
 
 class CacheWriter:

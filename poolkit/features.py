@@ -31,26 +31,26 @@ def pool_cache(cache, poolers: dict, max_batch_tokens: int = 16384, progress: bo
     dims = {name: int(p.output_dim(hidden_size)) for name, p in poolers.items()}
     features = {name: np.empty((len(cache), dims[name]), dtype=np.float32) for name in poolers}
     failures = {}
-    batches = cache.batches(max_batch_tokens)
     total = int(cache.lengths.sum())
     with tqdm(total=total, unit="tok", unit_scale=True, desc="pooling",
               disable=not progress, leave=False) as bar:
-        for indices, hidden, mask in batches:
-            # Inference tensors reject in-place writes outside inference mode,
-            # so a pooler that writes into its inputs fails loudly instead of
-            # corrupting what the next pooler sees.
-            with torch.inference_mode():
-                hidden, mask = hidden.clone(), mask.clone()
+        for indices in cache.batches(max_batch_tokens):
+            hidden, mask = cache.padded(indices)
             for name, pooler in poolers.items():
                 if name in failures:
                     continue
+                versions = hidden._version, mask._version
                 try:
                     with torch.no_grad():
                         out = pooler.pool(hidden, mask)
+                    if (hidden._version, mask._version) != versions:
+                        raise ValueError("wrote in place into its input tensors, which are read-only")
                     features[name][indices] = check_output(out, len(indices), dims[name])
                 except Exception as exc:
                     failures[name] = _reason(exc)
-            bar.update(int(mask.sum()))
+                    if (hidden._version, mask._version) != versions:
+                        hidden, mask = cache.padded(indices)  # fresh inputs for the others
+            bar.update(int(cache.lengths[indices].sum()))
     for name in failures:
         features.pop(name, None)
     return features, failures

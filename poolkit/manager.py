@@ -48,7 +48,9 @@ class PluginManager(pluggy.PluginManager):
         for caller in self.get_hookcallers(plugin) or []:
             if caller.spec is None:
                 self.unregister(plugin)
-                known = ", ".join(sorted(n for n in dir(self.hook) if not n.startswith("_")))
+                known = ", ".join(
+                    sorted(n for n, c in vars(self.hook).items() if getattr(c, "spec", None))
+                )
                 self.load_errors.append(
                     f"plugin '{name}': unknown hook '{caller.name}' (known hooks: {known})"
                 )

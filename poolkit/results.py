@@ -2,7 +2,6 @@
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import PoolkitError
@@ -33,6 +32,9 @@ def summarize(results, failures: dict | None = None):
     failed = [{"pooler": name, "status": f"failed: {reason}"} for name, reason in (failures or {}).items()]
     if failed:
         summary = pd.concat([summary, pd.DataFrame(failed)], ignore_index=True)
+        # keep counts integers (a failed row has none) in summary.csv and exports
+        counts = [c for c in ("dim", "seeds") if c in summary]
+        summary[counts] = summary[counts].astype("Int64")
     return summary.reset_index(drop=True)
 
 
@@ -64,13 +66,12 @@ def display_table(summary):
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file and rename: never half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -118,6 +119,9 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
 
 
 def _latex_escape(text: str) -> str:
+    text = text.replace("\\", "\x00")
     for char in "&%$#_{}":
         text = text.replace(char, "\\" + char)
+    for char, command in (("\x00", "textbackslash"), ("~", "textasciitilde"), ("^", "textasciicircum")):
+        text = text.replace(char, f"\\{command}{{}}")
     return text

@@ -80,9 +80,9 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
     pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
 
     head_gens = [torch.Generator().manual_seed(_head_seed(seed, name)) for name, seed in heads]
+    head_dims = [dims[names.index(name)] for name, _ in heads]
     weight = torch.zeros(n_heads, d_max, num_labels)
-    for h, (name, _) in enumerate(heads):
-        d = dims[names.index(name)]
+    for h, d in enumerate(head_dims):
         weight[h, :d] = torch.randn(d, num_labels, generator=head_gens[h]) * 0.02
     weight = weight.to(device).requires_grad_()
     bias = torch.zeros(n_heads, 1, num_labels, device=device, requires_grad=True)
@@ -108,10 +108,13 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
             rows = perms[:, start : start + config.batch_size]  # (heads, B)
             x = x_train[pooler_of_head[:, None], rows]  # (heads, B, D_max)
             if config.dropout > 0:
-                keep = torch.stack([
-                    torch.rand(x.shape[1], d_max, generator=g) >= config.dropout
-                    for g in head_gens
-                ]).to(device)
+                # Each head draws a mask of its own width, so its random stream
+                # does not depend on the other poolers in the run.
+                keep = torch.zeros(n_heads, x.shape[1], d_max, dtype=torch.bool)
+                for h, g in enumerate(head_gens):
+                    d = head_dims[h]
+                    keep[h, :, :d] = torch.rand(x.shape[1], d, generator=g) >= config.dropout
+                keep = keep.to(device)
                 x = x * keep / (1 - config.dropout)
             logits = torch.baddbmm(bias, x, weight)  # (heads, B, C)
             loss = torch.nn.functional.cross_entropy(

@@ -4,9 +4,21 @@ No network: the model is built from a ``BertConfig`` and a hand-written WordPiec
 vocab, saved with ``save_pretrained`` and loaded back by path like any model.
 """
 
+import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
+
+# Never reach the Hugging Face Hub from the tests: every model is loaded by path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TESTS_DIR = Path(__file__).parent
+PLUGINS_DIR = TESTS_DIR / "plugins"
+BROKEN_PLUGINS_DIR = TESTS_DIR / "plugins_broken"
+BUILTIN_POOLERS = ("cls", "bert_pooler", "mean", "max")
 
 WORDS = (
     "good great fine bad awful poor movie film plot actor story fun dull boring "
@@ -63,3 +75,50 @@ def small_csv(tmp_path):
     path = tmp_path / "small.csv"
     pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def hf_model(tiny_model_dir):
+    """The tiny model loaded by Hugging Face itself: the independent reference."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def hf_forward(model, tokenizer, texts, max_length=None):
+    """Hugging Face's own padded-batch forward pass: ``(output, attention_mask)``."""
+    import torch
+
+    batch = tokenizer(list(texts), padding=True, truncation=max_length is not None,
+                      max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        output = model(**batch)
+    return output, batch["attention_mask"]
+
+
+def plugins_dir_with(tmp_path, *files, name="user-plugins"):
+    """A fresh plugins folder holding copies of the given real plugin files."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for file in files:
+        shutil.copy(file, folder / Path(file).name)
+    return folder
+
+
+def invoke(args):
+    """``poolkit ARGS`` through click's CliRunner (``result.output`` has stdout and stderr)."""
+    from click.testing import CliRunner
+
+    from poolkit.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    # A ClickException or sys.exit, never an unhandled exception.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result

@@ -1,0 +1,88 @@
+"""Encoding throughput: poolkit versus sentence-transformers, and versus the hardware.
+
+Both encode the same texts (the default dataset) with the same model (the
+embedded MiniLM BERT), max length, device and threads. Throughput counts real
+(non-padding) tokens per second. poolkit's time includes tokenizing and writing
+the token-state cache; sentence-transformers' includes tokenizing and its mean
+pooling. Achieved FLOP/s counts the encoder's matmuls from the model's shape
+and the real token lengths, over a large fp32 (CPU) or bf16 (GPU) matmul's
+FLOP/s measured in the same run.
+
+    python benchmarks/encode.py [--texts N] [--repeats R] [--device cpu|cuda]
+"""
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=None, help="first N texts (default: all)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-length", type=int, default=256)
+    args = parser.parse_args()
+
+    import pandas as pd
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from common import encoder_flops, matmul_flops, save
+    from poolkit.data import load_default_examples
+    from poolkit.encoder import default_model_path, encode_to_cache, load_encoder, pick_device, tokenize
+
+    device = pick_device(args.device)
+    texts = load_default_examples()[0][: args.texts]
+    encoder = load_encoder(None, max_length=args.max_length)
+    lengths = np.array([len(x) for x in tokenize(encoder, texts)])
+    tokens = int(lengths.sum())
+    flops = encoder_flops(encoder.config, lengths)
+
+    st = SentenceTransformer(str(default_model_path()), device=device)
+    st.max_seq_length = args.max_length
+
+    def run_poolkit():
+        with tempfile.TemporaryDirectory() as cache:
+            encode_to_cache(encoder, texts, cache, device=device)
+
+    def run_st():
+        st.encode(texts, batch_size=32, convert_to_numpy=True)
+
+    run_poolkit(), run_st()  # warm-up: first-call allocations, lazy imports
+    seconds = {"poolkit": [], "sentence-transformers": []}
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        for name, fn in (("poolkit", run_poolkit), ("sentence-transformers", run_st)):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - began)
+
+    peak_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    peak = matmul_flops(peak_dtype, device, n=8192 if device.startswith("cuda") else 2048)
+    rows = []
+    for name, times in seconds.items():
+        best = min(times)
+        rows.append({
+            "encoder": name, "best s": round(best, 2), "median s": round(float(np.median(times)), 2),
+            "real tokens/s": round(tokens / best), "GFLOP/s": round(flops / best / 1e9, 1),
+            "fraction of matmul peak": round(flops / best / peak, 3),
+        })
+    table = pd.DataFrame(rows)
+    speedup = rows[1]["best s"] / rows[0]["best s"]
+    save(f"encode-{device.split(':')[0]}", table, [
+        f"{len(texts)} texts, {tokens} real tokens, max length {args.max_length}, device {device}",
+        f"poolkit / sentence-transformers real tokens/s: {speedup:.2f}x",
+        f"matmul peak ({str(peak_dtype).replace('torch.', '')}): {peak / 1e9:.1f} GFLOP/s; "
+        f"encoder work {flops / 1e12:.2f} TFLOP",
+        f"best of {args.repeats} interleaved repeats after one warm-up each",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The ragged hidden-state cache: layout on disk, batching back out, crash safety."""
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import BUILTIN_POOLERS, hf_forward
+from poolkit.cache import HiddenStateCache, texts_digest
+from poolkit.encoder import encode_to_cache, load_encoder
+from poolkit.features import pool_cache, setup_poolers
+from poolkit.manager import collect_poolers, get_plugin_manager
+
+TEXTS = [
+    "fun",
+    "the story was really very good and the actor was great",
+    "",
+    "awful plot",
+    "it was not boring , but the film was so dull and the plot was poor",
+    "good movie !",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model, hf_tokenizer):
+    output, mask = hf_forward(hf_model, hf_tokenizer, TEXTS)
+    lengths = mask.sum(dim=1).tolist()
+    return [output.last_hidden_state[i, :n] for i, n in enumerate(lengths)]
+
+
+@pytest.fixture
+def cache(tiny_model_dir, tmp_path):
+    """An fp32 entry written over several encoder batches (two texts each)."""
+    encoder = load_encoder(str(tiny_model_dir))
+    entry, ran = encode_to_cache(encoder, TEXTS, tmp_path / "c", dtype="fp32", max_texts=2)
+    assert ran
+    return entry
+
+
+def test_layout_holds_each_texts_real_tokens_in_input_order(cache, reference):
+    assert len(cache) == len(TEXTS)
+    assert cache.lengths.tolist() == [len(r) for r in reference]
+    assert cache.tokens.shape == (sum(len(r) for r in reference), 32)
+    assert cache.meta["dtype"] == "fp32"
+    for i, states in enumerate(reference):
+        stored = np.array(cache.tokens[cache.starts[i] : cache.starts[i] + cache.lengths[i]])
+        assert_close(torch.from_numpy(stored), states, atol=1e-5, rtol=1e-4)
+    reopened = HiddenStateCache(cache.path)
+    assert reopened.starts.tolist() == cache.starts.tolist()
+
+
+@pytest.mark.parametrize("max_tokens", [1, 20, 45, 10_000])
+def test_batches_rebuild_every_text_once(cache, reference, max_tokens):
+    seen = []
+    for indices in cache.batches(max_tokens):
+        hidden, mask = cache.padded(indices)
+        assert hidden.dtype == torch.float32 and mask.shape == hidden.shape[:2]
+        assert len(indices) == 1 or hidden.shape[0] * hidden.shape[1] <= max_tokens
+        for row, i in enumerate(indices):
+            n = len(reference[i])
+            assert mask[row].tolist() == [1] * n + [0] * (mask.shape[1] - n)
+            assert_close(hidden[row, :n], reference[i], atol=1e-5, rtol=1e-4)
+            assert not hidden[row, n:].any()
+        seen.extend(indices.tolist())
+    assert sorted(seen) == list(range(len(TEXTS)))
+
+
+def test_pooling_does_not_depend_on_the_pooling_batch_size(cache, tiny_model_dir):
+    found = collect_poolers(get_plugin_manager())
+    poolers = {name: found[name][0] for name in BUILTIN_POOLERS}
+    assert setup_poolers(poolers, load_encoder(str(tiny_model_dir))) == {}
+    one_batch, failures = pool_cache(cache, poolers)
+    assert failures == {}
+    many, failures = pool_cache(cache, poolers, max_batch_tokens=15)
+    assert failures == {}
+    for name in BUILTIN_POOLERS:
+        assert_close(many[name], one_batch[name])  # equal up to float rounding
+
+
+def test_encoder_batch_size_does_not_change_the_states(tiny_model_dir, tmp_path, cache):
+    encoder = load_encoder(str(tiny_model_dir))
+    single, _ = encode_to_cache(encoder, TEXTS, tmp_path / "other", dtype="fp32")
+    for i in range(len(TEXTS)):
+        a = cache.tokens[cache.starts[i] : cache.starts[i] + cache.lengths[i]]
+        b = single.tokens[single.starts[i] : single.starts[i] + single.lengths[i]]
+        assert_close(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+
+
+def test_a_crash_while_encoding_leaves_no_entry(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import BertModel
+
+    original = BertModel.forward
+    calls = []
+
+    def crash_on_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", crash_on_second_batch)
+    root = tmp_path / "c"
+    encoder = load_encoder(str(tiny_model_dir))
+    with pytest.raises(RuntimeError, match="simulated"):
+        encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
+    assert list(root.iterdir()) == []  # neither a complete-looking entry nor a partial one
+    monkeypatch.setattr(BertModel, "forward", original)
+    entry, ran = encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
+    assert ran and [p.name for p in root.iterdir()] == [entry.path.name]
+
+
+def test_texts_digest_keeps_text_boundaries():
+    assert texts_digest(["ab", "c"]) != texts_digest(["a", "bc"])
+    assert texts_digest(["a", "b"]) != texts_digest(["b", "a"])
+    assert texts_digest(["a", "b"]) == texts_digest(iter(["a", "b"]))

@@ -1,0 +1,232 @@
+"""The ``poolkit`` command line through click's CliRunner: exit codes and output."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import BUILTIN_POOLERS, invoke, make_rows
+from poolkit.cli import cli
+from poolkit.metrics import METRICS
+
+EXPORT_NAMES = {  # how each format spells the pooler names
+    "csv": BUILTIN_POOLERS, "md": BUILTIN_POOLERS, "json": BUILTIN_POOLERS,
+    "html": BUILTIN_POOLERS, "latex": ("cls", r"bert\_pooler", "mean", "max"),
+}
+
+
+def assert_clean_failure(result, *culprits):
+    assert result.exit_code != 0, result.output
+    assert "Error:" in result.output
+    assert "Traceback" not in result.output
+    for culprit in culprits:
+        assert culprit in result.output, (culprit, result.output)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """One ``poolkit run`` over a 120-row CSV: ``(result, run_dir, data_path)``."""
+    root = tmp_path_factory.mktemp("cli-run")
+    data = root / "small.csv"
+    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(data, index=False)
+    out = root / "run"
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--seeds", 2,
+                     "--epochs", 5, "--out", out, "--cache-dir", root / "cache"])
+    return result, out, data
+
+
+def test_run_end_to_end(finished_run, tiny_model_dir):
+    result, out, data = finished_run
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    table = result.stdout.splitlines()
+    assert table[0].split()[:2] == ["pooler", "dim"]
+    assert sorted(line.split()[0] for line in table[1:5]) == sorted(BUILTIN_POOLERS)
+    assert str(out) in result.stdout
+    assert "labels: 0=neg, 1=pos" in result.stderr
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.json", "results.csv", "settings.json", "summary.csv"]
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == len(BUILTIN_POOLERS) * 2
+    assert sorted(zip(results["pooler"], results["seed"])) == sorted(
+        (p, s) for p in BUILTIN_POOLERS for s in (0, 1))
+    assert set(METRICS) <= set(results.columns)
+    assert (results["epochs"] <= 5).all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["pooler"]) == sorted(BUILTIN_POOLERS)
+    assert (summary["seeds"] == 2).all() and (summary["status"] == "ok").all()
+    means = results.groupby("pooler")["accuracy"].mean()
+    for _, row in summary.iterrows():
+        assert row["accuracy_mean"] == pytest.approx(means[row["pooler"]])
+
+    assert json.loads((out / "labels.json").read_text()) == {"0": "neg", "1": "pos"}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model"] == str(tiny_model_dir)
+    assert settings["data"] == str(data)
+    assert settings["seeds"] == [0, 1]
+    assert settings["poolers"] == list(BUILTIN_POOLERS)
+    assert settings["split_sizes"] == {"train": 96, "validation": 12, "test": 12}
+    assert settings["head"]["max_epochs"] == 5
+
+
+@pytest.mark.parametrize("fmt", ["csv", "md", "latex", "json", "html"])
+def test_export_writes_each_format(finished_run, tmp_path, fmt):
+    _, out, _ = finished_run
+    target = tmp_path / f"table.{fmt}"
+    result = invoke(["export", out, "--format", fmt, "-o", target])
+    assert result.exit_code == 0, result.output
+    assert str(target) in result.output
+    text = target.read_text(encoding="utf-8")
+    assert text.strip()
+    for name in EXPORT_NAMES[fmt]:
+        assert name in text, (name, fmt)
+    if fmt == "json":
+        records = json.loads(text)
+        assert sorted(r["pooler"] for r in records) == sorted(BUILTIN_POOLERS)
+    if fmt == "csv":
+        pd.testing.assert_frame_equal(pd.read_csv(target), pd.read_csv(out / "summary.csv"))
+
+
+def test_run_and_export_files_get_ordinary_permissions(finished_run, tmp_path):
+    import os
+
+    _, out, _ = finished_run
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    target = tmp_path / "table.md"
+    assert invoke(["export", out, "--format", "md", "-o", target]).exit_code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), target]}
+    assert modes == {name: expected for name in modes}
+
+
+def test_export_to_stdout_and_per_seed_table(finished_run):
+    _, out, _ = finished_run
+    result = invoke(["export", out, "--format", "csv", "--table", "results"])
+    assert result.exit_code == 0, result.output
+    from io import StringIO
+
+    pd.testing.assert_frame_equal(pd.read_csv(StringIO(result.stdout)),
+                                  pd.read_csv(out / "results.csv"))
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["export", "{tmp}/not-a-run", "--format", "csv"], "not-a-run"),
+    (["export", "{run}", "--format", "xyz"], "xyz"),
+    (["export", "{run}", "--format", "csv", "-o", "{tmp}/no-such-dir/t.csv"], "no-such-dir"),
+])
+def test_export_errors(finished_run, tmp_path, args, culprit):
+    args = [a.format(tmp=tmp_path, run=finished_run[1]) for a in args]
+    assert_clean_failure(invoke(args), culprit)
+
+
+def _csv(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _rows_csv(path, columns=("text", "label"), labels=("pos", "neg")):
+    rows = [(t, labels[i % len(labels)]) for i, (t, _) in enumerate(make_rows(40))]
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+BAD_INPUTS = {
+    # case: (make the data file (tmp) -> path, extra args, culprits in the message)
+    "missing file": (lambda tmp: tmp / "nowhere.csv", [], ["nowhere.csv"]),
+    "missing text column": (lambda tmp: _rows_csv(tmp / "d.csv", ("review", "label")), [],
+                            ["'text'", "d.csv"]),
+    "missing label column": (lambda tmp: _rows_csv(tmp / "d.csv", ("text", "sentiment")), [],
+                             ["'label'", "d.csv"]),
+    "header only": (lambda tmp: _csv(tmp / "header.csv", "text,label\n"), [], ["header.csv"]),
+    "zero bytes": (lambda tmp: _csv(tmp / "zero.csv", ""), [], ["zero.csv"]),
+    "single label": (lambda tmp: _rows_csv(tmp / "d.csv", labels=("pos",)), [],
+                     ["'label'", "pos"]),
+    "unknown pooler": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--poolers", "mean,nope"],
+                       ["'nope'"]),
+    "unknown extension": (lambda tmp: _rows_csv(tmp / "d.xyz"), [], ["d.xyz"]),
+    "not utf-8": (lambda tmp: (tmp / "latin.csv").write_bytes(b"text,label\ncaf\xe9,pos\n")
+                  and tmp / "latin.csv", [], ["latin.csv", "UTF-8"]),
+    "labels miss one": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--labels", "pos"], ["neg"]),
+    "zero seeds": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--seeds", "0"], ["--seeds"]),
+    "max length too long": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--max-length", "999"],
+                            ["999"]),
+    "unseen test label": (lambda tmp: _rows_csv(tmp / "d.csv"),
+                          ["--test-data", "{tmp}/t.csv"], ["t.csv", "meh"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_run_bad_input(tiny_model_dir, tmp_path, case):
+    make, extra, culprits = BAD_INPUTS[case]
+    _rows_csv(tmp_path / "t.csv", labels=("pos", "meh"))
+    data = make(tmp_path)
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--seeds", 1,
+                     "--epochs", 1, "--out", tmp_path / "run", *extra])
+    assert_clean_failure(result, *culprits)
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, result.output  # one line
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_with_explicit_label_order_and_test_file(small_csv, tiny_model_dir, tmp_path):
+    test_file = tmp_path / "test.tsv"
+    pd.DataFrame(make_rows(20, seed=5), columns=["text", "label"]).to_csv(
+        test_file, sep="\t", index=False)
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", small_csv, "--test-data", test_file, "--labels", "pos,neg",
+                     "--model", tiny_model_dir, "--poolers", "mean", "--seeds", 1,
+                     "--epochs", 2, "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "labels: 0=pos, 1=neg" in result.stderr
+    assert json.loads((out / "labels.json").read_text()) == {"0": "pos", "1": "neg"}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["split_sizes"]["test"] == 20
+    assert settings["split_sizes"]["train"] + settings["split_sizes"]["validation"] == 120
+
+
+def test_run_uses_cache_dir_option(small_csv, tiny_model_dir, tmp_path):
+    cache = tmp_path / "my-cache"
+    args = ["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
+            "--seeds", 1, "--epochs", 1, "--cache-dir", cache]
+    first = invoke([*args, "--out", tmp_path / "a"])
+    second = invoke([*args, "--out", tmp_path / "b"])
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "cache hit" not in first.stderr and "cache hit" in second.stderr
+    assert str(cache) in second.stderr
+    assert json.loads((tmp_path / "b" / "settings.json").read_text())["encoder_ran"] is False
+
+
+def test_run_default_out_dir_is_timestamped_under_poolkit_runs(small_csv, tiny_model_dir, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
+                     "--seeds", 1, "--epochs", 1])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "poolkit-runs").iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}", run_dir.name)
+    assert (run_dir / "results.csv").is_file()
+    assert str(run_dir.relative_to(tmp_path)) in result.stdout
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"], prog_name="poolkit")
+    assert result.exit_code == 0
+    assert result.output.strip() == "poolkit, version 0.1.0"
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = ("import sys; from poolkit.cli import cli; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
+            "assert 'run' in r.output and 'export' in r.output; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

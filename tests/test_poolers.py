@@ -1,0 +1,232 @@
+"""The built-in poolers, got through the plugin manager as users get them.
+
+References are independent of poolkit: Hugging Face's own ``pooler_output`` and
+``BertPooler`` module, and per-text means/maxima over each text's real tokens
+sliced out of the padded batch.
+"""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import BUILTIN_POOLERS, hf_forward
+from poolkit.manager import collect_poolers, get_plugin_manager
+
+TEXTS = [
+    "good",
+    "the movie was really very good and the actor was great fun",
+    "awful plot , dull story",
+    "it was not boring but the film was so poor",
+]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+ALL_DTYPES = (torch.float32, *LOW_PRECISION)
+
+
+@pytest.fixture(scope="module")
+def poolers(hf_model):
+    """``{name: pooler}`` for the built-ins, set up with the tiny model."""
+    pm = get_plugin_manager()
+    found = collect_poolers(pm)
+    assert pm.load_errors == []
+    out = {}
+    for name in BUILTIN_POOLERS:
+        pooler, plugin = found[name]
+        assert plugin == f"poolkit.plugins.{name}"
+        pooler.setup(hf_model)
+        out[name] = pooler
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch(hf_model, hf_tokenizer):
+    """``(output, mask)`` for TEXTS as one padded batch (texts of different lengths)."""
+    output, mask = hf_forward(hf_model, hf_tokenizer, TEXTS)
+    assert len(set(mask.sum(dim=1).tolist())) == len(TEXTS)  # everyone padded differently
+    return output, mask
+
+
+@pytest.fixture(scope="module")
+def alone(hf_model, hf_tokenizer):
+    """Each text's real-token states ``(1, L, H)``, encoded on its own (no padding)."""
+    return [hf_forward(hf_model, hf_tokenizer, [text])[0].last_hidden_state for text in TEXTS]
+
+
+def _garbage(shape, dtype, seed=0):
+    """Huge finite values of both signs: what padding must never leak."""
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
+    return (signs * torch.finfo(dtype).max / 4).to(dtype)
+
+
+def _pad(states, width, dtype, seed=0):
+    """Stack ``(1, L_i, H)`` states into ``(B, width, H)`` with garbage padding, and the mask."""
+    hidden_size = states[0].shape[-1]
+    hidden = _garbage((len(states), width, hidden_size), dtype, seed)
+    mask = torch.zeros(len(states), width, dtype=torch.long)
+    for row, s in enumerate(states):
+        hidden[row, : s.shape[1]] = s[0].to(dtype)
+        mask[row, : s.shape[1]] = 1
+    return hidden, mask
+
+
+def test_builtins_are_registered_by_their_own_modules():
+    found = collect_poolers(get_plugin_manager())
+    for name in BUILTIN_POOLERS:
+        pooler, plugin = found[name]
+        assert pooler.name == name
+        assert plugin == f"poolkit.plugins.{name}"
+
+
+def test_bert_pooler_equals_hugging_face_pooler_output(poolers, batch):
+    output, mask = batch
+    pooled = poolers["bert_pooler"].pool(output.last_hidden_state, mask)
+    assert_close(pooled, output.pooler_output)
+
+
+def test_bert_pooler_is_not_the_raw_cls_vector(poolers, batch):
+    output, mask = batch
+    pooled = poolers["bert_pooler"].pool(output.last_hidden_state, mask)
+    assert not torch.allclose(pooled, output.last_hidden_state[:, 0], atol=1e-3)
+
+
+def test_bert_pooler_setup_refuses_a_model_without_pooler_weights(tiny_model_dir):
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig.from_pretrained(tiny_model_dir), add_pooling_layer=False)
+    pooler = collect_poolers(get_plugin_manager())["bert_pooler"][0]
+    with pytest.raises(ValueError, match="bert_pooler"):
+        pooler.setup(model)
+
+
+def test_cls_is_the_first_token_state(poolers, batch):
+    output, mask = batch
+    assert_close(poolers["cls"].pool(output.last_hidden_state, mask),
+                 output.last_hidden_state[:, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, reduce", [
+    ("mean", lambda real: real.mean(dim=0)),
+    ("max", lambda real: real.max(dim=0).values),
+])
+def test_mean_and_max_equal_a_per_text_reference_over_real_tokens(poolers, batch, name, reduce):
+    output, mask = batch
+    hidden = output.last_hidden_state
+    expected = torch.stack([
+        reduce(hidden[i, : int(mask[i].sum())]) for i in range(len(TEXTS))
+    ])
+    assert_close(poolers[name].pool(hidden, mask), expected)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.long, torch.int32, torch.bool])
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_output_shape_is_the_declared_dim(poolers, batch, name, mask_dtype):
+    output, mask = batch
+    hidden = output.last_hidden_state
+    pooled = poolers[name].pool(hidden, mask.to(mask_dtype))
+    assert pooled.shape == (len(TEXTS), poolers[name].output_dim(hidden.shape[-1]))
+    assert pooled.is_floating_point()
+    assert_close(pooled, poolers[name].pool(hidden, mask))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_padding_invariance(poolers, alone, name, dtype):
+    """A text pooled alone equals the same text padded with garbage-filled columns."""
+    pooler = poolers[name]
+    for states in alone:
+        length = states.shape[1]
+        exact = states.to(dtype)
+        by_itself = pooler.pool(exact, torch.ones(1, length, dtype=torch.long))
+        for extra in (1, 7):
+            hidden, mask = _pad([states], length + extra, dtype, seed=extra)
+            padded = pooler.pool(hidden, mask)
+            assert torch.isfinite(padded.float()).all()
+            assert_close(padded, by_itself)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_batch_invariance(poolers, alone, name, dtype):
+    """A text's vector does not depend on what else is in its batch."""
+    pooler = poolers[name]
+    width = max(s.shape[1] for s in alone) + 2
+    by_itself = [pooler.pool(*_pad([s], width, dtype, seed=1)) for s in alone]
+    batches = [[0, 1, 2, 3], [3, 1], [2, 0, 0], [1]]
+    for seed, members in enumerate(batches):
+        hidden, mask = _pad([alone[i] for i in members], width, dtype, seed=seed + 10)
+        pooled = pooler.pool(hidden, mask)
+        for row, i in enumerate(members):
+            assert_close(pooled[row], by_itself[i][0])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_low_precision_matches_fp32_reference(poolers, batch, hf_model, name, dtype):
+    """fp16/bf16 inputs give the fp32 result of the same (rounded) values, no NaN/inf."""
+    output, mask = batch
+    hidden = output.last_hidden_state.to(dtype)
+    padding = ~mask.bool()
+    hidden = hidden.masked_fill(padding[..., None], torch.finfo(dtype).max / 4)
+    pooled = poolers[name].pool(hidden, mask)
+    assert pooled.dtype == dtype
+    assert torch.isfinite(pooled.float()).all()
+    upcast = hidden.float()
+    lengths = mask.sum(dim=1).tolist()
+    if name == "cls":
+        expected = upcast[:, 0]
+    elif name == "bert_pooler":
+        with torch.no_grad():
+            expected = hf_model.pooler(upcast)
+    elif name == "mean":
+        expected = torch.stack([upcast[i, :n].mean(dim=0) for i, n in enumerate(lengths)])
+    else:
+        expected = torch.stack([upcast[i, :n].max(dim=0).values for i, n in enumerate(lengths)])
+    assert_close(pooled, expected.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_single_real_token_row(poolers, hf_model, name, dtype):
+    """A row with one real token (and huge padding) pools to that token alone."""
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 6, 32, generator=g).to(dtype)
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    hidden = hidden.masked_fill(~mask.bool()[..., None], torch.finfo(dtype).max)
+    pooled = poolers[name].pool(hidden, mask)
+    assert torch.isfinite(pooled.float()).all()
+    first = hidden[0, 0].float()
+    if name == "bert_pooler":
+        with torch.no_grad():
+            expected = hf_model.pooler(first[None, None])[0]
+    else:
+        expected = first  # cls, mean and max of a single token are that token
+    assert_close(pooled[0], expected.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["mean", "max"])
+def test_very_negative_real_states(poolers, name, dtype):
+    """Real values far below any literal fill value (-1e4, -1e9) still win over the padding."""
+    low = max(-torch.finfo(dtype).max / 2, -1e30)  # a mean of a few stays in range
+    hidden = torch.full((2, 4, 32), low, dtype=dtype)
+    hidden[1, 2] = low / 2
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    hidden = hidden.masked_fill(~mask.bool()[..., None], 0.0)  # zero padding beats them all
+    pooled = poolers[name].pool(hidden, mask)
+    assert torch.isfinite(pooled.float()).all()
+    if name == "max":
+        expected = torch.stack([torch.full((32,), low), torch.full((32,), low / 2)])
+    else:
+        expected = torch.stack([torch.full((32,), low), torch.full((32,), low * 5 / 6)])
+    assert_close(pooled, expected.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+def test_inputs_are_not_modified(poolers, alone, name, dtype):
+    width = max(s.shape[1] for s in alone) + 3
+    hidden, mask = _pad(alone, width, dtype)
+    hidden_before, mask_before = hidden.clone(), mask.clone()
+    poolers[name].pool(hidden, mask)
+    assert torch.equal(hidden, hidden_before)
+    assert torch.equal(mask, mask_before)

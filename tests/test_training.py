@@ -1,0 +1,105 @@
+"""Stacked linear heads and metrics, on synthetic features (no encoder needed)."""
+
+import math
+
+import numpy as np
+import pytest
+from torch.testing import assert_close
+
+from poolkit.metrics import METRICS, compute_metrics
+from poolkit.training import HeadConfig, train_heads
+
+N = 240
+SPLITS = {"train": np.arange(0, 180), "validation": np.arange(180, 210),
+          "test": np.arange(210, 240)}
+
+
+def _features(dim, seed, labels, signal=3.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, dim)).astype(np.float32)
+    x[:, 0] += signal * labels  # linearly separable along one direction
+    return x
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return np.random.default_rng(0).integers(0, 2, N).astype(np.int64)
+
+
+def _by_key(results):
+    return {(r.pooler, r.seed): r for r in results}
+
+
+def test_heads_learn_separable_features(labels):
+    features = {"a": _features(4, 1, labels, signal=8.0)}
+    config = HeadConfig(max_epochs=60, learning_rate=0.05)
+    (result,) = train_heads(features, labels, SPLITS, 2, [0], config)
+    probs = result.probabilities
+    assert probs.shape == (len(SPLITS["test"]), 2)
+    assert_close(probs.sum(axis=1), np.ones(len(probs)))
+    assert (probs.argmax(axis=1) == labels[SPLITS["test"]]).all()
+    assert 1 <= result.best_epoch <= result.epochs <= 60
+
+
+def test_one_result_per_pooler_and_seed(labels):
+    features = {"a": _features(8, 1, labels), "b": _features(24, 2, labels)}
+    results = train_heads(features, labels, SPLITS, 2, [0, 3, 7], HeadConfig(max_epochs=3))
+    assert sorted(_by_key(results)) == sorted((p, s) for p in "ab" for s in (0, 3, 7))
+
+
+def test_early_stopping_stops_on_a_flat_validation_loss(labels):
+    noise = {"noise": np.random.default_rng(5).normal(size=(N, 8)).astype(np.float32)}
+    (result,) = train_heads(noise, labels, SPLITS, 2, [0],
+                            HeadConfig(max_epochs=200, patience=3, learning_rate=0.05))
+    assert result.epochs < 200
+    assert result.epochs - result.best_epoch == 3
+
+
+def test_training_is_deterministic(labels):
+    features = {"a": _features(8, 1, labels), "b": _features(8, 2, labels)}
+    config = HeadConfig(max_epochs=10, dropout=0.2)
+    first = train_heads(features, labels, SPLITS, 2, [0, 1], config)
+    second = train_heads(features, labels, SPLITS, 2, [0, 1], config)
+    for a, b in zip(first, second):
+        assert_close(a.probabilities, b.probabilities, rtol=0, atol=0)
+
+
+def _independence(labels, config):
+    narrow = _features(16, 1, labels, signal=0.7)
+    wide = _features(64, 2, labels, signal=0.7)
+    together = _by_key(train_heads({"narrow": narrow, "wide": wide}, labels, SPLITS, 2, [0, 1],
+                                   config))
+    (alone,) = train_heads({"narrow": narrow}, labels, SPLITS, 2, [1], config)
+    assert alone.best_epoch == together["narrow", 1].best_epoch
+    assert_close(alone.probabilities, together["narrow", 1].probabilities)
+
+
+def test_head_depends_only_on_its_features_and_seed(labels):
+    _independence(labels, HeadConfig(max_epochs=20))
+
+
+def test_head_with_dropout_depends_only_on_its_features_and_seed(labels):
+    _independence(labels, HeadConfig(max_epochs=20, dropout=0.2))
+
+
+def test_metrics_of_perfect_and_hand_checked_predictions():
+    y = np.array([0, 1, 1, 0])
+    perfect = compute_metrics(y, np.eye(2)[y] * 0.98 + 0.01)
+    assert list(perfect) == list(METRICS)
+    for name in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc", "roc_auc"):
+        assert perfect[name] == pytest.approx(1.0), name
+    assert perfect["log_loss"] == pytest.approx(-math.log(0.99))
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    got = compute_metrics(y, probs)
+    assert got["accuracy"] == pytest.approx(0.75)
+    assert got["recall_macro"] == pytest.approx((1.0 + 0.5) / 2)
+    assert got["roc_auc"] == pytest.approx(1.0)  # the ranking is still perfect
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_roc_auc_is_nan_when_a_label_has_no_test_example():
+    y = np.array([0, 1, 0, 1])
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    got = compute_metrics(y, probs)
+    assert math.isnan(got["roc_auc"])
+    assert got["accuracy"] == 1.0
