@@ -50,7 +50,8 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent):
 
 
 def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache_dir=None,
-                     device=None, cache_dtype="fp16", max_batch_tokens=None, batch_size=None,
+                     device=None, cache_dtype="fp16", precision="bf16", max_batch_tokens=None,
+                     batch_size=None,
                      trust_remote_code=False, progress=False, log=_silent):
     """Encode ``texts`` once (or read them from the cache) and pool them with every pooler.
 
@@ -66,12 +67,10 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     device = pick_device(device)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if max_batch_tokens is None:
-        max_batch_tokens = 65536 if device.startswith("cuda") else 8192
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache_dtype,
-                                 max_batch_tokens=max_batch_tokens, max_texts=batch_size,
-                                 progress=progress)
+                                 precision=precision, max_batch_tokens=max_batch_tokens,
+                                 max_texts=batch_size, progress=progress)
     encode_seconds = time.perf_counter() - began
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
         f"tokens with {encoder.name} on {device} in {encode_seconds:.1f}s ({cache.path})")
@@ -85,7 +84,7 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
 
 
 def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size=None,
-         device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16"):
+         device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16", precision="bf16"):
     """Pooled features ``{name: (len(texts), D) float32 array}`` in input order.
 
     ``poolers`` are registered names or :class:`Pooler` instances; ``model`` a
@@ -95,7 +94,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     selected, _, _ = resolve_poolers(list(poolers), plugins_dir=plugins_dir)
     features, failures, _ = compute_features(
         list(texts), selected, model, max_length=max_length, cache_dir=cache_dir,
-        device=device, cache_dtype=cache_dtype, batch_size=batch_size,
+        device=device, cache_dtype=cache_dtype, precision=precision, batch_size=batch_size,
     )
     if failures:
         name, reason = next(iter(failures.items()))
@@ -105,7 +104,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
 
 def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
         model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
-        max_length=None, device=None, cache_dtype="fp16", split_seed=0,
+        max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None,
         progress=False, log=_silent):
     """Run the whole comparison; return the results table (one row per pooler × seed).
@@ -134,7 +133,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     features, failures, info = compute_features(
         dataset.texts, selected, model, max_length=max_length, cache_dir=cache_dir,
-        device=device, cache_dtype=cache_dtype, progress=progress, log=log,
+        device=device, cache_dtype=cache_dtype, precision=precision, progress=progress, log=log,
     )
     for name, reason in failures.items():
         log(f"error: pooler '{name}' failed: {reason}")
@@ -161,7 +160,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         "split_seed": split_seed, "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
         "majority_rate": float(np.bincount(y_test).max() / len(y_test)) if len(y_test) else None,
         "head": vars(head), "device": info["device"], "cache": info["cache"],
-        "cache_dtype": cache_dtype, "encoder_ran": info["encoder_ran"], "tokens": info["tokens"],
+        "cache_dtype": cache_dtype, "precision": precision if info["device"] != "cpu" else "fp32",
+        "encoder_ran": info["encoder_ran"], "tokens": info["tokens"],
         "encode_seconds": info["encode_seconds"], "train_seconds": round(train_seconds, 3),
         "total_seconds": round(time.perf_counter() - began, 3),
         "failures": failures, "plugin_errors": load_errors,

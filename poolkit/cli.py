@@ -50,6 +50,8 @@ def cli():
 @click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
 @click.option("--cache-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16",
               show_default=True, help="Precision of cached token states.")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16",
+              show_default=True, help="Encoder compute precision on CUDA (CPU: always fp32).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the train/val/test split.")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
               help="Most epochs per head (early stopping on validation loss).")
@@ -57,7 +59,7 @@ def cli():
 @click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout on pooled features while training heads.")
 def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out, plugins_dir,
-        cache_dir, max_length, device, cache_dtype, split_seed, epochs, lr, dropout):
+        cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr, dropout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     from .api import run as run_comparison
     from .results import display_table
@@ -70,7 +72,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
             data, text_col=text_col, label_col=label_col, test_data=test_data,
             labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
             out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
-            device=device, cache_dtype=cache_dtype, split_seed=split_seed,
+            device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
             head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
             progress=progress, log=_log,
         )
