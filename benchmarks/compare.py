@@ -93,7 +93,7 @@ def main():
     for name, pooler in poolers.items():
         pooler.setup(encoder.model)
         train_s, eval_s = naive_seconds_per_text(encoder, pooler, texts, labels, dataset.num_labels)
-        epochs = results.loc[results["pooler"] == name, "epochs"].to_numpy()
+        epochs = [int(e) for e in results.loc[results["pooler"] == name, "epochs"]]
         total = sum(e * (sizes["train"] * train_s + sizes["validation"] * eval_s)
                     + sizes["test"] * eval_s for e in epochs)
         naive_total += total

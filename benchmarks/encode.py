@@ -37,7 +37,7 @@ def main():
     device = pick_device(args.device)
     texts = load_default_examples()[0][: args.texts]
     encoder = load_encoder(None, max_length=args.max_length)
-    lengths = np.array([len(x) for x in tokenize(encoder, texts)])
+    lengths = np.array([len(x) for x in tokenize(encoder, texts)[0]])
     tokens = int(lengths.sum())
     flops = encoder_flops(encoder.config, lengths)
 

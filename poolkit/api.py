@@ -10,6 +10,7 @@ from .data import DEFAULT_DATASET_NAME
 from .errors import PoolkitError
 from .manager import collect_poolers, get_plugin_manager
 from .pooler import Pooler
+from .runs import RunStore, ensure_writable, pooler_fingerprint, run_key
 from .training import HeadConfig
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
@@ -59,18 +60,21 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     ``(len(texts), D)`` in input order, ``failures[name]`` a one-line reason,
     and ``info`` with the encoder, whether it ran and the cache path.
     """
-    from .encoder import encode_to_cache, load_encoder, pick_device
+    from .encoder import Encoder, encode_to_cache, load_encoder, pick_device
     from .features import pool_cache, setup_poolers
 
     if not len(texts):
         raise PoolkitError("no texts to encode")
     device = pick_device(device)
-    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+    if isinstance(model, Encoder):
+        encoder = model
+    else:
+        encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache_dtype,
                                  precision=precision, max_batch_tokens=max_batch_tokens,
-                                 max_texts=batch_size, progress=progress)
+                                 max_texts=batch_size, progress=progress, log=log)
     encode_seconds = time.perf_counter() - began
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
         f"tokens with {encoder.name} on {device} in {encode_seconds:.1f}s ({cache.path})")
@@ -106,7 +110,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None,
-        progress=False, log=_silent):
+        trust_remote_code=False, progress=False, log=_silent):
     """Run the whole comparison; return the results table (one row per pooler × seed).
 
     With ``out`` the run directory is written there. ``result.attrs`` holds
@@ -116,6 +120,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     import pandas as pd
 
     from .data import load_dataset
+    from .encoder import load_encoder
     from .metrics import compute_metrics
     from .results import summarize, write_run_dir
     from .training import train_heads
@@ -129,27 +134,53 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     dataset = load_dataset(data, text_col=text_col, label_col=label_col, test_data=test_data,
                            labels=labels, split_seed=split_seed,
                            validation_size=validation_size, test_size=test_size)
+    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+    if out is not None:  # before the encoder runs, not after
+        ensure_writable(out)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     features, failures, info = compute_features(
-        dataset.texts, selected, model, max_length=max_length, cache_dir=cache_dir,
+        dataset.texts, selected, encoder, cache_dir=cache_dir,
         device=device, cache_dtype=cache_dtype, precision=precision, progress=progress, log=log,
     )
     for name, reason in failures.items():
         log(f"error: pooler '{name}' failed: {reason}")
 
+    store = RunStore(out, run_key(info["cache"], dataset, head))
+    fingerprints = {name: pooler_fingerprint(selected[name]) for name in features}
+    rows, missing = [], {}
+    for name in features:
+        for seed in seed_list:
+            row = store.load(name, fingerprints[name], seed)
+            if row is None:
+                missing.setdefault(name, []).append(seed)
+            else:
+                rows.append(row)
+    if rows:
+        log(f"reusing {len(rows)} finished pooler x seed results from {out}")
     train_began = time.perf_counter()
-    heads = train_heads(features, dataset.labels, dataset.splits, dataset.num_labels, seed_list,
-                        head, device=info["device"], progress=progress) if features else []
-    train_seconds = time.perf_counter() - train_began
     y_test = dataset.labels[dataset.splits["test"]]
-    rows = []
-    for result in heads:
-        rows.append({
-            "pooler": result.pooler, "plugin": plugins[result.pooler], "seed": result.seed,
-            "dim": features[result.pooler].shape[1], "best_epoch": result.best_epoch,
-            "epochs": result.epochs, **compute_metrics(y_test, result.probabilities),
-        })
+    # Heads train stacked per group of poolers missing the same seeds; each
+    # head's result depends only on its own pooler and seed.
+    groups = {}
+    for name, seeds_missing in missing.items():
+        groups.setdefault(tuple(seeds_missing), []).append(name)
+    for seeds_missing, names in groups.items():
+        trained = train_heads({n: features[n] for n in names}, dataset.labels, dataset.splits,
+                              dataset.num_labels, list(seeds_missing), head,
+                              device=info["device"], progress=progress)
+        for result in trained:
+            row = {
+                "pooler": result.pooler, "plugin": plugins[result.pooler], "seed": result.seed,
+                "dim": int(features[result.pooler].shape[1]), "best_epoch": result.best_epoch,
+                "epochs": result.epochs, **compute_metrics(y_test, result.probabilities),
+            }
+            store.save(row, fingerprints[result.pooler])
+            rows.append(row)
+    train_seconds = time.perf_counter() - train_began
+    order = {(name, seed): i for i, (name, seed) in
+             enumerate((n, s) for n in features for s in seed_list)}
+    rows.sort(key=lambda r: order[(r["pooler"], r["seed"])])
     results = pd.DataFrame(rows, columns=None if rows else ["pooler", "plugin", "seed", "dim"])
     summary = summarize(results, failures)
     settings = {

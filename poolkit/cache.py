@@ -6,23 +6,34 @@ Layout of one cache entry (a folder named by its key):
   in encoding order, row-major ``(total_tokens, hidden_size)``, fp16 or fp32.
 - ``index.npz``: ``starts`` and ``lengths`` (int64, one per text in input
   order) locating each text's rows in ``tokens.bin``.
-- ``meta.json``: what the entry was built from, shapes and dtype.
+- ``meta.json``: what the entry was built from (model, tokenizer, max length,
+  a hash of the texts, this format's version), shapes, dtype, and CRC-32
+  checksums of the two data files.
 
-Nothing here is pickled; the token file is read back memory-mapped. Entries
-are written under a temporary name and renamed when complete, so a crash
-never leaves a half-written entry that looks valid.
+Nothing here is pickled; the token file is read back memory-mapped. An entry
+is written under ``<key>.partial`` and renamed when complete, so a crash never
+leaves a half-written entry that looks valid; the partial folder records its
+progress, so an interrupted encoding resumes from its last complete batch.
+Opening an entry checks its sizes and checksums: a damaged entry raises
+:class:`CacheDamaged` and is rebuilt, never used.
 """
 
 import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _DTYPES = {"fp16": np.float16, "fp32": np.float32}
+_CHUNK = 16 << 20
+
+
+class CacheDamaged(Exception):
+    """A cache entry whose files do not match its metadata."""
 
 
 def default_cache_dir() -> Path:
@@ -50,30 +61,49 @@ def cache_key(identity: dict) -> str:
 
 
 class HiddenStateCache:
-    """A complete cache entry, read back memory-mapped."""
+    """A complete, verified cache entry, read back memory-mapped."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        with np.load(self.path / "index.npz", allow_pickle=False) as index:
-            self.starts = index["starts"]
-            self.lengths = index["lengths"]
-        self.hidden_size = int(self.meta["hidden_size"])
-        self.tokens = np.memmap(
-            self.path / "tokens.bin",
-            dtype=_DTYPES[self.meta["dtype"]],
-            mode="r",
-            shape=(int(self.meta["total_tokens"]), self.hidden_size),
-        )
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+            if self.meta.get("format") != FORMAT_VERSION:
+                raise CacheDamaged(f"format {self.meta.get('format')}, expected {FORMAT_VERSION}")
+            self.hidden_size = int(self.meta["hidden_size"])
+            dtype = _DTYPES[self.meta["dtype"]]
+            total = int(self.meta["total_tokens"])
+            tokens_path = self.path / "tokens.bin"
+            expected = total * self.hidden_size * np.dtype(dtype).itemsize
+            if tokens_path.stat().st_size != expected:
+                raise CacheDamaged(
+                    f"tokens.bin has {tokens_path.stat().st_size} bytes, expected {expected}"
+                )
+            for name in ("tokens.bin", "index.npz"):
+                if file_crc32(self.path / name) != self.meta["crc32"][name]:
+                    raise CacheDamaged(f"{name} fails its checksum")
+            with np.load(self.path / "index.npz", allow_pickle=False) as index:
+                self.starts = index["starts"]
+                self.lengths = index["lengths"]
+            if len(self.starts) != self.meta["num_texts"] or int(self.lengths.sum()) != total:
+                raise CacheDamaged("index.npz does not match meta.json")
+        except CacheDamaged:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CacheDamaged(f"{type(exc).__name__}: {exc}") from None
+        self.tokens = np.memmap(tokens_path, dtype=dtype, mode="r",
+                                shape=(total, self.hidden_size))
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @classmethod
     def open(cls, root: Path, key: str):
-        """The entry for ``key`` under ``root``, or ``None`` when there is none."""
+        """The entry for ``key`` under ``root``, ``None`` when there is none.
+
+        Raises :class:`CacheDamaged` when the entry exists but fails its checks.
+        """
         path = Path(root) / key
-        if not (path / "meta.json").is_file():
+        if not path.exists():
             return None
         return cls(path)
 
@@ -105,19 +135,48 @@ class HiddenStateCache:
 
 
 class CacheWriter:
-    """Streams real-token states to a new cache entry as batches finish."""
+    """Streams real-token states to a cache entry as batches finish; resumable.
 
-    def __init__(self, root: Path, key: str, hidden_size: int, dtype: str, meta: dict):
-        self.root = Path(root)
-        self.key = key
-        self.final = self.root / key
-        self.tmp = self.root / f"{key}.partial-{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+    ``plan`` identifies the batch sequence (it must be the same for a resume
+    to be valid: key, budget, dtype). :meth:`checkpoint` records how many
+    batches are safely on disk; a new writer for the same plan continues from
+    there (:attr:`batches_done`, :attr:`starts`).
+    """
+
+    def __init__(self, root: Path, key: str, hidden_size: int, dtype: str, meta: dict,
+                 plan: dict, num_texts: int):
+        self.final = Path(root) / key
+        self.tmp = Path(root) / f"{key}.partial"
         self.np_dtype = _DTYPES[dtype]
+        self.row_bytes = hidden_size * np.dtype(self.np_dtype).itemsize
         self.meta = {**meta, "format": FORMAT_VERSION, "dtype": dtype, "hidden_size": hidden_size}
-        self.file = open(self.tmp / "tokens.bin", "wb")
+        self.plan = plan
+        self.batches_done = 0
         self.written = 0
+        self.starts = np.zeros(num_texts, dtype=np.int64)
+        progress = self._read_progress()
+        if progress is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+        else:
+            self.batches_done, self.written, self.starts = progress
+        self.file = open(self.tmp / "tokens.bin", "r+b" if progress else "wb")
+        self.file.truncate(self.written * self.row_bytes)  # drop a half-written batch
+        self.file.seek(0, os.SEEK_END)
+
+    def _read_progress(self):
+        try:
+            saved = json.loads((self.tmp / "progress.json").read_text())
+            with np.load(self.tmp / "progress.npz", allow_pickle=False) as arrays:
+                starts = arrays["starts"]
+            size = (self.tmp / "tokens.bin").stat().st_size
+        except (OSError, ValueError, KeyError):
+            return None
+        if saved.get("plan") != self.plan or len(starts) != len(self.starts):
+            return None
+        if size < saved["tokens"] * self.row_bytes:
+            return None
+        return int(saved["batches"]), int(saved["tokens"]), starts
 
     def add(self, states: np.ndarray) -> int:
         """Append ``states`` ``(tokens, hidden_size)``; return its first row."""
@@ -126,19 +185,41 @@ class CacheWriter:
         self.written += len(states)
         return start
 
-    def finish(self, starts: np.ndarray, lengths: np.ndarray) -> HiddenStateCache:
+    def checkpoint(self, batches_done: int, tokens_done: int) -> None:
+        """Record that the first ``batches_done`` batches (``tokens_done`` rows) are on disk."""
+        self.file.flush()
+        self.batches_done = batches_done
+        np.savez(self.tmp / "progress.tmp.npz", starts=self.starts)
+        os.replace(self.tmp / "progress.tmp.npz", self.tmp / "progress.npz")
+        record = {"plan": self.plan, "batches": batches_done, "tokens": tokens_done}
+        (self.tmp / "progress.tmp.json").write_text(json.dumps(record))
+        os.replace(self.tmp / "progress.tmp.json", self.tmp / "progress.json")
+
+    def finish(self, lengths: np.ndarray) -> HiddenStateCache:
         self.file.close()
-        np.savez(self.tmp / "index.npz", starts=starts, lengths=lengths)
-        self.meta["total_tokens"] = self.written
-        self.meta["num_texts"] = len(lengths)
+        np.savez(self.tmp / "index.npz", starts=self.starts, lengths=lengths)
+        self.meta.update(
+            total_tokens=self.written, num_texts=len(lengths),
+            crc32={name: file_crc32(self.tmp / name) for name in ("tokens.bin", "index.npz")},
+        )
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
+        for name in ("progress.json", "progress.npz"):
+            (self.tmp / name).unlink(missing_ok=True)
         shutil.rmtree(self.final, ignore_errors=True)
         os.replace(self.tmp, self.final)
         return HiddenStateCache(self.final)
 
-    def abort(self) -> None:
+    def close(self) -> None:
+        """Stop writing; the partial entry stays for a later resume."""
         self.file.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _token_budget_batches(lengths: np.ndarray, max_tokens: int, max_texts: int = 1 << 30):

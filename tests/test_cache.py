@@ -86,27 +86,49 @@ def test_encoder_batch_size_does_not_change_the_states(tiny_model_dir, tmp_path,
         assert_close(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
 
 
-def test_a_crash_while_encoding_leaves_no_entry(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_crash_while_encoding_resumes_from_the_last_complete_batch(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from transformers import BertModel
 
+    import poolkit.encoder
+
+    monkeypatch.setattr(poolkit.encoder, "CHECKPOINT_EVERY", 1)
     original = BertModel.forward
     calls = []
 
-    def crash_on_second_batch(self, *args, **kwargs):
+    def crash_on_third_batch(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise RuntimeError("out of memory (simulated)")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(BertModel, "forward", crash_on_second_batch)
+    monkeypatch.setattr(BertModel, "forward", crash_on_third_batch)
     root = tmp_path / "c"
     encoder = load_encoder(str(tiny_model_dir))
     with pytest.raises(RuntimeError, match="simulated"):
         encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
-    assert list(root.iterdir()) == []  # neither a complete-looking entry nor a partial one
-    monkeypatch.setattr(BertModel, "forward", original)
-    entry, ran = encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
-    assert ran and [p.name for p in root.iterdir()] == [entry.path.name]
+    # no entry that looks complete: only the partial one, which records its progress
+    assert [p.name.endswith(".partial") for p in root.iterdir()] == [True]
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(BertModel, "forward", counting)
+    resumed, ran = encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
+    batches = -(-len(TEXTS) // 2)
+    assert ran and len(calls) == batches - 2  # the two finished batches are not redone
+    assert [p.name for p in root.iterdir()] == [resumed.path.name]
+
+    fresh, _ = encode_to_cache(encoder, TEXTS, tmp_path / "fresh", dtype="fp32", max_texts=2)
+    assert_close(np.asarray(resumed.tokens), np.asarray(fresh.tokens))
+    assert resumed.lengths.tolist() == fresh.lengths.tolist()
+    for i in range(len(TEXTS)):
+        a = resumed.tokens[resumed.starts[i] : resumed.starts[i] + resumed.lengths[i]]
+        b = fresh.tokens[fresh.starts[i] : fresh.starts[i] + fresh.lengths[i]]
+        assert_close(np.array(a), np.array(b))
 
 
 def test_texts_digest_keeps_text_boundaries():

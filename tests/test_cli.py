@@ -50,7 +50,8 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "labels.json", "results.csv", "settings.json", "summary.csv"]
+        "heads", "labels.json", "results.csv", "settings.json", "summary.csv"]
+    assert len(list((out / "heads").glob("*.json"))) == len(BUILTIN_POOLERS) * 2
     results = pd.read_csv(out / "results.csv")
     assert len(results) == len(BUILTIN_POOLERS) * 2
     assert sorted(zip(results["pooler"], results["seed"])) == sorted(
@@ -102,7 +103,8 @@ def test_run_and_export_files_get_ordinary_permissions(finished_run, tmp_path):
     expected = 0o666 & ~umask
     target = tmp_path / "table.md"
     assert invoke(["export", out, "--format", "md", "-o", target]).exit_code == 0
-    modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), target]}
+    files = [p for p in out.rglob("*") if p.is_file()]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*files, target]}
     assert modes == {name: expected for name in modes}
 
 
@@ -204,16 +206,26 @@ def test_run_uses_cache_dir_option(small_csv, tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "b" / "settings.json").read_text())["encoder_ran"] is False
 
 
-def test_run_default_out_dir_is_timestamped_under_poolkit_runs(small_csv, tiny_model_dir, tmp_path,
-                                                              monkeypatch):
+def test_run_default_out_dir_is_named_by_the_command_and_reused(small_csv, tiny_model_dir, tmp_path,
+                                                                monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
-                     "--seeds", 1, "--epochs", 1])
+    args = ["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
+            "--seeds", 1, "--epochs", 1]
+    result = invoke(args)
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "poolkit-runs").iterdir()
-    assert re.fullmatch(r"\d{8}-\d{6}", run_dir.name)
+    assert re.fullmatch(r"small-[0-9a-f]{8}", run_dir.name)
     assert (run_dir / "results.csv").is_file()
     assert str(run_dir.relative_to(tmp_path)) in result.stdout
+
+    again = invoke(args)  # the same command: the same directory, its finished heads reused
+    assert again.exit_code == 0, again.output
+    assert [p.name for p in (tmp_path / "poolkit-runs").iterdir()] == [run_dir.name]
+    assert "reusing 1 finished pooler x seed results" in again.stderr
+
+    other = invoke([*args[:-2], "--epochs", 2])  # another command: another directory
+    assert other.exit_code == 0, other.output
+    assert len(list((tmp_path / "poolkit-runs").iterdir())) == 2
 
 
 def test_version():
