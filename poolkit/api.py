@@ -110,7 +110,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None,
-        trust_remote_code=False, progress=False, log=_silent):
+        empty_texts="skip", trust_remote_code=False, progress=False, log=_silent):
     """Run the whole comparison; return the results table (one row per pooler × seed).
 
     With ``out`` the run directory is written there. ``result.attrs`` holds
@@ -133,7 +133,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     selected, plugins, load_errors = resolve_poolers(poolers, plugins_dir=plugins_dir, log=log)
     dataset = load_dataset(data, text_col=text_col, label_col=label_col, test_data=test_data,
                            labels=labels, split_seed=split_seed,
-                           validation_size=validation_size, test_size=test_size)
+                           validation_size=validation_size, test_size=test_size,
+                           empty_texts=empty_texts, log=log)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
     if out is not None:  # before the encoder runs, not after
         ensure_writable(out)

@@ -32,10 +32,44 @@ def _csv_list(value):
     return items or None
 
 
-@click.group()
+class PluginsFailed(click.ClickException):
+    """Some poolers or plugins failed; the others' results were written."""
+
+    exit_code = 3
+
+
+class PoolkitGroup(click.Group):
+    """Turns errors into one line at the CLI edge; ``--debug`` shows tracebacks."""
+
+    def invoke(self, ctx):
+        debug = ctx.params.get("debug") or os.environ.get("POOLKIT_DEBUG")
+        try:
+            return super().invoke(ctx)
+        except PoolkitError as exc:
+            if debug:
+                raise
+            raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            # Under pytest an unexpected error is a bug to see, not a message.
+            if debug or "PYTEST_CURRENT_TEST" in os.environ:
+                raise
+            text = " ".join(str(exc).split())
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {text} (run 'poolkit --debug ...' for details)"
+            ) from None
+
+
+@click.group(cls=PoolkitGroup)
 @click.version_option(package_name="poolkit")
-def cli():
-    """Compare ways of pooling a BERT encoder's token states for classification."""
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug):
+    """Compare ways of pooling a BERT encoder's token states for classification.
+
+    Exit codes: 0 success, 1 an error (one line says what), 2 a usage error,
+    3 some poolers or plugins failed (the others' results were written).
+    """
 
 
 @cli.command()
@@ -69,8 +103,14 @@ def cli():
 @click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate of the heads.")
 @click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout on pooled features while training heads.")
+@click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
+              show_default=True, help="Rows whose text is empty or whitespace: skip with a "
+                                      "warning and a count, or stop with an error.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Let transformers run the model repository's own code (off by default).")
 def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out, plugins_dir,
-        cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr, dropout):
+        cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr, dropout,
+        empty_texts, trust_remote_code):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     from .api import run as run_comparison
     from .results import display_table
@@ -79,17 +119,15 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
     if out is None:
         out = default_out_dir(click.get_current_context().params)
     progress = sys.stderr.isatty() and not os.environ.get("CI")
-    try:
-        results = run_comparison(
-            data, text_col=text_col, label_col=label_col, test_data=test_data,
-            labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
-            out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
-            device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
-            head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
-            progress=progress, log=_log,
-        )
-    except PoolkitError as exc:
-        raise click.ClickException(str(exc)) from None
+    results = run_comparison(
+        data, text_col=text_col, label_col=label_col, test_data=test_data,
+        labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
+        out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
+        device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
+        head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
+        empty_texts=empty_texts, trust_remote_code=trust_remote_code, progress=progress,
+        log=_log,
+    )
     summary = results.attrs["summary"]
     settings = results.attrs["settings"]
     click.echo(display_table(summary).to_string(index=False))
@@ -101,7 +139,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
     problems = list(results.attrs["failures"]) + results.attrs["plugin_errors"]
     if problems:
         failed = ", ".join(results.attrs["failures"]) or "see errors above"
-        raise click.ClickException(f"some poolers or plugins failed ({failed}); others' results are in {out}")
+        raise PluginsFailed(f"some poolers or plugins failed ({failed}); others' results are in {out}")
 
 
 @cli.command()
@@ -111,10 +149,7 @@ def plugins(plugins_dir):
     """List every registered pooler and the plugin that registered it."""
     from .manager import collect_poolers, get_plugin_manager
 
-    try:
-        pm = get_plugin_manager(plugins_dir=plugins_dir)
-    except PoolkitError as exc:
-        raise click.ClickException(str(exc)) from None
+    pm = get_plugin_manager(plugins_dir=plugins_dir)
     found = collect_poolers(pm)
     width = max((len(n) for n in found), default=6)
     for name, (pooler, plugin) in found.items():
@@ -122,7 +157,7 @@ def plugins(plugins_dir):
     for error in pm.load_errors:
         _log(f"error: {error}")
     if pm.load_errors:
-        sys.exit(1)
+        sys.exit(PluginsFailed.exit_code)
 
 
 @cli.command()
@@ -136,17 +171,14 @@ def export(run_dir, fmt, table, output):
     """Export a run's table as csv, md, latex, json or html."""
     from .results import export_run, write_text_atomic
 
+    text = export_run(run_dir, fmt, table)
+    if output is None:
+        click.echo(text, nl=False)
+        return
     try:
-        text = export_run(run_dir, fmt, table)
-        if output is None:
-            click.echo(text, nl=False)
-            return
-        try:
-            write_text_atomic(output, text)
-        except OSError as exc:
-            raise PoolkitError(f"cannot write '{output}': {exc.strerror or exc}") from None
-    except PoolkitError as exc:
-        raise click.ClickException(str(exc)) from None
+        write_text_atomic(output, text)
+    except OSError as exc:
+        raise PoolkitError(f"cannot write '{output}': {exc.strerror or exc}") from None
     _log(f"wrote {output}")
 
 

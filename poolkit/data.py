@@ -96,8 +96,12 @@ def read_table(path):
     return frame
 
 
-def read_examples(path, text_col: str, label_col: str):
-    """``(texts, raw_labels)`` from a file; errors name the file and column."""
+def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error", log=None):
+    """``(texts, raw_labels)`` from a file; errors name the file and column.
+
+    Rows whose text is missing, empty or whitespace are skipped (with a
+    warning through ``log``) when ``empty_texts`` is ``"skip"``, else an error.
+    """
     frame = read_table(path)
     for role, col in (("text", text_col), ("label", label_col)):
         if col not in frame.columns:
@@ -113,8 +117,20 @@ def read_examples(path, text_col: str, label_col: str):
             f"data file '{path}': column '{label_col}' has {int(missing.sum())} missing "
             f"label(s), first at row {row + 1}"
         )
-    texts = frame[text_col].fillna("").astype(str).tolist()
-    return texts, frame[label_col].tolist()
+    texts = frame[text_col].fillna("").astype(str)
+    empty = texts.str.strip() == ""
+    if empty.any():
+        rows = np.flatnonzero(empty.to_numpy())
+        where = (f"{len(rows)} empty or whitespace-only text(s) in column '{text_col}', "
+                 f"first at row {rows[0] + 1}")
+        if empty_texts != "skip":
+            raise PoolkitError(f"data file '{path}': {where}; fix them or use --empty-texts skip")
+        if log:
+            log(f"warning: data file '{path}': skipped {where}")
+        frame, texts = frame[~empty.to_numpy()], texts[~empty]
+        if len(frame) == 0:
+            raise PoolkitError(f"data file '{path}' has no non-empty texts in column '{text_col}'")
+    return texts.tolist(), frame[label_col].tolist()
 
 
 def load_default_examples():
@@ -195,6 +211,8 @@ def load_dataset(
     split_seed: int = 0,
     validation_size: float = 0.1,
     test_size: float = 0.1,
+    empty_texts: str = "skip",
+    log=None,
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
@@ -206,7 +224,7 @@ def load_dataset(
         texts, raw = load_default_examples()
         source = DEFAULT_DATASET_NAME
     else:
-        texts, raw = read_examples(data, text_col, label_col)
+        texts, raw = read_examples(data, text_col, label_col, empty_texts, log)
         source = f"data file '{data}'"
     names = label_names_for(raw, labels)
     if len(set(map(str, raw))) < 2:
@@ -218,7 +236,7 @@ def load_dataset(
     if test_data is None:
         splits = split_indices(ids, split_seed, validation_size, test_size, source)
     else:
-        test_texts, test_raw = read_examples(test_data, text_col, label_col)
+        test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log)
         test_ids = encode_labels(test_raw, names, f"test file '{test_data}'")
         splits = split_indices(ids, split_seed, validation_size, 0.0, source)
         splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))

@@ -93,6 +93,16 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PoolkitError(f"could not load model '{name}': {first}") from None
+    architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "is_encoder_decoder", False) or any(
+        arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+        for arch in architectures
+    ):
+        kind = ", ".join(architectures) or config.model_type
+        raise PoolkitError(
+            f"model '{name}' ({kind}) is not an encoder; poolkit pools encoder token states "
+            "(BERT, RoBERTa, MiniLM, ...)"
+        )
     if not getattr(tokenizer, "is_fast", False):
         raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
     limits = [
