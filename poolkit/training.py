@@ -102,29 +102,35 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
     bar = tqdm(total=config.max_epochs, desc="training heads", unit="epoch",
                disable=not progress, leave=False)
     for epoch in range(1, config.max_epochs + 1):
+        # Only heads still early-stopping take part: a stopped head's best
+        # weights are kept, and the others' updates do not depend on it.
+        live = active.nonzero().squeeze(1)
+        live_dev = live.to(device)
         perms = torch.stack([torch.randperm(n_train, generator=order_gens[s]) for s in seeds])
-        perms = perms[seed_of_head].to(device)  # (heads, n_train)
+        perms = perms[[seed_of_head[h] for h in live.tolist()]].to(device)  # (live, n_train)
+        poolers_live = pooler_of_head[live_dev]
         for start in range(0, n_train, config.batch_size):
-            rows = perms[:, start : start + config.batch_size]  # (heads, B)
-            x = x_train[pooler_of_head[:, None], rows]  # (heads, B, D_max)
+            rows = perms[:, start : start + config.batch_size]  # (live, B)
+            x = x_train[poolers_live[:, None], rows]  # (live, B, D_max)
             if config.dropout > 0:
                 # Each head draws a mask of its own width, so its random stream
                 # does not depend on the other poolers in the run.
-                keep = torch.zeros(n_heads, x.shape[1], d_max, dtype=torch.bool)
-                for h, g in enumerate(head_gens):
+                keep = torch.zeros(len(live), x.shape[1], d_max, dtype=torch.bool)
+                for row, h in enumerate(live.tolist()):
                     d = head_dims[h]
-                    keep[h, :, :d] = torch.rand(x.shape[1], d, generator=g) >= config.dropout
-                keep = keep.to(device)
-                x = x * keep / (1 - config.dropout)
-            logits = torch.baddbmm(bias, x, weight)  # (heads, B, C)
+                    keep[row, :, :d] = torch.rand(x.shape[1], d, generator=head_gens[h]) >= config.dropout
+                x = x * keep.to(device) / (1 - config.dropout)
+            logits = torch.baddbmm(bias[live_dev], x, weight[live_dev])  # (live, B, C)
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, num_labels), y_train[rows].reshape(-1), reduction="none"
-            ).view(n_heads, -1).mean(dim=1).sum()
+            ).view(len(live), -1).mean(dim=1).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            val_loss = _losses(x_val[pooler_of_head], weight, bias, y_val).cpu()
+            val_loss = best_loss.clone()
+            val_loss[live] = _losses(x_val[poolers_live], weight[live_dev], bias[live_dev],
+                                     y_val).cpu()
             epochs_trained[active] = epoch
             improved = active & (val_loss < best_loss - 1e-6)
             best_loss = torch.where(improved, val_loss, best_loss)
