@@ -67,6 +67,8 @@ class HiddenStateCache:
         self.path = Path(path)
         try:
             self.meta = json.loads((self.path / "meta.json").read_text())
+            if not isinstance(self.meta, dict):
+                raise CacheDamaged("meta.json is not a JSON object")
             if self.meta.get("format") != FORMAT_VERSION:
                 raise CacheDamaged(f"format {self.meta.get('format')}, expected {FORMAT_VERSION}")
             self.hidden_size = int(self.meta["hidden_size"])
@@ -154,12 +156,22 @@ class CacheWriter:
         self.batches_done = 0
         self.written = 0
         self.starts = np.zeros(num_texts, dtype=np.int64)
-        progress = self._read_progress()
-        if progress is None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp.mkdir(parents=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.lock = _try_lock(self.tmp / ".lock")
+        if self.lock is None:
+            # Another writer is encoding the same texts: write a private folder
+            # (not resumable) rather than share, or wait for, its files.
+            self.tmp = Path(root) / f"{key}.partial-{os.getpid()}-{os.urandom(4).hex()}"
+            self.tmp.mkdir()
+            progress = None
         else:
-            self.batches_done, self.written, self.starts = progress
+            progress = self._read_progress()
+            if progress is None:
+                for stale in self.tmp.iterdir():
+                    if stale.name != ".lock":
+                        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            else:
+                self.batches_done, self.written, self.starts = progress
         self.file = open(self.tmp / "tokens.bin", "r+b" if progress else "wb")
         self.file.truncate(self.written * self.row_bytes)  # drop a half-written batch
         self.file.seek(0, os.SEEK_END)
@@ -170,13 +182,13 @@ class CacheWriter:
             with np.load(self.tmp / "progress.npz", allow_pickle=False) as arrays:
                 starts = arrays["starts"]
             size = (self.tmp / "tokens.bin").stat().st_size
-        except (OSError, ValueError, KeyError):
+            if saved.get("plan") != self.plan or len(starts) != len(self.starts):
+                return None
+            if size < saved["tokens"] * self.row_bytes:
+                return None
+            return int(saved["batches"]), int(saved["tokens"]), starts
+        except Exception:  # any damage to the progress files: start this entry over
             return None
-        if saved.get("plan") != self.plan or len(starts) != len(self.starts):
-            return None
-        if size < saved["tokens"] * self.row_bytes:
-            return None
-        return int(saved["batches"]), int(saved["tokens"]), starts
 
     def add(self, states: np.ndarray) -> int:
         """Append ``states`` ``(tokens, hidden_size)``; return its first row."""
@@ -203,15 +215,39 @@ class CacheWriter:
             crc32={name: file_crc32(self.tmp / name) for name in ("tokens.bin", "index.npz")},
         )
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
-        for name in ("progress.json", "progress.npz"):
+        for name in ("progress.json", "progress.npz", ".lock"):
             (self.tmp / name).unlink(missing_ok=True)
-        shutil.rmtree(self.final, ignore_errors=True)
+        shutil.rmtree(self.final, ignore_errors=True)  # another writer may have finished first
         os.replace(self.tmp, self.final)
+        self._unlock()
         return HiddenStateCache(self.final)
 
     def close(self) -> None:
-        """Stop writing; the partial entry stays for a later resume."""
+        """Stop writing; a shared partial entry stays for a later resume."""
         self.file.close()
+        if self.lock is None and self.tmp.exists() and self.tmp != self.final:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # a private folder cannot be resumed
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.close()  # closing releases the flock
+            self.lock = None
+
+
+def _try_lock(path: Path):
+    """An open file holding an exclusive lock on ``path``, or ``None`` if another holds it."""
+    handle = open(path, "a+")
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def file_crc32(path: Path) -> int:

@@ -90,7 +90,8 @@ def read_table(path):
             f"data file '{path}' is not valid UTF-8 (byte {exc.start}); re-save it as UTF-8"
         ) from None
     except Exception as exc:
-        raise PoolkitError(f"data file '{path}' could not be read as {kind}: {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise PoolkitError(f"data file '{path}' could not be read as {kind}: {reason}") from None
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame
@@ -130,7 +131,8 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
         frame, texts = frame[~empty.to_numpy()], texts[~empty]
         if len(frame) == 0:
             raise PoolkitError(f"data file '{path}' has no non-empty texts in column '{text_col}'")
-    return texts.tolist(), frame[label_col].tolist()
+    # The labels keep the file's row numbers (the index), for error messages.
+    return texts.tolist(), frame[label_col]
 
 
 def load_default_examples():
@@ -164,9 +166,11 @@ def label_names_for(values, order=None) -> list:
 
 
 def encode_labels(values, names, source: str) -> np.ndarray:
+    """Label ids of ``values`` (a list, or a Series indexed by 0-based file row)."""
     index = {name: i for i, name in enumerate(names)}
     ids = []
-    for row, value in enumerate(values):
+    rows = values.items() if hasattr(values, "items") else enumerate(values)
+    for row, value in rows:
         key = str(value)
         if key not in index:
             raise PoolkitError(

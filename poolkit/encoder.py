@@ -93,12 +93,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PoolkitError(f"could not load model '{name}': {first}") from None
-    architectures = getattr(config, "architectures", None) or []
-    if getattr(config, "is_encoder_decoder", False) or any(
-        arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
-        for arch in architectures
-    ):
-        kind = ", ".join(architectures) or config.model_type
+    if not _is_encoder(config):
+        kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
         raise PoolkitError(
             f"model '{name}' ({kind}) is not an encoder; poolkit pools encoder token states "
             "(BERT, RoBERTa, MiniLM, ...)"
@@ -115,6 +111,20 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
     elif max_length > model_limit:
         raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
     return Encoder(name, path, tokenizer, config, int(max_length), trust_remote_code)
+
+
+def _is_encoder(config) -> bool:
+    """False for encoder-decoder and decoder-only (causal LM, no masked LM) models."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(config, "model_type", None)
+    return not (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
 def _load_model(encoder: Encoder):
@@ -285,9 +295,9 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
     except BaseException:
         if completed[0] > writer.batches_done:  # Ctrl-C, an error: keep what is done
             writer.checkpoint(*completed)
+        writer.close()
         raise
     finally:
-        writer.close()
         bar.close()
         model.to("cpu")
     writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)

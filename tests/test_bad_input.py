@@ -1,0 +1,300 @@
+"""``poolkit run`` on bad input: one table, one case per way the input can be wrong.
+
+Every failing case must exit non-zero with exactly one line starting with
+``Error:`` that names the culprit (file, column, row, pooler, model or option),
+never a traceback, and must fail before the encoder runs (no cache entry, no run
+directory). A few inputs are only suspicious, not wrong: those runs succeed
+(exit 0) and warn on stderr with a count.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import invoke, make_rows
+
+USAGE = 2  # click's exit code for a bad option
+FAILED = 1  # a PoolkitError shown as one line
+OK = 0
+
+
+@dataclass
+class Case:
+    """``make(tmp, models) -> args`` builds the bad input and returns the extra CLI args."""
+
+    make: object
+    exit_code: int = FAILED
+    culprits: tuple = ()  # substrings of the one Error: line (failures)
+    warnings: tuple = ()  # substrings of stderr (successes)
+    early: bool = True  # fails before anything is written (no cache entry, no run dir)
+    marks: tuple = field(default=())
+
+
+def _rows(n=40, labels=("pos", "neg")):
+    return [(text, labels[i % len(labels)]) for i, (text, _) in enumerate(make_rows(n))]
+
+
+def _csv(path, rows=None, columns=("text", "label")):
+    pd.DataFrame(_rows() if rows is None else rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+def _text(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _with(rows, **changes):
+    """``rows`` with row ``rN`` (0-based N) set to ``(text, label)``; None keeps that part."""
+    rows = list(rows)
+    for index, (text, label) in {int(k[1:]): v for k, v in changes.items()}.items():
+        old_text, old_label = rows[index]
+        rows[index] = (old_text if text is None else text, old_label if label is None else label)
+    return rows
+
+
+def _unreadable(tmp):
+    path = _csv(tmp / "locked.csv")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: nothing to test here
+        path.chmod(0o644)
+        pytest.skip("running with privileges that read a chmod 000 file")
+    return ["--data", path]
+
+
+def _truncation(tmp):
+    """Data whose texts are partly longer than 8 tokens (the count: a test below)."""
+    return ["--data", _csv(tmp / "long.csv"), "--max-length", "8"]
+
+
+def _not_a_file_out(tmp):
+    blocker = _text(tmp / "somefile.txt", "I am a file\n")
+    return ["--data", _csv(tmp / "d.csv"), "--out", blocker / "run"]
+
+
+CASES = {
+    "missing file": Case(lambda tmp, m: ["--data", tmp / "nowhere.csv"],
+                         culprits=("nowhere.csv", "does not exist")),
+    "data is a directory": Case(lambda tmp, m: ["--data", tmp],
+                                exit_code=USAGE, culprits=("--data", "directory")),
+    "unreadable file": Case(lambda tmp, m: _unreadable(tmp), exit_code=USAGE,
+                            culprits=("--data", "locked.csv", "not readable")),
+    "unknown format extension": Case(lambda tmp, m: ["--data", _csv(tmp / "d.xlsx")],
+                                     culprits=("d.xlsx", "unknown format", ".csv")),
+    "wrong text column": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--text-col", "body"],
+                              culprits=("d.csv", "text column 'body'", "--text-col")),
+    "wrong label column": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--label-col", "sentiment"],
+        culprits=("d.csv", "label column 'sentiment'", "--label-col")),
+    "empty file (0 bytes)": Case(lambda tmp, m: ["--data", _text(tmp / "zero.csv", b"")],
+                                 culprits=("zero.csv", "empty")),
+    "header only": Case(lambda tmp, m: ["--data", _text(tmp / "header.csv", "text,label\n")],
+                        culprits=("header.csv", "no rows")),
+    "ragged csv row": Case(
+        lambda tmp, m: ["--data", _text(tmp / "ragged.csv", "text,label\ngood,pos\nbad,neg,x\n")],
+        culprits=("ragged.csv", "line 3")),
+    "malformed jsonl": Case(
+        lambda tmp, m: ["--data", _text(tmp / "d.jsonl",
+                                        '{"text": "good", "label": "pos"}\n{"te\n')],
+        culprits=("d.jsonl", "jsonl")),
+    "whitespace-only texts, --empty-texts error": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _with(_rows(), r3=("   ", None),
+                                                             r9=("\t ", None))),
+                        "--empty-texts", "error"],
+        culprits=("d.csv", "column 'text'", "2 empty", "row 4", "--empty-texts")),
+    "whitespace-only texts are skipped by default": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _with(_rows(), r3=("   ", None),
+                                                             r9=("\t ", None)))],
+        exit_code=OK, warnings=("warning:", "d.csv", "skipped 2 empty or whitespace-only",
+                                "row 4")),
+    "missing labels": Case(
+        lambda tmp, m: ["--data", _text(tmp / "d.csv", "text,label\ngood,pos\nbad,neg\n"
+                                                     "fun,pos\ndull,\nawful,neg\nfine,\n")],
+        culprits=("d.csv", "column 'label'", "2 missing", "row 4")),
+    "single label": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv", _rows(labels=("pos",)))],
+                         culprits=("d.csv", "column 'label'", "single label", "pos")),
+    "test label unseen in training": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--test-data",
+                        _csv(tmp / "t.csv", _with(_rows(10), r6=(None, "meh")))],
+        culprits=("t.csv", "'meh'", "row 7")),
+    "test label unseen in training, after a skipped empty text": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--test-data",
+                        _csv(tmp / "t.csv", _with(_rows(10), r1=("  ", None), r6=(None, "meh")))],
+        culprits=("t.csv", "'meh'", "row 7")),
+    "too few examples for the split": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _rows(3))],
+        culprits=("d.csv", "too few examples", "3 rows", "2 labels")),
+    "not UTF-8": Case(
+        lambda tmp, m: ["--data", _text(tmp / "latin.csv", "text,label\ncafé,pos\nthé,neg\n"
+                                        .encode("latin-1"))],
+        culprits=("latin.csv", "UTF-8")),
+    "texts longer than --max-length": Case(lambda tmp, m: _truncation(tmp), exit_code=OK,
+                                           warnings=("warning:", "texts are longer than 8 tokens",
+                                                     "truncated")),
+    "unknown pooler": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--poolers", "mean,nope"],
+                           culprits=("unknown pooler 'nope'", "mean", "poolkit plugins")),
+    "model folder that does not exist": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", tmp / "no-such-model"],
+        culprits=("could not load model", "no-such-model")),
+    "empty model folder": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", _mkdir(tmp / "empty-model")],
+        culprits=("could not load model", "empty-model")),
+    "model folder without weights": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["no_weights"]],
+        culprits=("could not load model", "no-weights"), early=False),
+    "causal LM, not an encoder": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["gpt2_lm"]],
+        culprits=("tiny-gpt2-lm", "not an encoder")),
+    "decoder-only base model, not an encoder": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["gpt2_base"]],
+        culprits=("tiny-gpt2-base", "not an encoder")),
+    "--max-length above the model's limit": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--max-length", "999"],
+        culprits=("--max-length 999", "64")),
+    "--seeds 0": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--seeds", "0"],
+                      exit_code=USAGE, culprits=("--seeds", "0")),
+    "--out inside a regular file": Case(lambda tmp, m: _not_a_file_out(tmp),
+                                        culprits=("somefile.txt", "--out")),
+    "--out is a regular file": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--out", _text(tmp / "taken.txt", "x")],
+        exit_code=USAGE, culprits=("--out", "taken.txt")),
+}
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_model_dir):
+    """Model folders that must be refused: a GPT-2 LM, a bare GPT-2, a BERT without weights."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    root = tmp_path_factory.mktemp("bad-models")
+    tokenizer_files = [p for p in tiny_model_dir.iterdir()
+                       if p.name.startswith(("tokenizer", "vocab"))]
+    folders = {}
+    for key, name, cls in (("gpt2_lm", "tiny-gpt2-lm", GPT2LMHeadModel),
+                           ("gpt2_base", "tiny-gpt2-base", GPT2Model)):
+        folder = root / name
+        folder.mkdir()
+        for file in tokenizer_files:
+            shutil.copy(file, folder / file.name)
+        vocab = len((tiny_model_dir / "vocab.txt").read_text().split())
+        config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=vocab, n_positions=64)
+        torch.manual_seed(0)
+        cls(config).eval().save_pretrained(folder)
+        folders[key] = folder
+    no_weights = root / "no-weights"
+    shutil.copytree(tiny_model_dir, no_weights)
+    for file in no_weights.glob("*.safetensors"):
+        file.unlink()
+    folders["no_weights"] = no_weights
+    return folders
+
+
+def _cache_entries(root: Path):
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks) for n, c in CASES.items()])
+def test_run_bad_input(name, tiny_model_dir, models, tmp_path):
+    case = CASES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "run"
+    extra = [str(a) for a in case.make(work, models)]
+    result = invoke(["run", "--model", tiny_model_dir, "--seeds", 1, "--epochs", 1,
+                     "--poolers", "mean", "--out", out, *extra])
+    output = result.output
+    assert "Traceback" not in output, output
+    assert result.exit_code == case.exit_code, output
+    cache = Path(os.environ["POOLKIT_CACHE_DIR"])
+    if case.exit_code == OK:
+        for text in case.warnings:
+            assert text in result.stderr, (text, result.stderr)
+        assert not [line for line in output.splitlines() if line.startswith("Error:")]
+        assert (out / "results.csv").is_file()
+        return
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    for culprit in case.culprits:
+        assert culprit in errors[0], (culprit, errors[0])
+    # The message is one line: nothing (not even a blank line) follows it.
+    assert output.endswith(errors[0] + "\n"), repr(output)
+    if case.early:
+        assert _cache_entries(cache) == [], "failed after the encoder had started"
+        assert not out.exists()
+    else:
+        assert not [p for p in cache.glob("*") if (p / "meta.json").exists()]
+
+
+def test_skipped_texts_are_left_out_of_the_split(tiny_model_dir, tmp_path):
+    """The skip warning's count matches what the run used: 40 rows minus 2 skipped."""
+    import json
+
+    data = _csv(tmp_path / "d.csv", _with(_rows(), r3=("   ", None), r9=("", None)))
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--seeds", 1,
+                     "--epochs", 1, "--poolers", "cls", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 empty or whitespace-only text(s) in column 'text', first at row 4" \
+        in result.stderr
+    sizes = json.loads((out / "settings.json").read_text())["split_sizes"]
+    assert sum(sizes.values()) == 38
+
+
+def test_truncation_warning_counts_the_long_texts(tiny_model_dir, hf_tokenizer, tmp_path):
+    """'N of M texts ... truncated' with N counted independently by the HF tokenizer."""
+    data = _csv(tmp_path / "long.csv")
+    texts = pd.read_csv(data)["text"].tolist()
+    longer = sum(len(hf_tokenizer(t)["input_ids"]) > 8 for t in texts)
+    assert 0 < longer < len(texts)  # the data has both kinds
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--seeds", 1,
+                     "--epochs", 1, "--poolers", "cls", "--max-length", 8,
+                     "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {longer} of {len(texts)} texts are longer than 8 tokens and were "
+            "truncated") in result.stderr
+
+
+def test_unwritable_out_fails_before_encoding(tiny_model_dir, tmp_path):
+    blocker = _text(tmp_path / "somefile.txt", "I am a file\n")
+    cache = tmp_path / "explicit-cache"
+    result = invoke(["run", "--data", _csv(tmp_path / "d.csv"), "--model", tiny_model_dir,
+                     "--seeds", 1, "--epochs", 1, "--out", blocker / "run", "--cache-dir", cache])
+    assert result.exit_code == FAILED, result.output
+    assert "cannot write run directory" in result.output and "somefile.txt" in result.output
+    assert not cache.exists() or not any(cache.iterdir())
+    assert blocker.read_text() == "I am a file\n"
+
+
+def _poolkit(*args, cwd):
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)  # the CLI as a user runs it
+    return subprocess.run([sys.executable, "-m", "poolkit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    done = _poolkit("--debug", "run", "--data", "missing.csv", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "PoolkitError" in done.stderr and "missing.csv" in done.stderr
+
+    plain = _poolkit("run", "--data", "missing.csv", cwd=tmp_path)
+    assert plain.returncode == FAILED
+    assert "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        "Error: data file 'missing.csv' does not exist"]

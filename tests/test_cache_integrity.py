@@ -1,0 +1,245 @@
+"""Damaged cache entries are detected, reported and rebuilt, never used.
+
+A complete entry built by ``encode_to_cache`` with the tiny model is damaged on
+disk in one way per case; opening it must raise ``CacheDamaged``, and the next
+``encode_to_cache`` must say "damaged" naming the entry, re-run the encoder and
+leave an entry equal to one built from scratch. Damaged *partial* entries (an
+interrupted encoding) must restart or resume, never crash or be trusted.
+"""
+
+import json
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import poolkit.encoder
+from poolkit.cache import CacheDamaged, HiddenStateCache
+from poolkit.encoder import encode_to_cache, load_encoder
+
+TEXTS = [
+    "good",
+    "the movie was really very good and the actor was great fun",
+    "awful plot , dull story",
+    "it was not boring but the film was so poor",
+    "loved it !",
+    "the story was fine",
+    "hated the plot and the actor",
+    "a really fun film",
+    "dull",
+    "the film was very very good",
+]
+MAX_TEXTS = 3  # several encoder batches per entry
+BATCHES = -(-len(TEXTS) // MAX_TEXTS)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    return load_encoder(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def fresh(encoder, tmp_path_factory):
+    """An entry built once from scratch: what every rebuilt entry must equal."""
+    entry, ran = encode_to_cache(encoder, TEXTS, tmp_path_factory.mktemp("fresh"),
+                                 max_texts=MAX_TEXTS)
+    assert ran
+    return entry
+
+
+def _build(encoder, root, **kwargs):
+    return encode_to_cache(encoder, TEXTS, root, max_texts=MAX_TEXTS, **kwargs)
+
+
+def assert_same_entry(entry, fresh):
+    assert entry.path.name == fresh.path.name  # the same key
+    assert (entry.path / "tokens.bin").read_bytes() == (fresh.path / "tokens.bin").read_bytes()
+    assert entry.starts.tolist() == fresh.starts.tolist()
+    assert entry.lengths.tolist() == fresh.lengths.tolist()
+    timing = ("encode_seconds",)
+    assert ({k: v for k, v in entry.meta.items() if k not in timing}
+            == {k: v for k, v in fresh.meta.items() if k not in timing})
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    from transformers import BertModel
+
+    calls = []
+    original = BertModel.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", counting)
+    return calls
+
+
+def _flip(path: Path, where):
+    data = bytearray(path.read_bytes())
+    offset = {"first": 0, "last": len(data) - 1}.get(where)
+    if offset is None:  # "random-N": a fixed random offset
+        offset = random.Random(int(where.split("-")[1])).randrange(len(data))
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path, drop: int):
+    data = path.read_bytes()
+    path.write_bytes(data[:-drop])
+
+
+DAMAGE = {
+    **{f"tokens.bin byte {w} flipped": (lambda e, w=w: _flip(e / "tokens.bin", w))
+       for w in ("first", "random-0", "random-1", "random-2", "last")},
+    "tokens.bin truncated by 3 bytes": lambda e: _truncate(e / "tokens.bin", 3),
+    "tokens.bin one byte longer": lambda e: (e / "tokens.bin").write_bytes(
+        (e / "tokens.bin").read_bytes() + b"\0"),
+    "tokens.bin empty": lambda e: (e / "tokens.bin").write_bytes(b""),
+    "tokens.bin deleted": lambda e: (e / "tokens.bin").unlink(),
+    **{f"index.npz byte {w} flipped": (lambda e, w=w: _flip(e / "index.npz", w))
+       for w in ("first", "random-3", "last")},
+    "index.npz truncated": lambda e: _truncate(e / "index.npz", 40),
+    "index.npz replaced by other arrays": lambda e: np.savez(
+        e / "index.npz", starts=np.zeros(len(TEXTS), np.int64),
+        lengths=np.ones(len(TEXTS), np.int64)),
+    "index.npz deleted": lambda e: (e / "index.npz").unlink(),
+    "meta.json invalid JSON": lambda e: _truncate(e / "meta.json", 10),
+    "meta.json empty": lambda e: (e / "meta.json").write_text(""),
+    "meta.json deleted": lambda e: (e / "meta.json").unlink(),
+    "meta.json of another format version": lambda e: (e / "meta.json").write_text(json.dumps(
+        {**json.loads((e / "meta.json").read_text()), "format": 1})),
+    "meta.json checksum missing": lambda e: (e / "meta.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((e / "meta.json").read_text()).items() if k != "crc32"})),
+    "meta.json holds JSON that is not an object": lambda e: (e / "meta.json").write_text("[]"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_entry_is_reported_and_rebuilt(encoder, fresh, tmp_path, forward_calls, damage):
+    root = tmp_path / "cache"
+    entry, ran = _build(encoder, root)
+    assert ran
+    key = entry.path.name
+    assert_same_entry(HiddenStateCache.open(root, key), fresh)  # intact before the damage
+
+    DAMAGE[damage](entry.path)
+
+    with pytest.raises(CacheDamaged):
+        HiddenStateCache.open(root, key)
+    messages = []
+    forward_calls.clear()
+    rebuilt, ran = _build(encoder, root, log=messages.append)
+    assert ran, "a damaged entry was used"
+    assert len(forward_calls) == BATCHES  # a full re-encode
+    damaged = [m for m in messages if "damaged" in m]
+    assert len(damaged) == 1, messages
+    assert str(root / key) in damaged[0]
+    assert_same_entry(rebuilt, fresh)
+    assert sorted(p.name for p in root.iterdir()) == [key]  # no leftovers
+    assert_same_entry(HiddenStateCache.open(root, key), fresh)
+
+    forward_calls.clear()
+    again, ran = _build(encoder, root)  # and now it is an ordinary cache hit
+    assert not ran and forward_calls == []
+
+
+def _interrupted(encoder, root, monkeypatch, at_batch):
+    """Encode into ``root`` with a KeyboardInterrupt at encoder batch ``at_batch``."""
+    from transformers import BertModel
+
+    monkeypatch.setattr(poolkit.encoder, "CHECKPOINT_EVERY", 1)
+    original = BertModel.forward
+    calls = []
+
+    def interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_batch:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _build(encoder, root)
+    monkeypatch.setattr(BertModel, "forward", original)
+    (partial,) = root.iterdir()
+    assert partial.name.endswith(".partial")
+    return partial
+
+
+PARTIAL_DAMAGE = {
+    # name: (damage, batches the encoder must run afterwards)
+    "progress.json invalid JSON": (lambda p: _truncate(p / "progress.json", 5), BATCHES),
+    "progress.json deleted": (lambda p: (p / "progress.json").unlink(), BATCHES),
+    "progress.json from another plan": (lambda p: (p / "progress.json").write_text(json.dumps(
+        {**json.loads((p / "progress.json").read_text()), "plan": {"budget": 1}})), BATCHES),
+    "tokens.bin shorter than recorded": (lambda p: _truncate(p / "tokens.bin", 4), BATCHES),
+    "tokens.bin with a half-written batch after the checkpoint": (
+        lambda p: (p / "tokens.bin").write_bytes((p / "tokens.bin").read_bytes() + b"\x7f" * 70),
+        BATCHES - 2),
+    "progress.npz deleted": (lambda p: (p / "progress.npz").unlink(), BATCHES),
+    "progress.npz empty": (lambda p: (p / "progress.npz").write_bytes(b""), BATCHES),
+    "progress.npz truncated": (lambda p: _truncate(p / "progress.npz", 30), BATCHES),
+}
+
+
+@pytest.mark.parametrize("damage", list(PARTIAL_DAMAGE))
+def test_damaged_partial_entry_restarts_or_resumes(encoder, fresh, tmp_path, monkeypatch, damage):
+    root = tmp_path / "cache"
+    partial = _interrupted(encoder, root, monkeypatch, at_batch=3)  # batches 1, 2 on disk
+    make_damage, expected_batches = PARTIAL_DAMAGE[damage]
+    make_damage(partial)
+
+    from transformers import BertModel
+
+    original = BertModel.forward
+    calls = []
+    monkeypatch.setattr(BertModel, "forward",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    entry, ran = _build(encoder, root)
+    assert ran
+    assert len(calls) == expected_batches
+    assert_same_entry(entry, fresh)
+    assert sorted(p.name for p in root.iterdir()) == [fresh.path.name]
+
+
+def test_entry_files_are_plain_arrays_and_json_never_pickles(encoder, fresh, tmp_path,
+                                                             monkeypatch):
+    entry, _ = _build(encoder, tmp_path / "cache")
+    files = sorted(p.name for p in entry.path.rglob("*"))
+    assert files == ["index.npz", "meta.json", "tokens.bin"]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".joblib"))]
+
+    meta = json.loads((entry.path / "meta.json").read_text())
+    itemsize = {"fp16": 2, "fp32": 4}[meta["dtype"]]
+    assert (entry.path / "tokens.bin").stat().st_size == (
+        meta["total_tokens"] * meta["hidden_size"] * itemsize)
+    with zipfile.ZipFile(entry.path / "index.npz") as archive:
+        assert sorted(archive.namelist()) == ["lengths.npy", "starts.npy"]
+    with np.load(entry.path / "index.npz", allow_pickle=False) as index:
+        for name in ("starts", "lengths"):
+            assert index[name].dtype == np.int64 and not index[name].dtype.hasobject
+
+    # Opening and reading an entry: np.load only with allow_pickle=False, no pickle at all.
+    loads = []
+    real_load = np.load
+
+    def spy_load(*args, **kwargs):
+        loads.append(kwargs.get("allow_pickle"))
+        return real_load(*args, **kwargs)
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("the cache unpickled something")
+
+    monkeypatch.setattr(np, "load", spy_load)
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    opened = HiddenStateCache.open(entry.path.parent, entry.path.name)
+    hidden, mask = opened.padded(next(opened.batches(10_000)))
+    assert loads and all(flag is False for flag in loads), loads
+    assert hidden.shape[0] == len(TEXTS) and int(mask.sum()) == meta["total_tokens"]
+    assert_same_entry(opened, fresh)
