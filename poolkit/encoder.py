@@ -173,15 +173,26 @@ def _tokenizer_state(tokenizer) -> str:
     return json.dumps(state, sort_keys=True)
 
 
-def tokenize(encoder: Encoder, texts) -> tuple:
-    """``(ids, truncated)``: token ids per text (special tokens included, cut to
-    ``max_length``) and how many texts were longer than that."""
+def tokenize(encoder: Encoder, texts, chunk: int = 4096) -> tuple:
+    """``(ids, truncated)``: int32 token ids per text (special tokens included, cut
+    to ``max_length``) and how many texts were longer than that.
+
+    Tokenized in chunks, keeping only the ids: the tokenizer's full output
+    (offsets, token strings, ...) for a large dataset takes far more memory
+    than the ids themselves.
+    """
     kwargs = dict(return_attention_mask=False, return_token_type_ids=False)
-    ids = encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_length,
-                            **kwargs)["input_ids"]
-    at_limit = [i for i, x in enumerate(ids) if len(x) == encoder.max_length]
-    full = encoder.tokenizer([texts[i] for i in at_limit], **kwargs)["input_ids"] if at_limit else []
-    return ids, sum(len(x) > encoder.max_length for x in full)
+    ids, truncated = [], 0
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        batch = encoder.tokenizer(part, truncation=True, max_length=encoder.max_length,
+                                  **kwargs)["input_ids"]
+        at_limit = [i for i, x in enumerate(batch) if len(x) == encoder.max_length]
+        if at_limit:
+            full = encoder.tokenizer([part[i] for i in at_limit], **kwargs)["input_ids"]
+            truncated += sum(len(x) > encoder.max_length for x in full)
+        ids.extend(np.asarray(x, dtype=np.int32) for x in batch)
+    return ids, truncated
 
 
 PRECISIONS = ("bf16", "fp16", "fp32")
