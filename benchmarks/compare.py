@@ -91,7 +91,7 @@ def main():
     naive_total = 0.0
     per_pooler = []
     for name, pooler in poolers.items():
-        pooler.setup(encoder.model)
+        pooler.setup(encoder)
         train_s, eval_s = naive_seconds_per_text(encoder, pooler, texts, labels, dataset.num_labels)
         epochs = [int(e) for e in results.loc[results["pooler"] == name, "epochs"]]
         total = sum(e * (sizes["train"] * train_s + sizes["validation"] * eval_s)

@@ -14,15 +14,15 @@ class BertPoolerPooler(Pooler):
         self.weight = None
         self.bias = None
 
-    def setup(self, model):
-        dense = getattr(getattr(model, "pooler", None), "dense", None)
+    def setup(self, encoder):
+        dense = encoder.weights("pooler.dense")
         if dense is None:
             raise ValueError(
                 "the model has no pretrained pooler weights (pooler.dense); "
                 "leave out 'bert_pooler' for this model"
             )
-        self.weight = dense.weight.detach().float().clone()
-        self.bias = dense.bias.detach().float().clone()
+        self.weight = dense["weight"].float()
+        self.bias = dense["bias"].float()
 
     def pool(self, hidden, mask):
         import torch  # here, not at the top: `poolkit plugins` stays fast

@@ -69,6 +69,34 @@ class Encoder:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
+    def weights(self, prefix: str):
+        """The pretrained tensors under ``prefix`` (e.g. ``"pooler.dense"``) as
+        ``{"weight": ..., "bias": ...}``, or ``None`` when the checkpoint has none.
+
+        Read straight from a local safetensors checkpoint when there is one,
+        without building the model (importing the modelling code alone takes
+        seconds); otherwise from the loaded model.
+        """
+        files = sorted(Path(self.path).glob("*.safetensors")) if Path(self.path).is_dir() else []
+        if files:
+            from safetensors import safe_open
+
+            found = {}
+            for file in files:
+                with safe_open(file, framework="pt") as checkpoint:
+                    for key in checkpoint.keys():
+                        # task checkpoints prefix the base model: "bert.pooler.dense.weight"
+                        name = key if key.startswith(prefix + ".") else key.partition(".")[2]
+                        if name.startswith(prefix + "."):
+                            found[name[len(prefix) + 1 :]] = checkpoint.get_tensor(key)
+            return found or None
+        module = self.model
+        for part in prefix.split("."):
+            module = getattr(module, part, None)
+            if module is None:  # includes a pooler dropped for missing weights
+                return None
+        return {name: tensor.detach() for name, tensor in module.state_dict().items()}
+
     def identity(self) -> dict:
         """What makes the states this encoder computes: model, tokenizer, max length."""
         return {

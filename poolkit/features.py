@@ -4,11 +4,11 @@ import numpy as np
 
 
 def setup_poolers(poolers: dict, encoder) -> dict:
-    """Call each pooler's ``setup`` with the model; returns ``{name: reason}`` failures."""
+    """Call each pooler's ``setup`` with the encoder; returns ``{name: reason}`` failures."""
     failures = {}
     for name, pooler in poolers.items():
         try:
-            pooler.setup(encoder.model)
+            pooler.setup(encoder)
             dim = pooler.output_dim(encoder.hidden_size)
             if not isinstance(dim, (int, np.integer)) or dim <= 0:
                 raise ValueError(f"output_dim() returned {dim!r}, not a positive int")

@@ -25,12 +25,13 @@ class Pooler:
         """Width ``D`` of the pooled vector for an encoder of ``hidden_size``."""
         return hidden_size
 
-    def setup(self, model) -> None:
-        """Called once with the loaded Hugging Face encoder before pooling.
+    def setup(self, encoder) -> None:
+        """Called once with the encoder before pooling.
 
-        ``model`` is the ``transformers`` model in eval mode on the CPU. Its
-        ``pooler`` attribute is ``None`` when the checkpoint has no pretrained
-        pooler weights.
+        ``encoder.weights("pooler.dense")`` reads pretrained tensors from the
+        checkpoint (``None`` when it has none); ``encoder.model`` is the loaded
+        ``transformers`` model (eval mode, CPU), loaded on first use;
+        ``encoder.config`` and ``encoder.hidden_size`` describe it.
         """
 
     def pool(self, hidden, mask):

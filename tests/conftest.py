@@ -86,6 +86,14 @@ def hf_model(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    """The tiny model as poolkit loads it: what ``Pooler.setup`` receives."""
+    from poolkit.encoder import load_encoder
+
+    return load_encoder(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
 def hf_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 

@@ -55,14 +55,14 @@ def forward_calls(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def reference(hf_model, hf_tokenizer):
+def reference(hf_model, hf_tokenizer, tiny_encoder):
     """Hugging Face's padded-batch outputs for TEXTS and the built-in poolers applied to them."""
     output, mask = hf_forward(hf_model, hf_tokenizer, TEXTS, max_length=64)
     found = collect_poolers(get_plugin_manager())
     pooled = {}
     for name in BUILTIN_POOLERS:
         pooler = found[name][0]
-        pooler.setup(hf_model)
+        pooler.setup(tiny_encoder)
         pooled[name] = pooler.pool(output.last_hidden_state, mask).numpy()
     return output, mask, pooled
 

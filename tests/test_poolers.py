@@ -23,7 +23,7 @@ ALL_DTYPES = (torch.float32, *LOW_PRECISION)
 
 
 @pytest.fixture(scope="module")
-def poolers(hf_model):
+def poolers(tiny_encoder):
     """``{name: pooler}`` for the built-ins, set up with the tiny model."""
     pm = get_plugin_manager()
     found = collect_poolers(pm)
@@ -32,7 +32,7 @@ def poolers(hf_model):
     for name in BUILTIN_POOLERS:
         pooler, plugin = found[name]
         assert plugin == f"poolkit.plugins.{name}"
-        pooler.setup(hf_model)
+        pooler.setup(tiny_encoder)
         out[name] = pooler
     return out
 
@@ -89,13 +89,34 @@ def test_bert_pooler_is_not_the_raw_cls_vector(poolers, batch):
     assert not torch.allclose(pooled, output.last_hidden_state[:, 0], atol=1e-3)
 
 
-def test_bert_pooler_setup_refuses_a_model_without_pooler_weights(tiny_model_dir):
+def test_bert_pooler_setup_refuses_a_model_without_pooler_weights(tiny_model_dir, tmp_path):
+    import shutil
+
     from transformers import BertConfig, BertModel
 
+    from poolkit.encoder import load_encoder
+
+    folder = tmp_path / "no-pooler"
     model = BertModel(BertConfig.from_pretrained(tiny_model_dir), add_pooling_layer=False)
+    model.save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, folder / name)
     pooler = collect_poolers(get_plugin_manager())["bert_pooler"][0]
     with pytest.raises(ValueError, match="bert_pooler"):
-        pooler.setup(model)
+        pooler.setup(load_encoder(str(folder)))
+
+
+def test_bert_pooler_weights_come_from_the_checkpoint_without_building_the_model(tiny_encoder,
+                                                                                 hf_model):
+    from poolkit.encoder import Encoder
+
+    fresh = Encoder(tiny_encoder.name, tiny_encoder.path, tiny_encoder.tokenizer,
+                    tiny_encoder.config, tiny_encoder.max_length)
+    dense = fresh.weights("pooler.dense")
+    assert fresh._model is None  # read from model.safetensors, no model built
+    assert_close(dense["weight"], hf_model.pooler.dense.weight.detach())
+    assert_close(dense["bias"], hf_model.pooler.dense.bias.detach())
 
 
 def test_cls_is_the_first_token_state(poolers, batch):
@@ -230,3 +251,27 @@ def test_inputs_are_not_modified(poolers, alone, name, dtype):
     poolers[name].pool(hidden, mask)
     assert torch.equal(hidden, hidden_before)
     assert torch.equal(mask, mask_before)
+
+
+def test_bert_pooler_reads_task_checkpoints_whose_keys_carry_the_base_model_prefix(
+        tiny_model_dir, tmp_path):
+    """bert-base-uncased ships a BertForPreTraining checkpoint: keys 'bert.pooler.dense.*'."""
+    import shutil
+
+    from transformers import AutoModel, BertConfig, BertForPreTraining
+
+    from poolkit.encoder import load_encoder
+
+    folder = tmp_path / "pretraining"
+    torch.manual_seed(1)
+    BertForPreTraining(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, folder / name)
+    pooler = collect_poolers(get_plugin_manager())["bert_pooler"][0]
+    pooler.setup(load_encoder(str(folder)))
+    model = AutoModel.from_pretrained(folder).eval()
+    ids = torch.tensor([[2, 10, 11, 3]])
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    assert_close(pooler.pool(out.last_hidden_state, torch.ones_like(ids)), out.pooler_output)

@@ -28,14 +28,14 @@ TOLERANCE = {
 
 
 @pytest.fixture(scope="module")
-def poolers(hf_model):
+def poolers(tiny_encoder):
     pm = get_plugin_manager()
     found = collect_poolers(pm)
     assert pm.load_errors == []
     out = {}
     for name in BUILTIN_POOLERS:
         pooler = found[name][0]
-        pooler.setup(hf_model)
+        pooler.setup(tiny_encoder)
         out[name] = pooler
     return out
 
