@@ -94,6 +94,23 @@ def tiny_encoder(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def builtin_poolers(tiny_encoder):
+    """``{name: pooler}`` for the built-ins as users get them, set up with the tiny model."""
+    from poolkit.manager import collect_poolers, get_plugin_manager
+
+    pm = get_plugin_manager()
+    found = collect_poolers(pm)
+    assert pm.load_errors == []
+    out = {}
+    for name in BUILTIN_POOLERS:
+        pooler, plugin = found[name]
+        assert plugin == f"poolkit.plugins.{name}"
+        pooler.setup(tiny_encoder)
+        out[name] = pooler
+    return out
+
+
+@pytest.fixture(scope="session")
 def hf_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 

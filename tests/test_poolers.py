@@ -23,18 +23,8 @@ ALL_DTYPES = (torch.float32, *LOW_PRECISION)
 
 
 @pytest.fixture(scope="module")
-def poolers(tiny_encoder):
-    """``{name: pooler}`` for the built-ins, set up with the tiny model."""
-    pm = get_plugin_manager()
-    found = collect_poolers(pm)
-    assert pm.load_errors == []
-    out = {}
-    for name in BUILTIN_POOLERS:
-        pooler, plugin = found[name]
-        assert plugin == f"poolkit.plugins.{name}"
-        pooler.setup(tiny_encoder)
-        out[name] = pooler
-    return out
+def poolers(builtin_poolers):
+    return builtin_poolers
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from conftest import BUILTIN_POOLERS
-from poolkit.manager import collect_poolers, get_plugin_manager
 
 HIDDEN = 32  # the tiny model's hidden size (bert_pooler uses its weights)
 MAX_LEN = 12
@@ -28,16 +27,8 @@ TOLERANCE = {
 
 
 @pytest.fixture(scope="module")
-def poolers(tiny_encoder):
-    pm = get_plugin_manager()
-    found = collect_poolers(pm)
-    assert pm.load_errors == []
-    out = {}
-    for name in BUILTIN_POOLERS:
-        pooler = found[name][0]
-        pooler.setup(tiny_encoder)
-        out[name] = pooler
-    return out
+def poolers(builtin_poolers):
+    return builtin_poolers
 
 
 @st.composite
