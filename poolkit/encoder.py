@@ -56,7 +56,6 @@ class Encoder:
     max_length: int
     trust_remote_code: bool = False
     _model: object = None
-    passes: int = 0  # encoder passes run by this object (the cache test reads it)
 
     @property
     def model(self):
@@ -291,11 +290,12 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
     batches = list(_token_budget_batches(lengths[order], max_batch_tokens, max_texts or 1 << 30))
     plan = {"key": key, "budget": max_batch_tokens, "max_texts": max_texts, "dtype": dtype,
             "batches": len(batches)}
+    # The model loads before the writer, so one that fails to load leaves no partial folder.
+    model = encoder.model.to(device)
     writer = CacheWriter(cache_dir, key, encoder.hidden_size, dtype,
                          {"identity": identity, "truncated": int(truncated)}, plan, len(texts))
     if writer.batches_done:
         log(f"resuming an interrupted encoding at batch {writer.batches_done} of {len(batches)}")
-    model = encoder.model.to(device)
     pad_id = encoder.tokenizer.pad_token_id or 0
     on_cuda = device.startswith("cuda")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
@@ -330,7 +330,6 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
                 if completed[0] % CHECKPOINT_EVERY == 0:
                     writer.checkpoint(*completed)
                 bar.update(int(lengths[batch].sum()))
-        encoder.passes += 1
     except BaseException:
         if completed[0] > writer.batches_done:  # Ctrl-C, an error: keep what is done
             writer.checkpoint(*completed)

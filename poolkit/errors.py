@@ -8,11 +8,3 @@ class PoolkitError(Exception):
     where it helps, what to do. The CLI shows it without a traceback.
     """
 
-
-class PoolerError(PoolkitError):
-    """A pooler failed or broke its contract; ``pooler`` names it."""
-
-    def __init__(self, pooler: str, reason: str):
-        super().__init__(f"pooler '{pooler}' failed: {reason}")
-        self.pooler = pooler
-        self.reason = reason
