@@ -16,10 +16,27 @@ class Pooler:
       [SEP] included) and 0 for padding; returns ``(batch, output_dim)``.
     - Inputs are read-only: never write into them.
     - A text's vector must not depend on its batch's padding or other texts.
+
+    Layers: a pooler with ``layers = None`` (the default) pools one layer's
+    states and is run on every layer that ``--layers`` selects. A pooler that
+    combines layers sets ``layers`` to a tuple of hidden-state indices
+    (Hugging Face's ``hidden_states`` numbering: 0 = embeddings output,
+    1..L = transformer layers, negative counts from the last, -1 = last) and
+    its ``pool`` receives ``hidden`` as a tuple of ``(batch, seq, H)``
+    tensors in that order.
+
+    Trainable poolers set ``trainable = True`` and implement :meth:`module`
+    instead of :meth:`pool`: a fresh ``torch.nn.Module`` per head, whose
+    ``forward(hidden, mask)`` follows the same contract and whose parameters
+    are trained jointly with the head on the cached token states.
     """
 
     #: Unique name, used on the command line and in results.
     name: str = ""
+    #: ``None``: pool one layer (each selected); a tuple of layer indices: combine those.
+    layers: tuple | None = None
+    #: ``True``: :meth:`module` gives parameters trained with each head.
+    trainable: bool = False
 
     def output_dim(self, hidden_size: int) -> int:
         """Width ``D`` of the pooled vector for an encoder of ``hidden_size``."""
@@ -38,6 +55,12 @@ class Pooler:
         """Pool ``hidden`` ``(batch, seq, H)`` under ``mask`` ``(batch, seq)``
         into ``(batch, output_dim(H))``."""
         raise NotImplementedError
+
+    def module(self, hidden_size: int):
+        """Trainable poolers: a new ``torch.nn.Module`` with ``forward(hidden, mask)``
+        returning ``(batch, output_dim(hidden_size))``; called once per head,
+        under that head's seed."""
+        raise NotImplementedError(f"pooler {self.name!r} sets trainable but has no module()")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
