@@ -1,0 +1,332 @@
+"""Seed intervals, Holm correction, paired comparisons and rank groups (poolkit.stats).
+
+Each result is checked against an independent computation: scipy's t interval and
+binomial test, a hand-worked Holm example, hand-counted McNemar cells, a
+per-resample loop over item indices, and the analytic standard error of a paired
+difference.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from poolkit import stats
+from poolkit.stats import METHODS, PAIR_COLUMNS, holm, paired_comparisons, rank_groups, seed_interval
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def probs_from_predictions(pred, num_labels=2, confidence=0.9):
+    """``(seeds, n, C)`` probabilities whose argmax is ``pred`` ``(seeds, n)``."""
+    pred = np.atleast_2d(pred)
+    other = (1 - confidence) / (num_labels - 1)
+    probs = np.full((*pred.shape, num_labels), other)
+    np.put_along_axis(probs, pred[..., None], confidence, axis=2)
+    return probs
+
+
+def predictor(y, right, num_labels=2):
+    """Predictions ``(n,)`` that are right where ``right`` is true, wrong (label + 1) elsewhere."""
+    return np.where(right, y, (y + 1) % num_labels)
+
+
+# --- seed_interval ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+@pytest.mark.parametrize("values", [[0.81, 0.84, 0.79], [0.5, 0.7], [0.9, 0.91, 0.88, 0.93, 0.9, 0.87]])
+def test_seed_interval_matches_scipy_t_interval(values, confidence):
+    mean, std, low, high = seed_interval(values, confidence)
+    x = np.array(values)
+    expected = sps.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    assert mean == pytest.approx(x.mean())
+    assert std == pytest.approx(np.std(x, ddof=1))
+    assert (low, high) == pytest.approx(expected, rel=1e-12)
+
+
+def test_seed_interval_one_value_has_no_interval():
+    mean, std, low, high = seed_interval([0.8])
+    assert (mean, std) == (0.8, 0.0)
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_seed_interval_ignores_nans():
+    with_nans = seed_interval([0.8, float("nan"), 0.9, 0.85, float("nan")])
+    assert with_nans == pytest.approx(seed_interval([0.8, 0.9, 0.85]))
+    mean, std, low, high = seed_interval([0.7, float("nan")])
+    assert (mean, std) == (0.7, 0.0) and math.isnan(low) and math.isnan(high)
+
+
+@pytest.mark.parametrize("values", [[float("nan"), float("nan")], []])
+def test_seed_interval_no_values_is_all_nan(values):
+    assert all(math.isnan(v) for v in seed_interval(values))
+
+
+def test_seed_interval_identical_values_collapse():
+    assert seed_interval([0.75, 0.75, 0.75]) == (0.75, 0.0, 0.75, 0.75)
+
+
+# --- holm ------------------------------------------------------------------------------------
+
+
+def test_holm_hand_worked_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max 0.06
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_clips_at_one_and_keeps_single_values():
+    np.testing.assert_allclose(holm([0.3, 0.6, 0.9]), [0.9, 1.0, 1.0])
+    np.testing.assert_allclose(holm([0.02]), [0.02])
+    assert holm([]).shape == (0,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30))
+def test_holm_is_monotone_and_bounded(p):
+    p = np.array(p)
+    adjusted = holm(p)
+    assert np.all(adjusted >= p) and np.all(adjusted <= 1)
+    assert np.all(adjusted <= np.minimum(p * len(p), 1) + 1e-15)  # never worse than Bonferroni
+    order = np.argsort(p, kind="stable")
+    assert np.all(np.diff(adjusted[order]) >= 0)  # a smaller p never gets a larger adjusted p
+
+
+# --- paired_comparisons ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def labels():
+    return np.random.default_rng(1).integers(0, 3, size=400)
+
+
+def test_identical_predictors_are_not_different(labels):
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(3), size=(3, labels.size))
+    frame = paired_comparisons({"x": probs, "y": probs.copy()}, labels, n_boot=500)
+    row = frame.iloc[0]
+    assert (row["a"], row["b"]) == ("x", "y")  # a tie keeps the order given
+    assert row["diff"] == 0 and row["diff_low"] == 0 and row["diff_high"] == 0
+    assert row["p_bootstrap"] == 1.0 and row["p_mcnemar"] == 1.0
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (0, 0)
+    assert not row["significant"]
+
+
+def test_perfect_versus_half_right_is_significant(labels):
+    n = labels.size
+    half = np.arange(n) % 2 == 0
+    perfect = probs_from_predictions(np.tile(labels, (3, 1)), num_labels=3)
+    halfway = probs_from_predictions(np.tile(predictor(labels, half, 3), (2, 1)), num_labels=3)
+    frame = paired_comparisons({"half": halfway, "perfect": perfect}, labels, n_boot=2000)
+    row = frame.iloc[0]
+    assert (row["a"], row["b"]) == ("perfect", "half")
+    assert (row["accuracy_a"], row["accuracy_b"], row["diff"]) == (1.0, 0.5, 0.5)
+    assert row["p_bootstrap"] == pytest.approx(1 / 2001)  # no resample is that far from its mean
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (n // 2, 0)
+    assert row["p_mcnemar"] == pytest.approx(2 * 0.5 ** (n // 2))
+    assert row["significant"]
+    assert row["diff_low"] <= 0.5 <= row["diff_high"]
+
+
+def test_mcnemar_counts_and_p_match_a_hand_count():
+    rng = np.random.default_rng(3)
+    n = 120
+    y = rng.integers(0, 2, size=n)
+    # three seeds each; the ensemble prediction is the majority of the seeds' argmax
+    right_a = rng.random((3, n)) < 0.8
+    right_b = rng.random((3, n)) < 0.6
+    probs_a = probs_from_predictions(predictor(y, right_a), confidence=0.7)
+    probs_b = probs_from_predictions(predictor(y, right_b), confidence=0.7)
+    frame = paired_comparisons({"a": probs_a, "b": probs_b}, y, n_boot=200)
+    row = frame.iloc[0]
+    ens_a = right_a.sum(axis=0) >= 2
+    ens_b = right_b.sum(axis=0) >= 2
+    b, c = sum(ens_a & ~ens_b), sum(~ens_a & ens_b)
+    if row["a"] == "b":
+        b, c = c, b
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (b, c)
+    assert row["p_mcnemar"] == sps.binomtest(b, b + c, 0.5).pvalue
+    assert row["p_mcnemar_holm"] == row["p_mcnemar"]  # one pair: nothing to correct
+    assert row["accuracy_a"] == pytest.approx((right_a if row["a"] == "a" else right_b).mean())
+
+
+def test_bootstrap_matches_a_loop_over_resampled_items():
+    """Same resamples, computed the slow way: expand counts to item indices, score each."""
+    rng = np.random.default_rng(4)
+    n, n_boot, seed = 60, 300, 7
+    y = rng.integers(0, 2, size=n)
+    preds = {name: predictor(y, rng.random((s, n)) < acc)
+             for name, s, acc in (("p", 2, 0.8), ("q", 3, 0.7), ("r", 1, 0.75))}
+    frame = paired_comparisons({k: probs_from_predictions(v) for k, v in preds.items()}, y,
+                               n_boot=n_boot, seed=seed)
+    draws = np.random.default_rng(seed)
+    boot = {name: [] for name in preds}
+    for _ in range(n_boot):
+        items = np.repeat(np.arange(n), draws.multinomial(n, np.full(n, 1 / n)))
+        for name, pred in preds.items():
+            boot[name].append(np.mean([np.mean(seed_pred[items] == y[items]) for seed_pred in pred]))
+    for row in frame.itertuples():
+        d = np.array(boot[row.a]) - np.array(boot[row.b])
+        observed = np.mean(preds[row.a] == y) - np.mean(preds[row.b] == y)
+        assert row.diff == pytest.approx(observed)
+        assert (row.diff_low, row.diff_high) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
+        p = (1 + np.sum(np.abs(d - d.mean()) >= abs(observed))) / (1 + n_boot)
+        assert row.p_bootstrap == pytest.approx(p)
+    np.testing.assert_allclose(frame["p_bootstrap_holm"], holm(frame["p_bootstrap"]))
+    np.testing.assert_allclose(frame["p_mcnemar_holm"], holm(frame["p_mcnemar"]))
+
+
+def test_bootstrap_interval_width_matches_the_analytic_standard_error():
+    rng = np.random.default_rng(5)
+    n = 500
+    y = rng.integers(0, 2, size=n)
+    right_a, right_b = rng.random(n) < 0.85, rng.random(n) < 0.8
+    frame = paired_comparisons({"a": probs_from_predictions(predictor(y, right_a)),
+                                "b": probs_from_predictions(predictor(y, right_b))}, y, n_boot=4000)
+    row = frame.iloc[0]
+    per_item = right_a.astype(float) - right_b
+    se = per_item.std(ddof=0) / math.sqrt(n)  # plug-in SE, what the bootstrap estimates
+    assert row["diff_high"] - row["diff_low"] == pytest.approx(2 * 1.96 * se, rel=0.08)
+    assert row["diff_low"] < abs(row["diff"]) < row["diff_high"]
+
+
+def test_bootstrap_p_under_the_null_is_rarely_significant():
+    n = 200
+    p_values = []
+    for rep in range(20):
+        rng = np.random.default_rng(100 + rep)
+        y = rng.integers(0, 2, size=n)
+        probs = {name: probs_from_predictions(predictor(y, rng.random((2, n)) < 0.7)) for name in "ab"}
+        p_values.append(paired_comparisons(probs, y, n_boot=500, seed=rep)["p_bootstrap"].iloc[0])
+    p_values = np.array(p_values)
+    assert np.sum(p_values < 0.05) <= 3  # expected 1 in 20
+    assert 0.2 <= np.mean(p_values < 0.5) <= 0.8  # roughly uniform, not piled up at 0 or 1
+
+
+def test_rows_follow_the_accuracy_ranking():
+    rng = np.random.default_rng(6)
+    n = 100
+    y = rng.integers(0, 2, size=n)
+    order = rng.permutation(n)
+    accuracies = {"low": 0.6, "top": 0.9, "mid": 0.75, "mid_twin": 0.75}
+    probs = {}
+    for name, acc in accuracies.items():
+        right = np.zeros(n, dtype=bool)
+        right[order[: int(acc * n)]] = True
+        probs[name] = probs_from_predictions(predictor(y, right))
+    frame = paired_comparisons(probs, y, n_boot=100)
+    ranked = ["top", "mid", "mid_twin", "low"]  # the tie keeps the order given
+    expected = [(ranked[i], ranked[j]) for i in range(4) for j in range(i + 1, 4)]
+    assert list(zip(frame["a"], frame["b"])) == expected
+    assert list(frame.columns) == list(PAIR_COLUMNS)
+    assert (frame["accuracy_a"] >= frame["accuracy_b"]).all()
+    assert frame["significant"].dtype == bool
+    assert frame["mcnemar_b"].dtype.kind == "i"
+
+
+def test_seed_counts_may_differ_between_names():
+    rng = np.random.default_rng(7)
+    n = 80
+    y = rng.integers(0, 4, size=n)
+    one = rng.dirichlet(np.ones(4), size=(1, n))
+    five = rng.dirichlet(np.ones(4), size=(5, n))
+    frame = paired_comparisons({"one": one, "five": five}, y, n_boot=100)
+    accuracy = dict(zip(frame[["a", "b"]].iloc[0], frame[["accuracy_a", "accuracy_b"]].iloc[0]))
+    assert accuracy["one"] == pytest.approx(np.mean(one[0].argmax(1) == y))
+    per_seed = [np.mean(s.argmax(1) == y) for s in five]
+    assert accuracy["five"] == pytest.approx(np.mean(per_seed))
+
+
+def test_fewer_than_two_names_give_an_empty_frame():
+    y = np.array([0, 1, 1])
+    for probs in ({}, {"only": np.full((2, 3, 2), 0.5)}):
+        frame = paired_comparisons(probs, y)
+        assert frame.empty and list(frame.columns) == list(PAIR_COLUMNS)
+
+
+@pytest.mark.parametrize("bad_shape, message", [
+    ((2, 9, 3), r"probabilities\['mean@6'\] has 9 test items but y_true has 10"),
+    ((2, 10, 4), r"probabilities\['mean@6'\] has 4 labels"),
+    ((10, 3), r"probabilities\['mean@6'\] must be \(seeds, n, C\)"),
+])
+def test_a_shape_mismatch_names_the_feature_set(bad_shape, message):
+    y = np.arange(10) % 3
+    probs = {"mean": np.full((3, 10, 3), 1 / 3), "mean@6": np.full(bad_shape, 0.25)}
+    with pytest.raises(ValueError, match=message):
+        paired_comparisons(probs, y)
+
+
+def test_same_seed_same_frame_other_seed_other_frame():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, size=150)
+    probs = {name: rng.dirichlet(np.ones(3), size=(3, 150)) for name in ("cls", "mean", "max")}
+    first = paired_comparisons(probs, y, n_boot=300, seed=11)
+    pd.testing.assert_frame_equal(first, paired_comparisons(probs, y, n_boot=300, seed=11))
+    other = paired_comparisons(probs, y, n_boot=300, seed=12)
+    assert not np.array_equal(first["diff_low"], other["diff_low"])
+    np.testing.assert_array_equal(first["diff"], other["diff"])
+
+
+def test_chunking_does_not_change_the_result(monkeypatch):
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, size=50)
+    probs = {name: rng.dirichlet(np.ones(2), size=(2, 50)) for name in "abcd"}
+    whole = paired_comparisons(probs, y, n_boot=200)
+    monkeypatch.setattr(stats, "_CHUNK_ENTRIES", 50 * 7)  # 7 resamples per chunk
+    monkeypatch.setattr(stats, "_PAIR_CHUNK_ENTRIES", 200 * 2)  # 2 pairs per chunk
+    pd.testing.assert_frame_equal(whole, paired_comparisons(probs, y, n_boot=200))
+
+
+# --- rank_groups -----------------------------------------------------------------------------
+
+
+def pairs_frame(significant_pairs, names):
+    rows = [{"a": a, "b": b, "significant": frozenset((a, b)) in significant_pairs}
+            for i, a in enumerate(names) for b in names[i + 1:]]
+    return pd.DataFrame(rows)
+
+
+def test_rank_groups_start_a_group_at_each_significant_drop_from_the_leader():
+    accuracy = {"E": 0.79, "B": 0.88, "A": 0.90, "D": 0.80, "C": 0.85, "F": 0.70}
+    significant = {frozenset(p) for p in [
+        ("A", "D"), ("A", "E"), ("A", "F"),
+        ("B", "C"),  # members may differ; only the leader A counts for C
+        ("D", "F"),
+    ]}
+    pairs = pairs_frame(significant, ["A", "B", "C", "D", "E", "F"])
+    assert rank_groups(accuracy, pairs) == {"A": 1, "B": 1, "C": 1, "D": 2, "E": 2, "F": 3}
+
+
+def test_rank_groups_nothing_significant_is_one_group_and_all_significant_is_a_ladder():
+    accuracy = {"x": 0.5, "y": 0.6, "z": 0.7}
+    names = ["z", "y", "x"]
+    assert rank_groups(accuracy, pairs_frame(set(), names)) == {"z": 1, "y": 1, "x": 1}
+    everything = {frozenset(p) for p in [("z", "y"), ("z", "x"), ("y", "x")]}
+    assert rank_groups(accuracy, pairs_frame(everything, names)) == {"z": 1, "y": 2, "x": 3}
+
+
+def test_rank_groups_from_paired_comparisons():
+    n = 400
+    y = np.arange(n) % 2
+    preds = {"perfect": y, "also_perfect": y, "half": predictor(y, np.arange(n) % 4 < 2)}
+    probs = {k: probs_from_predictions(v) for k, v in preds.items()}
+    frame = paired_comparisons(probs, y, n_boot=1000)
+    accuracy = {**dict(zip(frame["a"], frame["accuracy_a"])), **dict(zip(frame["b"], frame["accuracy_b"]))}
+    assert rank_groups(accuracy, frame) == {"perfect": 1, "also_perfect": 1, "half": 2}
+
+
+def test_rank_groups_missing_pair_is_an_error():
+    pairs = pd.DataFrame({"a": ["x"], "b": ["y"], "significant": [False]})
+    with pytest.raises(ValueError, match="'x' with 'z'"):
+        rank_groups({"x": 0.9, "y": 0.8, "z": 0.7}, pairs)
+
+
+def test_methods_text_states_the_methods():
+    for phrase in ("Student-t", "paired bootstrap", "B = 10,000", "shift method", "McNemar",
+                   "seed-ensemble", "Holm", "leader"):
+        assert phrase in METHODS
