@@ -1,0 +1,346 @@
+"""Charts of a run directory's summary: a dot chart per metric and a layer heat map.
+
+matplotlib is imported inside the functions (the CLI stays fast to start) and used
+through its object API (``Figure``, ``fig.savefig``) without pyplot: no display, no
+backend choice, no global figure state.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import PoolkitError
+from .metrics import METRICS
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+#: Dot colour of rows in significance group 1 (tied with the best) and of the rest.
+BEST_GROUP_COLOR = "#1f77b4"
+OTHER_GROUP_COLOR = "#8c8c8c"
+
+
+def plot_run(run_dir, metric: str = "accuracy", formats=("png", "svg"), out_dir=None) -> list[Path]:
+    """Write charts of ``RUN_DIR/summary.csv`` and return the paths written.
+
+    For each metric (``metric="all"``: every metric in ``poolkit.metrics.METRICS``):
+    ``<metric>.<fmt>``, a dot chart of every finished feature set, and
+    ``<metric>-layers.<fmt>``, a pooler × layer heat map, when the single-layer
+    rows span more than one layer. Files go to ``out_dir``, default ``RUN_DIR/plots``.
+    SVG and PDF output is byte-identical for the same summary.
+    """
+    metrics = _check_metric(metric)
+    formats = _check_formats(formats)
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    summary_path = run_dir / "summary.csv"
+    title_suffix = _title_suffix(run_dir)
+
+    figures = []  # (file stem, Figure)
+    for name in metrics:
+        if f"{name}_mean" not in summary:
+            if metric == "all":
+                continue
+            raise PoolkitError(f"'{summary_path}' has no column '{name}_mean'; was it written by poolkit run?")
+        if not len(_plot_rows(summary, name)):
+            if metric == "all":
+                continue  # e.g. roc_auc is NaN when a label is missing from the test split
+            raise PoolkitError(f"nothing to plot in '{summary_path}': no finished feature set has a "
+                               f"value of {name} (failed rows are skipped)")
+        figures.append((name, dot_chart(summary, name, title=f"{name}{title_suffix}")))
+        heatmap = layer_heatmap(summary, name, title=f"{name} by layer{title_suffix}")
+        if heatmap is not None:
+            figures.append((f"{name}-layers", heatmap))
+    if not figures:
+        raise PoolkitError(f"nothing to plot in '{summary_path}': no finished feature set "
+                           "(failed rows are skipped)")
+
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    written = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stem, figure in figures:
+            for fmt in formats:
+                path = out_dir / f"{stem}.{fmt}"
+                _save_atomic(figure, path, fmt)
+                written.append(path)
+    except OSError as exc:
+        raise PoolkitError(f"cannot write plots to '{out_dir}': {exc.strerror or exc}") from None
+    return written
+
+
+def read_summary(run_dir):
+    """``RUN_DIR/summary.csv`` as a DataFrame, ``layer`` read as text ("6", "1+6")."""
+    import pandas as pd
+
+    path = Path(run_dir) / "summary.csv"
+    if not path.is_file():
+        raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
+    try:
+        summary = pd.read_csv(path, dtype={"layer": str, "pooler": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise PoolkitError(f"cannot read '{path}': {reason}") from None
+    if "pooler" not in summary:
+        raise PoolkitError(f"'{path}' has no 'pooler' column; was it written by poolkit run?")
+    ok = _ok(summary)
+    keys = summary.loc[ok, ["pooler"]].assign(layer=_layer_text(summary)[ok])
+    duplicated = keys[keys.duplicated()]
+    if len(duplicated):
+        pooler, layer = duplicated.iloc[0]
+        raise PoolkitError(f"'{path}' has more than one row for pooler '{pooler}' at layer {layer}")
+    return summary
+
+
+def dot_chart(summary, metric: str, title: str | None = None):
+    """A ``Figure``: one row per finished feature set, best first, mean ± 95% interval.
+
+    Dots are the means over seeds; the whiskers (a ``LineCollection`` with gid
+    ``"interval"``) span ``<metric>_ci_low``..``<metric>_ci_high``, or mean ± std
+    where the interval is NaN (one seed), which the x label then says. Rows in
+    significance group 1 are coloured and tagged "[g1]" when ``group`` is present.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    rows = _plot_rows(summary, metric)
+    higher_better = METRICS[metric]
+    # stable: ties keep the summary's order
+    rows = rows.sort_values(f"{metric}_mean", ascending=not higher_better, kind="stable")
+    means = rows[f"{metric}_mean"].to_numpy(float)
+    low, high, used_std = _interval(rows, metric)
+    labels = _row_labels(rows)
+    groups = _groups(rows)
+    n = len(rows)
+    positions = np.arange(n)
+
+    fig = Figure(figsize=(7.0, 1.3 + 0.32 * n), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hlines(positions, low, high, colors="#4d4d4d", linewidth=1.6, gid="interval")
+    colors = [BEST_GROUP_COLOR if g in (None, 1) else OTHER_GROUP_COLOR for g in groups]
+    ax.scatter(means, positions, c=colors, s=36, zorder=3, gid="mean")
+    ax.set_yticks(positions, labels)
+    ax.set_ylim(n - 0.5, -0.5)  # best at the top
+    ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for y, mean, group in zip(positions, means, groups):
+        tag = f"  [g{group}]" if group is not None else ""
+        # a value column just right of the axes: never collides with a whisker
+        ax.text(1.02, y, f"{mean:.3f}{tag}", transform=ax.get_yaxis_transform(),
+                va="center", ha="left", fontsize=9, gid="value")
+    ax.set_xlabel(_x_label(rows, metric, used_std))
+    ax.set_title(title or metric, fontsize=11)
+    if any(g is not None for g in groups):
+        fig.legend(handles=[
+            Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
+                   label="group 1: not significantly different from the best"),
+            Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR, label="other groups"),
+        ], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
+def layer_heatmap(summary, metric: str, title: str | None = None):
+    """A ``Figure`` of single-layer poolers × layers coloured by the metric's mean, or None.
+
+    None unless the finished single-layer rows span more than one layer. Rows that
+    combine layers ("1+6") and failed rows are left out; a missing cell is NaN
+    (masked, drawn grey). Layers run in numeric order, poolers best first by their
+    best layer. Brighter is better for every metric (the colour map flips for
+    lower-is-better ones).
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    grid = layer_grid(summary, metric)
+    if grid is None:
+        return None
+    higher_better = METRICS[metric]
+    values = np.ma.masked_invalid(grid.to_numpy(float))
+    n_poolers, n_layers = grid.shape
+
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis" if higher_better else "viridis_r"].with_extremes(bad="#e0e0e0")
+    fig = Figure(figsize=(1.6 + 0.75 * n_layers + 1.2, 1.4 + 0.45 * n_poolers), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_layers), [str(c) for c in grid.columns])
+    ax.set_yticks(range(n_poolers), list(grid.index))
+    ax.set_xlabel("layer (hidden-state index; 0 = embeddings)")
+    ax.set_ylabel("pooler")
+    ax.set_title(title or f"{metric} by layer", fontsize=11)
+    for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
+        if math.isnan(value):
+            continue
+        r, g, b, _ = cmap(image.norm(value))
+        dark_cell = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+        ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                color="white" if dark_cell else "black")
+    direction = "higher" if higher_better else "lower"
+    fig.colorbar(image, ax=ax, label=f"{metric} mean ({direction} is better)")
+    return fig
+
+
+def layer_grid(summary, metric: str):
+    """The heat map's data: a DataFrame, single-layer poolers × int layers, or None.
+
+    Cells are ``<metric>_mean`` of finished rows, NaN where a pooler has no finished
+    row at that layer; None when the single-layer rows span fewer than two layers.
+    """
+    rows = _plot_rows(summary, metric)
+    layers = _layer_text(rows)
+    single = layers.str.fullmatch(r"\d+").fillna(False).astype(bool)
+    rows = rows[single].assign(layer=layers[single].astype(int))
+    if rows["layer"].nunique() < 2:
+        return None
+    grid = rows.pivot(index="pooler", columns="layer", values=f"{metric}_mean")
+    grid = grid.reindex(columns=sorted(grid.columns))
+    best = grid.max(axis=1) if METRICS[metric] else -grid.min(axis=1)
+    order = best.sort_values(ascending=False, kind="stable").index
+    grid = grid.loc[order]
+    grid.columns.name = "layer"
+    return grid
+
+
+def _check_metric(metric: str) -> list[str]:
+    if metric == "all":
+        return list(METRICS)
+    if metric not in METRICS:
+        raise PoolkitError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)} or all")
+    return [metric]
+
+
+def _check_formats(formats) -> list[str]:
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    formats = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
+    unknown = [f for f in formats if f not in PLOT_FORMATS]
+    if unknown or not formats:
+        shown = f"'{unknown[0]}'" if unknown else "(none given)"
+        raise PoolkitError(f"unknown plot format {shown}; use one or more of {', '.join(PLOT_FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def _save_atomic(figure, path: Path, fmt: str) -> None:
+    """Save via a temp file and rename, with no dates or random ids in the file."""
+    import matplotlib
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+    try:
+        with matplotlib.rc_context({"svg.hashsalt": "poolkit"}):
+            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _ok(summary):
+    if "status" not in summary:
+        return summary["pooler"].notna()
+    return summary["status"].fillna("ok").astype(str).eq("ok")
+
+
+def _plot_rows(summary, metric: str):
+    """Finished rows with a value of ``metric``."""
+    column = f"{metric}_mean"
+    if column not in summary:
+        return summary.iloc[0:0]
+    return summary[_ok(summary) & summary[column].notna()]
+
+
+def _layer_text(rows):
+    """The ``layer`` column as text: "6" whether pandas read 6, 6.0 or "6"; NaN kept."""
+    import pandas as pd
+
+    if "layer" not in rows:
+        return pd.Series(pd.NA, index=rows.index, dtype="string")
+
+    def text(value):
+        if isinstance(value, float) and math.isnan(value) or value is None or value is pd.NA:
+            return pd.NA
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).strip()
+
+    return rows["layer"].map(text).astype("string")
+
+
+def _row_labels(rows) -> list[str]:
+    layers = _layer_text(rows)
+    distinct = set(layers.dropna())
+    if len(distinct) <= 1:
+        return list(rows["pooler"].astype(str))
+    return [p if _isna(l) else f"{p} @ {l}" for p, l in zip(rows["pooler"].astype(str), layers)]
+
+
+def _isna(value) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+def _groups(rows) -> list[int | None]:
+    if "group" not in rows:
+        return [None] * len(rows)
+    return [None if _isna(g) else int(g) for g in rows["group"]]
+
+
+def _interval(rows, metric: str):
+    """Whisker ends per row: the 95% interval, else mean ± std; and which rows fell back."""
+    import numpy as np
+
+    mean = rows[f"{metric}_mean"].to_numpy(float)
+    nan = np.full(len(rows), np.nan)
+    low = rows[f"{metric}_ci_low"].to_numpy(float) if f"{metric}_ci_low" in rows else nan
+    high = rows[f"{metric}_ci_high"].to_numpy(float) if f"{metric}_ci_high" in rows else nan
+    std = rows[f"{metric}_std"].to_numpy(float) if f"{metric}_std" in rows else nan
+    used_std = np.isnan(low) | np.isnan(high)
+    spread = np.nan_to_num(std, nan=0.0)
+    low = np.where(used_std, mean - spread, low)
+    high = np.where(used_std, mean + spread, high)
+    return low, high, used_std
+
+
+def _x_label(rows, metric: str, used_std) -> str:
+    direction = "higher" if METRICS[metric] else "lower"
+    seeds = sorted({int(s) for s in rows["seeds"].dropna()}) if "seeds" in rows else []
+    if not seeds:
+        over = "mean over seeds"
+    elif len(seeds) == 1:
+        over = f"mean over {seeds[0]} seed{'s' if seeds[0] != 1 else ''}"
+    else:
+        over = f"mean over {seeds[0]}–{seeds[-1]} seeds"
+    if used_std.all():
+        whiskers = "± std (no 95% interval)"
+    elif used_std.any():
+        whiskers = "95% t-interval (± std where none)"
+    else:
+        whiskers = "95% t-interval"
+    return f"{metric} ({direction} is better): {over}, {whiskers}"
+
+
+def _title_suffix(run_dir: Path) -> str:
+    """" — <model> on <data>" from settings.json, or "" when it is missing or unreadable."""
+    try:
+        settings = json.loads((run_dir / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(settings, dict):
+        return ""
+    model, data = settings.get("model"), settings.get("data")
+    parts = []
+    if model:
+        parts.append(_short_name(str(model)))
+    if data:
+        parts.append(f"on {_short_name(str(data))}")
+    return f" — {' '.join(parts)}" if parts else ""
+
+
+def _short_name(name: str) -> str:
+    # A local path shows as its last part; a hub id like "org/model" stays whole.
+    if name.startswith(("/", ".", "~")) or os.sep != "/" and os.sep in name or Path(name).exists():
+        return Path(name).name or name
+    return name
