@@ -52,16 +52,20 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent):
 
 def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache_dir=None,
                      device=None, cache_dtype="fp16", precision="bf16", max_batch_tokens=None,
-                     batch_size=None,
+                     batch_size=None, layers=None,
                      trust_remote_code=False, progress=False, log=_silent):
     """Encode ``texts`` once (or read them from the cache) and pool them with every pooler.
 
-    Returns ``(features, failures, info)``: ``features[name]`` float32
-    ``(len(texts), D)`` in input order, ``failures[name]`` a one-line reason,
-    and ``info`` with the encoder, whether it ran and the cache path.
+    ``layers`` selects the hidden layers single-layer poolers run on (a spec
+    for :func:`~poolkit.encoder.parse_layers`; default the last). Returns
+    ``(features, failures, info)``: ``features[id]`` float32 ``(len(texts), D)``
+    in input order per fixed feature set (``pooler@layer``), ``failures[id]`` a
+    one-line reason, and ``info`` with the encoder, the cache, whether the
+    encoder ran, and ``sets`` (every :class:`~poolkit.features.FeatureSet`,
+    trainable ones included: those are trained from ``info["cache"]``).
     """
-    from .encoder import Encoder, encode_to_cache, load_encoder, pick_device
-    from .features import pool_cache, setup_poolers
+    from .encoder import Encoder, encode_to_cache, load_encoder, parse_layers, pick_device
+    from .features import feature_sets, pool_cache, setup_poolers
 
     if not len(texts):
         raise PoolkitError("no texts to encode")
@@ -70,20 +74,27 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
         encoder = model
     else:
         encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+    sets = feature_sets(poolers, parse_layers(layers, encoder.num_layers), encoder.num_layers)
+    needed = sorted({layer for fs in sets.values() for layer in fs.layers})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache_dtype,
                                  precision=precision, max_batch_tokens=max_batch_tokens,
-                                 max_texts=batch_size, progress=progress, log=log)
+                                 max_texts=batch_size, progress=progress, layers=needed, log=log)
     encode_seconds = time.perf_counter() - began
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
-        f"tokens with {encoder.name} on {device} in {encode_seconds:.1f}s ({cache.path})")
-    failures = setup_poolers(poolers, encoder)
-    working = {n: p for n, p in poolers.items() if n not in failures}
-    features, pool_failures = pool_cache(cache, working, progress=progress)
+        f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
+        f"{encode_seconds:.1f}s ({cache.path})")
+    setup_failed = setup_poolers(poolers, encoder)
+    failures = {key: setup_failed[fs.pooler_name] for key, fs in sets.items()
+                if fs.pooler_name in setup_failed}
+    fixed = {key: fs for key, fs in sets.items()
+             if key not in failures and not getattr(fs.pooler, "trainable", False)}
+    features, pool_failures = pool_cache(cache, fixed, progress=progress)
     failures.update(pool_failures)
-    info = {"encoder": encoder, "encoder_ran": ran, "cache": str(cache.path), "device": device,
-            "encode_seconds": round(encode_seconds, 3), "tokens": int(cache.lengths.sum())}
+    info = {"encoder": encoder, "encoder_ran": ran, "cache": cache, "device": device,
+            "encode_seconds": round(encode_seconds, 3), "tokens": int(cache.lengths.sum()),
+            "sets": sets, "layers": needed}
     return features, failures, info
 
 
@@ -91,39 +102,51 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
          device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16", precision="bf16"):
     """Pooled features ``{name: (len(texts), D) float32 array}`` in input order.
 
-    ``poolers`` are registered names or :class:`Pooler` instances; ``model`` a
-    Hugging Face name or local path (``None``: the embedded default). A pooler
-    that fails raises :class:`PoolkitError` naming it.
+    ``poolers`` are registered names or :class:`Pooler` instances (fixed ones:
+    a trainable pooler has no features before training); ``model`` a Hugging
+    Face name or local path (``None``: the embedded default). Single-layer
+    poolers pool the last layer. A pooler that fails raises
+    :class:`PoolkitError` naming it.
     """
     selected, _, _ = resolve_poolers(list(poolers), plugins_dir=plugins_dir)
-    features, failures, _ = compute_features(
+    for name, pooler in selected.items():
+        if getattr(pooler, "trainable", False):
+            raise PoolkitError(f"pooler '{name}' is trainable: it has features only inside "
+                               "'poolkit run', trained with each head")
+    features, failures, info = compute_features(
         list(texts), selected, model, max_length=max_length, cache_dir=cache_dir,
         device=device, cache_dtype=cache_dtype, precision=precision, batch_size=batch_size,
     )
     if failures:
-        name, reason = next(iter(failures.items()))
-        raise PoolkitError(f"pooler '{name}' failed: {reason}")
-    return features
+        key, reason = next(iter(failures.items()))
+        raise PoolkitError(f"pooler '{info['sets'][key].pooler_name}' failed: {reason}")
+    return {info["sets"][key].pooler_name: array for key, array in features.items()}
 
 
 def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
         model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
-        validation_size=0.1, test_size=0.1, head: HeadConfig | None = None,
-        empty_texts="skip", trust_remote_code=False, progress=False, log=_silent):
-    """Run the whole comparison; return the results table (one row per pooler × seed).
+        validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
+        predictions=False, empty_texts="skip", trust_remote_code=False, progress=False,
+        log=_silent):
+    """Run the whole comparison; return the results table (one row per pooler × layer × seed).
 
-    With ``out`` the run directory is written there. ``result.attrs`` holds
-    ``summary`` (a DataFrame), ``failures`` ({pooler: reason}), ``label_names``
-    and ``settings``.
+    ``layers`` selects the hidden layers single-layer poolers run on (``-1``,
+    ``"-4..-1"``, ``"all"``, ...; default the last). With ``out`` the run
+    directory is written there (``predictions=True`` adds each test item's
+    predictions). ``result.attrs`` holds ``summary`` (a DataFrame, with 95%
+    intervals and significance groups), ``pairs`` (paired tests between
+    feature sets), ``failures`` ({pooler@layer: reason}), ``label_names``,
+    ``settings`` and ``recipe``.
     """
     import pandas as pd
 
     from .data import load_dataset
     from .encoder import load_encoder
     from .metrics import compute_metrics
-    from .results import summarize, write_run_dir
-    from .training import train_heads
+    from .results import predictions_table, summarize, write_run_dir
+    from .stats import paired_comparisons
+    from .training import train_heads, train_trainable
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
@@ -141,65 +164,160 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     features, failures, info = compute_features(
-        dataset.texts, selected, encoder, cache_dir=cache_dir,
+        dataset.texts, selected, encoder, cache_dir=cache_dir, layers=layers,
         device=device, cache_dtype=cache_dtype, precision=precision, progress=progress, log=log,
     )
-    for name, reason in failures.items():
-        log(f"error: pooler '{name}' failed: {reason}")
+    sets = info["sets"]
+    for key, reason in failures.items():
+        log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: {reason}")
 
-    store = RunStore(out, run_key(info["cache"], dataset, head))
-    fingerprints = {name: pooler_fingerprint(selected[name]) for name in features}
-    rows, missing = [], {}
-    for name in features:
+    store = RunStore(out, run_key(info["cache"].path, dataset, head))
+    fingerprints = {name: pooler_fingerprint(pooler) for name, pooler in selected.items()}
+    runnable = [key for key in sets if key not in failures]
+    done, missing = {}, {}
+    for key in runnable:
         for seed in seed_list:
-            row = store.load(name, fingerprints[name], seed)
-            if row is None:
-                missing.setdefault(name, []).append(seed)
+            saved = store.load(key, fingerprints[sets[key].pooler_name], seed)
+            if saved is None:
+                missing.setdefault(key, []).append(seed)
             else:
-                rows.append(row)
-    if rows:
-        log(f"reusing {len(rows)} finished pooler x seed results from {out}")
+                done[key, seed] = saved
+    if done:
+        log(f"reusing {len(done)} finished pooler x seed results from {out}")
     train_began = time.perf_counter()
     y_test = dataset.labels[dataset.splits["test"]]
-    # Heads train stacked per group of poolers missing the same seeds; each
-    # head's result depends only on its own pooler and seed.
+
+    def finish(result):
+        fs = sets[result.pooler]
+        dim = int(fs.pooler.output_dim(encoder.hidden_size))
+        row = {
+            "pooler": fs.pooler_name, "layer": fs.layer, "plugin": plugins[fs.pooler_name],
+            "seed": result.seed, "dim": dim, "best_epoch": result.best_epoch,
+            "epochs": result.epochs, **compute_metrics(y_test, result.probabilities),
+        }
+        store.save(result.pooler, row, fingerprints[fs.pooler_name], result.probabilities)
+        done[result.pooler, result.seed] = (row, result.probabilities)
+
+    # Fixed heads train stacked per group of feature sets missing the same
+    # seeds; each head's result depends only on its features and seed.
     groups = {}
-    for name, seeds_missing in missing.items():
-        groups.setdefault(tuple(seeds_missing), []).append(name)
-    for seeds_missing, names in groups.items():
-        trained = train_heads({n: features[n] for n in names}, dataset.labels, dataset.splits,
-                              dataset.num_labels, list(seeds_missing), head,
-                              device=info["device"], progress=progress)
+    for key, seeds_missing in missing.items():
+        if key in features:
+            groups.setdefault(tuple(seeds_missing), []).append(key)
+    for seeds_missing, keys in groups.items():
+        for result in train_heads({k: features[k] for k in keys}, dataset.labels, dataset.splits,
+                                  dataset.num_labels, list(seeds_missing), head,
+                                  device=info["device"], progress=progress):
+            finish(result)
+    for key, seeds_missing in missing.items():
+        if key in features:
+            continue
+        log(f"training pooler '{sets[key].pooler_name}' (layer {sets[key].layer}) with its heads")
+        try:
+            trained = train_trainable(info["cache"], sets[key], dataset.labels, dataset.splits,
+                                      dataset.num_labels, seeds_missing, head,
+                                      device=info["device"])
+        except Exception as exc:
+            from .features import _reason
+
+            failures[key] = _reason(exc)
+            log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: "
+                f"{failures[key]}")
+            continue
         for result in trained:
-            row = {
-                "pooler": result.pooler, "plugin": plugins[result.pooler], "seed": result.seed,
-                "dim": int(features[result.pooler].shape[1]), "best_epoch": result.best_epoch,
-                "epochs": result.epochs, **compute_metrics(y_test, result.probabilities),
-            }
-            store.save(row, fingerprints[result.pooler])
-            rows.append(row)
+            finish(result)
     train_seconds = time.perf_counter() - train_began
-    order = {(name, seed): i for i, (name, seed) in
-             enumerate((n, s) for n in features for s in seed_list)}
-    rows.sort(key=lambda r: order[(r["pooler"], r["seed"])])
-    results = pd.DataFrame(rows, columns=None if rows else ["pooler", "plugin", "seed", "dim"])
-    summary = summarize(results, failures)
+
+    order = [(key, seed) for key in sets for seed in seed_list if (key, seed) in done]
+    rows = [done[item][0] for item in order]
+    results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "plugin", "seed",
+                                                             "dim"])
+    probabilities = {}
+    for key, seed in order:
+        probabilities.setdefault(key, []).append(done[key, seed][1])
+    probabilities = {key: np.stack(value) for key, value in probabilities.items()}
+    pairs = paired_comparisons(probabilities, y_test, seed=split_seed)
+    summary = summarize(results, {key: (sets[key].pooler_name, sets[key].layer, reason)
+                                  for key, reason in failures.items()}, pairs)
     settings = {
         "data": str(data) if data is not None else DEFAULT_DATASET_NAME,
         "test_data": str(test_data) if test_data is not None else None,
-        "text_col": text_col, "label_col": label_col, "model": info["encoder"].name,
-        "max_length": info["encoder"].max_length, "poolers": list(selected), "seeds": seed_list,
+        "text_col": text_col, "label_col": label_col, "model": encoder.name,
+        "max_length": encoder.max_length, "poolers": list(selected), "seeds": seed_list,
+        "layers": info["layers"], "num_layers": encoder.num_layers,
         "split_seed": split_seed, "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
         "majority_rate": float(np.bincount(y_test).max() / len(y_test)) if len(y_test) else None,
-        "head": vars(head), "device": info["device"], "cache": info["cache"],
+        "head": vars(head), "device": info["device"], "cache": str(info["cache"].path),
         "cache_dtype": cache_dtype, "precision": precision if info["device"] != "cpu" else "fp32",
         "encoder_ran": info["encoder_ran"], "tokens": info["tokens"],
         "encode_seconds": info["encode_seconds"], "train_seconds": round(train_seconds, 3),
         "total_seconds": round(time.perf_counter() - began, 3),
         "failures": failures, "plugin_errors": load_errors,
     }
+    recipe = recipe_card(encoder, dataset, settings, selected, plugins, fingerprints)
     if out is not None:
-        write_run_dir(Path(out), results, summary, dataset.label_names, settings)
-    results.attrs.update(summary=summary, failures=failures, label_names=dataset.label_names,
-                         settings=settings, plugin_errors=load_errors)
+        items = None
+        if predictions:
+            items = predictions_table(dataset, probabilities, sets, seed_list)
+        write_run_dir(Path(out), results, summary, dataset.label_names, settings,
+                      pairs=pairs, recipe=recipe, predictions=items)
+    results.attrs.update(summary=summary, pairs=pairs, failures=failures,
+                         label_names=dataset.label_names, settings=settings,
+                         plugin_errors=load_errors, recipe=recipe)
     return results
+
+
+def recipe_card(encoder, dataset, settings: dict, poolers: dict, plugins: dict,
+                fingerprints: dict) -> dict:
+    """What reproduces a run: model and tokenizer identity, data hashes, layers,
+    seeds, splits, head settings, plugins and library versions."""
+    import hashlib
+    import importlib.metadata
+    import platform
+
+    from . import __version__
+    from .data import default_dataset_path
+    from .encoder import tokenizer_lowercases
+
+    identity = encoder.identity()
+    data_files = {}
+    for name in dict.fromkeys(dataset.files):
+        path = default_dataset_path() if name == DEFAULT_DATASET_NAME else Path(name)
+        data_files[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    splits = hashlib.sha256()
+    for name in sorted(dataset.splits):
+        splits.update(name.encode() + np.ascontiguousarray(dataset.splits[name]).tobytes())
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "model": encoder.name,
+        "model_path": encoder.path,
+        "model_revision": getattr(encoder.config, "_commit_hash", None),
+        "model_fingerprint": identity["model_fingerprint"],
+        "tokenizer": type(encoder.tokenizer).__name__,
+        "tokenizer_sha256": identity["tokenizer"],
+        "lowercase": tokenizer_lowercases(encoder.tokenizer),
+        "max_length": encoder.max_length,
+        "layers": settings["layers"],
+        "num_layers": settings["num_layers"],
+        "data_sha256": data_files,
+        "text_col": settings["text_col"], "label_col": settings["label_col"],
+        "labels": dataset.label_names,
+        "split_seed": settings["split_seed"],
+        "split_sizes": settings["split_sizes"],
+        "split_sha256": splits.hexdigest(),
+        "seeds": settings["seeds"],
+        "head": settings["head"],
+        "poolers": {name: {"plugin": plugins[name], "source_sha256": fingerprints[name]}
+                    for name in poolers},
+        "device": settings["device"], "precision": settings["precision"],
+        "cache_dtype": settings["cache_dtype"],
+        "versions": {"poolkit": __version__, "python": platform.python_version(),
+                     **{p: version(p) for p in ("torch", "transformers", "tokenizers",
+                                                 "scikit-learn", "scipy", "numpy", "pandas")}},
+    }

@@ -1,14 +1,17 @@
 """The hidden-state cache: every text's real-token states, stored once on disk.
 
-Layout of one cache entry (a folder named by its key):
+Layout of one cache entry (a folder named by its key and its layers):
 
-- ``tokens.bin``: the states of real tokens only (no padding), text after text
-  in encoding order, row-major ``(total_tokens, hidden_size)``, fp16 or fp32.
+- ``tokens.bin``: the states of real tokens only (no padding), layer after
+  layer, and within a layer text after text in encoding order: row-major
+  ``(layers, total_tokens, hidden_size)``, fp16 or fp32. Each cached layer is
+  one contiguous block, so reading one layer reads only its bytes.
 - ``index.npz``: ``starts`` and ``lengths`` (int64, one per text in input
-  order) locating each text's rows in ``tokens.bin``.
+  order) locating each text's rows within a layer's block.
 - ``meta.json``: what the entry was built from (model, tokenizer, max length,
-  a hash of the texts, this format's version), shapes, dtype, and CRC-32
-  checksums of the two data files.
+  a hash of the texts, this format's version), the layers it holds
+  (Hugging Face ``hidden_states`` indices, 0 = embeddings output), shapes,
+  dtype, and CRC-32 checksums of the two data files.
 
 Nothing here is pickled; the token file is read back memory-mapped. An entry
 is written under ``<key>.partial`` and renamed when complete, so a crash never
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _DTYPES = {"fp16": np.float16, "fp32": np.float32}
 _CHUNK = 16 << 20
 
@@ -60,6 +63,27 @@ def cache_key(identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def entry_name(key: str, layers) -> str:
+    """Folder name of the entry for ``key`` holding ``layers``: ``<key>-L3-6``."""
+    return f"{key}-L" + "-".join(str(int(layer)) for layer in sorted(layers))
+
+
+def find_entry(root: Path, key: str, layers) -> str | None:
+    """Name of a complete entry for ``key`` holding at least ``layers`` (the
+    one with the fewest layers), or ``None``: a run over one layer reuses a
+    layer sweep's entry."""
+    wanted = {int(layer) for layer in layers}
+    best = None
+    for path in Path(root).glob(f"{key}-L*"):
+        held = path.name[len(key) + 2 :].split("-")
+        if not path.is_dir() or not all(part.isdigit() for part in held):
+            continue  # a .partial folder
+        held = {int(part) for part in held}
+        if wanted <= held and (best is None or len(held) < best[0]):
+            best = (len(held), path.name)
+    return best and best[1]
+
+
 class HiddenStateCache:
     """A complete, verified cache entry, read back memory-mapped."""
 
@@ -72,10 +96,11 @@ class HiddenStateCache:
             if self.meta.get("format") != FORMAT_VERSION:
                 raise CacheDamaged(f"format {self.meta.get('format')}, expected {FORMAT_VERSION}")
             self.hidden_size = int(self.meta["hidden_size"])
+            self.layers = [int(layer) for layer in self.meta["layers"]]
             dtype = _DTYPES[self.meta["dtype"]]
             total = int(self.meta["total_tokens"])
             tokens_path = self.path / "tokens.bin"
-            expected = total * self.hidden_size * np.dtype(dtype).itemsize
+            expected = len(self.layers) * total * self.hidden_size * np.dtype(dtype).itemsize
             if tokens_path.stat().st_size != expected:
                 raise CacheDamaged(
                     f"tokens.bin has {tokens_path.stat().st_size} bytes, expected {expected}"
@@ -92,8 +117,9 @@ class HiddenStateCache:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CacheDamaged(f"{type(exc).__name__}: {exc}") from None
+        #: ``(layers, total_tokens, hidden_size)``, memory-mapped.
         self.tokens = np.memmap(tokens_path, dtype=dtype, mode="r",
-                                shape=(total, self.hidden_size))
+                                shape=(len(self.layers), total, self.hidden_size))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -118,8 +144,18 @@ class HiddenStateCache:
         for chunk in _token_budget_batches(self.lengths[order], max_tokens):
             yield order[chunk]
 
-    def padded(self, indices):
-        """``(hidden, mask)`` for consecutive-in-storage texts ``indices`` (from :meth:`batches`).
+    def states(self, layer: int | None = None) -> np.ndarray:
+        """The memory-mapped ``(total_tokens, hidden_size)`` block of ``layer``
+        (a cached hidden-state index; ``None``: the highest cached layer)."""
+        if layer is None:
+            return self.tokens[-1]
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} is not cached (cached: {self.layers})")
+        return self.tokens[self.layers.index(layer)]
+
+    def padded(self, indices, layer: int | None = None):
+        """``(hidden, mask)`` of ``layer`` for consecutive-in-storage texts
+        ``indices`` (from :meth:`batches`).
 
         ``hidden`` is float32 ``(batch, seq, hidden_size)`` zero-padded and
         ``mask`` ``(batch, seq)`` int64 with 1 on real tokens.
@@ -128,12 +164,32 @@ class HiddenStateCache:
 
         lengths = self.lengths[indices]
         first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
-        flat = torch.from_numpy(np.array(self.tokens[first:last], dtype=np.float32))
-        width = int(lengths.max())
-        mask = torch.arange(width) < torch.from_numpy(lengths)[:, None]
-        hidden = flat.new_zeros(len(indices), width, self.hidden_size)
+        flat = torch.from_numpy(np.array(self.states(layer)[first:last], dtype=np.float32))
+        mask = self._mask(lengths)
+        hidden = flat.new_zeros(*mask.shape, self.hidden_size)
         hidden[mask] = flat  # row-major fill follows the storage order
         return hidden, mask.long()
+
+    def gather(self, indices, layer: int | None = None):
+        """Like :meth:`padded` for any texts ``indices``, in that order (slower:
+        one read per text). Used by trainable poolers' random batches."""
+        import torch
+
+        states = self.states(layer)
+        lengths = self.lengths[indices]
+        mask = self._mask(lengths)
+        hidden = torch.zeros(*mask.shape, self.hidden_size)
+        for row, i in enumerate(indices):
+            start = self.starts[i]
+            hidden[row, : lengths[row]] = torch.from_numpy(
+                np.array(states[start : start + lengths[row]], dtype=np.float32))
+        return hidden, mask.long()
+
+    @staticmethod
+    def _mask(lengths):
+        import torch
+
+        return torch.arange(int(lengths.max())) < torch.from_numpy(lengths)[:, None]
 
 
 class CacheWriter:
@@ -146,12 +202,15 @@ class CacheWriter:
     """
 
     def __init__(self, root: Path, key: str, hidden_size: int, dtype: str, meta: dict,
-                 plan: dict, num_texts: int):
+                 plan: dict, num_texts: int, layers, total_tokens: int):
         self.final = Path(root) / key
         self.tmp = Path(root) / f"{key}.partial"
         self.np_dtype = _DTYPES[dtype]
         self.row_bytes = hidden_size * np.dtype(self.np_dtype).itemsize
-        self.meta = {**meta, "format": FORMAT_VERSION, "dtype": dtype, "hidden_size": hidden_size}
+        self.layers = [int(layer) for layer in layers]
+        self.total = int(total_tokens)
+        self.meta = {**meta, "format": FORMAT_VERSION, "dtype": dtype, "hidden_size": hidden_size,
+                     "layers": self.layers}
         self.plan = plan
         self.batches_done = 0
         self.written = 0
@@ -173,8 +232,8 @@ class CacheWriter:
             else:
                 self.batches_done, self.written, self.starts = progress
         self.file = open(self.tmp / "tokens.bin", "r+b" if progress else "wb")
-        self.file.truncate(self.written * self.row_bytes)  # drop a half-written batch
-        self.file.seek(0, os.SEEK_END)
+        # Full size up front: each layer's block is written at its own offset.
+        self.file.truncate(len(self.layers) * self.total * self.row_bytes)
 
     def _read_progress(self):
         try:
@@ -184,17 +243,21 @@ class CacheWriter:
             size = (self.tmp / "tokens.bin").stat().st_size
             if saved.get("plan") != self.plan or len(starts) != len(self.starts):
                 return None
-            if size < saved["tokens"] * self.row_bytes:
-                return None
+            if size < len(self.layers) * self.total * self.row_bytes:
+                return None  # (longer is fine: the writer truncates it to size)
             return int(saved["batches"]), int(saved["tokens"]), starts
         except Exception:  # any damage to the progress files: start this entry over
             return None
 
     def add(self, states: np.ndarray) -> int:
-        """Append ``states`` ``(tokens, hidden_size)``; return its first row."""
+        """Append ``states`` ``(layers, tokens, hidden_size)``; return its first row."""
         start = self.written
-        self.file.write(np.ascontiguousarray(states, dtype=self.np_dtype).tobytes())
-        self.written += len(states)
+        if start + states.shape[1] > self.total:
+            raise ValueError(f"more than the {self.total} tokens this entry was sized for")
+        for block, layer_states in enumerate(states):
+            self.file.seek((block * self.total + start) * self.row_bytes)
+            self.file.write(np.ascontiguousarray(layer_states, dtype=self.np_dtype).tobytes())
+        self.written += states.shape[1]
         return start
 
     def checkpoint(self, batches_done: int, tokens_done: int) -> None:
@@ -208,6 +271,8 @@ class CacheWriter:
         os.replace(self.tmp / "progress.tmp.json", self.tmp / "progress.json")
 
     def finish(self, lengths: np.ndarray) -> HiddenStateCache:
+        if self.written != self.total:
+            raise ValueError(f"{self.written} of {self.total} tokens written")
         self.file.close()
         np.savez(self.tmp / "index.npz", starts=self.starts, lengths=lengths)
         self.meta.update(

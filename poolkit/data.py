@@ -36,6 +36,10 @@ class Dataset:
     label_names: list
     splits: dict  # "train" / "validation" / "test" -> sorted int64 index arrays
     source: str
+    #: (N,) 1-based data row of each text in the file it came from (header not counted)
+    rows: np.ndarray = None
+    #: (N,) that file's name ("data" file, or the --test-data file for test texts)
+    files: list = None
 
     @property
     def num_labels(self) -> int:
@@ -237,6 +241,9 @@ def load_dataset(
             "a classifier needs at least two"
         )
     ids = encode_labels(raw, names, source)
+    file_name = str(data) if data is not None else DEFAULT_DATASET_NAME
+    rows = _rows(raw)
+    files = [file_name] * len(texts)
     if test_data is None:
         splits = split_indices(ids, split_seed, validation_size, test_size, source)
     else:
@@ -246,4 +253,14 @@ def load_dataset(
         splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))
         texts = texts + test_texts
         ids = np.concatenate([ids, test_ids])
-    return Dataset(texts=texts, labels=ids, label_names=names, splits=splits, source=source)
+        rows = np.concatenate([rows, _rows(test_raw)])
+        files += [str(test_data)] * len(test_texts)
+    return Dataset(texts=texts, labels=ids, label_names=names, splits=splits, source=source,
+                   rows=rows, files=files)
+
+
+def _rows(raw) -> np.ndarray:
+    """1-based data rows: a Series keeps its file rows as its index."""
+    if hasattr(raw, "iloc"):  # a Series
+        return np.asarray(raw.index, dtype=np.int64) + 1
+    return np.arange(1, len(raw) + 1)

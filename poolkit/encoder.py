@@ -15,6 +15,8 @@ from .cache import (
     HiddenStateCache,
     _token_budget_batches,
     cache_key,
+    entry_name,
+    find_entry,
     texts_digest,
 )
 from .errors import PoolkitError
@@ -67,6 +69,11 @@ class Encoder:
     @property
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers L: hidden-state indices run 0 (embeddings) .. L."""
+        return int(self.config.num_hidden_layers)
 
     def weights(self, prefix: str):
         """The pretrained tensors under ``prefix`` (e.g. ``"pooler.dense"``) as
@@ -191,6 +198,20 @@ def _model_fingerprint(path: str, config) -> str:
     return digest.hexdigest()
 
 
+def tokenizer_lowercases(tokenizer):
+    """Whether the tokenizer lowercases its input (``None``: cannot tell)."""
+    normalizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    stack = [normalizer]
+    while stack:
+        node = stack.pop()
+        if node.get("lowercase") is not None:
+            return bool(node["lowercase"])
+        if node.get("type") == "Lowercase":
+            return True
+        stack.extend(node.get("normalizers") or [])
+    return False if normalizer else None
+
+
 def _tokenizer_state(tokenizer) -> str:
     """The tokenizer's definition, without the truncation/padding state that
     calling it leaves behind (which would change the cache key mid-process)."""
@@ -225,6 +246,44 @@ def tokenize(encoder: Encoder, texts, chunk: int = 4096) -> tuple:
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
+def parse_layers(spec, num_layers: int) -> list[int]:
+    """Absolute hidden-state indices (0 = embeddings output, ``num_layers`` =
+    last) from a spec like ``-1``, ``-2``, ``-4..-1``, ``0,3,6``, ``all``.
+
+    Negative indices count from the last layer, as in Python: ``-1`` is
+    ``num_layers``. ``all`` is every index 0..num_layers.
+    """
+    top = num_layers
+    if spec is None:
+        return [top]
+    items = [str(spec)] if isinstance(spec, (int, str)) else [str(x) for x in spec]
+    parts = [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+    def index(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise PoolkitError(f"--layers: '{text}' is not a layer number") from None
+        absolute = value + top + 1 if value < 0 else value
+        if not 0 <= absolute <= top:
+            raise PoolkitError(f"--layers: layer {value} does not exist; this model has "
+                               f"hidden states 0..{top} (or -{top + 1}..-1)")
+        return absolute
+
+    layers = set()
+    for part in parts or [""]:
+        if part == "all":
+            layers.update(range(top + 1))
+        elif ".." in part:
+            low, high = (index(x) for x in part.split("..", 1))
+            if low > high:
+                raise PoolkitError(f"--layers: empty range '{part}'")
+            layers.update(range(low, high + 1))
+        else:
+            layers.add(index(part))
+    return sorted(layers)
+
+
 def default_batch_tokens(device: str) -> int:
     """Padded tokens per encoder batch.
 
@@ -246,9 +305,14 @@ def encode_to_cache(
     max_batch_tokens=None,
     max_texts=None,
     progress: bool = False,
+    layers=None,
     log=lambda message: None,
 ) -> tuple:
     """The cache entry for ``texts`` under this encoder; runs the encoder only on a miss.
+
+    ``layers`` are the hidden-state indices to cache (absolute, see
+    :func:`parse_layers`; default: the last layer). An entry holding more
+    layers than asked for is reused.
 
     ``dtype`` is the cache's storage precision; ``precision`` the encoder's
     compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
@@ -260,23 +324,23 @@ def encode_to_cache(
     compute = precision if device.startswith("cuda") else "fp32"
     identity = {**encoder.identity(), "texts": texts_digest(texts), "num_texts": len(texts),
                 "compute": compute}
+    layers = sorted({int(x) for x in layers}) if layers else [encoder.num_layers]
     key = cache_key({**identity, "dtype": dtype})
-    try:
-        cached = HiddenStateCache.open(cache_dir, key)
-    except CacheDamaged as exc:
-        log(f"warning: cache entry {Path(cache_dir) / key} is damaged ({exc}); rebuilding it")
-        shutil.rmtree(Path(cache_dir) / key, ignore_errors=True)
-        cached = None
-    if cached is not None:
-        return cached, False
+    while (name := find_entry(cache_dir, key, layers)) is not None:
+        try:
+            return HiddenStateCache(Path(cache_dir) / name), False
+        except CacheDamaged as exc:
+            log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
+                "rebuilding it")
+            shutil.rmtree(Path(cache_dir) / name, ignore_errors=True)
     budget = max_batch_tokens or default_batch_tokens(device)
-    entry = _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute,
-                    budget, max_texts, progress, log)
+    entry = _encode(encoder, texts, cache_dir, entry_name(key, layers), identity, device, dtype,
+                    compute, budget, max_texts, progress, layers, log)
     return entry, True
 
 
 def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, max_batch_tokens,
-            max_texts, progress, log):
+            max_texts, progress, layers, log):
     import torch
     from tqdm.auto import tqdm
 
@@ -293,7 +357,9 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
     # The model loads before the writer, so one that fails to load leaves no partial folder.
     model = encoder.model.to(device)
     writer = CacheWriter(cache_dir, key, encoder.hidden_size, dtype,
-                         {"identity": identity, "truncated": int(truncated)}, plan, len(texts))
+                         {"identity": identity, "truncated": int(truncated)}, plan, len(texts),
+                         layers, int(lengths.sum()))
+    all_states = layers != [encoder.num_layers]  # else last_hidden_state alone
     if writer.batches_done:
         log(f"resuming an interrupted encoding at batch {writer.batches_done} of {len(batches)}")
     pad_id = encoder.tokenizer.pad_token_id or 0
@@ -321,9 +387,13 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
                 attention = attention.to(device, non_blocking=True)
                 with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
                                     enabled=on_cuda and autocast_dtype is not None):
-                    hidden = model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+                    out = model(input_ids=input_ids, attention_mask=attention,
+                                output_hidden_states=all_states)
+                states = ([out.hidden_states[i] for i in layers] if all_states
+                          else [out.last_hidden_state])
                 # Only real tokens go to the cache, cast on the device (half the copy in fp16).
-                real = hidden[attention.bool()].to(store_dtype).cpu().numpy()
+                real_mask = attention.bool()
+                real = torch.stack([h[real_mask] for h in states]).to(store_dtype).cpu().numpy()
                 offset = writer.add(real)
                 writer.starts[batch] = offset + np.concatenate([[0], np.cumsum(lengths[batch])[:-1]])
                 completed = (number + 1, writer.written)

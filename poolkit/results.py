@@ -8,44 +8,66 @@ from .errors import PoolkitError
 from .metrics import METRICS
 
 EXPORT_FORMATS = ("csv", "md", "latex", "json", "html")
+#: Tables a run directory holds, for ``poolkit export --table``.
+EXPORT_TABLES = ("summary", "results", "pairs", "predictions", "recipe")
 
 
-def summarize(results, failures: dict | None = None):
-    """One row per pooler: mean and std over seeds of every metric, ranked by accuracy.
+def summarize(results, failures: dict | None = None, pairs=None):
+    """One row per feature set (pooler × layer), ranked by mean accuracy.
 
-    Poolers in ``failures`` get a row with ``status`` 'failed: <reason>'.
+    Per metric: mean, std and a 95% Student-t interval over seeds
+    (:func:`poolkit.stats.seed_interval`). ``group`` is the significance group
+    from the paired tests in ``pairs`` (1 = best; see :data:`poolkit.stats.METHODS`).
+    ``failures`` maps ids to ``(pooler, layer, reason)``; those get a row with
+    ``status`` 'failed: <reason>'.
     """
     import pandas as pd
 
+    from .stats import rank_groups, seed_interval
+
     rows = []
-    for pooler, group in results.groupby("pooler", sort=False):
-        row = {"pooler": pooler, "plugin": group["plugin"].iloc[0], "dim": int(group["dim"].iloc[0]),
-               "seeds": len(group)}
+    for (pooler, layer), group in results.groupby(["pooler", "layer"], sort=False):
+        row = {"pooler": pooler, "layer": layer, "plugin": group["plugin"].iloc[0],
+               "dim": int(group["dim"].iloc[0]), "seeds": len(group)}
         for metric in METRICS:
-            row[f"{metric}_mean"] = group[metric].mean()
-            row[f"{metric}_std"] = group[metric].std(ddof=1) if len(group) > 1 else 0.0
+            mean, std, low, high = seed_interval(group[metric].to_numpy(dtype=float))
+            row.update({f"{metric}_mean": mean, f"{metric}_std": std,
+                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         row["status"] = "ok"
         rows.append(row)
     summary = pd.DataFrame(rows)
     if len(summary):
         summary = summary.sort_values("accuracy_mean", ascending=False, kind="stable")
-    failed = [{"pooler": name, "status": f"failed: {reason}"} for name, reason in (failures or {}).items()]
+        ids = summary["pooler"] + "@" + summary["layer"].astype(str)
+        if pairs is not None and len(pairs):
+            groups = rank_groups(dict(zip(ids, summary["accuracy_mean"])), pairs)
+            summary.insert(summary.columns.get_loc("status"), "group", ids.map(groups))
+        else:
+            summary.insert(summary.columns.get_loc("status"), "group", 1)
+    failed = [{"pooler": pooler, "layer": layer, "status": f"failed: {reason}"}
+              for pooler, layer, reason in (failures or {}).values()]
     if failed:
         summary = pd.concat([summary, pd.DataFrame(failed)], ignore_index=True)
         # keep counts integers (a failed row has none) in summary.csv and exports
-        counts = [c for c in ("dim", "seeds") if c in summary]
+        counts = [c for c in ("dim", "seeds", "group") if c in summary]
         summary[counts] = summary[counts].astype("Int64")
     return summary.reset_index(drop=True)
 
 
 def display_table(summary):
-    """The summary as text cells: 'mean ± std', the best value per metric marked '*'."""
+    """The summary as text cells: accuracy as 'mean [95% interval]', the other
+    metrics as 'mean ± std', the best value per metric marked '*', and the
+    significance group. The layer column is shown when layers differ."""
     import pandas as pd
 
     ok = summary[summary["status"] == "ok"]
     table = pd.DataFrame({"pooler": summary["pooler"]})
+    if "layer" in summary and summary["layer"].astype(str).nunique() > 1:
+        table["layer"] = summary["layer"].astype(str)
     if "dim" in summary:
         table["dim"] = summary["dim"].map(lambda d: "" if pd.isna(d) else str(int(d)))
+    if "group" in summary:
+        table["group"] = summary["group"].map(lambda g: "" if pd.isna(g) else str(int(g)))
     for metric, higher_better in METRICS.items():
         means = ok[f"{metric}_mean"] if len(ok) else pd.Series(dtype=float)
         best = means.max() if higher_better else means.min()
@@ -54,13 +76,65 @@ def display_table(summary):
             if row["status"] != "ok":
                 cells.append("")
                 continue
-            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+            mean = row[f"{metric}_mean"]
             mark = " *" if len(ok) > 1 and mean == best else ""
-            cells.append(f"{mean:.3f} ± {std:.3f}{mark}")
-        table[metric] = cells
+            low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+            if metric == "accuracy" and low is not None and not pd.isna(low):
+                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]{mark}")
+            else:
+                cells.append(f"{mean:.3f} ± {row[f'{metric}_std']:.3f}{mark}")
+        table["accuracy (95% CI)" if metric == "accuracy" else metric] = cells
     if (summary["status"] != "ok").any():
         table["status"] = summary["status"]
     return table
+
+
+def display_pairs(pairs):
+    """The paired tests as text cells: difference with its bootstrap interval,
+    Holm-corrected p-values."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "a": pairs["a"], "b": pairs["b"],
+        "accuracy a - b [95% CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                                    zip(pairs["diff"], pairs["diff_low"], pairs["diff_high"])],
+        "p bootstrap (Holm)": pairs["p_bootstrap_holm"].map(_p_value),
+        "p McNemar (Holm)": pairs["p_mcnemar_holm"].map(_p_value),
+        "significant": pairs["significant"].map(lambda v: "yes" if v else "no"),
+    })
+
+
+def _p_value(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
+    """Each test item's prediction per feature set × seed, long format.
+
+    Columns: pooler, layer, seed, file, row (1-based data row in that file),
+    text, label, predicted, then ``p_<label>`` per label in ``labels.json``
+    order (label id order).
+    """
+    import numpy as np
+    import pandas as pd
+
+    test = dataset.splits["test"]
+    names = dataset.label_names
+    frames = []
+    for key, probs in probabilities.items():
+        fs = sets[key]
+        for seed, p in zip(seeds, probs):
+            frame = pd.DataFrame({
+                "pooler": fs.pooler_name, "layer": fs.layer, "seed": seed,
+                "file": [dataset.files[i] for i in test], "row": dataset.rows[test],
+                "text": [dataset.texts[i] for i in test],
+                "label": [names[i] for i in dataset.labels[test]],
+                "predicted": [names[i] for i in np.argmax(p, axis=1)],
+            })
+            for j, name in enumerate(names):
+                frame[f"p_{name}"] = p[:, j]
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -75,35 +149,62 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_run_dir(out: Path, results, summary, label_names, settings: dict) -> None:
-    """Write results.csv, summary.csv, labels.json and settings.json into ``out``."""
+def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, pairs=None,
+                  recipe: dict | None = None, predictions=None) -> None:
+    """Write results.csv, summary.csv, pairs.csv, labels.json, settings.json,
+    recipe.json (and predictions.csv when given) into ``out``."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "results.csv", results.to_csv(index=False))
         write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
+        if pairs is not None:
+            write_text_atomic(out / "pairs.csv", pairs.to_csv(index=False))
         labels = {str(i): name for i, name in enumerate(label_names)}
         write_text_atomic(out / "labels.json", json.dumps(labels, indent=2) + "\n")
         write_text_atomic(out / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
+        if recipe is not None:
+            write_text_atomic(out / "recipe.json", json.dumps(recipe, indent=2, default=str) + "\n")
+        if predictions is not None:
+            write_text_atomic(out / "predictions.csv", predictions.to_csv(index=False))
     except OSError as exc:
         raise PoolkitError(f"cannot write run directory '{out}': {exc.strerror or exc}") from None
 
 
 def export_run(run_dir, fmt: str, table: str = "summary") -> str:
-    """``RUN_DIR``'s summary (or per-seed results) as csv, md, latex, json or html text.
+    """A table of ``RUN_DIR`` as csv, md, latex, json or html text.
 
-    csv and json keep the numbers; md, latex and html show 'mean ± std' cells.
+    ``table``: ``summary`` (per pooler × layer), ``results`` (per seed),
+    ``pairs`` (paired tests), ``predictions`` (per test item, when the run
+    saved them) or ``recipe`` (what reproduces the run). csv and json keep the
+    numbers; md, latex and html show rounded cells with intervals.
     """
     import pandas as pd
 
     if fmt not in EXPORT_FORMATS:
         raise PoolkitError(f"unknown format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
-    path = Path(run_dir) / f"{table}.csv"
+    if table not in EXPORT_TABLES:
+        raise PoolkitError(f"unknown table '{table}'; use one of {', '.join(EXPORT_TABLES)}")
+    if not (Path(run_dir) / "summary.csv").is_file():
+        raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
+    path = Path(run_dir) / (f"{table}.json" if table == "recipe" else f"{table}.csv")
     if not path.is_file():
-        raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no {table}.csv)")
-    frame = pd.read_csv(path)
-    if table == "summary" and fmt in ("md", "latex", "html"):
-        frame = display_table(frame)
+        hint = " (run with --predictions to save them)" if table == "predictions" else ""
+        raise PoolkitError(f"run directory '{run_dir}' has no {path.name}{hint}")
+    if table == "recipe":
+        recipe = json.loads(path.read_text())
+        if fmt == "json":
+            return json.dumps(recipe, indent=2) + "\n"
+        frame = pd.DataFrame({"setting": list(recipe),
+                              "value": [v if isinstance(v, str) else json.dumps(v)
+                                        for v in recipe.values()]})
+    else:
+        frame = pd.read_csv(path, keep_default_na=table != "predictions")
+    if fmt in ("md", "latex", "html"):
+        if table == "summary":
+            frame = display_table(frame)
+        elif table == "pairs":
+            frame = display_pairs(frame)
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "json":

@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ from .results import write_text_atomic
 def run_key(cache_path: str, dataset, head_config) -> str:
     """Everything besides the pooler and seed that a head's result depends on."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"cache": Path(cache_path).name, "labels": dataset.label_names,
+    # The entry's key without its layer list: the same layer's states whatever
+    # else the entry holds, so adding layers keeps the finished heads.
+    entry = Path(cache_path).name.rpartition("-L")[0] or Path(cache_path).name
+    digest.update(json.dumps({"cache": entry, "labels": dataset.label_names,
                               "head": vars(head_config)}, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(dataset.labels).tobytes())
     for name in sorted(dataset.splits):
@@ -63,26 +67,37 @@ class RunStore:
         self.folder = Path(out) / "heads" if out is not None else None
         self.key = key
 
-    def _path(self, pooler: str, seed: int) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pooler)
-        if safe != pooler:
-            safe += "-" + hashlib.sha256(pooler.encode()).hexdigest()[:8]
+    def _path(self, feature_set: str, seed: int) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", feature_set)
+        if safe != feature_set:
+            safe += "-" + hashlib.sha256(feature_set.encode()).hexdigest()[:8]
         return self.folder / f"{safe}-seed{seed}.json"
 
-    def load(self, pooler: str, fingerprint: str, seed: int):
-        """The saved results row of this head, or ``None``."""
+    def load(self, feature_set: str, fingerprint: str, seed: int):
+        """``(row, test probabilities)`` saved for this head, or ``None``."""
         if self.folder is None:
             return None
+        path = self._path(feature_set, seed)
         try:
-            saved = json.loads(self._path(pooler, seed).read_text())
+            saved = json.loads(path.read_text())
+            probabilities = np.load(path.with_suffix(".npy"), allow_pickle=False)
         except (OSError, ValueError):
             return None
         if saved.get("run_key") != self.key or saved.get("fingerprint") != fingerprint:
             return None
-        return saved.get("row")
+        if saved.get("probabilities_crc32") != zlib.crc32(probabilities.tobytes()):
+            return None
+        return saved.get("row"), probabilities
 
-    def save(self, row: dict, fingerprint: str) -> None:
+    def save(self, feature_set: str, row: dict, fingerprint: str, probabilities) -> None:
+        """Save a finished head: its row and its test probabilities (``.npy``, no pickle)."""
         if self.folder is None:
             return
-        record = {"run_key": self.key, "fingerprint": fingerprint, "row": row}
-        write_text_atomic(self._path(row["pooler"], row["seed"]), json.dumps(record, indent=1))
+        path = self._path(feature_set, row["seed"])
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, probabilities, allow_pickle=False)
+        os.replace(tmp, path.with_suffix(".npy"))
+        record = {"run_key": self.key, "fingerprint": fingerprint, "row": row,
+                  "probabilities_crc32": zlib.crc32(probabilities.tobytes())}
+        write_text_atomic(path, json.dumps(record, indent=1))

@@ -190,3 +190,116 @@ def _mean_losses(logits, y):
 
 def _head_seed(seed: int, pooler: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(pooler.encode())) % (2**63)
+
+
+def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_labels: int, seeds,
+                    config: HeadConfig = HeadConfig(), device: str = "cpu"):
+    """Train a trainable pooler jointly with its head, per seed, from the token cache.
+
+    Each seed gets a fresh ``pooler.module(H)`` (built under the head's seed)
+    and ``nn.Linear(D, C)``, trained end to end with cross-entropy and AdamW
+    on random batches of the cached token states, early-stopped on validation
+    loss like the fixed poolers' heads. With ``config.standardize`` the token
+    states are standardized per dimension with train-split statistics (the
+    token-level counterpart of the fixed features' standardization). Returns
+    a list of :class:`HeadResult` named by ``feature_set.id``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    train, val, test = splits["train"], splits["validation"], splits["test"]
+    if len(val) == 0:
+        val = train
+    hidden_size = cache.hidden_size
+    dim = int(feature_set.pooler.output_dim(hidden_size))
+    multi = isinstance(feature_set.source, tuple)
+    shift, scale = {}, {}
+    for layer in feature_set.layers:
+        if config.standardize:
+            shift[layer], scale[layer] = _token_stats(cache, train, layer)
+        else:
+            shift[layer], scale[layer] = torch.zeros(hidden_size), torch.ones(hidden_size)
+    y_all = torch.from_numpy(labels)
+
+    def inputs(rows):
+        parts, mask = [], None
+        for layer in feature_set.layers:
+            hidden, mask = cache.gather(rows, layer)
+            hidden = (hidden - shift[layer]) / scale[layer] * mask.unsqueeze(-1)
+            parts.append(hidden.to(device))
+        mask = mask.to(device)
+        return (tuple(parts) if multi else parts[0]), mask
+
+    def predict(model, rows):
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(rows), 256):
+                hidden, mask = inputs(rows[start : start + 256])
+                out.append(model["head"](model["pooler"](hidden, mask).float()))
+        return torch.cat(out)
+
+    results = []
+    for seed in seeds:
+        head_seed = _head_seed(seed, feature_set.id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(head_seed)
+            module = feature_set.pooler.module(hidden_size)
+            head = torch.nn.Linear(dim, num_labels)
+            with torch.no_grad():
+                head.weight.normal_(0.0, 0.02)
+                head.bias.zero_()
+        model = torch.nn.ModuleDict({"pooler": module, "head": head}).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+        order = torch.Generator().manual_seed(seed)
+        dropout = torch.Generator().manual_seed(head_seed)
+        best = (float("inf"), None, 0)
+        stale, epochs = 0, 0
+        for epoch in range(1, config.max_epochs + 1):
+            epochs = epoch
+            model.train()
+            perm = torch.randperm(len(train), generator=order).numpy()
+            for start in range(0, len(train), config.batch_size):
+                rows = train[perm[start : start + config.batch_size]]
+                hidden, mask = inputs(rows)
+                pooled = model["pooler"](hidden, mask).float()
+                if config.dropout > 0:
+                    keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
+                    pooled = pooled * keep.to(device) / (1 - config.dropout)
+                loss = F.cross_entropy(model["head"](pooled), y_all[rows].to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            val_loss = float(F.cross_entropy(predict(model, val), y_all[val].to(device)))
+            if val_loss < best[0] - 1e-6:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best, stale = (val_loss, state, epoch), 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+        model.load_state_dict(best[1])
+        probs = torch.softmax(predict(model, test).double(), dim=-1).cpu().numpy()
+        results.append(HeadResult(feature_set.id, seed, probs, best[2], epochs, best[0]))
+    return results
+
+
+def _token_stats(cache, rows, layer):
+    """Per-dimension mean and std of the real-token states of ``rows`` at ``layer``."""
+    import torch
+
+    states = cache.states(layer)
+    total = np.zeros(cache.hidden_size)
+    squares = np.zeros(cache.hidden_size)
+    count = 0
+    for i in rows:
+        block = np.asarray(states[cache.starts[i] : cache.starts[i] + cache.lengths[i]],
+                           dtype=np.float64)
+        total += block.sum(axis=0)
+        squares += (block**2).sum(axis=0)
+        count += len(block)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+    return (torch.from_numpy(mean).float(),
+            torch.from_numpy(np.maximum(std, 1e-6)).float())

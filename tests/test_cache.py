@@ -40,10 +40,10 @@ def cache(tiny_model_dir, tmp_path):
 def test_layout_holds_each_texts_real_tokens_in_input_order(cache, reference):
     assert len(cache) == len(TEXTS)
     assert cache.lengths.tolist() == [len(r) for r in reference]
-    assert cache.tokens.shape == (sum(len(r) for r in reference), 32)
+    assert cache.tokens.shape == (1, sum(len(r) for r in reference), 32)
     assert cache.meta["dtype"] == "fp32"
     for i, states in enumerate(reference):
-        stored = np.array(cache.tokens[cache.starts[i] : cache.starts[i] + cache.lengths[i]])
+        stored = np.array(cache.states()[cache.starts[i] : cache.starts[i] + cache.lengths[i]])
         assert_close(torch.from_numpy(stored), states, atol=1e-5, rtol=1e-4)
     reopened = HiddenStateCache(cache.path)
     assert reopened.starts.tolist() == cache.starts.tolist()
@@ -81,8 +81,8 @@ def test_encoder_batch_size_does_not_change_the_states(tiny_model_dir, tmp_path,
     encoder = load_encoder(str(tiny_model_dir))
     single, _ = encode_to_cache(encoder, TEXTS, tmp_path / "other", dtype="fp32")
     for i in range(len(TEXTS)):
-        a = cache.tokens[cache.starts[i] : cache.starts[i] + cache.lengths[i]]
-        b = single.tokens[single.starts[i] : single.starts[i] + single.lengths[i]]
+        a = cache.states()[cache.starts[i] : cache.starts[i] + cache.lengths[i]]
+        b = single.states()[single.starts[i] : single.starts[i] + single.lengths[i]]
         assert_close(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
 
 
@@ -126,8 +126,8 @@ def test_a_crash_while_encoding_resumes_from_the_last_complete_batch(
     assert_close(np.asarray(resumed.tokens), np.asarray(fresh.tokens))
     assert resumed.lengths.tolist() == fresh.lengths.tolist()
     for i in range(len(TEXTS)):
-        a = resumed.tokens[resumed.starts[i] : resumed.starts[i] + resumed.lengths[i]]
-        b = fresh.tokens[fresh.starts[i] : fresh.starts[i] + fresh.lengths[i]]
+        a = resumed.states()[resumed.starts[i] : resumed.starts[i] + resumed.lengths[i]]
+        b = fresh.states()[fresh.starts[i] : fresh.starts[i] + fresh.lengths[i]]
         assert_close(np.array(a), np.array(b))
 
 

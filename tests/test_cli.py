@@ -44,14 +44,16 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     table = result.stdout.splitlines()
-    assert table[0].split()[:2] == ["pooler", "dim"]
+    assert table[0].split()[:3] == ["pooler", "dim", "group"]
     assert sorted(line.split()[0] for line in table[1:5]) == sorted(BUILTIN_POOLERS)
     assert str(out) in result.stdout
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "heads", "labels.json", "results.csv", "settings.json", "summary.csv"]
+        "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
+        "summary.csv"]
     assert len(list((out / "heads").glob("*.json"))) == len(BUILTIN_POOLERS) * 2
+    assert len(list((out / "heads").glob("*.npy"))) == len(BUILTIN_POOLERS) * 2
     results = pd.read_csv(out / "results.csv")
     assert len(results) == len(BUILTIN_POOLERS) * 2
     assert sorted(zip(results["pooler"], results["seed"])) == sorted(

@@ -287,7 +287,8 @@ def trained(monkeypatch):
 
     @functools.wraps(real)
     def spy(features, labels, splits, num_labels, seeds, *args, **kwargs):
-        calls.append((sorted(features), list(seeds)))
+        # feature sets are "pooler@layer"; these runs use the last layer only
+        calls.append((sorted(key.rpartition("@")[0] for key in features), list(seeds)))
         return real(features, labels, splits, num_labels, seeds, *args, **kwargs)
 
     # api.run imports train_heads from poolkit.training when it is called.
