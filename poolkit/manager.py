@@ -24,6 +24,12 @@ DEFAULT_PLUGINS = (
     "poolkit.plugins.bert_pooler",
     "poolkit.plugins.mean",
     "poolkit.plugins.max",
+    "poolkit.plugins.mean_max",
+    "poolkit.plugins.mean_sqrt_len",
+    "poolkit.plugins.weighted_mean",
+    "poolkit.plugins.last_token",
+    "poolkit.plugins.first_last_avg",
+    "poolkit.plugins.attention",
 )
 
 

@@ -19,6 +19,11 @@ TESTS_DIR = Path(__file__).parent
 PLUGINS_DIR = TESTS_DIR / "plugins"
 BROKEN_PLUGINS_DIR = TESTS_DIR / "plugins_broken"
 BUILTIN_POOLERS = ("cls", "bert_pooler", "mean", "max")
+#: Every pooler poolkit ships, in registration order (a run's default).
+ALL_POOLERS = BUILTIN_POOLERS + ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token",
+                                 "first_last_avg", "attention")
+#: Layer of each in the tiny 2-layer BERT: the last, or first_last_avg's own.
+TINY_LAYER = {name: "1+2" if name == "first_last_avg" else "2" for name in ALL_POOLERS}
 
 WORDS = (
     "good great fine bad awful poor movie film plot actor story fun dull boring "

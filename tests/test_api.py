@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 
 import poolkit
-from conftest import BUILTIN_POOLERS, hf_forward
+from conftest import ALL_POOLERS, BUILTIN_POOLERS, TINY_LAYER, hf_forward
 from poolkit.cache import default_cache_dir
 from poolkit.manager import collect_poolers, get_plugin_manager
 from poolkit.metrics import METRICS
@@ -225,19 +225,19 @@ def _run(data, model, cache_dir, **kwargs):
 
 
 def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
-    results = _run(small_csv, tiny_model_dir, tmp_path / "c")
-    assert len(results) == len(BUILTIN_POOLERS) * 2
-    assert sorted(zip(results["pooler"], results["seed"])) == sorted(
-        (p, s) for p in BUILTIN_POOLERS for s in (0, 1))
+    results = _run(small_csv, tiny_model_dir, tmp_path / "c")  # every registered pooler
+    assert len(results) == len(ALL_POOLERS) * 2
+    assert list(zip(results["pooler"], results["layer"], results["seed"])) == [
+        (p, TINY_LAYER[p], s) for p in ALL_POOLERS for s in (0, 1)]
     for metric in METRICS:
         assert results[metric].notna().all(), metric
     for metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc"):
         assert results[metric].between(0, 1).all(), metric
-    assert (results["dim"] == 32).all()
+    assert (results["dim"] == results["pooler"].map(lambda p: 64 if p == "mean_max" else 32)).all()
     assert results.attrs["label_names"] == ["neg", "pos"]
     assert results.attrs["failures"] == {}
     summary = results.attrs["summary"]
-    assert sorted(summary["pooler"]) == sorted(BUILTIN_POOLERS)
+    assert sorted(summary["pooler"]) == sorted(ALL_POOLERS)
     for pooler, group in results.groupby("pooler"):
         row = summary.set_index("pooler").loc[pooler]
         assert row["accuracy_mean"] == pytest.approx(group["accuracy"].mean())

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import BUILTIN_POOLERS, invoke, make_rows
+from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows
 from poolkit.cli import cli
 from poolkit.metrics import METRICS
 
 EXPORT_NAMES = {  # how each format spells the pooler names
-    "csv": BUILTIN_POOLERS, "md": BUILTIN_POOLERS, "json": BUILTIN_POOLERS,
-    "html": BUILTIN_POOLERS, "latex": ("cls", r"bert\_pooler", "mean", "max"),
+    "csv": ALL_POOLERS, "md": ALL_POOLERS, "json": ALL_POOLERS, "html": ALL_POOLERS,
+    "latex": tuple(name.replace("_", r"\_") for name in ALL_POOLERS),
 }
 
 
@@ -44,25 +44,25 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     table = result.stdout.splitlines()
-    assert table[0].split()[:3] == ["pooler", "dim", "group"]
-    assert sorted(line.split()[0] for line in table[1:5]) == sorted(BUILTIN_POOLERS)
+    assert table[0].split()[:4] == ["pooler", "layer", "dim", "group"]  # first_last_avg: 1+2
+    assert sorted(line.split()[0] for line in table[1:11]) == sorted(ALL_POOLERS)
     assert str(out) in result.stdout
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
         "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
         "summary.csv"]
-    assert len(list((out / "heads").glob("*.json"))) == len(BUILTIN_POOLERS) * 2
-    assert len(list((out / "heads").glob("*.npy"))) == len(BUILTIN_POOLERS) * 2
+    assert len(list((out / "heads").glob("*.json"))) == len(ALL_POOLERS) * 2
+    assert len(list((out / "heads").glob("*.npy"))) == len(ALL_POOLERS) * 2
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == len(BUILTIN_POOLERS) * 2
-    assert sorted(zip(results["pooler"], results["seed"])) == sorted(
-        (p, s) for p in BUILTIN_POOLERS for s in (0, 1))
+    assert len(results) == len(ALL_POOLERS) * 2
+    assert sorted(zip(results["pooler"], results["layer"].astype(str), results["seed"])) == sorted(
+        (p, TINY_LAYER[p], s) for p in ALL_POOLERS for s in (0, 1))
     assert set(METRICS) <= set(results.columns)
     assert (results["epochs"] <= 5).all()
 
     summary = pd.read_csv(out / "summary.csv")
-    assert sorted(summary["pooler"]) == sorted(BUILTIN_POOLERS)
+    assert sorted(summary["pooler"]) == sorted(ALL_POOLERS)
     assert (summary["seeds"] == 2).all() and (summary["status"] == "ok").all()
     means = results.groupby("pooler")["accuracy"].mean()
     for _, row in summary.iterrows():
@@ -73,7 +73,7 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert settings["model"] == str(tiny_model_dir)
     assert settings["data"] == str(data)
     assert settings["seeds"] == [0, 1]
-    assert settings["poolers"] == list(BUILTIN_POOLERS)
+    assert settings["poolers"] == list(ALL_POOLERS)
     assert settings["split_sizes"] == {"train": 96, "validation": 12, "test": 12}
     assert settings["head"]["max_epochs"] == 5
 
@@ -91,7 +91,7 @@ def test_export_writes_each_format(finished_run, tmp_path, fmt):
         assert name in text, (name, fmt)
     if fmt == "json":
         records = json.loads(text)
-        assert sorted(r["pooler"] for r in records) == sorted(BUILTIN_POOLERS)
+        assert sorted(r["pooler"] for r in records) == sorted(ALL_POOLERS)
     if fmt == "csv":
         pd.testing.assert_frame_equal(pd.read_csv(target), pd.read_csv(out / "summary.csv"))
 

@@ -1,9 +1,15 @@
-"""The built-in poolers, got through the plugin manager as users get them.
+"""The built-in poolers, got through the plugin manager as users get them, and
+the plugins shipped in ``poolkit.plugins`` that are not built-ins yet.
 
 References are independent of poolkit: Hugging Face's own ``pooler_output`` and
-``BertPooler`` module, and per-text means/maxima over each text's real tokens
-sliced out of the padded batch.
+``BertPooler`` module, per-text means/maxima over each text's real tokens
+sliced out of the padded batch, and small examples computed by hand.
 """
+
+import importlib
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,11 +26,42 @@ TEXTS = [
 ]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float32, *LOW_PRECISION)
+# Single-layer fixed poolers in poolkit.plugins, not in the built-in list yet.
+NEW_FIXED_POOLERS = ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token")
+FIXED_POOLERS = BUILTIN_POOLERS + NEW_FIXED_POOLERS
+
+
+def plugin_pooler(module_name):
+    """The pooler that ``poolkit.plugins.<module_name>`` registers."""
+    registered = []
+    importlib.import_module(f"poolkit.plugins.{module_name}").register_poolers(
+        register=registered.append)
+    (pooler,) = registered
+    return pooler
 
 
 @pytest.fixture(scope="module")
 def poolers(builtin_poolers):
-    return builtin_poolers
+    return {**builtin_poolers, **{name: plugin_pooler(name) for name in NEW_FIXED_POOLERS}}
+
+
+def reference(name, real):
+    """What pooler ``name`` gives for one text's real-token states ``real`` ``(n, H)``."""
+    n = real.shape[0]
+    if name == "mean":
+        return real.mean(dim=0)
+    if name == "max":
+        return real.max(dim=0).values
+    if name == "mean_max":
+        return torch.cat([real.mean(dim=0), real.max(dim=0).values])
+    if name == "mean_sqrt_len":
+        return real.sum(dim=0) / math.sqrt(n)
+    if name == "weighted_mean":
+        positions = torch.arange(1, n + 1, dtype=real.dtype)
+        return (positions[:, None] * real).sum(dim=0) / positions.sum()
+    if name == "last_token":
+        return real[-1]
+    raise KeyError(name)
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +152,18 @@ def test_cls_is_the_first_token_state(poolers, batch):
                  output.last_hidden_state[:, 0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name, reduce", [
-    ("mean", lambda real: real.mean(dim=0)),
-    ("max", lambda real: real.max(dim=0).values),
-])
-def test_mean_and_max_equal_a_per_text_reference_over_real_tokens(poolers, batch, name, reduce):
+@pytest.mark.parametrize("name", ["mean", "max", *NEW_FIXED_POOLERS])
+def test_equal_a_per_text_reference_over_real_tokens(poolers, batch, name):
     output, mask = batch
     hidden = output.last_hidden_state
     expected = torch.stack([
-        reduce(hidden[i, : int(mask[i].sum())]) for i in range(len(TEXTS))
+        reference(name, hidden[i, : int(mask[i].sum())]) for i in range(len(TEXTS))
     ])
     assert_close(poolers[name].pool(hidden, mask), expected)
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.long, torch.int32, torch.bool])
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_output_shape_is_the_declared_dim(poolers, batch, name, mask_dtype):
     output, mask = batch
     hidden = output.last_hidden_state
@@ -140,7 +174,7 @@ def test_output_shape_is_the_declared_dim(poolers, batch, name, mask_dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_padding_invariance(poolers, alone, name, dtype):
     """A text pooled alone equals the same text padded with garbage-filled columns."""
     pooler = poolers[name]
@@ -156,7 +190,7 @@ def test_padding_invariance(poolers, alone, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_batch_invariance(poolers, alone, name, dtype):
     """A text's vector does not depend on what else is in its batch."""
     pooler = poolers[name]
@@ -171,7 +205,7 @@ def test_batch_invariance(poolers, alone, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_low_precision_matches_fp32_reference(poolers, batch, hf_model, name, dtype):
     """fp16/bf16 inputs give the fp32 result of the same (rounded) values, no NaN/inf."""
     output, mask = batch
@@ -188,15 +222,13 @@ def test_low_precision_matches_fp32_reference(poolers, batch, hf_model, name, dt
     elif name == "bert_pooler":
         with torch.no_grad():
             expected = hf_model.pooler(upcast)
-    elif name == "mean":
-        expected = torch.stack([upcast[i, :n].mean(dim=0) for i, n in enumerate(lengths)])
     else:
-        expected = torch.stack([upcast[i, :n].max(dim=0).values for i, n in enumerate(lengths)])
+        expected = torch.stack([reference(name, upcast[i, :n]) for i, n in enumerate(lengths)])
     assert_close(pooled, expected.to(dtype))
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_single_real_token_row(poolers, hf_model, name, dtype):
     """A row with one real token (and huge padding) pools to that token alone."""
     g = torch.Generator().manual_seed(3)
@@ -209,8 +241,10 @@ def test_single_real_token_row(poolers, hf_model, name, dtype):
     if name == "bert_pooler":
         with torch.no_grad():
             expected = hf_model.pooler(first[None, None])[0]
+    elif name == "mean_max":
+        expected = torch.cat([first, first])
     else:
-        expected = first  # cls, mean and max of a single token are that token
+        expected = first  # every other pooler of a single token gives that token
     assert_close(pooled[0], expected.to(dtype))
 
 
@@ -233,7 +267,7 @@ def test_very_negative_real_states(poolers, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("name", BUILTIN_POOLERS)
+@pytest.mark.parametrize("name", FIXED_POOLERS)
 def test_inputs_are_not_modified(poolers, alone, name, dtype):
     width = max(s.shape[1] for s in alone) + 3
     hidden, mask = _pad(alone, width, dtype)
@@ -265,3 +299,93 @@ def test_bert_pooler_reads_task_checkpoints_whose_keys_carry_the_base_model_pref
     with torch.no_grad():
         out = model(input_ids=ids)
     assert_close(pooler.pool(out.last_hidden_state, torch.ones_like(ids)), out.pooler_output)
+
+
+# -- the plugins not in the built-in list yet: hand-computed examples -------------------
+
+# Two texts, H = 2: three real tokens, and two real tokens; padding 100 leaks if unmasked.
+HAND_HIDDEN = torch.tensor([
+    [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [100.0, 100.0]],
+    [[2.0, 0.0], [4.0, 8.0], [100.0, 100.0], [100.0, 100.0]],
+])
+HAND_MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.long, torch.bool])
+@pytest.mark.parametrize("name, expected", [
+    ("mean_max", [[3.0, 4.0, 5.0, 6.0], [3.0, 4.0, 4.0, 8.0]]),
+    ("mean_sqrt_len", [[9 / math.sqrt(3), 12 / math.sqrt(3)],
+                       [6 / math.sqrt(2), 8 / math.sqrt(2)]]),
+    # weights 1, 2, 3 (sum 6) and 1, 2 (sum 3)
+    ("weighted_mean", [[(1 + 6 + 15) / 6, (2 + 8 + 18) / 6], [(2 + 8) / 3, (0 + 16) / 3]]),
+    ("last_token", [[5.0, 6.0], [4.0, 8.0]]),  # rows len - 1: 2 and 1
+])
+def test_new_poolers_on_a_hand_computed_example(name, expected, mask_dtype):
+    pooler = plugin_pooler(name)
+    pooled = pooler.pool(HAND_HIDDEN, HAND_MASK.to(mask_dtype))
+    assert pooler.output_dim(2) == len(expected[0])
+    assert_close(pooled, torch.tensor(expected))
+
+
+def test_first_last_avg_pools_a_tuple_of_first_and_last_layer():
+    pooler = plugin_pooler("first_last_avg")
+    assert pooler.layers == (1, -1)
+    assert not pooler.trainable
+    last = HAND_HIDDEN * 3 + torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [-7.0, 9.0]]])
+    # (first + 3 * first) / 2 = 2 * first: twice the masked means [3, 4] and [3, 4].
+    pooled = pooler.pool((HAND_HIDDEN, last), HAND_MASK)
+    assert_close(pooled, torch.tensor([[6.0, 8.0], [6.0, 8.0]]))
+
+
+def test_first_last_avg_is_simcse_avg_first_last_on_hugging_face_hidden_states(
+        hf_model, hf_tokenizer):
+    """SimCSE: mean over real tokens of (hidden_states[1] + hidden_states[-1]) / 2."""
+    inputs = hf_tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = hf_model(**inputs, output_hidden_states=True).hidden_states
+    mask = inputs["attention_mask"]
+    expected = torch.stack([
+        ((states[1][i] + states[-1][i]) / 2)[: int(mask[i].sum())].mean(dim=0)
+        for i in range(len(TEXTS))
+    ])
+    pooled = plugin_pooler("first_last_avg").pool((states[1], states[-1]), mask)
+    assert_close(pooled, expected)
+
+
+def test_attention_starts_as_mean_pooling():
+    pooler = plugin_pooler("attention")
+    assert pooler.trainable and pooler.output_dim(2) == 2
+    module = pooler.module(2)
+    assert_close(module.query.detach(), torch.zeros(2))
+    pooled = module(HAND_HIDDEN, HAND_MASK)
+    assert pooled.dtype == torch.float32
+    assert_close(pooled, torch.tensor([[3.0, 4.0], [3.0, 4.0]]))
+    assert_close(pooled, plugin_pooler("mean").pool(HAND_HIDDEN, HAND_MASK))
+
+
+def test_attention_with_a_large_one_hot_query_attends_to_the_highest_scoring_real_token():
+    module = plugin_pooler("attention").module(2)
+    with torch.no_grad():
+        module.query.copy_(torch.tensor([0.0, 100.0]))
+    # Scores follow the second coordinate: tokens [5, 6] and [4, 8] win; the
+    # padding (100) would win if it were not masked.
+    pooled = module(HAND_HIDDEN.half(), HAND_MASK.bool())
+    assert pooled.dtype == torch.float32
+    assert_close(pooled, torch.tensor([[5.0, 6.0], [4.0, 8.0]]))
+
+
+def test_attention_gives_each_call_fresh_parameters():
+    pooler = plugin_pooler("attention")
+    first, second = pooler.module(4), pooler.module(4)
+    assert first.query is not second.query
+    with torch.no_grad():
+        first.query.fill_(1.0)
+    assert_close(second.query.detach(), torch.zeros(4))
+
+
+def test_new_plugins_import_without_torch():
+    """`poolkit plugins` lists poolers without importing torch."""
+    modules = ", ".join(f"poolkit.plugins.{m}" for m in (
+        *NEW_FIXED_POOLERS, "first_last_avg", "attention"))
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

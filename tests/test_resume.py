@@ -25,7 +25,7 @@ import pytest
 import poolkit
 import poolkit.encoder
 import poolkit.training
-from conftest import PLUGINS_DIR, invoke, make_rows
+from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, make_rows
 from poolkit.training import HeadConfig
 
 # A pooler that sleeps while pooling (when SLOW_POOLER_SECONDS is set), so that a
@@ -298,6 +298,7 @@ def trained(monkeypatch):
 
 def _api_run(data, model, out, **kwargs):
     kwargs.setdefault("head", HeadConfig(max_epochs=5))
+    kwargs.setdefault("poolers", list(BUILTIN_POOLERS))  # fixed poolers: train_heads trains them
     return poolkit.run(data, model=str(model), out=out, **kwargs)
 
 

@@ -1,0 +1,40 @@
+"""Attention pooling: a softmax-weighted mean of the real tokens with one learned query.
+
+``scores = hidden @ q / sqrt(H)`` over the real tokens, ``softmax`` over the
+sequence, then the weighted sum of the states. ``q`` (size ``H``) is trained
+with each head. It starts at zeros, where every real token scores the same: at
+initialisation this pooler *is* mean pooling. The output is fp32 whatever the
+input dtype.
+"""
+
+from poolkit import Pooler, hookimpl
+
+
+class AttentionPooler(Pooler):
+    name = "attention"
+    trainable = True
+
+    def module(self, hidden_size):
+        import torch  # here, not at the top: `poolkit plugins` stays fast
+
+        class AttentionPooling(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.query = torch.nn.Parameter(torch.zeros(hidden_size))
+
+            def forward(self, hidden, mask):
+                """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
+                padding = ~mask.bool()
+                # fp32 throughout; padding zeroed so no garbage reaches the scores or the sum.
+                states = hidden.float().masked_fill(padding.unsqueeze(-1), 0.0)
+                scores = states @ self.query / hidden_size**0.5
+                scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
+                weights = scores.softmax(dim=1)
+                return (weights.unsqueeze(-1) * states).sum(dim=1)
+
+        return AttentionPooling()
+
+
+@hookimpl
+def register_poolers(register):
+    register(AttentionPooler())
