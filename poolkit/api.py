@@ -52,7 +52,7 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent):
 
 def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache_dir=None,
                      device=None, cache_dtype="fp16", precision="bf16", max_batch_tokens=None,
-                     batch_size=None, layers=None,
+                     batch_size=None, layers=None, before_encoding=None,
                      trust_remote_code=False, progress=False, log=_silent):
     """Encode ``texts`` once (or read them from the cache) and pool them with every pooler.
 
@@ -80,7 +80,8 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache_dtype,
                                  precision=precision, max_batch_tokens=max_batch_tokens,
-                                 max_texts=batch_size, progress=progress, layers=needed, log=log)
+                                 max_texts=batch_size, progress=progress, layers=needed,
+                                 before_encoding=before_encoding, log=log)
     encode_seconds = time.perf_counter() - began
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
         f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
@@ -159,14 +160,19 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
                            validation_size=validation_size, test_size=test_size,
                            empty_texts=empty_texts, log=log)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
-    if out is not None:  # before the encoder runs, not after
-        ensure_writable(out)
+
+    def writable():  # before the encoder runs, not after; once the model is known to load
+        if out is not None:
+            ensure_writable(out)
+
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     features, failures, info = compute_features(
         dataset.texts, selected, encoder, cache_dir=cache_dir, layers=layers,
-        device=device, cache_dtype=cache_dtype, precision=precision, progress=progress, log=log,
+        before_encoding=writable, device=device, cache_dtype=cache_dtype, precision=precision,
+        progress=progress, log=log,
     )
+    writable()
     sets = info["sets"]
     for key, reason in failures.items():
         log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: {reason}")
@@ -277,9 +283,9 @@ def recipe_card(encoder, dataset, settings: dict, poolers: dict, plugins: dict,
 
     from . import __version__
     from .data import default_dataset_path
-    from .encoder import tokenizer_lowercases
 
     identity = encoder.identity()
+    tokenizer = encoder.describe_tokenizer()
     data_files = {}
     for name in dict.fromkeys(dataset.files):
         path = default_dataset_path() if name == DEFAULT_DATASET_NAME else Path(name)
@@ -297,11 +303,11 @@ def recipe_card(encoder, dataset, settings: dict, poolers: dict, plugins: dict,
     return {
         "model": encoder.name,
         "model_path": encoder.path,
-        "model_revision": getattr(encoder.config, "_commit_hash", None),
+        "model_revision": encoder.settings.get("_commit_hash"),
         "model_fingerprint": identity["model_fingerprint"],
-        "tokenizer": type(encoder.tokenizer).__name__,
+        "tokenizer": tokenizer["class"],
         "tokenizer_sha256": identity["tokenizer"],
-        "lowercase": tokenizer_lowercases(encoder.tokenizer),
+        "lowercase": tokenizer["lowercase"],
         "max_length": encoder.max_length,
         "layers": settings["layers"],
         "num_layers": settings["num_layers"],

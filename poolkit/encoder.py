@@ -49,15 +49,41 @@ def pick_device(device=None) -> str:
 
 @dataclass
 class Encoder:
-    """A loaded tokenizer with its model loaded on first use."""
+    """A model's description, with its tokenizer, config and model loaded on first use.
+
+    For a local model folder, everything a warm-cache run needs (the cache
+    key, hidden size, layers) comes from its files, so such a run never
+    imports transformers (about 1-3 s here). The checks that need transformers
+    (an encoder, a fast tokenizer) run in :meth:`validate`, before encoding.
+    """
 
     name: str  # what the user asked for
     path: str  # what transformers loads
-    tokenizer: object
-    config: object
+    settings: dict  # the model's config as a dict (config.json)
     max_length: int
     trust_remote_code: bool = False
+    _tokenizer: object = None
+    _config: object = None
     _model: object = None
+
+    @property
+    def tokenizer(self):
+        """The fast tokenizer (loaded and checked on first use)."""
+        self.validate()
+        return self._tokenizer
+
+    @property
+    def config(self):
+        """The ``transformers`` config (loaded and checked on first use)."""
+        self.validate()
+        return self._config
+
+    def validate(self) -> None:
+        """Load config and tokenizer with transformers and refuse what poolkit
+        cannot encode: non-encoders, slow tokenizers."""
+        if self._tokenizer is None:
+            self._config, self._tokenizer = _load_checked(self.name, self.path,
+                                                          self.trust_remote_code)
 
     @property
     def model(self):
@@ -68,12 +94,12 @@ class Encoder:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config.hidden_size)
+        return int(self.settings["hidden_size"])
 
     @property
     def num_layers(self) -> int:
         """Transformer layers L: hidden-state indices run 0 (embeddings) .. L."""
-        return int(self.config.num_hidden_layers)
+        return int(self.settings["num_hidden_layers"])
 
     def weights(self, prefix: str):
         """The pretrained tensors under ``prefix`` (e.g. ``"pooler.dense"``) as
@@ -103,24 +129,88 @@ class Encoder:
                 return None
         return {name: tensor.detach() for name, tensor in module.state_dict().items()}
 
+    def describe_tokenizer(self) -> dict:
+        """``{"class": ..., "lowercase": ...}``, from the folder's files when it has them."""
+        folder = Path(self.path)
+        try:
+            state = json.loads((folder / "tokenizer.json").read_text())
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+        except (OSError, ValueError):
+            return {"class": type(self.tokenizer).__name__,
+                    "lowercase": tokenizer_lowercases(self.tokenizer)}
+        return {"class": config.get("tokenizer_class"),
+                "lowercase": _lowercases(state.get("normalizer"))}
+
     def identity(self) -> dict:
         """What makes the states this encoder computes: model, tokenizer, max length."""
+        folder = Path(self.path)
+        if folder.is_dir():
+            tokenizer = _files_digest(folder, TOKENIZER_FILES)
+        else:
+            tokenizer = hashlib.sha256(_tokenizer_state(self.tokenizer).encode()).hexdigest()
         return {
             "model": self.name,
-            "model_fingerprint": _model_fingerprint(self.path, self.config),
-            "tokenizer": hashlib.sha256(_tokenizer_state(self.tokenizer).encode()).hexdigest(),
+            "model_fingerprint": _model_fingerprint(self.path, self.settings),
+            "tokenizer": tokenizer,
             "max_length": self.max_length,
         }
 
 
+#: Files that define a tokenizer in a model folder (hashed into the cache key).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -> Encoder:
-    """Load the tokenizer and config of ``model`` (a name or path; ``None`` = default)."""
+    """Describe ``model`` (a name or path; ``None`` = default) for encoding.
+
+    A local folder is read from its files (config.json, tokenizer_config.json);
+    anything else is loaded and checked with transformers right away.
+    """
+    name = DEFAULT_MODEL_NAME if model is None else str(model)
+    path = str(default_model_path()) if model is None else str(model)
+    settings, limits = _local_settings(path)
+    encoder = Encoder(name, path, settings, 0, trust_remote_code)
+    if settings is None:  # a hub name, or a folder transformers must interpret
+        encoder.validate()
+        config, tokenizer = encoder._config, encoder._tokenizer
+        encoder.settings = {**config.to_dict(), "hidden_size": config.hidden_size,
+                            "num_hidden_layers": config.num_hidden_layers,
+                            "_commit_hash": getattr(config, "_commit_hash", None)}
+        limits = [getattr(config, "max_position_embeddings", None),
+                  tokenizer.model_max_length]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+    model_limit = min(limits) if limits else 512
+    if max_length is None:
+        max_length = model_limit
+    elif max_length > model_limit:
+        raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
+    encoder.max_length = int(max_length)
+    return encoder
+
+
+def _local_settings(path: str):
+    """``(config dict, [length limits])`` of a local BERT-like folder, or
+    ``(None, None)`` when transformers has to load it."""
+    folder = Path(path)
+    try:
+        settings = json.loads((folder / "config.json").read_text())
+        tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(settings, dict) or not isinstance(tokenizer, dict):
+        return None, None
+    if not all(isinstance(settings.get(k), int) for k in ("hidden_size", "num_hidden_layers")):
+        return None, None  # other key names (e.g. DistilBERT's "dim"): let transformers map them
+    return settings, [settings.get("max_position_embeddings"), tokenizer.get("model_max_length")]
+
+
+def _load_checked(name: str, path: str, trust_remote_code: bool):
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    name = DEFAULT_MODEL_NAME if model is None else str(model)
-    path = str(default_model_path()) if model is None else str(model)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -135,16 +225,7 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
         )
     if not getattr(tokenizer, "is_fast", False):
         raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
-    limits = [
-        getattr(config, "max_position_embeddings", None),
-        tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else None,
-    ]
-    model_limit = min(x for x in limits if x) if any(limits) else 512
-    if max_length is None:
-        max_length = model_limit
-    elif max_length > model_limit:
-        raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
-    return Encoder(name, path, tokenizer, config, int(max_length), trust_remote_code)
+    return config, tokenizer
 
 
 def _is_encoder(config) -> bool:
@@ -185,22 +266,44 @@ def _load_model(encoder: Encoder):
     return model.eval()
 
 
-def _model_fingerprint(path: str, config) -> str:
-    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+def _model_fingerprint(path: str, settings: dict) -> str:
+    """The config plus each weight file's name, size and modification time."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     folder = Path(path)
     if folder.is_dir():
         for file in sorted(folder.iterdir()):
             if file.suffix in {".safetensors", ".bin", ".pt", ".h5", ".msgpack"}:
                 stat = file.stat()
                 digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        digest.update(str(getattr(config, "_commit_hash", None)).encode())
+    return digest.hexdigest()
+
+
+def _files_digest(folder: Path, names) -> str:
+    """sha256 over the named files that exist in ``folder`` (names and bytes),
+    plus the versions of the libraries that interpret them."""
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    for package in ("transformers", "tokenizers"):
+        try:
+            digest.update(f"{package} {importlib.metadata.version(package)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for name in names:
+        file = folder / name
+        if file.is_file():
+            digest.update(f"{name}:{file.stat().st_size}\n".encode())
+            digest.update(file.read_bytes())
     return digest.hexdigest()
 
 
 def tokenizer_lowercases(tokenizer):
     """Whether the tokenizer lowercases its input (``None``: cannot tell)."""
-    normalizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    return _lowercases(json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer"))
+
+
+def _lowercases(normalizer):
+    normalizer = normalizer or {}
     stack = [normalizer]
     while stack:
         node = stack.pop()
@@ -306,6 +409,7 @@ def encode_to_cache(
     max_texts=None,
     progress: bool = False,
     layers=None,
+    before_encoding=None,
     log=lambda message: None,
 ) -> tuple:
     """The cache entry for ``texts`` under this encoder; runs the encoder only on a miss.
@@ -333,6 +437,12 @@ def encode_to_cache(
             log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
                 "rebuilding it")
             shutil.rmtree(Path(cache_dir) / name, ignore_errors=True)
+    # A miss: check and load the model first, then let the caller prepare
+    # (e.g. create its run directory) only once the model is known to load.
+    encoder.validate()
+    encoder.model
+    if before_encoding is not None:
+        before_encoding()
     budget = max_batch_tokens or default_batch_tokens(device)
     entry = _encode(encoder, texts, cache_dir, entry_name(key, layers), identity, device, dtype,
                     compute, budget, max_texts, progress, layers, log)

@@ -138,8 +138,8 @@ def test_bert_pooler_weights_come_from_the_checkpoint_without_building_the_model
                                                                                  hf_model):
     from poolkit.encoder import Encoder
 
-    fresh = Encoder(tiny_encoder.name, tiny_encoder.path, tiny_encoder.tokenizer,
-                    tiny_encoder.config, tiny_encoder.max_length)
+    fresh = Encoder(tiny_encoder.name, tiny_encoder.path, tiny_encoder.settings,
+                    tiny_encoder.max_length)
     dense = fresh.weights("pooler.dense")
     assert fresh._model is None  # read from model.safetensors, no model built
     assert_close(dense["weight"], hf_model.pooler.dense.weight.detach())

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from torch.testing import assert_close
 
 from poolkit.metrics import METRICS, compute_metrics
@@ -103,3 +104,23 @@ def test_roc_auc_is_nan_when_a_label_has_no_test_example():
     got = compute_metrics(y, probs)
     assert math.isnan(got["roc_auc"])
     assert got["accuracy"] == 1.0
+
+
+def test_hand_written_adamw_matches_torch_adamw():
+    from poolkit.training import _AdamW
+
+    torch.manual_seed(0)
+    theirs = [torch.randn(5, 3, 7), torch.randn(5, 1, 3)]
+    mine = [p.clone() for p in theirs]
+    start = [p.clone() for p in theirs]
+    reference = torch.optim.AdamW(theirs, lr=3e-3, weight_decay=0.05)
+    optimizer = _AdamW(mine, 3e-3, 0.05)
+    for _ in range(40):
+        for a, b in zip(theirs, mine):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        reference.step()
+        optimizer.step()
+    for a, b, s in zip(theirs, mine, start):
+        assert_close(b, a, rtol=1e-6, atol=1e-7)
+        assert (b - s).abs().max() > 1e-3  # the parameters did move
