@@ -45,9 +45,12 @@ def tiny_model_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ly", ".", ",", "!"]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # A vocab dict, not vocab_file: under transformers 5 BertTokenizerFast(vocab_file=...)
+    # saves a tokenizer holding only the special tokens (every word became [UNK]).
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    assert len(tokenizer) == len(vocab)
     tokenizer.save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")  # as BERT folders have it
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=37, max_position_embeddings=64,
