@@ -185,7 +185,11 @@ def encode_labels(values, names, source: str) -> np.ndarray:
 
 
 def split_indices(labels: np.ndarray, seed: int, validation: float, test: float, source: str):
-    """Stratified, seeded split of ``range(len(labels))`` into train/validation/test."""
+    """Stratified, seeded split of ``range(len(labels))`` into train/validation/test.
+
+    ``labels`` should be the label values (names), not ids: the split must not
+    depend on the order ``--labels`` gives the ids.
+    """
     from sklearn.model_selection import train_test_split
 
     everything = np.arange(len(labels))
@@ -244,12 +248,13 @@ def load_dataset(
     file_name = str(data) if data is not None else DEFAULT_DATASET_NAME
     rows = _rows(raw)
     files = [file_name] * len(texts)
+    by_name = np.asarray(names, dtype=object)[ids].astype(str)  # ids depend on --labels order
     if test_data is None:
-        splits = split_indices(ids, split_seed, validation_size, test_size, source)
+        splits = split_indices(by_name, split_seed, validation_size, test_size, source)
     else:
         test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log)
         test_ids = encode_labels(test_raw, names, f"test file '{test_data}'")
-        splits = split_indices(ids, split_seed, validation_size, 0.0, source)
+        splits = split_indices(by_name, split_seed, validation_size, 0.0, source)
         splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))
         texts = texts + test_texts
         ids = np.concatenate([ids, test_ids])
