@@ -75,8 +75,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "POOLKIT_CACHE_DIR": f"{tmp}/cache", "CI": "1"}
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "poolkit", "run", "--seeds", "3", "--out",
-                        f"{tmp}/run"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "poolkit", "run", "--seeds", "3", "--poolers",
+                        "cls,bert_pooler,mean,max", "--out", f"{tmp}/run"],
+                       env=env, check=True, capture_output=True)
         poolkit_seconds = time.perf_counter() - began
         results = pd.read_csv(f"{tmp}/run/results.csv")
         settings = json.loads(Path(f"{tmp}/run/settings.json").read_text())

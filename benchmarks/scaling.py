@@ -88,6 +88,7 @@ def main():
     base_texts, base_labels = load_default_examples()
     poolkit = [sys.executable, "-m", "poolkit", "run", "--seeds", "3"]
     builtins = ["cls", "bert_pooler", "mean", "max"]
+    four = ["--poolers", ",".join(builtins)]
     text_rows, pooler_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,8 +101,10 @@ def main():
             env = {**os.environ, "POOLKIT_CACHE_DIR": str(tmp / f"cache-{n}"), "CI": "1"}
             enc_wall, enc_rss = measure([sys.executable, "-c", ENCODE_ONLY, str(data),
                                          str(tmp / f"cache-enc-{n}")], env)
-            cold, cold_rss = measure([*poolkit, "--data", data, "--out", tmp / f"run-{n}"], env)
-            warm, _ = measure([*poolkit, "--data", data, "--out", tmp / f"run-{n}-warm"], env)
+            cold, cold_rss = measure([*poolkit, *four, "--data", data, "--out", tmp / f"run-{n}"],
+                                     env)
+            warm, _ = measure([*poolkit, *four, "--data", data, "--out", tmp / f"run-{n}-warm"],
+                              env)
             entry = next(p for p in (tmp / f"cache-{n}").iterdir() if p.is_dir())
             meta = json.loads((entry / "meta.json").read_text())
             ideal = 2 * meta["total_tokens"] * meta["hidden_size"]
@@ -118,7 +121,7 @@ def main():
         (plugins / "last_k.py").write_text(EXTRA_POOLERS)
         extra = [f"last{k}_{how}" for k in range(1, 7) for how in ("mean", "max")]
         env = {**os.environ, "POOLKIT_CACHE_DIR": str(tmp / "cache-poolers"), "CI": "1"}
-        measure([*poolkit, "--poolers", ",".join(builtins), "--out", tmp / "prime"], env)
+        measure([*poolkit, *four, "--out", tmp / "prime"], env)
         for count in [int(x) for x in args.poolers.split(",")]:
             names = (builtins + extra)[:count]
             wall, rss = measure([*poolkit, "--plugins-dir", plugins, "--poolers", ",".join(names),
