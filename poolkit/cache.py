@@ -170,19 +170,24 @@ class HiddenStateCache:
         hidden[mask] = flat  # row-major fill follows the storage order
         return hidden, mask.long()
 
-    def gather(self, indices, layer: int | None = None):
-        """Like :meth:`padded` for any texts ``indices``, in that order (slower:
-        one read per text). Used by trainable poolers' random batches."""
+    def gather(self, indices, layer: int | None = None, shift=None, scale=None):
+        """Like :meth:`padded` for any texts ``indices``, in that order (used by
+        trainable poolers' random batches); with ``shift`` and ``scale``
+        (``(hidden_size,)`` tensors) real tokens become ``(state - shift) / scale``
+        and padding stays zero."""
         import torch
 
-        states = self.states(layer)
+        indices = np.asarray(indices)
         lengths = self.lengths[indices]
+        # Row of every real token of the batch in the layer's block, text after text.
+        firsts = self.starts[indices] - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        rows = np.repeat(firsts, lengths) + np.arange(int(lengths.sum()))
+        flat = torch.from_numpy(np.asarray(self.states(layer)[rows], dtype=np.float32))
+        if shift is not None:
+            flat = (flat - shift) / scale
         mask = self._mask(lengths)
-        hidden = torch.zeros(*mask.shape, self.hidden_size)
-        for row, i in enumerate(indices):
-            start = self.starts[i]
-            hidden[row, : lengths[row]] = torch.from_numpy(
-                np.array(states[start : start + lengths[row]], dtype=np.float32))
+        hidden = flat.new_zeros(*mask.shape, self.hidden_size)
+        hidden[mask] = flat
         return hidden, mask.long()
 
     @staticmethod

@@ -252,8 +252,7 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
     def inputs(rows):
         parts, mask = [], None
         for layer in feature_set.layers:
-            hidden, mask = cache.gather(rows, layer)
-            hidden = (hidden - shift[layer]) / scale[layer] * mask.unsqueeze(-1)
+            hidden, mask = cache.gather(rows, layer, shift[layer], scale[layer])
             parts.append(hidden.to(device))
         mask = mask.to(device)
         return (tuple(parts) if multi else parts[0]), mask
@@ -313,21 +312,18 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
     return results
 
 
-def _token_stats(cache, rows, layer):
+def _token_stats(cache, rows, layer, chunk: int = 1024):
     """Per-dimension mean and std of the real-token states of ``rows`` at ``layer``."""
     import torch
 
-    states = cache.states(layer)
-    total = np.zeros(cache.hidden_size)
-    squares = np.zeros(cache.hidden_size)
-    count = 0
-    for i in rows:
-        block = np.asarray(states[cache.starts[i] : cache.starts[i] + cache.lengths[i]],
-                           dtype=np.float64)
-        total += block.sum(axis=0)
-        squares += (block**2).sum(axis=0)
-        count += len(block)
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
-    return (torch.from_numpy(mean).float(),
-            torch.from_numpy(np.maximum(std, 1e-6)).float())
+    total = torch.zeros(cache.hidden_size, dtype=torch.float64)
+    squares = torch.zeros(cache.hidden_size, dtype=torch.float64)
+    for start in range(0, len(rows), chunk):
+        hidden, mask = cache.gather(rows[start : start + chunk], layer)
+        real = hidden[mask.bool()].double()
+        total += real.sum(dim=0)
+        squares += (real**2).sum(dim=0)
+    count = max(int(cache.lengths[rows].sum()), 1)
+    mean = total / count
+    std = (squares / count - mean**2).clamp(min=0).sqrt()
+    return mean.float(), std.clamp(min=1e-6).float()
