@@ -27,7 +27,9 @@ METHODS = (
     f"Poolers are compared pairwise with a paired bootstrap over the test items: B = {N_BOOT:,} "
     "resamples of the items, the same for every pooler, each item's correctness averaged over "
     "that pooler's seeds; the difference in accuracy d gets a 95% percentile interval and a "
-    "two-sided p-value by the shift method, p = (1 + #{|d* − mean(d*)| ≥ |d|}) / (1 + B). "
+    "two-sided p-value from its bootstrap standard error, p = 2·Φ(−|d| / sd(d*)) (a normal "
+    "approximation: a count of resamples could not go below 1/(B + 1), too coarse for a "
+    "Holm correction over many pairs). "
     "McNemar's exact (binomial) test is run on the seed-ensemble predictions (argmax of the "
     "probabilities averaged over seeds), and both sets of p-values are Holm–Bonferroni corrected "
     f"over all pairs; a difference is significant when its corrected bootstrap p is below {ALPHA}. "
@@ -93,7 +95,7 @@ def paired_comparisons(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alp
     items of its correctness averaged over seeds. The bootstrap draws ``n_boot``
     resamples of the items (a ``numpy`` Generator seeded by ``seed``), shared by
     all names; per pair it gives the ``1 - alpha`` percentile interval of the
-    difference and the shift-method p-value. McNemar's exact test uses the
+    difference and the p-value from its bootstrap standard error. McNemar's exact test uses the
     seed-ensemble predictions. Both p-values are Holm-corrected over all pairs;
     ``significant`` is ``p_bootstrap_holm < alpha``.
 
@@ -215,7 +217,9 @@ def _bootstrap_accuracy(correct: np.ndarray, n_boot: int, seed: int) -> np.ndarr
 
 
 def _bootstrap_pairs(boot, ia, ib, diff, alpha):
-    """Percentile interval and shift-method p-value of ``boot[:, a] - boot[:, b]`` per pair."""
+    """Percentile interval and two-sided p-value of ``boot[:, a] - boot[:, b]`` per pair."""
+    from scipy import stats
+
     n_boot = boot.shape[0]
     low, high, p = (np.empty(len(ia)) for _ in range(3))
     step = max(1, _PAIR_CHUNK_ENTRIES // n_boot)
@@ -223,9 +227,14 @@ def _bootstrap_pairs(boot, ia, ib, diff, alpha):
         sl = slice(start, start + step)
         d = boot[:, ia[sl]] - boot[:, ib[sl]]  # (B, pairs)
         low[sl], high[sl] = np.quantile(d, [alpha / 2, 1 - alpha / 2], axis=0)
-        # Centre the bootstrap diffs on 0 (the null) and count those as extreme as observed.
-        extreme = np.abs(d - d.mean(axis=0)) >= np.abs(diff[sl])
-        p[sl] = (1 + extreme.sum(axis=0)) / (1 + n_boot)
+        # Normal approximation with the bootstrap standard error: unlike counting
+        # resamples, it can go below 1/(B + 1), which a Holm correction over
+        # hundreds of pairs needs.
+        se = d.std(axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
+        observed = np.abs(diff[sl])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
+        p[sl] = np.minimum(1.0, 2 * stats.norm.sf(z))
     return low, high, p
 
 
