@@ -23,6 +23,20 @@ def test_readme_plugin_is_the_packaged_example():
     assert readme_plugin_code().strip() == example.strip()
 
 
+def test_readme_conformance_test_passes_on_the_readme_plugin(tmp_path, monkeypatch):
+    """The tutorial's pytest test, run as written against the tutorial's plugin."""
+    match = re.search(r"### Test your pooler against the contract.*?```python\n(.*?)```", README, re.S)
+    assert match, "README lost its conformance-kit example"
+    (tmp_path / "cls_mean.py").write_text(readme_plugin_code())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    namespace = {}
+    exec(compile(match.group(1), "README", "exec"), namespace)
+    tests = [f for name, f in namespace.items() if name.startswith("test_")]
+    assert tests
+    for test in tests:
+        test()
+
+
 def test_readme_plugin_runs_beside_the_builtins(tmp_path, tiny_model_dir, small_csv):
     plugins = tmp_path / "my_plugins"
     plugins.mkdir()

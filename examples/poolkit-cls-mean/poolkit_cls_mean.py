@@ -12,9 +12,10 @@ class ClsMeanPooler(Pooler):
         return 2 * hidden_size
 
     def pool(self, hidden, mask):
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        return torch.cat([hidden[:, 0], mean], dim=-1)
+        # Sum in fp32: an fp16 sum over hundreds of tokens can overflow.
+        weights = mask.unsqueeze(-1).float()
+        mean = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return torch.cat([hidden[:, 0].float(), mean], dim=-1)
 
 
 @hookimpl
