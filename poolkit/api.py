@@ -224,9 +224,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
                                       dataset.num_labels, seeds_missing, head,
                                       device=info["device"])
         except Exception as exc:
-            from .features import _reason
+            from .features import one_line_reason
 
-            failures[key] = _reason(exc)
+            failures[key] = one_line_reason(exc)
             log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: "
                 f"{failures[key]}")
             continue

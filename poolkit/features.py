@@ -69,7 +69,7 @@ def setup_poolers(poolers: dict, encoder) -> dict:
             if not isinstance(dim, (int, np.integer)) or dim <= 0:
                 raise ValueError(f"output_dim() returned {dim!r}, not a positive int")
         except Exception as exc:
-            failures[name] = _reason(exc)
+            failures[name] = one_line_reason(exc)
     return failures
 
 
@@ -113,7 +113,7 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 16384, progress: bool 
                         raise ValueError("wrote in place into its input tensors, which are read-only")
                     features[key][indices] = check_output(out, len(indices), dims[key])
                 except Exception as exc:
-                    failures[key] = _reason(exc)
+                    failures[key] = one_line_reason(exc)
                     if [t._version for t in (*inputs, mask)] != versions:
                         states = {}  # fresh inputs for the others
             bar.update(int(cache.lengths[indices].sum()))
@@ -138,7 +138,7 @@ def check_output(out, batch: int, dim: int) -> np.ndarray:
     return array
 
 
-def _reason(exc: BaseException) -> str:
+def one_line_reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

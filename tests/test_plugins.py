@@ -286,3 +286,20 @@ def test_every_hook_is_documented_and_tested():
     for name in specs:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), name
         assert name in used, name
+
+
+def test_trainable_pooler_that_raises_during_run(small_csv, tiny_model_dir, tmp_path):
+    folder = plugins_dir_with(tmp_path, broken("trainable_explodes"))
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--plugins-dir", folder,
+                     "--poolers", "mean,trainable_explodes,attention", "--seeds", 2,
+                     "--epochs", 3, "--out", out])
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    (error,) = [line for line in result.stderr.splitlines() if "kaboom" in line]
+    assert "'trainable_explodes'" in error
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(set(results["pooler"])) == ["attention", "mean"]
+    summary = pd.read_csv(out / "summary.csv").set_index("pooler")
+    assert summary.loc["trainable_explodes", "status"].startswith("failed:")
+    assert (summary.loc[["mean", "attention"], "status"] == "ok").all()
