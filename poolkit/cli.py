@@ -181,7 +181,8 @@ def plugins(plugins_dir):
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
 @click.option("--table", type=click.Choice(EXPORT_TABLES), default="summary",
               show_default=True, help="summary (per pooler × layer), results (per seed), "
-                                      "pairs (paired tests), predictions (per test item, "
+                                      "pairs (paired tests), grid (accuracy, pooler x layer), "
+                                      "predictions (per test item, "
                                       "with --predictions), recipe (what reproduces the run).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write. Default: standard output.")

@@ -9,7 +9,7 @@ from .metrics import METRICS
 
 EXPORT_FORMATS = ("csv", "md", "latex", "json", "html")
 #: Tables a run directory holds, for ``poolkit export --table``.
-EXPORT_TABLES = ("summary", "results", "pairs", "predictions", "recipe")
+EXPORT_TABLES = ("summary", "results", "pairs", "grid", "predictions", "recipe")
 
 
 def summarize(results, failures: dict | None = None, pairs=None):
@@ -187,6 +187,9 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
         raise PoolkitError(f"unknown table '{table}'; use one of {', '.join(EXPORT_TABLES)}")
     if not (Path(run_dir) / "summary.csv").is_file():
         raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
+    if table == "grid":
+        grid = _accuracy_grid(run_dir)
+        return _export_frame(grid if fmt in ("csv", "json") else grid.round(3), fmt)
     path = Path(run_dir) / (f"{table}.json" if table == "recipe" else f"{table}.csv")
     if not path.is_file():
         hint = " (run with --predictions to save them)" if table == "predictions" else ""
@@ -205,6 +208,22 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
             frame = display_table(frame)
         elif table == "pairs":
             frame = display_pairs(frame)
+    return _export_frame(frame, fmt)
+
+
+def _accuracy_grid(run_dir):
+    """Mean accuracy of single-layer poolers (rows) × layers (columns) of a layer sweep."""
+    from .plot import layer_grid, read_summary
+
+    grid = layer_grid(read_summary(run_dir), "accuracy")
+    if grid is None:
+        raise PoolkitError(f"run directory '{run_dir}' has no layer sweep (fewer than two layers); "
+                           "run with --layers, e.g. --layers all")
+    grid.columns = [f"layer {layer}" for layer in grid.columns]
+    return grid.reset_index()
+
+
+def _export_frame(frame, fmt: str) -> str:
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "json":

@@ -443,6 +443,21 @@ def test_cli_run_with_layers_all(small_csv, tiny_model_dir, tmp_path):
     assert settings["layers"] == [0, 1, 2]
     assert list((out / "plots").glob("*.png")), "--plot png drew nothing"
 
+    grid = invoke(["export", out, "--table", "grid", "--format", "csv", "-o", tmp_path / "g.csv"])
+    assert grid.exit_code == 0, grid.output
+    table = pd.read_csv(tmp_path / "g.csv")
+    assert list(table.columns) == ["pooler", "layer 0", "layer 1", "layer 2"]
+    assert table["pooler"].tolist() == ["cls"]  # first_last_avg (1+2) is not on the grid
+    means = summary[summary["pooler"] == "cls"].set_index("layer")["accuracy_mean"]
+    assert table.iloc[0, 1:].tolist() == pytest.approx([means[str(k)] for k in (0, 1, 2)])
+
+    single = tmp_path / "single"
+    invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
+            "--seeds", 1, "--epochs", 2, "--out", single, "--cache-dir", tmp_path / "c"])
+    refused = invoke(["export", single, "--table", "grid", "--format", "md"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "--layers" in refused.output and str(single) in refused.output
+
 
 def test_cli_run_with_a_layer_the_model_lacks(small_csv, tiny_model_dir, tmp_path, forward_calls):
     cache = tmp_path / "c"
