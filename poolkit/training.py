@@ -75,6 +75,7 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
         return torch.from_numpy(out).to(device)
 
     x_train, x_val, x_test = stacked(train), stacked(val), stacked(test)
+    x_flat = x_train.view(-1, d_max)  # (P * n_train, D_max)
     y_train = torch.from_numpy(labels[train]).to(device)
     y_val = torch.from_numpy(labels[val]).to(device)
     pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
@@ -115,7 +116,9 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
         poolers_live = pooler_of_head[live_dev]
         for start in range(0, n_train, config.batch_size):
             rows = perms[:, start : start + config.batch_size]  # (live, B)
-            x = x_train[poolers_live[:, None], rows]  # (live, B, D_max)
+            # x_train[poolers_live[:, None], rows] as one index_select: 4x faster here
+            flat_rows = (poolers_live[:, None] * n_train + rows).view(-1)
+            x = x_flat.index_select(0, flat_rows).view(len(live), -1, d_max)  # (live, B, D_max)
             if config.dropout > 0:
                 # Each head draws a mask of its own width, so its random stream
                 # does not depend on the other poolers in the run.
