@@ -78,6 +78,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", default="1000,4000,16000")
     parser.add_argument("--poolers", default="4,8,16")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="warm runs per point (best taken; pooler counts interleaved)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -103,8 +105,8 @@ def main():
                                          str(tmp / f"cache-enc-{n}")], env)
             cold, cold_rss = measure([*poolkit, *four, "--data", data, "--out", tmp / f"run-{n}"],
                                      env)
-            warm, _ = measure([*poolkit, *four, "--data", data, "--out", tmp / f"run-{n}-warm"],
-                              env)
+            warm = min(measure([*poolkit, *four, "--data", data, "--out",
+                                tmp / f"run-{n}-warm{r}"], env)[0] for r in range(args.repeats))
             entry = next(p for p in (tmp / f"cache-{n}").iterdir() if p.is_dir())
             meta = json.loads((entry / "meta.json").read_text())
             ideal = 2 * meta["total_tokens"] * meta["hidden_size"]
@@ -122,23 +124,32 @@ def main():
         extra = [f"last{k}_{how}" for k in range(1, 7) for how in ("mean", "max")]
         env = {**os.environ, "POOLKIT_CACHE_DIR": str(tmp / "cache-poolers"), "CI": "1"}
         measure([*poolkit, *four, "--out", tmp / "prime"], env)
-        for count in [int(x) for x in args.poolers.split(",")]:
-            names = (builtins + extra)[:count]
-            wall, rss = measure([*poolkit, "--plugins-dir", plugins, "--poolers", ",".join(names),
-                                 "--out", tmp / f"poolers-{count}"], env)
+        counts = [int(x) for x in args.poolers.split(",")]
+        walls, rsss = {c: [] for c in counts}, {c: [] for c in counts}
+        for r in range(args.repeats):  # interleaved, so drift hits every count alike
+            for count in counts:
+                names = (builtins + extra)[:count]
+                wall, rss = measure([*poolkit, "--plugins-dir", plugins, "--poolers",
+                                     ",".join(names), "--out", tmp / f"poolers-{count}-{r}"], env)
+                walls[count].append(wall)
+                rsss[count].append(rss)
+        for count in counts:
             pooler_rows.append({"fixed poolers": count, "heads": 3 * count,
-                                "warm run s": round(wall, 2), "peak RSS MiB": round(rss)})
+                                "warm run s": round(min(walls[count]), 2),
+                                "peak RSS MiB": round(max(rsss[count]))})
         base = pooler_rows[0]["warm run s"]
         for row in pooler_rows:
             row["vs first"] = round(row["warm run s"] / base, 3)
 
     texts_table = pd.DataFrame(text_rows)
     save("scaling-poolers", pd.DataFrame(pooler_rows), [
-        "warm cache, default data, 3 seeds per pooler, whole `poolkit run` command timed",
+        "warm cache, default data, 3 seeds per pooler, whole `poolkit run` command timed; "
+        f"best of {args.repeats} interleaved repeats",
     ])
     small, large = text_rows[0], text_rows[-1]
     save("scaling-texts", texts_table, [
-        "each run a separate `poolkit run` process (4 built-ins x 3 seeds); encode-only = "
+        "each run a separate `poolkit run` process (4 built-ins x 3 seeds), warm: best of "
+        f"{args.repeats}; encode-only = "
         "tokenize + encoder pass + streamed cache writes, nothing else",
         f"{small['texts']} -> {large['texts']} texts: cache grows "
         f"{large['cache MiB'] - small['cache MiB']:.0f} MiB, encode-only peak RSS grows "
