@@ -144,6 +144,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
 
     from .data import load_dataset
     from .encoder import load_encoder
+    from .features import one_line_reason
     from .metrics import compute_metrics
     from .results import predictions_table, summarize, write_run_dir
     from .stats import paired_comparisons
@@ -224,8 +225,6 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
                                       dataset.num_labels, seeds_missing, head,
                                       device=info["device"])
         except Exception as exc:
-            from .features import one_line_reason
-
             failures[key] = one_line_reason(exc)
             log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: "
                 f"{failures[key]}")

@@ -68,6 +68,16 @@ def entry_name(key: str, layers) -> str:
     return f"{key}-L" + "-".join(str(int(layer)) for layer in sorted(layers))
 
 
+def split_entry_name(name: str):
+    """``(key, {layers})`` of an :func:`entry_name`, ``None`` for any other name
+    (e.g. a ``.partial`` folder)."""
+    key, sep, layers = name.rpartition("-L")
+    parts = layers.split("-")
+    if not sep or not all(part.isdigit() for part in parts):
+        return None
+    return key, {int(part) for part in parts}
+
+
 def find_entry(root: Path, key: str, layers) -> str | None:
     """Name of a complete entry for ``key`` holding at least ``layers`` (the
     one with the fewest layers), or ``None``: a run over one layer reuses a
@@ -75,10 +85,10 @@ def find_entry(root: Path, key: str, layers) -> str | None:
     wanted = {int(layer) for layer in layers}
     best = None
     for path in Path(root).glob(f"{key}-L*"):
-        held = path.name[len(key) + 2 :].split("-")
-        if not path.is_dir() or not all(part.isdigit() for part in held):
-            continue  # a .partial folder
-        held = {int(part) for part in held}
+        split = split_entry_name(path.name)
+        if not path.is_dir() or split is None or split[0] != key:
+            continue
+        held = split[1]
         if wanted <= held and (best is None or len(held) < best[0]):
             best = (len(held), path.name)
     return best and best[1]
@@ -165,10 +175,7 @@ class HiddenStateCache:
         lengths = self.lengths[indices]
         first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
         flat = torch.from_numpy(np.array(self.states(layer)[first:last], dtype=np.float32))
-        mask = self._mask(lengths)
-        hidden = flat.new_zeros(*mask.shape, self.hidden_size)
-        hidden[mask] = flat  # row-major fill follows the storage order
-        return hidden, mask.long()
+        return self._pad(flat, lengths)
 
     def gather(self, indices, layer: int | None = None, shift=None, scale=None):
         """Like :meth:`padded` for any texts ``indices``, in that order (used by
@@ -185,16 +192,17 @@ class HiddenStateCache:
         flat = torch.from_numpy(np.asarray(self.states(layer)[rows], dtype=np.float32))
         if shift is not None:
             flat = (flat - shift) / scale
-        mask = self._mask(lengths)
-        hidden = flat.new_zeros(*mask.shape, self.hidden_size)
-        hidden[mask] = flat
-        return hidden, mask.long()
+        return self._pad(flat, lengths)
 
-    @staticmethod
-    def _mask(lengths):
+    def _pad(self, flat, lengths):
+        """``(hidden, mask)``: ``flat`` ``(tokens, H)``, texts of ``lengths`` one
+        after another, zero-padded into ``(texts, longest, H)``."""
         import torch
 
-        return torch.arange(int(lengths.max())) < torch.from_numpy(lengths)[:, None]
+        mask = torch.arange(int(lengths.max())) < torch.from_numpy(lengths)[:, None]
+        hidden = flat.new_zeros(*mask.shape, self.hidden_size)
+        hidden[mask] = flat  # row-major fill follows the text order
+        return hidden, mask.long()
 
 
 class CacheWriter:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import split_entry_name
 from .errors import PoolkitError
 from .results import write_text_atomic
 
@@ -24,7 +25,9 @@ def run_key(cache_path: str, dataset, head_config) -> str:
     digest = hashlib.sha256()
     # The entry's key without its layer list: the same layer's states whatever
     # else the entry holds, so adding layers keeps the finished heads.
-    entry = Path(cache_path).name.rpartition("-L")[0] or Path(cache_path).name
+    name = Path(cache_path).name
+    split = split_entry_name(name)
+    entry = split[0] if split else name
     digest.update(json.dumps({"cache": entry, "labels": dataset.label_names,
                               "head": vars(head_config)}, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(dataset.labels).tobytes())

@@ -175,17 +175,19 @@ class _AdamW:
         self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.steps = 0
+        self.steps = [0] * len(params)  # per parameter, as torch counts them
 
     def step(self) -> None:
         import torch
 
-        self.steps += 1
         beta1, beta2 = self.betas
-        correction1 = 1 - beta1**self.steps
-        correction2_sqrt = (1 - beta2**self.steps) ** 0.5
         with torch.no_grad():
-            for p, m, v in zip(self.params, self.m, self.v):
+            for i, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
+                if p.grad is None:  # as torch: a parameter without a gradient is left alone
+                    continue
+                self.steps[i] += 1
+                correction1 = 1 - beta1 ** self.steps[i]
+                correction2_sqrt = (1 - beta2 ** self.steps[i]) ** 0.5
                 p.mul_(1 - self.lr * self.weight_decay)
                 m.lerp_(p.grad, 1 - beta1)
                 v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
@@ -280,8 +282,7 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
                 head.weight.normal_(0.0, 0.02)
                 head.bias.zero_()
         model = torch.nn.ModuleDict({"pooler": module, "head": head}).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                      weight_decay=config.weight_decay)
+        optimizer = _AdamW(list(model.parameters()), config.learning_rate, config.weight_decay)
         order = torch.Generator().manual_seed(seed)
         dropout = torch.Generator().manual_seed(head_seed)
         best = (float("inf"), None, 0)
@@ -298,7 +299,7 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
                     keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
                     pooled = pooled * keep.to(device) / (1 - config.dropout)
                 loss = F.cross_entropy(model["head"](pooled), y_all[rows].to(device))
-                optimizer.zero_grad()
+                model.zero_grad()
                 loss.backward()
                 optimizer.step()
             val_loss = float(F.cross_entropy(predict(model, val), y_all[val].to(device)))
