@@ -4,6 +4,8 @@ No network: the model is built from a ``BertConfig`` and a hand-written WordPiec
 vocab, saved with ``save_pretrained`` and loaded back by path like any model.
 """
 
+import functools
+import importlib
 import os
 import random
 import shutil
@@ -19,9 +21,10 @@ TESTS_DIR = Path(__file__).parent
 PLUGINS_DIR = TESTS_DIR / "plugins"
 BROKEN_PLUGINS_DIR = TESTS_DIR / "plugins_broken"
 BUILTIN_POOLERS = ("cls", "bert_pooler", "mean", "max")
+#: Every fixed single-layer pooler poolkit ships: the four above and the later ones.
+FIXED_POOLERS = BUILTIN_POOLERS + ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token")
 #: Every pooler poolkit ships, in registration order (a run's default).
-ALL_POOLERS = BUILTIN_POOLERS + ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token",
-                                 "first_last_avg", "attention")
+ALL_POOLERS = FIXED_POOLERS + ("first_last_avg", "attention")
 #: Layer of each in the tiny 2-layer BERT: the last, or first_last_avg's own.
 TINY_LAYER = {name: "1+2" if name == "first_last_avg" else "2" for name in ALL_POOLERS}
 
@@ -101,6 +104,39 @@ def tiny_encoder(tiny_model_dir):
     return load_encoder(str(tiny_model_dir))
 
 
+def plugin_pooler(module_name):
+    """The pooler that ``poolkit.plugins.<module_name>`` registers."""
+    registered = []
+    importlib.import_module(f"poolkit.plugins.{module_name}").register_poolers(
+        register=registered.append)
+    (pooler,) = registered
+    return pooler
+
+
+def count_forward(patcher):
+    """A list growing by one input shape per real ``BertModel.forward`` call
+    (``patcher``: pytest's ``monkeypatch`` or a ``MonkeyPatch.context()``)."""
+    from transformers import BertModel
+
+    calls = []
+    original = BertModel.forward
+
+    @functools.wraps(original)
+    def counting_forward(self, *args, **kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append(tuple(input_ids.shape))
+        return original(self, *args, **kwargs)
+
+    patcher.setattr(BertModel, "forward", counting_forward)
+    return calls
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """A list that grows by one input shape per real ``BertModel.forward`` call."""
+    return count_forward(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def builtin_poolers(tiny_encoder):
     """``{name: pooler}`` for the built-ins as users get them, set up with the tiny model."""
@@ -116,6 +152,13 @@ def builtin_poolers(tiny_encoder):
         pooler.setup(tiny_encoder)
         out[name] = pooler
     return out
+
+
+@pytest.fixture(scope="session")
+def poolers(builtin_poolers):
+    """``{name: pooler}`` for every fixed single-layer pooler (``FIXED_POOLERS``)."""
+    return {**builtin_poolers,
+            **{name: plugin_pooler(name) for name in FIXED_POOLERS if name not in builtin_poolers}}
 
 
 @pytest.fixture(scope="session")

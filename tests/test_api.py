@@ -1,6 +1,5 @@
 """The Python API: ``poolkit.pool`` features against Hugging Face, the cache, ``poolkit.run``."""
 
-import functools
 import shutil
 
 import numpy as np
@@ -34,24 +33,6 @@ def _entries(root):
     if not root.exists():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file())
-
-
-@pytest.fixture
-def forward_calls(monkeypatch):
-    """A list that grows by one input shape per real ``BertModel.forward`` call."""
-    from transformers import BertModel
-
-    calls = []
-    original = BertModel.forward
-
-    @functools.wraps(original)
-    def counting_forward(self, *args, **kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        calls.append(tuple(input_ids.shape))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertModel, "forward", counting_forward)
-    return calls
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,18 @@ It passes on every pooler poolkit ships and fails, naming the right check, on
 poolers broken in the ways plugins get pooling wrong.
 """
 
-import importlib
 
 import pytest
 import torch
 
-from conftest import BUILTIN_POOLERS
+from conftest import ALL_POOLERS, BUILTIN_POOLERS, plugin_pooler
+
+#: The plugins shipped after the first four.
+NEW_PLUGINS = tuple(name for name in ALL_POOLERS if name not in BUILTIN_POOLERS)
+
 from poolkit import Pooler
 from poolkit.manager import collect_poolers, get_plugin_manager
 from poolkit.testing import PoolerContractError, check_pooler
-
-NEW_PLUGINS = ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token", "first_last_avg",
-               "attention")
-
-
-def plugin_pooler(module_name):
-    """The pooler that ``poolkit.plugins.<module_name>`` registers."""
-    registered = []
-    importlib.import_module(f"poolkit.plugins.{module_name}").register_poolers(
-        register=registered.append)
-    (pooler,) = registered
-    return pooler
-
 
 @pytest.mark.parametrize("name", BUILTIN_POOLERS)
 def test_builtins_pass(name, tiny_encoder):

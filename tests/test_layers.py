@@ -7,7 +7,6 @@ run by Hugging Face on one text at a time (no padding), never with poolkit's own
 encoder.
 """
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from pandas.testing import assert_frame_equal
 
 import poolkit
-from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows
+from conftest import ALL_POOLERS, TINY_LAYER, count_forward, invoke, make_rows
 from poolkit.errors import PoolkitError
 from poolkit.metrics import METRICS
 from poolkit.training import HeadConfig
@@ -32,28 +31,6 @@ ATOL = 1e-5  # fp32 cache against fp32 Hugging Face
 
 
 # ---------------------------------------------------------------- helpers, fixtures
-
-def count_forward(patcher):
-    """A list growing by one input shape per real ``BertModel.forward`` call."""
-    from transformers import BertModel
-
-    calls = []
-    original = BertModel.forward
-
-    @functools.wraps(original)
-    def counting_forward(self, *args, **kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        calls.append(tuple(input_ids.shape))
-        return original(self, *args, **kwargs)
-
-    patcher.setattr(BertModel, "forward", counting_forward)
-    return calls
-
-
-@pytest.fixture
-def forward_calls(monkeypatch):
-    return count_forward(monkeypatch)
-
 
 def entries(root):
     """Complete cache entries under ``root``."""

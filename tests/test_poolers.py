@@ -6,7 +6,6 @@ References are independent of poolkit: Hugging Face's own ``pooler_output`` and
 sliced out of the padded batch, and small examples computed by hand.
 """
 
-import importlib
 import math
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import BUILTIN_POOLERS, hf_forward
+from conftest import ALL_POOLERS, BUILTIN_POOLERS, FIXED_POOLERS, hf_forward, plugin_pooler
 from poolkit.manager import collect_poolers, get_plugin_manager
 
 TEXTS = [
@@ -26,25 +25,6 @@ TEXTS = [
 ]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float32, *LOW_PRECISION)
-# Single-layer fixed poolers in poolkit.plugins, not in the built-in list yet.
-NEW_FIXED_POOLERS = ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token")
-FIXED_POOLERS = BUILTIN_POOLERS + NEW_FIXED_POOLERS
-
-
-def plugin_pooler(module_name):
-    """The pooler that ``poolkit.plugins.<module_name>`` registers."""
-    registered = []
-    importlib.import_module(f"poolkit.plugins.{module_name}").register_poolers(
-        register=registered.append)
-    (pooler,) = registered
-    return pooler
-
-
-@pytest.fixture(scope="module")
-def poolers(builtin_poolers):
-    return {**builtin_poolers, **{name: plugin_pooler(name) for name in NEW_FIXED_POOLERS}}
-
-
 def reference(name, real):
     """What pooler ``name`` gives for one text's real-token states ``real`` ``(n, H)``."""
     n = real.shape[0]
@@ -152,7 +132,7 @@ def test_cls_is_the_first_token_state(poolers, batch):
                  output.last_hidden_state[:, 0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["mean", "max", *NEW_FIXED_POOLERS])
+@pytest.mark.parametrize("name", [n for n in FIXED_POOLERS if n not in ("cls", "bert_pooler")])
 def test_equal_a_per_text_reference_over_real_tokens(poolers, batch, name):
     output, mask = batch
     hidden = output.last_hidden_state
@@ -385,7 +365,6 @@ def test_attention_gives_each_call_fresh_parameters():
 
 def test_new_plugins_import_without_torch():
     """`poolkit plugins` lists poolers without importing torch."""
-    modules = ", ".join(f"poolkit.plugins.{m}" for m in (
-        *NEW_FIXED_POOLERS, "first_last_avg", "attention"))
+    modules = ", ".join(f"poolkit.plugins.{m}" for m in ALL_POOLERS if m not in BUILTIN_POOLERS)
     code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,6 @@ text's pooled vector equals that text pooled alone with no padding, nothing is
 NaN or inf, and the inputs are left untouched.
 """
 
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from conftest import BUILTIN_POOLERS
+from conftest import BUILTIN_POOLERS, FIXED_POOLERS
 
 HIDDEN = 32  # the tiny model's hidden size (bert_pooler uses its weights)
 MAX_LEN = 12
@@ -27,24 +26,6 @@ TOLERANCE = {
     torch.float16: dict(rtol=2e-3, atol=2e-3),
     torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
 }
-
-
-NEW_FIXED_POOLERS = ("mean_max", "mean_sqrt_len", "weighted_mean", "last_token")
-FIXED_POOLERS = BUILTIN_POOLERS + NEW_FIXED_POOLERS
-
-
-def plugin_pooler(module_name):
-    """The pooler that ``poolkit.plugins.<module_name>`` registers."""
-    registered = []
-    importlib.import_module(f"poolkit.plugins.{module_name}").register_poolers(
-        register=registered.append)
-    (pooler,) = registered
-    return pooler
-
-
-@pytest.fixture(scope="module")
-def poolers(builtin_poolers):
-    return {**builtin_poolers, **{name: plugin_pooler(name) for name in NEW_FIXED_POOLERS}}
 
 
 @st.composite
