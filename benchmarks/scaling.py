@@ -39,7 +39,7 @@ class LastK(Pooler):
         pos = torch.arange(mask.shape[1]).unsqueeze(0)
         keep = (mask.bool() & (pos >= lengths - self.k)).unsqueeze(-1)
         if self.how == "max":
-            return hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).max(dim=1).values
+            return hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).amax(dim=1)
         return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
 
 

@@ -23,7 +23,7 @@ class MeanMaxPooler(Pooler):
         count = (~padding).sum(dim=1).clamp(min=1)
         mean = (total / count).to(hidden.dtype)
         # finfo.min, not -1e9: -1e9 does not fit in fp16.
-        largest = hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).max(dim=1).values
+        largest = hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(dim=1)
         return torch.cat([mean, largest], dim=-1)
 
 

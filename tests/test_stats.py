@@ -168,7 +168,7 @@ def test_bootstrap_matches_a_loop_over_resampled_items():
     draws = np.random.default_rng(seed)
     boot = {name: [] for name in preds}
     for _ in range(n_boot):
-        items = np.repeat(np.arange(n), draws.multinomial(n, np.full(n, 1 / n)))
+        items = draws.integers(0, n, size=n)  # n items drawn with replacement
         for name, pred in preds.items():
             boot[name].append(np.mean([np.mean(seed_pred[items] == y[items]) for seed_pred in pred]))
     for row in frame.itertuples():
