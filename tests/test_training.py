@@ -125,3 +125,54 @@ def test_hand_written_adamw_matches_torch_adamw():
     for a, b, s in zip(theirs, mine, start):
         assert_close(b, a, rtol=1e-6, atol=1e-7)
         assert (b - s).abs().max() > 1e-3  # the parameters did move
+
+
+def _reference_head(x, labels, name, seed, config):
+    """One head the plain way: ``nn.Linear``, ``F.cross_entropy``, ``torch.optim.AdamW``."""
+    from poolkit.training import _head_seed
+
+    train, val, test = (torch.from_numpy(SPLITS[k]) for k in ("train", "validation", "test"))
+    mean, std = x[SPLITS["train"]].mean(axis=0), np.maximum(x[SPLITS["train"]].std(axis=0), 1e-6)
+    x = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    y = torch.from_numpy(labels)
+    head = torch.nn.Linear(x.shape[1], 2)
+    with torch.no_grad():
+        init = torch.Generator().manual_seed(_head_seed(seed, name))
+        head.weight.copy_(torch.randn(2, x.shape[1], generator=init) * 0.02)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    order = torch.Generator().manual_seed(seed)
+    best_loss, best_epoch, stale, best = math.inf, 0, 0, None
+    for epoch in range(1, config.max_epochs + 1):
+        perm = torch.randperm(len(train), generator=order)
+        for start in range(0, len(train), config.batch_size):
+            rows = train[perm[start : start + config.batch_size]]
+            loss = torch.nn.functional.cross_entropy(head(x[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val_loss = torch.nn.functional.cross_entropy(head(x[val]), y[val]).item()
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best = [p.detach().clone() for p in head.parameters()]
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    logits = x[test] @ best[0].T + best[1]
+    return torch.softmax(logits.double(), dim=-1).numpy(), best_epoch, epoch
+
+
+def test_each_stacked_head_trains_like_nn_linear_with_torch_adamw(labels):
+    """The stacked heads' hand-written gradients and optimizer give what the
+    plain PyTorch loop gives for each head alone (narrower features padded)."""
+    features = {"narrow": _features(8, 1, labels, signal=0.6),
+                "wide": _features(24, 2, labels, signal=0.6)}
+    config = HeadConfig(max_epochs=12, patience=3, learning_rate=0.02, batch_size=32)
+    results = _by_key(train_heads(features, labels, SPLITS, 2, [0, 2], config))
+    for (name, seed), result in results.items():
+        probs, best_epoch, epochs = _reference_head(features[name], labels, name, seed, config)
+        assert (result.best_epoch, result.epochs) == (best_epoch, epochs), (name, seed)
+        assert_close(result.probabilities, probs, rtol=1e-4, atol=1e-5)
