@@ -141,10 +141,11 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
             torch.sum(grad, dim=2, keepdim=True, out=bias.grad)
             optimizer.step()
         with torch.no_grad():
-            val_loss = _mean_losses(_logits(x_val, pooler_of_head[live_dev], weight, bias), y_val)
-            improved = val_loss.cpu() < best_loss[live] - 1e-6  # (live,)
+            logits = _logits(x_val, pooler_of_head[live_dev], weight, bias)
+            val_loss = _mean_losses(logits, y_val).cpu()
+            improved = val_loss < best_loss[live] - 1e-6  # (live,)
             better = live[improved]
-            best_loss[better] = val_loss.cpu()[improved]
+            best_loss[better] = val_loss[improved]
             best_epoch[better] = epoch
             best_weight[better.to(device)] = weight[improved.to(device)]
             best_bias[better.to(device)] = bias[improved.to(device)]
@@ -223,7 +224,8 @@ def _logits(x, poolers, weight, bias):
     for p in poolers.unique().tolist():
         idx = (poolers == p).nonzero().squeeze(1)
         flat = x[p] @ weight[idx].reshape(-1, dim).T  # (n, heads_p * C)
-        out[idx] = flat.view(x.shape[1], len(idx), num_labels).transpose(0, 1) + bias[idx].transpose(1, 2)
+        flat = flat.view(x.shape[1], len(idx), num_labels).transpose(0, 1)
+        out[idx] = flat + bias[idx].transpose(1, 2)
     return out
 
 
