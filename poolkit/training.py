@@ -61,17 +61,20 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
     if len(val) == 0:
         val = train
 
-    scaled = {}
-    for name in names:
-        x = features[name]
-        if config.standardize:  # an affine map the head could learn; it only eases training
-            x = (x - x[train].mean(axis=0)) / np.maximum(x[train].std(axis=0), 1e-6)
-        scaled[name] = x.astype(np.float32, copy=False)
+    shift_scale = {}
+    if config.standardize:  # an affine map the head could learn; it only eases training
+        for name in names:
+            x = features[name][train]
+            shift_scale[name] = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
 
-    def stacked(rows):  # (P, len(rows), D_max), zero-padded to D_max
+    def stacked(rows):  # (P, len(rows), D_max), standardized, zero-padded to D_max
         out = np.zeros((len(names), len(rows), d_max), dtype=np.float32)
         for p, name in enumerate(names):
-            out[p, :, : dims[p]] = scaled[name][rows]
+            x = features[name][rows]
+            if name in shift_scale:
+                shift, scale = shift_scale[name]
+                x = (x - shift) / scale
+            out[p, :, : dims[p]] = x
         return torch.from_numpy(out).to(device)
 
     x_train, x_val, x_test = stacked(train), stacked(val), stacked(test)
