@@ -9,6 +9,8 @@ import importlib
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,15 @@ def invoke(args):
     # A ClickException or sys.exit, never an unhandled exception.
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
+
+
+def modules_after_help(args, modules, words):
+    """Which of ``modules`` a fresh interpreter has imported after ``poolkit ARGS --help``
+    (as the printed sorted list); the help must succeed and mention every one of ``words``."""
+    code = ("import sys; from poolkit.cli import cli; from click.testing import CliRunner; "
+            f"r = CliRunner().invoke(cli, {[*args, '--help']!r}); assert r.exit_code == 0, r.output; "
+            f"assert all(w in r.output for w in {list(words)!r}), r.output; "
+            f"print(sorted(m for m in {tuple(modules)!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

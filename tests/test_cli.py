@@ -2,14 +2,12 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows
+from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows, modules_after_help
 from poolkit.cli import cli
 from poolkit.metrics import METRICS
 
@@ -237,10 +235,4 @@ def test_version():
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = ("import sys; from poolkit.cli import cli; from click.testing import CliRunner; "
-            "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
-            "assert 'run' in r.output and 'export' in r.output; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert modules_after_help([], ("torch", "transformers"), ("run", "export")) == "[]"

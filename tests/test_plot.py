@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import invoke
+from conftest import invoke, modules_after_help
 from poolkit.errors import PoolkitError
 from poolkit.metrics import METRICS
 from poolkit.plot import dot_chart, layer_grid, layer_heatmap, plot_run, read_summary
@@ -209,13 +209,7 @@ def test_plot_runs_without_pyplot_or_a_display(single_run):
 
 
 def test_help_does_not_import_matplotlib():
-    code = ("import sys; from poolkit.cli import cli; from click.testing import CliRunner; "
-            "r = CliRunner().invoke(cli, ['plot', '--help']); assert r.exit_code == 0, r.output; "
-            "assert '--metric' in r.output and '--out-dir' in r.output; "
-            "print(sorted(m for m in ('matplotlib', 'pandas') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert modules_after_help(["plot"], ("matplotlib", "pandas"), ("--metric", "--out-dir")) == "[]"
 
 
 # --- what the dot chart shows ------------------------------------------------------------------
