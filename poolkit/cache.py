@@ -136,17 +136,6 @@ class HiddenStateCache:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    @classmethod
-    def open(cls, root: Path, key: str):
-        """The entry for ``key`` under ``root``, ``None`` when there is none.
-
-        Raises :class:`CacheDamaged` when the entry exists but fails its checks.
-        """
-        path = Path(root) / key
-        if not path.exists():
-            return None
-        return cls(path)
-
     def batches(self, max_tokens: int):
         """Yield index arrays over all texts in storage order, for :meth:`padded`.
 

@@ -125,12 +125,12 @@ def test_damaged_entry_is_reported_and_rebuilt(encoder, fresh, tmp_path, forward
     entry, ran = _build(encoder, root)
     assert ran
     key = entry.path.name
-    assert_same_entry(HiddenStateCache.open(root, key), fresh)  # intact before the damage
+    assert_same_entry(HiddenStateCache(root / key), fresh)  # intact before the damage
 
     DAMAGE[damage](entry.path)
 
     with pytest.raises(CacheDamaged):
-        HiddenStateCache.open(root, key)
+        HiddenStateCache(root / key)
     messages = []
     forward_calls.clear()
     rebuilt, ran = _build(encoder, root, log=messages.append)
@@ -141,7 +141,7 @@ def test_damaged_entry_is_reported_and_rebuilt(encoder, fresh, tmp_path, forward
     assert str(root / key) in damaged[0]
     assert_same_entry(rebuilt, fresh)
     assert sorted(p.name for p in root.iterdir()) == [key]  # no leftovers
-    assert_same_entry(HiddenStateCache.open(root, key), fresh)
+    assert_same_entry(HiddenStateCache(root / key), fresh)
 
     forward_calls.clear()
     again, ran = _build(encoder, root)  # and now it is an ordinary cache hit
@@ -238,7 +238,7 @@ def test_entry_files_are_plain_arrays_and_json_never_pickles(encoder, fresh, tmp
     monkeypatch.setattr(np, "load", spy_load)
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
-    opened = HiddenStateCache.open(entry.path.parent, entry.path.name)
+    opened = HiddenStateCache(entry.path)
     hidden, mask = opened.padded(next(opened.batches(10_000)))
     assert loads and all(flag is False for flag in loads), loads
     assert hidden.shape[0] == len(TEXTS) and int(mask.sum()) == meta["total_tokens"]
