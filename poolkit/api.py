@@ -175,8 +175,13 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     )
     writable()
     sets = info["sets"]
-    for key, reason in failures.items():
-        log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: {reason}")
+
+    def report(key):
+        log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: "
+            f"{failures[key]}")
+
+    for key in failures:
+        report(key)
 
     store = RunStore(out, run_key(info["cache"].path, dataset, head))
     fingerprints = {name: pooler_fingerprint(pooler) for name, pooler in selected.items()}
@@ -226,8 +231,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
                                       device=info["device"])
         except Exception as exc:
             failures[key] = one_line_reason(exc)
-            log(f"error: pooler '{sets[key].pooler_name}' failed on layer {sets[key].layer}: "
-                f"{failures[key]}")
+            report(key)
             continue
         for result in trained:
             finish(result)
