@@ -354,6 +354,32 @@ def test_attention_with_a_large_one_hot_query_attends_to_the_highest_scoring_rea
     assert_close(pooled, torch.tensor([[5.0, 6.0], [4.0, 8.0]]))
 
 
+def test_attention_output_and_query_gradient_follow_the_formula_text_by_text():
+    """softmax(states @ q / sqrt(H)) over each text's real tokens, then the weighted
+    sum; padding holds huge values that must reach neither the output nor the
+    query's gradient."""
+    hidden_size, lengths = 8, [5, 2, 7]
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(len(lengths), max(lengths), hidden_size, generator=gen)
+    mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
+    module = plugin_pooler("attention").module(hidden_size)
+    with torch.no_grad():
+        module.query.copy_(torch.randn(hidden_size, generator=gen))
+    # Padding that would outscore every real token if it were not masked.
+    hidden = torch.where(mask.bool().unsqueeze(-1), hidden, 1e4 * module.query.detach().sign())
+    weights = torch.randn(len(lengths), hidden_size, generator=gen)  # a loss's gradient
+
+    (module(hidden, mask) * weights).sum().backward()
+    query = module.query.detach().clone().requires_grad_()
+    expected = torch.stack([
+        torch.softmax(hidden[i, :n] @ query / hidden_size**0.5, dim=0) @ hidden[i, :n]
+        for i, n in enumerate(lengths)
+    ])
+    (expected * weights).sum().backward()
+    assert_close(module(hidden, mask), expected.detach())
+    assert_close(module.query.grad, query.grad)
+
+
 def test_attention_gives_each_call_fresh_parameters():
     pooler = plugin_pooler("attention")
     first, second = pooler.module(4), pooler.module(4)
