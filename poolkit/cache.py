@@ -177,14 +177,18 @@ class HiddenStateCache:
         import torch
 
         indices = np.asarray(indices)
-        lengths = self.lengths[indices]
-        # Row of every real token of the batch in the layer's block, text after text.
-        firsts = self.starts[indices] - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        rows = np.repeat(firsts, lengths) + np.arange(int(lengths.sum()))
-        flat = torch.from_numpy(self.states(layer)[rows]).float()
+        flat = torch.from_numpy(self.states(layer)[self.token_rows(indices)]).float()
         if shift is not None:
             flat = (flat - shift) / scale
-        return self._pad(flat, lengths)
+        return self._pad(flat, self.lengths[indices])
+
+    def token_rows(self, indices) -> np.ndarray:
+        """The rows of texts ``indices``' real tokens in a layer's block
+        (:meth:`states`), text after text."""
+        indices = np.asarray(indices)
+        lengths = self.lengths[indices]
+        firsts = self.starts[indices] - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return np.repeat(firsts, lengths) + np.arange(int(lengths.sum()))
 
     def _pad(self, flat, lengths):
         """``(hidden, mask)``: ``flat`` ``(tokens, H)``, texts of ``lengths`` one

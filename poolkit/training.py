@@ -346,9 +346,10 @@ def _token_stats(cache, rows, layer, chunk: int = 1024):
 
     total = torch.zeros(cache.hidden_size, dtype=torch.float64)
     squares = torch.zeros(cache.hidden_size, dtype=torch.float64)
+    states = cache.states(layer)
     for start in range(0, len(rows), chunk):
-        hidden, mask = cache.gather(rows[start : start + chunk], layer)
-        real = hidden[mask.bool()].double()
+        # The real tokens straight from the cache: no padding to add and take off.
+        real = torch.from_numpy(states[cache.token_rows(rows[start : start + chunk])]).double()
         total += real.sum(dim=0)
         squares += (real**2).sum(dim=0)
     count = max(int(cache.lengths[rows].sum()), 1)

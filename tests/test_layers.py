@@ -204,6 +204,23 @@ def test_states_padded_and_gather_per_layer(sweep_cache, hf_reference):
             assert not hidden[row, n:].any()
 
 
+def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
+        sweep_cache, hf_reference):
+    """What trainable poolers standardize with: per dimension, over every real
+    token of the texts (not per text, not counting padding), in chunks of texts."""
+    from poolkit.training import _token_stats
+
+    cache = sweep_cache[0]
+    states, _ = hf_reference
+    rows = np.array([7, 1, 4, 0, 9])
+    for layer in (0, 2):
+        real = torch.cat([states(TEXTS[i])[layer] for i in rows]).double()
+        mean, std = _token_stats(cache, rows, layer, chunk=2)
+        torch.testing.assert_close(mean, real.mean(dim=0).float(), atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(std, real.std(dim=0, correction=0).float(), atol=ATOL,
+                                   rtol=1e-4)
+
+
 def test_a_subset_of_layers_reuses_the_sweep_entry(sweep_cache, forward_calls):
     from poolkit.encoder import encode_to_cache
 
