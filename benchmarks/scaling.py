@@ -12,6 +12,8 @@ Each figure comes from its own process (``os.wait4`` gives that process's
 peak RSS).
 
     python benchmarks/scaling.py [--texts 1000,4000,16000] [--poolers 4,8,16]
+
+``--texts ""`` skips part 1 (and leaves its saved table alone).
 """
 
 import argparse
@@ -82,6 +84,7 @@ def main():
                         help="warm runs per point (best taken; pooler counts interleaved)")
     args = parser.parse_args()
 
+    import numpy as np
     import pandas as pd
 
     from common import save
@@ -94,7 +97,7 @@ def main():
     text_rows, pooler_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for n in [int(x) for x in args.texts.split(",")]:
+        for n in [int(x) for x in args.texts.split(",") if x]:
             texts = [t if i < len(base_texts) else f"{t} ({i // len(base_texts)})"
                      for i, t in ((i, base_texts[i % len(base_texts)]) for i in range(n))]
             labels = [base_labels[i % len(base_labels)] for i in range(n)]
@@ -133,19 +136,30 @@ def main():
                                      ",".join(names), "--out", tmp / f"poolers-{count}-{r}"], env)
                 walls[count].append(wall)
                 rsss[count].append(rss)
+        first = counts[0]
         for count in counts:
-            pooler_rows.append({"fixed poolers": count, "heads": 3 * count,
-                                "warm run s": round(min(walls[count]), 2),
-                                "peak RSS MiB": round(max(rsss[count]))})
-        base = pooler_rows[0]["warm run s"]
-        for row in pooler_rows:
-            row["vs first"] = round(row["warm run s"] / base, 3)
+            best, base = min(walls[count]), min(walls[first])
+            # Within a repeat the counts ran back to back, so their ratio drifts
+            # least on a shared machine: its median is the steadier figure.
+            ratios = [w / b for w, b in zip(walls[count], walls[first])]
+            extra = (best - base) / (count - first) if count != first else float("nan")
+            pooler_rows.append({
+                "fixed poolers": count, "heads": 3 * count, "warm run s": round(best, 2),
+                "peak RSS MiB": round(max(rsss[count])), "vs first (best)": round(best / base, 3),
+                "vs first (median per repeat)": round(float(np.median(ratios)), 3),
+                "per extra pooler s": round(extra, 3),
+            })
 
-    texts_table = pd.DataFrame(text_rows)
     save("scaling-poolers", pd.DataFrame(pooler_rows), [
         "warm cache, default data, 3 seeds per pooler, whole `poolkit run` command timed; "
-        f"best of {args.repeats} interleaved repeats",
+        f"best of {args.repeats} interleaved repeats; per extra pooler = best-of difference "
+        "over the extra poolers",
+        "per-repeat warm run s: " + "; ".join(
+            f"{count}: " + ", ".join(f"{w:.2f}" for w in walls[count]) for count in counts),
     ])
+    if not text_rows:
+        return
+    texts_table = pd.DataFrame(text_rows)
     small, large = text_rows[0], text_rows[-1]
     save("scaling-texts", texts_table, [
         "each run a separate `poolkit run` process (4 built-ins x 3 seeds), warm: best of "
