@@ -287,9 +287,9 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
         model.eval()
         out = []
         with torch.no_grad():
-            # Training-sized batches: 256-text ones (~28 MB of states) were
-            # fresh memory-mapped pages every call, which doubled the page
-            # faults of a training run and cost ~15% of its time.
+            # Training-sized batches: 256-text ones (~28 MB of states) got fresh
+            # pages from the OS on every call, twice the page faults of a whole
+            # training run, ~20% of its time.
             for start in range(0, len(rows), config.batch_size):
                 hidden, mask = inputs(rows[start : start + config.batch_size])
                 out.append(model["head"](model["pooler"](hidden, mask).float()))
