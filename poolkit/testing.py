@@ -38,6 +38,8 @@ Multi-layer poolers (``layers`` a tuple) get ``hidden`` as a tuple of
 ``module(H).forward`` (eval mode, no grad, except for ``backward``).
 """
 
+from .features import one_line_reason
+
 FP32_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 FP16_TOLERANCE = dict(rtol=2e-3, atol=2e-3)
 HUGE = 1e4  # padding garbage: finite in fp16 too (max 65504)
@@ -75,7 +77,7 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
         except _Unusable as exc:
             problem = str(exc)
         except Exception as exc:
-            problem = f"raised {type(exc).__name__}: {_one_line(exc)}"
+            problem = f"raised {one_line_reason(exc)}"
         if problem:
             problems.append(f"{title}: {problem}")
 
@@ -99,7 +101,7 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
                 torch.manual_seed(seed)
                 module = pooler.module(hidden_size)
         except Exception as exc:
-            problems.append(f"module: raised {type(exc).__name__}: {_one_line(exc)}")
+            problems.append(f"module: raised {one_line_reason(exc)}")
         else:
             check("module", _check_module, module)
         if not isinstance(module, torch.nn.Module):
@@ -391,7 +393,3 @@ def _difference(actual, expected, tolerance):
 
 def _dtype_name(dtype):
     return str(dtype).replace("torch.float", "fp")
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
