@@ -129,13 +129,17 @@ def main():
         measure([*poolkit, *four, "--out", tmp / "prime"], env)
         counts = [int(x) for x in args.poolers.split(",")]
         walls, rsss = {c: [] for c in counts}, {c: [] for c in counts}
+        phases = {c: [] for c in counts}  # (pooling s, heads s) from each run's settings.json
         for r in range(args.repeats):  # interleaved, so drift hits every count alike
             for count in counts:
                 names = (builtins + extra)[:count]
+                out = tmp / f"poolers-{count}-{r}"
                 wall, rss = measure([*poolkit, "--plugins-dir", plugins, "--poolers",
-                                     ",".join(names), "--out", tmp / f"poolers-{count}-{r}"], env)
+                                     ",".join(names), "--out", out], env)
                 walls[count].append(wall)
                 rsss[count].append(rss)
+                settings = json.loads((out / "settings.json").read_text())
+                phases[count].append((settings["pool_seconds"], settings["train_seconds"]))
         first = counts[0]
         for count in counts:
             best, base = min(walls[count]), min(walls[first])
@@ -148,6 +152,8 @@ def main():
                 "peak RSS MiB": round(max(rsss[count])), "vs first (best)": round(best / base, 3),
                 "vs first (median per repeat)": round(float(np.median(ratios)), 3),
                 "per extra pooler s": round(extra, 3),
+                "pooling s (median)": round(float(np.median([p for p, _ in phases[count]])), 2),
+                "heads s (median)": round(float(np.median([h for _, h in phases[count]])), 2),
             })
 
     save("scaling-poolers", pd.DataFrame(pooler_rows), [
@@ -156,6 +162,9 @@ def main():
         "over the extra poolers",
         "per-repeat warm run s: " + "; ".join(
             f"{count}: " + ", ".join(f"{w:.2f}" for w in walls[count]) for count in counts),
+        "pooling = the fixed poolers' pass over the cache; heads = training every head and "
+        "scoring it (scikit-learn metrics); both from each run's settings.json",
+        *_phase_costs(phases, min(walls[counts[0]])),
     ])
     if not text_rows:
         return
@@ -169,6 +178,22 @@ def main():
         f"{large['cache MiB'] - small['cache MiB']:.0f} MiB, encode-only peak RSS grows "
         f"{large['encode-only peak RSS MiB'] - small['encode-only peak RSS MiB']:.0f} MiB",
     ])
+
+
+def _phase_costs(phases, first_wall):
+    """A note line: what each extra pooler costs per phase (medians over the
+    repeats), and what adding at most 15% to the first count's wall allows."""
+    import numpy as np
+
+    first, last = min(phases), max(phases)
+    if first == last:
+        return []
+    medians = {count: np.median(np.array(runs), axis=0) for count, runs in phases.items()}
+    pooling_ms, heads_ms = 1000 * (medians[last] - medians[first]) / (last - first)
+    return [f"per extra pooler ({first} -> {last} poolers, medians): pooling {pooling_ms:.0f} ms, "
+            f"heads {heads_ms:.0f} ms; adding at most 15% to the {first}-pooler run "
+            f"({first_wall:.2f} s) allows {1000 * 0.15 * first_wall / (last - first):.0f} ms "
+            "per extra pooler"]
 
 
 if __name__ == "__main__":

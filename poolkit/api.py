@@ -61,8 +61,9 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     ``(features, failures, info)``: ``features[id]`` float32 ``(len(texts), D)``
     in input order per fixed feature set (``pooler@layer``), ``failures[id]`` a
     one-line reason, and ``info`` with the encoder, the cache, whether the
-    encoder ran, and ``sets`` (every :class:`~poolkit.features.FeatureSet`,
-    trainable ones included: those are trained from ``info["cache"]``).
+    encoder ran, the encoding and pooling seconds, and ``sets`` (every
+    :class:`~poolkit.features.FeatureSet`, trainable ones included: those are
+    trained from ``info["cache"]``).
     """
     from .encoder import Encoder, encode_to_cache, load_encoder, parse_layers, pick_device
     from .features import feature_sets, pool_cache, setup_poolers
@@ -91,10 +92,13 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
                 if fs.pooler_name in setup_failed}
     fixed = {key: fs for key, fs in sets.items()
              if key not in failures and not getattr(fs.pooler, "trainable", False)}
+    began = time.perf_counter()
     features, pool_failures = pool_cache(cache, fixed, progress=progress)
+    pool_seconds = time.perf_counter() - began
     failures.update(pool_failures)
     info = {"encoder": encoder, "encoder_ran": ran, "cache": cache, "device": device,
-            "encode_seconds": round(encode_seconds, 3), "tokens": int(cache.lengths.sum()),
+            "encode_seconds": round(encode_seconds, 3), "pool_seconds": round(pool_seconds, 3),
+            "tokens": int(cache.lengths.sum()),
             "sets": sets, "layers": needed}
     return features, failures, info
 
@@ -259,7 +263,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         "head": vars(head), "device": info["device"], "cache": str(info["cache"].path),
         "cache_dtype": cache_dtype, "precision": precision if info["device"] != "cpu" else "fp32",
         "encoder_ran": info["encoder_ran"], "tokens": info["tokens"],
-        "encode_seconds": info["encode_seconds"], "train_seconds": round(train_seconds, 3),
+        "encode_seconds": info["encode_seconds"], "pool_seconds": info["pool_seconds"],
+        "train_seconds": round(train_seconds, 3),
         "total_seconds": round(time.perf_counter() - began, 3),
         "failures": failures, "plugin_errors": load_errors,
     }

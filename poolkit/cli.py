@@ -145,7 +145,9 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         f"{settings['majority_rate']:.3f}; accuracy: mean over seeds [95% t-interval], others "
         f"mean ± std; * = best per metric; group: poolers in one group are not significantly "
         f"worse than its best (paired bootstrap, Holm-corrected, all pairs in pairs.csv). "
-        f"{settings['total_seconds']:.1f}s total. Run directory: {out}"
+        f"{settings['total_seconds']:.1f}s total (encoder {settings['encode_seconds']:.1f}s, "
+        f"pooling {settings['pool_seconds']:.1f}s, heads {settings['train_seconds']:.1f}s). "
+        f"Run directory: {out}"
     )
     if plot_formats:
         from .plot import plot_run

@@ -1,6 +1,7 @@
 """The Python API: ``poolkit.pool`` features against Hugging Face, the cache, ``poolkit.run``."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from torch.testing import assert_close
 
 import poolkit
 from conftest import ALL_POOLERS, BUILTIN_POOLERS, TINY_LAYER, hf_forward
-from poolkit.cache import default_cache_dir
+from poolkit.cache import HiddenStateCache, default_cache_dir
 from poolkit.manager import collect_poolers, get_plugin_manager
 from poolkit.metrics import METRICS
 from poolkit.training import HeadConfig
@@ -235,6 +236,24 @@ def test_run_is_deterministic_and_the_second_run_hits_the_cache(small_csv, tiny_
     assert second.attrs["settings"]["encoder_ran"] is False
     assert len(forward_calls) == ran
     pd.testing.assert_frame_equal(first, second)
+
+def test_run_settings_time_the_pooling_apart_from_the_heads(small_csv, tiny_model_dir, tmp_path):
+    import time
+
+    class Slow(poolkit.Pooler):
+        name = "slow"
+
+        def pool(self, hidden, mask):
+            time.sleep(0.05)
+            return hidden[:, 0]
+
+    settings = _run(small_csv, tiny_model_dir, tmp_path / "c", poolers=[Slow()],
+                    seeds=1).attrs["settings"]
+    batches = len(list(HiddenStateCache(Path(settings["cache"])).batches(4096)))
+    assert settings["pool_seconds"] >= 0.05 * batches
+    parts = settings["encode_seconds"] + settings["pool_seconds"] + settings["train_seconds"]
+    assert parts <= settings["total_seconds"]
+
 
 
 def test_run_head_depends_only_on_its_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):

@@ -45,6 +45,7 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert table[0].split()[:4] == ["pooler", "layer", "dim", "group"]  # first_last_avg: 1+2
     assert sorted(line.split()[0] for line in table[1:11]) == sorted(ALL_POOLERS)
     assert str(out) in result.stdout
+    assert re.search(r"s total \(encoder [\d.]+s, pooling [\d.]+s, heads [\d.]+s\)", result.stdout)
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
