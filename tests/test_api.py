@@ -237,7 +237,8 @@ def test_run_is_deterministic_and_the_second_run_hits_the_cache(small_csv, tiny_
     assert len(forward_calls) == ran
     pd.testing.assert_frame_equal(first, second)
 
-def test_run_settings_time_the_pooling_apart_from_the_heads(small_csv, tiny_model_dir, tmp_path):
+
+def test_run_settings_time_the_pooling(small_csv, tiny_model_dir, tmp_path):
     import time
 
     class Slow(poolkit.Pooler):
@@ -249,11 +250,10 @@ def test_run_settings_time_the_pooling_apart_from_the_heads(small_csv, tiny_mode
 
     settings = _run(small_csv, tiny_model_dir, tmp_path / "c", poolers=[Slow()],
                     seeds=1).attrs["settings"]
-    batches = len(list(HiddenStateCache(Path(settings["cache"])).batches(4096)))
+    batches = len(list(HiddenStateCache(Path(settings["cache"])).batches(4096)))  # pool_cache's
     assert settings["pool_seconds"] >= 0.05 * batches
     parts = settings["encode_seconds"] + settings["pool_seconds"] + settings["train_seconds"]
     assert parts <= settings["total_seconds"]
-
 
 
 def test_run_head_depends_only_on_its_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
