@@ -64,21 +64,6 @@ def assert_same_entry(entry, fresh):
             == {k: v for k, v in fresh.meta.items() if k not in timing})
 
 
-@pytest.fixture
-def forward_calls(monkeypatch):
-    from transformers import BertModel
-
-    calls = []
-    original = BertModel.forward
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertModel, "forward", counting)
-    return calls
-
-
 def _flip(path: Path, where):
     data = bytearray(path.read_bytes())
     offset = {"first": 0, "last": len(data) - 1}.get(where)

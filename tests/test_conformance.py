@@ -4,18 +4,17 @@ It passes on every pooler poolkit ships and fails, naming the right check, on
 poolers broken in the ways plugins get pooling wrong.
 """
 
-
 import pytest
 import torch
 
 from conftest import ALL_POOLERS, BUILTIN_POOLERS, plugin_pooler
+from poolkit import Pooler
+from poolkit.manager import collect_poolers, get_plugin_manager
+from poolkit.testing import PoolerContractError, check_pooler
 
 #: The plugins shipped after the first four.
 NEW_PLUGINS = tuple(name for name in ALL_POOLERS if name not in BUILTIN_POOLERS)
 
-from poolkit import Pooler
-from poolkit.manager import collect_poolers, get_plugin_manager
-from poolkit.testing import PoolerContractError, check_pooler
 
 @pytest.mark.parametrize("name", BUILTIN_POOLERS)
 def test_builtins_pass(name, tiny_encoder):

@@ -8,7 +8,6 @@ encoder.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -25,6 +25,8 @@ TEXTS = [
 ]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float32, *LOW_PRECISION)
+
+
 def reference(name, real):
     """What pooler ``name`` gives for one text's real-token states ``real`` ``(n, H)``."""
     n = real.shape[0]

@@ -8,14 +8,13 @@ text's pooled vector equals that text pooled alone with no padding, nothing is
 NaN or inf, and the inputs are left untouched.
 """
 
-
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from conftest import BUILTIN_POOLERS, FIXED_POOLERS
+from conftest import FIXED_POOLERS
 
 HIDDEN = 32  # the tiny model's hidden size (bert_pooler uses its weights)
 MAX_LEN = 12
