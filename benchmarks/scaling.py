@@ -141,6 +141,7 @@ def main():
                 settings = json.loads((out / "settings.json").read_text())
                 phases[count].append((settings["pool_seconds"], settings["train_seconds"]))
         first = counts[0]
+        medians = {c: np.median(np.array(phases[c]), axis=0) for c in counts}  # (pooling, heads)
         for count in counts:
             best, base = min(walls[count]), min(walls[first])
             # Within a repeat the counts ran back to back, so their ratio drifts
@@ -152,8 +153,8 @@ def main():
                 "peak RSS MiB": round(max(rsss[count])), "vs first (best)": round(best / base, 3),
                 "vs first (median per repeat)": round(float(np.median(ratios)), 3),
                 "per extra pooler s": round(extra, 3),
-                "pooling s (median)": round(float(np.median([p for p, _ in phases[count]])), 2),
-                "heads s (median)": round(float(np.median([h for _, h in phases[count]])), 2),
+                "pooling s (median)": round(float(medians[count][0]), 2),
+                "heads s (median)": round(float(medians[count][1]), 2),
             })
 
     save("scaling-poolers", pd.DataFrame(pooler_rows), [
@@ -164,7 +165,7 @@ def main():
             f"{count}: " + ", ".join(f"{w:.2f}" for w in walls[count]) for count in counts),
         "pooling = the fixed poolers' pass over the cache; heads = training every head and "
         "scoring it (scikit-learn metrics); both from each run's settings.json",
-        *_phase_costs(phases, min(walls[counts[0]])),
+        *_phase_costs(medians, min(walls[counts[0]])),
     ])
     if not text_rows:
         return
@@ -180,15 +181,13 @@ def main():
     ])
 
 
-def _phase_costs(phases, first_wall):
-    """A note line: what each extra pooler costs per phase (medians over the
-    repeats), and what adding at most 15% to the first count's wall allows."""
-    import numpy as np
-
-    first, last = min(phases), max(phases)
+def _phase_costs(medians, first_wall):
+    """A note line: what each extra pooler costs per phase (``medians[count]``:
+    median pooling and heads seconds), and what adding at most 15% to the first
+    count's wall allows."""
+    first, last = min(medians), max(medians)
     if first == last:
         return []
-    medians = {count: np.median(np.array(runs), axis=0) for count, runs in phases.items()}
     pooling_ms, heads_ms = 1000 * (medians[last] - medians[first]) / (last - first)
     return [f"per extra pooler ({first} -> {last} poolers, medians): pooling {pooling_ms:.0f} ms, "
             f"heads {heads_ms:.0f} ms; adding at most 15% to the {first}-pooler run "
