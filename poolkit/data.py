@@ -1,6 +1,7 @@
 """Reading labelled texts, assigning label ids and splitting train/validation/test."""
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ _READERS = {
     ".pq": "parquet",
 }
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass
@@ -64,7 +66,12 @@ def default_dataset_path() -> Path:
 
 
 def read_table(path):
-    """Read a CSV, TSV, JSONL or Parquet file (by its extension) into a DataFrame."""
+    """Read a CSV, TSV, JSONL or Parquet file (by its extension) into a DataFrame.
+
+    Cells stay as the file has them: CSV/TSV cells are the strings in the file
+    (no NA or number parsing, an empty field is ``""``); JSONL values are
+    parsed with numbers kept as their literal text; Parquet keeps its types.
+    """
     import pandas as pd
 
     path = Path(path)
@@ -79,12 +86,11 @@ def read_table(path):
             f"data file '{path}': unknown format; use one of {', '.join(sorted(_READERS))}"
         )
     try:
-        if kind == "csv":
-            frame = pd.read_csv(path, encoding="utf-8")
-        elif kind == "tsv":
-            frame = pd.read_csv(path, sep="\t", encoding="utf-8")
+        if kind in ("csv", "tsv"):
+            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding="utf-8",
+                                dtype=str, keep_default_na=False, na_filter=False)
         elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True, encoding="utf-8")
+            frame = _read_jsonl(path)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -93,6 +99,8 @@ def read_table(path):
         raise PoolkitError(
             f"data file '{path}' is not valid UTF-8 (byte {exc.start}); re-save it as UTF-8"
         ) from None
+    except PoolkitError:
+        raise
     except Exception as exc:
         reason = " ".join(str(exc).split())
         raise PoolkitError(f"data file '{path}' could not be read as {kind}: {reason}") from None
@@ -101,12 +109,83 @@ def read_table(path):
     return frame
 
 
+def _read_jsonl(path):
+    """One JSON object per line; numbers keep their literal text ("01", "1.50")."""
+    import json
+
+    import pandas as pd
+    from pandas.io.common import get_handle
+
+    records = []
+    with get_handle(path, "r", encoding="utf-8", compression="infer") as handle:
+        for number, line in enumerate(handle.handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line, parse_int=str, parse_float=str)
+            except ValueError as exc:
+                raise PoolkitError(f"data file '{path}' could not be read as jsonl: line "
+                                   f"{number} is not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise PoolkitError(f"data file '{path}' could not be read as jsonl: line "
+                                   f"{number} is not a JSON object")
+            records.append(record)
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return pd.DataFrame({column: pd.Series([record.get(column) for record in records],
+                                           dtype=object) for column in columns})
+
+
+def _cell_text(value):
+    """A cell as text: ``None`` when missing (null, NaN), JSON ``true``/``false``
+    as written, anything else ``str(value)``; a list or other container is refused
+    with ``TypeError``."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        raise TypeError("dict")
+    if isinstance(value, (list, tuple, set, bytes)) or hasattr(value, "__len__"):
+        raise TypeError("list")
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _column_text(frame, column: str, role: str, path) -> list:
+    """``frame[column]`` as a list of text-or-None, one per row (see :func:`_cell_text`)."""
+    values = []
+    for row, value in enumerate(frame[column].tolist()):
+        try:
+            values.append(_cell_text(value))
+        except TypeError as exc:
+            raise PoolkitError(
+                f"data file '{path}': column '{column}' holds a {exc} at row {row + 1}; "
+                f"each {role} must be a single value"
+            ) from None
+    return values
+
+
 def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error", log=None):
     """``(texts, raw_labels)`` from a file; errors name the file and column.
 
-    Rows whose text is missing, empty or whitespace are skipped (with a
+    Texts and labels are the text of the cells as the file has them. Rows
+    whose text is missing (null), empty or whitespace are skipped (with a
     warning through ``log``) when ``empty_texts`` is ``"skip"``, else an error.
+    A label that is missing, empty or whitespace is an error. ``raw_labels``
+    is a Series of label strings indexed by 0-based data row.
     """
+    import pandas as pd
+
     frame = read_table(path)
     for role, col in (("text", text_col), ("label", label_col)):
         if col not in frame.columns:
@@ -115,49 +194,51 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
                 f"data file '{path}' has no {role} column '{col}' (columns: {columns}); "
                 f"use --{role}-col"
             )
-    missing = frame[label_col].isna()
-    if missing.any():
-        row = int(np.flatnonzero(missing.to_numpy())[0])
+    texts = _column_text(frame, text_col, "text", path)
+    labels = _column_text(frame, label_col, "label", path)
+    missing = [row for row, label in enumerate(labels) if label is None or not label.strip()]
+    if missing:
         raise PoolkitError(
-            f"data file '{path}': column '{label_col}' has {int(missing.sum())} missing "
-            f"label(s), first at row {row + 1}"
+            f"data file '{path}': column '{label_col}' has {len(missing)} missing "
+            f"label(s), first at row {missing[0] + 1}"
         )
-    texts = frame[text_col].fillna("").astype(str)
-    empty = texts.str.strip() == ""
-    if empty.any():
-        rows = np.flatnonzero(empty.to_numpy())
-        where = (f"{len(rows)} empty or whitespace-only text(s) in column '{text_col}', "
-                 f"first at row {rows[0] + 1}")
+    empty = [row for row, text in enumerate(texts) if text is None or not text.strip()]
+    if empty:
+        where = (f"{len(empty)} empty or whitespace-only text(s) in column '{text_col}', "
+                 f"first at row {empty[0] + 1}")
         if empty_texts != "skip":
             raise PoolkitError(f"data file '{path}': {where}; fix them or use --empty-texts skip")
         if log:
             log(f"warning: data file '{path}': skipped {where}")
-        frame, texts = frame[~empty.to_numpy()], texts[~empty]
-        if len(frame) == 0:
+        if len(empty) == len(texts):
             raise PoolkitError(f"data file '{path}' has no non-empty texts in column '{text_col}'")
+    kept = sorted(set(range(len(texts))) - set(empty))
     # The labels keep the file's row numbers (the index), for error messages.
-    return texts.tolist(), frame[label_col]
+    return [texts[i] for i in kept], pd.Series([labels[i] for i in kept], index=kept,
+                                               dtype=object)
 
 
 def load_default_examples():
     """Rotten Tomatoes fresh/rotten review snippets (the 'plot' rows dropped)."""
     import pandas as pd
 
-    frame = pd.read_csv(default_dataset_path())
+    frame = pd.read_csv(default_dataset_path(), dtype=str, keep_default_na=False, na_filter=False)
     frame = frame[frame["category"] != "plot"]
-    return frame["text"].astype(str).tolist(), frame["category"].tolist()
+    return frame["text"].tolist(), frame["category"].tolist()
+
+
+def _label_order(name: str):
+    """Sort key for label names: integers by value ("2" before "10"), else as text."""
+    return (0, int(name), name) if _INTEGER.fullmatch(name) else (1, 0, name)
 
 
 def label_names_for(values, order=None) -> list:
-    """Label names in id order: sorted unique values, or ``order`` when given."""
-    present = list(dict.fromkeys(values))
-    try:
-        ordered = sorted(present)
-    except TypeError:  # mixed types: sort by their text
-        ordered = sorted(present, key=str)
-    names = [str(v) for v in ordered]
+    """Label names in id order: the distinct values sorted (integers by value, others
+    as text), or ``order`` when given. Labels are compared as text, exactly:
+    ``01`` and ``1`` are two labels."""
+    names = sorted(dict.fromkeys(str(v) for v in values), key=_label_order)
     if order is None:
-        return list(dict.fromkeys(names))
+        return names
     order = [str(v) for v in order]
     if len(set(order)) != len(order):
         raise PoolkitError(f"--labels lists a label twice: {','.join(order)}")
@@ -165,6 +246,12 @@ def label_names_for(values, order=None) -> list:
     if unknown:
         raise PoolkitError(
             f"--labels does not list label(s) found in the data: {', '.join(unknown)}"
+        )
+    absent = [n for n in order if n not in names]
+    if absent:
+        raise PoolkitError(
+            f"--labels lists label(s) that the data does not have: {', '.join(absent)} "
+            f"(the data's labels: {', '.join(names)})"
         )
     return order
 
@@ -232,6 +319,14 @@ def load_dataset(
     shuffling the file never changes which id a label gets. With ``test_data``
     the test split is that file and ``data`` is split into train/validation.
     """
+    for name, value in (("validation_size", validation_size), ("test_size", test_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise PoolkitError(f"{name}={value!r}: give a fraction from 0 up to 1")
+    if validation_size + test_size >= 1:
+        raise PoolkitError(f"validation_size + test_size = {validation_size + test_size:g} "
+                           "leaves no training data; keep their sum below 1")
+    if empty_texts not in ("skip", "error"):
+        raise PoolkitError(f"--empty-texts {empty_texts!r}: use skip or error")
     if data is None:
         texts, raw = load_default_examples()
         source = DEFAULT_DATASET_NAME

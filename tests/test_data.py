@@ -1,5 +1,7 @@
 """Reading labelled files, deterministic label ids and the train/validation/test split."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,3 +171,73 @@ def test_embedded_default_dataset():
     assert dataset.label_names == ["fresh", "rotten"]
     assert len(dataset.texts) == len(dataset.labels) > 1000
     assert sum(len(v) for v in dataset.splits.values()) == len(dataset.texts)
+
+
+# -- cells are read as the file has them: no NA inference, no number parsing ----------
+
+NA_LIKE = ["None", "NA", "null", "nan", "N/A", "NaN", "#N/A", "n/a"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_na_like_texts_and_labels_are_data(tmp_path, suffix):
+    """Texts pandas would call missing are texts; a label "NA" is a label."""
+    frame = _frame(40)
+    frame["text"] = [NA_LIKE[i % len(NA_LIKE)] if i % 5 == 0 else t
+                     for i, t in enumerate(frame["text"])]
+    frame["label"] = ["NA" if i % 2 else "pos" for i in range(len(frame))]
+    dataset = load_dataset(_write(frame, tmp_path / f"d{suffix}"), test_size=0.2)
+    assert len(dataset.texts) == 40  # nothing skipped as "empty"
+    assert dataset.texts == frame["text"].tolist()
+    assert dataset.label_names == ["NA", "pos"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_labels_are_compared_as_written(tmp_path, suffix):
+    """01, 1 and 001 are three labels (a file's text, not a number)."""
+    path = tmp_path / f"d{suffix}"
+    labels = ["01", "1", "001"]
+    texts = [f"{t} {i}" for i, (t, _) in enumerate(make_rows(60))]
+    if suffix == ".jsonl":  # numbers in JSON keep their literal text
+        path.write_text("".join(f'{{"text": "{t}", "label": {labels[i % 3]!s}}}\n'
+                                .replace(": 01}", ': "01"}').replace(": 001}", ': "001"}')
+                                for i, t in enumerate(texts)))
+    else:
+        _write(pd.DataFrame({"text": texts, "label": [labels[i % 3] for i in range(60)]}), path)
+    dataset = load_dataset(path, test_size=0.2)
+    assert dataset.label_names == ["001", "01", "1"]  # equal values: then as text
+    assert [dataset.label_names[i] for i in dataset.labels] == [labels[i % 3] for i in range(60)]
+
+
+def test_numbers_in_json_keep_their_literal_text(tmp_path):
+    path = tmp_path / "d.jsonl"
+    numbers = ["7", "0.5", "1000", "1e3", "-2.50"]
+    path.write_text("".join(f'{{"text": {numbers[i % 5]}, "label": {i % 2}}}\n' for i in range(40)))
+    dataset = load_dataset(path, test_size=0.2)
+    assert dataset.texts == [numbers[i % 5] for i in range(40)]
+    assert dataset.label_names == ["0", "1"]
+
+
+def test_an_all_numeric_text_column_is_encoded_as_written(tmp_path):
+    path = tmp_path / "d.csv"
+    numbers = ["7", "0.5", "1000", "007", "1e3"]
+    path.write_text("text,label\n" + "".join(f"{numbers[i % 5]},{'ab'[i % 2]}\n"
+                                             for i in range(40)))
+    dataset = load_dataset(path, test_size=0.2)
+    assert dataset.texts == [numbers[i % 5] for i in range(40)]
+
+
+def test_integer_labels_sort_by_value(tmp_path):
+    frame = _frame(60)
+    frame["label"] = [["2", "10", "1"][i % 3] for i in range(60)]
+    assert load_dataset(_write(frame, tmp_path / "d.csv")).label_names == ["1", "2", "10"]
+
+
+def test_empty_and_null_texts_are_the_empty_ones(tmp_path):
+    """Only a missing (JSON null), empty or whitespace-only text is empty."""
+    path = tmp_path / "d.jsonl"
+    texts = [None, "", "  ", "null", "ok"]
+    path.write_text("".join(f'{{"text": {json.dumps(texts[i % 5])}, "label": "{"ab"[i % 2]}"}}\n'
+                            for i in range(50)))
+    dataset = load_dataset(path, test_size=0.2, empty_texts="skip")
+    assert sorted(set(dataset.texts)) == ["null", "ok"]
+    assert len(dataset.texts) == 20
