@@ -11,13 +11,14 @@ Layout of one cache entry (a folder named by its key and its layers):
 - ``meta.json``: what the entry was built from (model, tokenizer, max length,
   a hash of the texts, this format's version), the layers it holds
   (Hugging Face ``hidden_states`` indices, 0 = embeddings output), shapes,
-  dtype, and CRC-32 checksums of the two data files.
+  dtype, CRC-32 checksums of the two data files, and a sha256 of all of that.
 
 Nothing here is pickled; the token file is read back memory-mapped. An entry
 is written under ``<key>.partial`` and renamed when complete, so a crash never
 leaves a half-written entry that looks valid; the partial folder records its
 progress, so an interrupted encoding resumes from its last complete batch.
-Opening an entry checks its sizes and checksums: a damaged entry raises
+Opening an entry checks every field it relies on against the checksums, the
+entry's folder name (key and layers) and the files: a damaged entry raises
 :class:`CacheDamaged` and is rebuilt, never used.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _DTYPES = {"fp16": np.float16, "fp32": np.float32}
 _CHUNK = 16 << 20
 
@@ -100,15 +101,11 @@ class HiddenStateCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self.meta = json.loads((self.path / "meta.json").read_text())
-            if not isinstance(self.meta, dict):
-                raise CacheDamaged("meta.json is not a JSON object")
-            if self.meta.get("format") != FORMAT_VERSION:
-                raise CacheDamaged(f"format {self.meta.get('format')}, expected {FORMAT_VERSION}")
-            self.hidden_size = int(self.meta["hidden_size"])
-            self.layers = [int(layer) for layer in self.meta["layers"]]
+            self.meta = _read_meta(self.path)
+            self.hidden_size = self.meta["hidden_size"]
+            self.layers = self.meta["layers"]
             dtype = _DTYPES[self.meta["dtype"]]
-            total = int(self.meta["total_tokens"])
+            total = self.meta["total_tokens"]
             tokens_path = self.path / "tokens.bin"
             expected = len(self.layers) * total * self.hidden_size * np.dtype(dtype).itemsize
             if tokens_path.stat().st_size != expected:
@@ -121,8 +118,7 @@ class HiddenStateCache:
             with np.load(self.path / "index.npz", allow_pickle=False) as index:
                 self.starts = index["starts"]
                 self.lengths = index["lengths"]
-            if len(self.starts) != self.meta["num_texts"] or int(self.lengths.sum()) != total:
-                raise CacheDamaged("index.npz does not match meta.json")
+            _check_index(self.starts, self.lengths, self.meta["num_texts"], total)
         except CacheDamaged:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -201,6 +197,53 @@ class HiddenStateCache:
         return hidden, mask.long()
 
 
+def _meta_checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_meta(path: Path) -> dict:
+    """``meta.json`` of the entry at ``path``, every field checked: its checksum, its
+    types, and the key and layers of the folder's name (an entry is found by them)."""
+    meta = json.loads((path / "meta.json").read_text())
+    if not isinstance(meta, dict):
+        raise CacheDamaged("meta.json is not a JSON object")
+    if meta.get("format") != FORMAT_VERSION:
+        raise CacheDamaged(f"format {meta.get('format')}, expected {FORMAT_VERSION}")
+    if meta.get("checksum") != _meta_checksum(meta):
+        raise CacheDamaged("meta.json fails its checksum")
+    ints = ("hidden_size", "total_tokens", "num_texts")
+    if not all(type(meta.get(k)) is int and meta[k] >= 0 for k in ints) or meta["hidden_size"] < 1:
+        raise CacheDamaged(f"meta.json: {', '.join(ints)} must be counts")
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers or not all(
+            type(x) is int and x >= 0 for x in layers) or layers != sorted(set(layers)):
+        raise CacheDamaged(f"meta.json: layers {layers!r} is not a sorted list of layer indices")
+    if meta.get("dtype") not in _DTYPES or not isinstance(meta.get("identity"), dict):
+        raise CacheDamaged("meta.json: bad dtype or identity")
+    crc = meta.get("crc32")
+    if not isinstance(crc, dict) or not all(type(crc.get(n)) is int
+                                            for n in ("tokens.bin", "index.npz")):
+        raise CacheDamaged("meta.json: bad crc32")
+    named = split_entry_name(path.name)
+    key = cache_key({**meta["identity"], "dtype": meta["dtype"]})
+    if named is None or named != (key, set(layers)):
+        raise CacheDamaged(f"meta.json describes another entry than '{path.name}'")
+    return meta
+
+
+def _check_index(starts, lengths, num_texts: int, total: int) -> None:
+    """The texts' rows must tile ``0..total`` exactly, one run of rows per text."""
+    if starts.shape != (num_texts,) or lengths.shape != (num_texts,) \
+            or starts.dtype != np.int64 or lengths.dtype != np.int64:
+        raise CacheDamaged("index.npz does not match meta.json")
+    order = np.argsort(starts, kind="stable")
+    ends = np.cumsum(lengths[order])
+    if num_texts and (lengths.min() < 1 or ends[-1] != total
+                      or not np.array_equal(starts[order], ends - lengths[order])):
+        raise CacheDamaged("index.npz does not tile the token rows")
+
+
 class CacheWriter:
     """Streams real-token states to a cache entry as batches finish; resumable.
 
@@ -224,6 +267,9 @@ class CacheWriter:
         self.batches_done = 0
         self.written = 0
         self.starts = np.zeros(num_texts, dtype=np.int64)
+        for path in (self.final, self.tmp):  # damage: a file where a folder belongs
+            if path.is_symlink() or path.exists() and not path.is_dir():
+                path.unlink()
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.lock = _try_lock(self.tmp / ".lock")
         if self.lock is None:
@@ -288,10 +334,14 @@ class CacheWriter:
             total_tokens=self.written, num_texts=len(lengths),
             crc32={name: file_crc32(self.tmp / name) for name in ("tokens.bin", "index.npz")},
         )
+        self.meta["checksum"] = _meta_checksum(self.meta)
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
         for name in ("progress.json", "progress.npz", ".lock"):
             (self.tmp / name).unlink(missing_ok=True)
-        shutil.rmtree(self.final, ignore_errors=True)  # another writer may have finished first
+        # Another writer may have finished first; damage may have left a file there.
+        if self.final.is_symlink() or self.final.exists() and not self.final.is_dir():
+            self.final.unlink()
+        shutil.rmtree(self.final, ignore_errors=True)
         os.replace(self.tmp, self.final)
         self._unlock()
         return HiddenStateCache(self.final)

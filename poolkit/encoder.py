@@ -1,7 +1,9 @@
 """Loading a Hugging Face encoder and running it once over a dataset into the cache."""
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,12 +41,32 @@ def default_model_path() -> Path:
 
 
 def pick_device(device=None) -> str:
-    """``device`` if given, else CUDA when available, else CPU."""
+    """``device`` if given (checked: it must exist here), else CUDA when available, else CPU."""
     import torch
 
-    if device:
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise PoolkitError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N"
+                           ) from None
+    if parsed.type == "cpu":
         return str(device)
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PoolkitError(f"--device {device}: no CUDA GPU is available here; use "
+                               "--device cpu or leave --device out")
+        if parsed.index is not None and parsed.index >= count:
+            raise PoolkitError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{count - 1}")
+        return str(device)
+    backend = getattr(torch, parsed.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        raise PoolkitError(f"--device {device}: no {parsed.type} device is available here; use "
+                           "--device cpu or leave --device out")
+    return str(device)
 
 
 @dataclass
@@ -436,17 +458,40 @@ def encode_to_cache(
         except CacheDamaged as exc:
             log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
                 "rebuilding it")
-            shutil.rmtree(Path(cache_dir) / name, ignore_errors=True)
+            try:
+                shutil.rmtree(Path(cache_dir) / name)
+            except OSError as error:
+                raise _cache_error(cache_dir, error) from None
     # A miss: check and load the model first, then let the caller prepare
     # (e.g. create its run directory) only once the model is known to load.
     encoder.validate()
     encoder.model
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(cache_dir) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _cache_error(cache_dir, error) from None
     if before_encoding is not None:
         before_encoding()
     budget = max_batch_tokens or default_batch_tokens(device)
-    entry = _encode(encoder, texts, cache_dir, entry_name(key, layers), identity, device, dtype,
-                    compute, budget, max_texts, progress, layers, log)
+    name = entry_name(key, layers)
+    try:
+        entry = _encode(encoder, texts, cache_dir, name, identity, device, dtype, compute,
+                        budget, max_texts, progress, layers, log)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # the disk is full: free what this entry took
+            for partial in Path(cache_dir).glob(f"{name}.partial*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_error(cache_dir, error) from None
     return entry, True
+
+
+def _cache_error(cache_dir, error: OSError) -> PoolkitError:
+    return PoolkitError(f"cannot write cache directory '{cache_dir}': "
+                        f"{error.strerror or error}; free space or choose another --cache-dir "
+                        "(or POOLKIT_CACHE_DIR)")
 
 
 def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, max_batch_tokens,
@@ -511,9 +556,13 @@ def _encode(encoder, texts, cache_dir, key, identity, device, dtype, compute, ma
                     writer.checkpoint(*completed)
                 bar.update(int(lengths[batch].sum()))
     except BaseException:
-        if completed[0] > writer.batches_done:  # Ctrl-C, an error: keep what is done
-            writer.checkpoint(*completed)
-        writer.close()
+        try:
+            if completed[0] > writer.batches_done:  # Ctrl-C, an error: keep what is done
+                writer.checkpoint(*completed)
+        except OSError:
+            pass  # e.g. the disk is full: the last checkpoint stands
+        finally:
+            writer.close()
         raise
     finally:
         bar.close()

@@ -59,7 +59,7 @@ def assert_same_entry(entry, fresh):
     assert (entry.path / "tokens.bin").read_bytes() == (fresh.path / "tokens.bin").read_bytes()
     assert entry.starts.tolist() == fresh.starts.tolist()
     assert entry.lengths.tolist() == fresh.lengths.tolist()
-    timing = ("encode_seconds",)
+    timing = ("encode_seconds", "checksum")  # the checksum covers the timing
     assert ({k: v for k, v in entry.meta.items() if k not in timing}
             == {k: v for k, v in fresh.meta.items() if k not in timing})
 
@@ -228,3 +228,74 @@ def test_entry_files_are_plain_arrays_and_json_never_pickles(encoder, fresh, tmp
     assert loads and all(flag is False for flag in loads), loads
     assert hidden.shape[0] == len(TEXTS) and int(mask.sum()) == meta["total_tokens"]
     assert_same_entry(opened, fresh)
+
+
+# -- meta.json is checked field by field, not trusted ---------------------------------
+
+def _edit_meta(entry: Path, change, recompute_checksum: bool):
+    """Apply ``change`` to meta.json; with ``recompute_checksum`` the checksum is made to
+    match again (as a careful vandal would), so only the field checks can catch it."""
+    import hashlib
+
+    meta = json.loads((entry / "meta.json").read_text())
+    meta = change(meta)
+    if recompute_checksum and "checksum" in meta:
+        body = {k: v for k, v in meta.items() if k != "checksum"}
+        meta["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (entry / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+META_EDITS = {
+    "layers swapped": lambda m: {**m, "layers": m["layers"][::-1]},
+    "a layer's digit changed": lambda m: {**m, "layers": [m["layers"][0], m["layers"][1] + 4]},
+    "layers given as a string": lambda m: {**m, "layers": "".join(map(str, m["layers"]))},
+    "hidden_size's digit changed": lambda m: {**m, "hidden_size": m["hidden_size"] + 1},
+    "num_texts's digit changed": lambda m: {**m, "num_texts": m["num_texts"] + 1},
+    "total_tokens as a string": lambda m: {**m, "total_tokens": str(m["total_tokens"])},
+    "the model in identity renamed": lambda m: {**m, "identity": {**m["identity"],
+                                                                  "model": "other"}},
+    "dtype changed": lambda m: {**m, "dtype": "fp32"},
+}
+
+
+@pytest.fixture(scope="module")
+def fresh_two_layers(encoder, tmp_path_factory):
+    entry, ran = encode_to_cache(encoder, TEXTS, tmp_path_factory.mktemp("fresh2"),
+                                 max_texts=MAX_TEXTS, layers=[1, 2])
+    assert ran
+    return entry
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["plain edit", "checksum recomputed"])
+@pytest.mark.parametrize("edit", list(META_EDITS))
+def test_an_edited_meta_json_is_damage_and_the_entry_is_rebuilt(encoder, fresh_two_layers,
+                                                                tmp_path, edit, recompute):
+    root = tmp_path / "cache"
+    entry, _ = encode_to_cache(encoder, TEXTS, root, max_texts=MAX_TEXTS, layers=[1, 2])
+    _edit_meta(entry.path, META_EDITS[edit], recompute)
+    with pytest.raises(CacheDamaged):
+        HiddenStateCache(entry.path)
+    messages = []
+    rebuilt, ran = encode_to_cache(encoder, TEXTS, root, max_texts=MAX_TEXTS, layers=[1, 2],
+                                   log=messages.append)
+    assert ran and [m for m in messages if "damaged" in m], messages
+    assert_same_entry(rebuilt, fresh_two_layers)
+    assert rebuilt.layers == [1, 2]
+    for layer in (1, 2):  # each layer's block is that layer's states
+        assert np.array_equal(rebuilt.states(layer), fresh_two_layers.states(layer))
+
+
+@pytest.mark.parametrize("where", ["entry", "partial"])
+def test_a_file_where_an_entry_folder_belongs_is_replaced(encoder, fresh, tmp_path, where):
+    """Damage that leaves a regular file at the entry's (or its partial's) path: the
+    encoding still completes, and the next run is a cache hit."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    name = fresh.path.name + (".partial" if where == "partial" else "")
+    (root / name).write_text("not a folder")
+    entry, ran = _build(encoder, root)
+    assert ran
+    assert_same_entry(entry, fresh)
+    assert sorted(p.name for p in root.iterdir()) == [fresh.path.name]
+    again, ran = _build(encoder, root)
+    assert not ran
