@@ -7,28 +7,56 @@ import numpy as np
 
 from .cache import default_cache_dir
 from .data import DEFAULT_DATASET_NAME
-from .errors import PoolkitError
+from .errors import Interrupted, PluginFailure, PoolkitError
+from .isolation import DEFAULT_TIMEOUT
 from .manager import collect_poolers, get_plugin_manager
 from .pooler import Pooler
 from .runs import RunStore, ensure_writable, pooler_fingerprint, run_key
 from .training import HeadConfig
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
+#: The most head seeds a run takes (each seed is a head per feature set).
+MAX_SEEDS = 1000
 
 
 def _silent(message: str) -> None:
     pass
 
 
-def resolve_poolers(names=None, plugins_dir=None, log=_silent):
+def check_seeds(seeds) -> list[int]:
+    """The seed list of ``seeds`` (a count N: 0..N-1, or the seeds themselves)."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise PoolkitError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}")
+        return list(range(int(seeds)))
+    try:
+        seed_list = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise PoolkitError(f"seeds={seeds!r}: give a count or a list of integers") from None
+    if not 1 <= len(seed_list) <= MAX_SEEDS or min(seed_list) < 0:
+        raise PoolkitError(f"seeds={seeds!r}: give 1 to {MAX_SEEDS} seeds, each 0 or more")
+    if len(set(seed_list)) != len(seed_list):
+        raise PoolkitError(f"seeds={seeds!r} lists a seed twice")
+    return seed_list
+
+
+def check_split_seed(split_seed) -> int:
+    """``--split-seed`` as an int in numpy's seed range 0..2**32-1."""
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) \
+            or not 0 <= split_seed < 2**32:
+        raise PoolkitError(f"--split-seed {split_seed}: give an integer from 0 to {2**32 - 1}")
+    return int(split_seed)
+
+
+def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=DEFAULT_TIMEOUT):
     """``({name: pooler}, {name: plugin}, load_errors)`` for the requested poolers.
 
     ``names`` may mix registered names and :class:`Pooler` instances; ``None``
     means every registered pooler. An unknown name is an error listing the
     known ones; plugins that failed to load are returned as one-line errors.
     """
-    pm = get_plugin_manager(plugins_dir=plugins_dir)
-    registered = collect_poolers(pm)
+    pm = get_plugin_manager(plugins_dir=plugins_dir, timeout=timeout)
+    registered = collect_poolers(pm, timeout=timeout)
     for error in pm.load_errors:
         log(f"error: {error}")
     if names is None:
@@ -53,7 +81,8 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent):
 def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache_dir=None,
                      device=None, cache_dtype="fp16", precision="bf16", max_batch_tokens=None,
                      batch_size=None, layers=None, before_encoding=None,
-                     trust_remote_code=False, progress=False, log=_silent):
+                     trust_remote_code=False, progress=False, timeout=DEFAULT_TIMEOUT,
+                     log=_silent):
     """Encode ``texts`` once (or read them from the cache) and pool them with every pooler.
 
     ``layers`` selects the hidden layers single-layer poolers run on (a spec
@@ -62,8 +91,9 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     in input order per fixed feature set (``pooler@layer``), ``failures[id]`` a
     one-line reason, and ``info`` with the encoder, the cache, whether the
     encoder ran, the encoding and pooling seconds, and ``sets`` (every
-    :class:`~poolkit.features.FeatureSet`, trainable ones included: those are
-    trained from ``info["cache"]``).
+    :class:`~poolkit.features.FeatureSet`, trainable and failed ones included:
+    trainable ones are trained from ``info["cache"]``). ``timeout`` bounds each
+    call into a pooler, in seconds.
     """
     from .encoder import Encoder, encode_to_cache, load_encoder, parse_layers, pick_device
     from .features import feature_sets, pool_cache, setup_poolers
@@ -75,8 +105,11 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
         encoder = model
     else:
         encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
-    sets = feature_sets(poolers, parse_layers(layers, encoder.num_layers), encoder.num_layers)
-    needed = sorted({layer for fs in sets.values() for layer in fs.layers})
+    specs, setup_failed = setup_poolers(poolers, encoder, len(texts), timeout)
+    sets, failures = feature_sets(poolers, specs, parse_layers(layers, encoder.num_layers),
+                                  encoder.num_layers, failed=setup_failed)
+    needed = sorted({layer for key, fs in sets.items() if key not in failures
+                     for layer in fs.layers}) or [encoder.num_layers]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache_dtype,
@@ -87,13 +120,9 @@ def compute_features(texts, poolers: dict, model=None, *, max_length=None, cache
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
         f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
         f"{encode_seconds:.1f}s ({cache.path})")
-    setup_failed = setup_poolers(poolers, encoder)
-    failures = {key: setup_failed[fs.pooler_name] for key, fs in sets.items()
-                if fs.pooler_name in setup_failed}
-    fixed = {key: fs for key, fs in sets.items()
-             if key not in failures and not getattr(fs.pooler, "trainable", False)}
+    fixed = {key: fs for key, fs in sets.items() if key not in failures and not fs.trainable}
     began = time.perf_counter()
-    features, pool_failures = pool_cache(cache, fixed, progress=progress)
+    features, pool_failures = pool_cache(cache, fixed, progress=progress, timeout=timeout)
     pool_seconds = time.perf_counter() - began
     failures.update(pool_failures)
     info = {"encoder": encoder, "encoder_ran": ran, "cache": cache, "device": device,
@@ -132,8 +161,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
-        predictions=False, empty_texts="skip", trust_remote_code=False, progress=False,
-        log=_silent):
+        predictions=False, empty_texts="skip", trust_remote_code=False,
+        pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=_silent):
     """Run the whole comparison; return the results table (one row per pooler × layer × seed).
 
     ``layers`` selects the hidden layers single-layer poolers run on (``-1``,
@@ -142,24 +171,50 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     predictions). ``result.attrs`` holds ``summary`` (a DataFrame, with 95%
     intervals and significance groups), ``pairs`` (paired tests between
     feature sets), ``failures`` ({pooler@layer: reason}), ``label_names``,
-    ``settings`` and ``recipe``.
+    ``settings`` and ``recipe``. ``pooler_timeout`` bounds each call into a
+    plugin, in seconds. Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
+    once what finished is saved; the same call then resumes.
     """
+    from .isolation import handlers
+
+    with handlers():
+        try:
+            return _run(data, text_col=text_col, label_col=label_col, test_data=test_data,
+                        labels=labels, model=model, poolers=poolers, seeds=seeds, out=out,
+                        plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
+                        device=device, cache_dtype=cache_dtype, precision=precision,
+                        split_seed=split_seed, validation_size=validation_size,
+                        test_size=test_size, head=head, layers=layers, predictions=predictions,
+                        empty_texts=empty_texts, trust_remote_code=trust_remote_code,
+                        pooler_timeout=pooler_timeout, progress=progress, log=log)
+        except KeyboardInterrupt:
+            saved = f" and the finished heads in {Path(out) / 'heads'}" if out is not None else ""
+            raise Interrupted(f"interrupted: the encoder's progress is saved in the cache{saved}; "
+                              "run the same command again to resume") from None
+
+
+def _run(data, *, text_col, label_col, test_data, labels, model, poolers, seeds, out,
+         plugins_dir, cache_dir, max_length, device, cache_dtype, precision, split_seed,
+         validation_size, test_size, head, layers, predictions, empty_texts, trust_remote_code,
+         pooler_timeout, progress, log):
     import pandas as pd
 
     from .data import load_dataset
     from .encoder import load_encoder
-    from .features import one_line_reason
+    from .isolation import check_timeout, plugin_code
     from .metrics import compute_metrics
     from .results import predictions_table, summarize, write_run_dir
     from .stats import paired_comparisons
     from .training import train_heads, train_trainable
 
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise PoolkitError("--seeds must be at least 1")
+    seed_list = check_seeds(seeds)
     head = head or HeadConfig()
+    head.validate()
+    split_seed = check_split_seed(split_seed)
+    pooler_timeout = check_timeout(pooler_timeout)
     began = time.perf_counter()
-    selected, plugins, load_errors = resolve_poolers(poolers, plugins_dir=plugins_dir, log=log)
+    selected, plugins, load_errors = resolve_poolers(poolers, plugins_dir=plugins_dir, log=log,
+                                                     timeout=pooler_timeout)
     dataset = load_dataset(data, text_col=text_col, label_col=label_col, test_data=test_data,
                            labels=labels, split_seed=split_seed,
                            validation_size=validation_size, test_size=test_size,
@@ -175,7 +230,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     features, failures, info = compute_features(
         dataset.texts, selected, encoder, cache_dir=cache_dir, layers=layers,
         before_encoding=writable, device=device, cache_dtype=cache_dtype, precision=precision,
-        progress=progress, log=log,
+        progress=progress, timeout=pooler_timeout, log=log,
     )
     writable()
     sets = info["sets"]
@@ -205,10 +260,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
 
     def finish(result):
         fs = sets[result.pooler]
-        dim = int(fs.pooler.output_dim(encoder.hidden_size))
         row = {
             "pooler": fs.pooler_name, "layer": fs.layer, "plugin": plugins[fs.pooler_name],
-            "seed": result.seed, "dim": dim, "best_epoch": result.best_epoch,
+            "seed": result.seed, "dim": fs.dim, "best_epoch": result.best_epoch,
             "epochs": result.epochs, **compute_metrics(y_test, result.probabilities),
         }
         store.save(result.pooler, row, fingerprints[fs.pooler_name], result.probabilities)
@@ -230,11 +284,13 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
             continue
         log(f"training pooler '{sets[key].pooler_name}' (layer {sets[key].layer}) with its heads")
         try:
-            trained = train_trainable(info["cache"], sets[key], dataset.labels, dataset.splits,
-                                      dataset.num_labels, seeds_missing, head,
-                                      device=info["device"])
-        except Exception as exc:
-            failures[key] = one_line_reason(exc)
+            # No budget for the whole training: each call into the pooler has its own.
+            with plugin_code(timeout=None):
+                trained = train_trainable(info["cache"], sets[key], dataset.labels,
+                                          dataset.splits, dataset.num_labels, seeds_missing,
+                                          head, device=info["device"], timeout=pooler_timeout)
+        except PluginFailure as exc:
+            failures[key] = exc.reason
             report(key)
             continue
         for result in trained:

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import click
 
-from .errors import PoolkitError
+from .api import MAX_SEEDS
+from .errors import Interrupted, PoolkitError
+from .isolation import DEFAULT_TIMEOUT
 from .results import EXPORT_FORMATS, EXPORT_TABLES
+
+#: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def _log(message: str) -> None:
@@ -49,6 +54,12 @@ class PoolkitGroup(click.Group):
             if debug:
                 raise
             raise click.ClickException(str(exc)) from None
+        except (Interrupted, KeyboardInterrupt) as exc:
+            if debug:
+                raise
+            error = click.ClickException(str(exc) or "interrupted")
+            error.exit_code = INTERRUPTED
+            raise error from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
@@ -85,7 +96,7 @@ def cli(debug):
 @click.option("--layers", default="-1", show_default=True,
               help="Hidden layers to pool: -1 (last), -2, '-4..-1', '0,3,6', 'all' "
                    "(0 = embeddings output). All from one encoder pass.")
-@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, MAX_SEEDS),
               help="Number of head seeds (0..N-1) per pooler.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory. Default: poolkit-runs/<data>-<hash of these options>; "
@@ -100,10 +111,12 @@ def cli(debug):
               show_default=True, help="Precision of cached token states.")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16",
               show_default=True, help="Encoder compute precision on CUDA (CPU: always fp32).")
-@click.option("--split-seed", default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the train/val/test split.")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
               help="Most epochs per head (early stopping on validation loss).")
-@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate of the heads.")
+@click.option("--lr", default=1e-3, show_default=True, type=float,
+              help="AdamW learning rate of the heads (a number above 0).")
 @click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout on pooled features while training heads.")
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
@@ -116,9 +129,12 @@ def cli(debug):
               help="Also draw the comparison into RUN_DIR/plots, e.g. 'png,svg'.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model repository's own code (off by default).")
+@click.option("--pooler-timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
+              help="Most seconds one call into a plugin may take (a batch's pool(), setup(), "
+                   "a trainable pooler's forward); a pooler past it fails alone.")
 def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, out,
         plugins_dir, cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr,
-        dropout, empty_texts, predictions, plot_formats, trust_remote_code):
+        dropout, empty_texts, predictions, plot_formats, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     from .api import run as run_comparison
     from .results import display_table
@@ -134,8 +150,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
-        empty_texts=empty_texts, trust_remote_code=trust_remote_code, progress=progress,
-        log=_log,
+        empty_texts=empty_texts, trust_remote_code=trust_remote_code,
+        pooler_timeout=pooler_timeout, progress=progress, log=_log,
     )
     summary = results.attrs["summary"]
     settings = results.attrs["settings"]

@@ -1,4 +1,4 @@
-"""poolkit's error type: a message a user can act on, shown as one line."""
+"""poolkit's error types and the one-line form every error is shown in."""
 
 
 class PoolkitError(Exception):
@@ -8,3 +8,26 @@ class PoolkitError(Exception):
     where it helps, what to do. The CLI shows it without a traceback.
     """
 
+
+class PluginFailure(Exception):
+    """Plugin code failed: raised, exited, hung, or broke its contract.
+
+    ``reason`` is one line; the caller adds which plugin or pooler it was.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; what finished is saved. The message says how to resume."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: ``Type: message`` (whitespace folded), just the
+    message for a :class:`PoolkitError`, just the type when there is no message."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (PoolkitError, PluginFailure)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

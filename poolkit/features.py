@@ -3,11 +3,19 @@
 A *feature set* is one pooler applied to one layer (or, for a pooler that
 combines layers, to its own layers): its id is ``pooler@layer``, e.g.
 ``mean@6`` or ``first_last_avg@1+6``. Results carry the pooler and the layer.
+
+Every call into a pooler runs under :class:`~poolkit.isolation.plugin_code`,
+and each pooler reads its own copy of a batch's states: one pooler that raises,
+exits, hangs, writes into its inputs (even through ``.data`` or ``.numpy()``)
+or changes torch's global settings fails alone.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import PluginFailure, one_line
+from .isolation import DEFAULT_TIMEOUT, plugin_code
 
 
 @dataclass(frozen=True)
@@ -16,6 +24,9 @@ class FeatureSet:
     pooler: object
     #: an absolute hidden-state index, or a tuple of them for multi-layer poolers
     source: int | tuple
+    #: the pooled width, ``pooler.output_dim(hidden_size)`` (asked once, in :func:`setup_poolers`)
+    dim: int = 0
+    trainable: bool = False
 
     @property
     def layer(self) -> str:
@@ -33,67 +44,141 @@ class FeatureSet:
         return self.source if isinstance(self.source, tuple) else (self.source,)
 
 
-def feature_sets(poolers: dict, layers, num_layers: int) -> dict:
-    """``{id: FeatureSet}``: single-layer poolers on each of ``layers`` (absolute
-    indices), poolers with their own ``layers`` on those, in pooler order.
+@dataclass(frozen=True)
+class PoolerSpec:
+    """What poolkit reads from a pooler, once, under isolation."""
 
-    A pooler whose declared layers do not exist in this model raises
-    :class:`PoolkitError` naming it.
+    layers: tuple | None
+    trainable: bool
+    dim: int
+
+
+def setup_poolers(poolers: dict, encoder, num_texts: int = 0, timeout=DEFAULT_TIMEOUT):
+    """Set up each pooler and read what poolkit needs from it, once.
+
+    Calls ``setup(encoder)``, then :func:`read_spec`, under isolation. Returns
+    ``(specs, failures)``: ``{name: PoolerSpec}`` and ``{name: one-line reason}``.
+    """
+    specs, failures = {}, {}
+    for name, pooler in poolers.items():
+        try:
+            with plugin_code(timeout):
+                pooler.setup(encoder)
+            specs[name] = read_spec(pooler, encoder.hidden_size, num_texts, timeout)
+        except PluginFailure as exc:
+            failures[name] = exc.reason
+    return specs, failures
+
+
+def read_spec(pooler, hidden_size: int, num_texts: int = 0, timeout=DEFAULT_TIMEOUT) -> PoolerSpec:
+    """``output_dim(hidden_size)``, ``layers`` and ``trainable`` of a set-up pooler,
+    read once under isolation; raises :class:`PluginFailure`. A width whose
+    features for ``num_texts`` texts would not fit in memory is a failure."""
+    with plugin_code(timeout):
+        dim = pooler.output_dim(hidden_size)
+        layers = getattr(pooler, "layers", None)
+        trainable = bool(getattr(pooler, "trainable", False))
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise PluginFailure(f"output_dim() returned {dim!r}, not a positive int")
+    _check_fits(int(dim), num_texts)
+    return PoolerSpec(layers, trainable, int(dim))
+
+
+def _check_fits(dim: int, num_texts: int) -> None:
+    """Refuse a width whose float32 features would take more than half the free memory."""
+    need = 4 * dim * max(num_texts, 1)
+    free = available_memory()
+    if free is not None and need > free // 2:
+        raise PluginFailure(f"output_dim() returned {dim}: {num_texts} texts' features would take "
+                            f"{need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB "
+                            "of free memory")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or ``None``."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def feature_sets(poolers: dict, specs: dict, layers, num_layers: int, failed=None):
+    """``(sets, failures)`` in pooler order.
+
+    ``sets`` is ``{id: FeatureSet}``: single-layer poolers on each of
+    ``layers`` (absolute indices), poolers with their own ``layers`` on those.
+    ``failures`` is ``{id: reason}`` for the poolers in ``failed`` (``{name:
+    reason}``, e.g. from :func:`setup_poolers`; one id per selected layer) and
+    for a pooler whose declared layers this model does not have (its failure
+    alone); their feature sets are in ``sets`` too, to name them.
     """
     from .encoder import parse_layers
     from .errors import PoolkitError
 
-    sets = {}
+    failed = failed or {}
+    sets, failures = {}, {}
     for name, pooler in poolers.items():
-        own = getattr(pooler, "layers", None)
-        if own is None:
-            sources = list(layers)
-        else:
+        if name in failed:
+            for layer in layers:
+                fs = FeatureSet(name, pooler, layer)
+                sets[fs.id], failures[fs.id] = fs, failed[name]
+            continue
+        spec = specs[name]
+        own = spec.layers
+        sources = list(layers)
+        if own is not None:
             try:
+                if not isinstance(own, (tuple, list)) or not own:
+                    raise TypeError("not a non-empty tuple of layer indices")
                 sources = [tuple(parse_layers([x], num_layers)[0] for x in own)]
             except (PoolkitError, TypeError) as exc:
-                raise PoolkitError(f"pooler '{name}' asks for layers {own!r}: {exc}") from None
+                fs = FeatureSet(name, pooler, tuple(own) if isinstance(own, (tuple, list)) else own)
+                sets[fs.id] = fs
+                failures[fs.id] = f"asks for layers {own!r}: {one_line(exc)}"
+                continue
         for source in sources:
-            fs = FeatureSet(name, pooler, source)
+            fs = FeatureSet(name, pooler, source, spec.dim, spec.trainable)
             sets[fs.id] = fs
-    return sets
+    return sets, failures
 
 
-def setup_poolers(poolers: dict, encoder) -> dict:
-    """Call each pooler's ``setup`` with the encoder; returns ``{name: reason}`` failures."""
-    failures = {}
-    for name, pooler in poolers.items():
-        try:
-            pooler.setup(encoder)
-            dim = pooler.output_dim(encoder.hidden_size)
-            if not isinstance(dim, (int, np.integer)) or dim <= 0:
-                raise ValueError(f"output_dim() returned {dim!r}, not a positive int")
-        except Exception as exc:
-            failures[name] = one_line_reason(exc)
-    return failures
-
-
-def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool = False):
+def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool = False,
+               timeout=DEFAULT_TIMEOUT):
     """Pool every text of ``cache`` with every feature set in one pass over the cache.
 
     ``sets`` maps ids to :class:`FeatureSet` (or to a fixed pooler, run on the
     highest cached layer). Returns ``(features, failures)``: ``features[id]``
     is float32 ``(len(cache), D)`` in input order; ``failures[id]`` is the
-    reason a feature set was dropped (its pooler raised, or broke the
-    shape/dtype/finite contract). Batches of ``max_batch_tokens`` padded
-    positions (~6 MiB of fp32 states at hidden size 384) stay in the CPU's
-    caches while every pooler reads them: 4,096 pooled 25-30% faster than
-    16,384 on the default data.
+    reason a feature set was dropped (its pooler raised, hung past
+    ``timeout`` seconds in one call, or broke the shape/dtype/finite or
+    read-only contract). Batches of ``max_batch_tokens`` padded positions
+    (~6 MiB of fp32 states at hidden size 384) stay in the CPU's caches while
+    every pooler reads them (and its copy of them).
     """
     import torch
     from tqdm.auto import tqdm
 
-    sets = {key: fs if isinstance(fs, FeatureSet) else FeatureSet(key, fs, cache.layers[-1])
-            for key, fs in sets.items()}
-    hidden_size = cache.hidden_size
-    dims = {key: int(fs.pooler.output_dim(hidden_size)) for key, fs in sets.items()}
-    features = {key: np.empty((len(cache), dims[key]), dtype=np.float32) for key in sets}
+    sets = dict(sets)
     failures = {}
+    for key, fs in list(sets.items()):
+        if not isinstance(fs, FeatureSet):  # a pooler, already set up
+            try:
+                dim = read_spec(fs, cache.hidden_size, len(cache), timeout).dim
+            except PluginFailure as exc:
+                failures[key] = exc.reason
+                del sets[key]
+                continue
+            sets[key] = FeatureSet(key, fs, cache.layers[-1], dim)
+    features = {}
+    for key, fs in sets.items():
+        try:
+            features[key] = np.empty((len(cache), fs.dim), dtype=np.float32)
+        except MemoryError:
+            failures[key] = f"output_dim() returned {fs.dim}: no memory for its features"
     total = int(cache.lengths.sum())
     with tqdm(total=total, unit="tok", unit_scale=True, desc="pooling",
               disable=not progress, leave=False) as bar:
@@ -105,20 +190,23 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
                 for layer in fs.layers:
                     if layer not in states:
                         states[layer] = cache.padded(indices, layer)
-                inputs = [states[layer][0] for layer in fs.layers]
-                mask = states[fs.layers[0]][1]
+                # The pooler's own copy: whatever it writes, through .data or
+                # .numpy() too, the shared batch stays as the cache has it.
+                inputs = [states[layer][0].clone() for layer in fs.layers]
+                mask = states[fs.layers[0]][1].clone()
                 hidden = tuple(inputs) if isinstance(fs.source, tuple) else inputs[0]
                 versions = [t._version for t in (*inputs, mask)]
                 try:
-                    with torch.no_grad():
+                    with plugin_code(timeout), torch.no_grad():
                         out = fs.pooler.pool(hidden, mask)
                     if [t._version for t in (*inputs, mask)] != versions:
-                        raise ValueError("wrote in place into its input tensors, which are read-only")
-                    features[key][indices] = check_output(out, len(indices), dims[key])
-                except Exception as exc:
-                    failures[key] = one_line_reason(exc)
-                    if [t._version for t in (*inputs, mask)] != versions:
-                        states = {}  # fresh inputs for the others
+                        raise PluginFailure("wrote in place into its input tensors, which are "
+                                            "read-only")
+                    features[key][indices] = check_output(out, len(indices), fs.dim)
+                except PluginFailure as exc:
+                    failures[key] = exc.reason
+                except ValueError as exc:
+                    failures[key] = str(exc)
             bar.update(int(cache.lengths[indices].sum()))
     for name in failures:
         features.pop(name, None)
@@ -126,7 +214,7 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
 
 
 def check_output(out, batch: int, dim: int) -> np.ndarray:
-    """``out`` as float32 numpy after checking the pooler contract."""
+    """``out`` as float32 numpy after checking the pooler contract (``ValueError`` if broken)."""
     import torch
 
     if not isinstance(out, torch.Tensor):
@@ -139,9 +227,3 @@ def check_output(out, batch: int, dim: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError("returned NaN or inf")
     return array
-
-
-def one_line_reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

@@ -1,8 +1,9 @@
 """Finding and loading plugins, and collecting the poolers they register.
 
-Every plugin is loaded on its own: one that fails to import, misspells a hook or
-registers a taken pooler name is recorded in ``PluginManager.load_errors`` with
-its name, and the others keep working.
+Every plugin is loaded on its own: one that fails to import (raises, exits,
+hangs, changes torch's global settings), misspells a hook or registers a taken
+pooler name is recorded in ``PluginManager.load_errors`` with its name, and
+the others keep working.
 """
 
 import importlib
@@ -14,7 +15,8 @@ from pathlib import Path
 import pluggy
 
 from . import hookspecs
-from .errors import PoolkitError
+from .errors import PluginFailure, PoolkitError, one_line
+from .isolation import DEFAULT_TIMEOUT, plugin_code
 from .pooler import Pooler
 
 ENTRY_POINT_GROUP = "poolkit"
@@ -47,7 +49,7 @@ class PluginManager(pluggy.PluginManager):
         try:
             self.register(plugin, name=name)
         except Exception as exc:  # pluggy's validation error, a duplicate name
-            self.load_errors.append(f"plugin '{name}': {_one_line(exc)}")
+            self.load_errors.append(f"plugin '{name}': {one_line(exc)}")
             return
         # check_pending() for this plugin alone, so a misspelled hook in one
         # plugin does not take the others down.
@@ -63,29 +65,35 @@ class PluginManager(pluggy.PluginManager):
                 return
 
 
-def get_plugin_manager(plugins_dir=None, entry_points: bool = True) -> PluginManager:
-    """A fresh plugin manager: built-ins, entry-point plugins and ``plugins_dir/*.py``."""
+def get_plugin_manager(plugins_dir=None, entry_points: bool = True,
+                       timeout=DEFAULT_TIMEOUT) -> PluginManager:
+    """A fresh plugin manager: built-ins, entry-point plugins and ``plugins_dir/*.py``.
+
+    Each import runs under :class:`~poolkit.isolation.plugin_code` (``timeout`` seconds).
+    """
     pm = PluginManager()
     for module_name in DEFAULT_PLUGINS:
-        _register_import(pm, module_name, lambda m=module_name: importlib.import_module(m))
+        _register_import(pm, module_name, lambda m=module_name: importlib.import_module(m),
+                         timeout)
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _register_import(pm, ep.name, ep.load)
+            _register_import(pm, ep.name, ep.load, timeout)
     if plugins_dir is not None:
         directory = Path(plugins_dir)
         if not directory.is_dir():
             raise PoolkitError(f"--plugins-dir '{directory}' is not a directory")
         for path in sorted(directory.glob("*.py")):
-            _register_import(pm, str(path), lambda p=path: _import_file(p))
+            _register_import(pm, str(path), lambda p=path: _import_file(p), timeout)
     pm.check_pending()
     return pm
 
 
-def _register_import(pm: PluginManager, name: str, load) -> None:
+def _register_import(pm: PluginManager, name: str, load, timeout) -> None:
     try:
-        plugin = load()
-    except Exception as exc:
-        pm.load_errors.append(f"plugin '{name}' failed to import: {_one_line(exc)}")
+        with plugin_code(timeout):
+            plugin = load()
+    except PluginFailure as exc:
+        pm.load_errors.append(f"plugin '{name}' failed to import: {exc.reason}")
         return
     pm.register_checked(plugin, name)
 
@@ -103,8 +111,8 @@ def _import_file(path: Path):
     return module
 
 
-def collect_poolers(pm: PluginManager) -> dict:
-    """Call every plugin's ``register_poolers`` on its own.
+def collect_poolers(pm: PluginManager, timeout=DEFAULT_TIMEOUT) -> dict:
+    """Call every plugin's ``register_poolers`` on its own, under isolation.
 
     Returns ``{name: (pooler, plugin_name)}``; problems go to ``pm.load_errors``.
     """
@@ -120,9 +128,10 @@ def collect_poolers(pm: PluginManager) -> dict:
                 found[pooler.name] = (pooler, _plugin)
 
         try:
-            impl.function(register=register)
-        except Exception as exc:
-            pm.load_errors.append(f"plugin '{plugin_name}': {_one_line(exc)}")
+            with plugin_code(timeout):
+                impl.function(register=register)
+        except PluginFailure as exc:
+            pm.load_errors.append(f"plugin '{plugin_name}': {exc.reason}")
     return found
 
 
@@ -137,8 +146,3 @@ def _registration_problem(pooler, found: dict):
             f"'{found[pooler.name][1]}'"
         )
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, PoolkitError) else text

@@ -38,7 +38,7 @@ Multi-layer poolers (``layers`` a tuple) get ``hidden`` as a tuple of
 ``module(H).forward`` (eval mode, no grad, except for ``backward``).
 """
 
-from .features import one_line_reason
+from .errors import one_line
 
 FP32_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 FP16_TOLERANCE = dict(rtol=2e-3, atol=2e-3)
@@ -77,7 +77,7 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
         except _Unusable as exc:
             problem = str(exc)
         except Exception as exc:
-            problem = f"raised {one_line_reason(exc)}"
+            problem = f"raised {one_line(exc)}"
         if problem:
             problems.append(f"{title}: {problem}")
 
@@ -101,7 +101,7 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
                 torch.manual_seed(seed)
                 module = pooler.module(hidden_size)
         except Exception as exc:
-            problems.append(f"module: raised {one_line_reason(exc)}")
+            problems.append(f"module: raised {one_line(exc)}")
         else:
             check("module", _check_module, module)
         if not isinstance(module, torch.nn.Module):

@@ -13,10 +13,14 @@ batches for the same seed), and it stops updating its best weights once its
 own early stopping triggers.
 """
 
+import math
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import PoolkitError
+from .isolation import DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -28,6 +32,24 @@ class HeadConfig:
     patience: int = 5
     dropout: float = 0.0  # > 0 costs a generator call per head and step
     standardize: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`PoolkitError` naming the first setting out of its range."""
+        checks = (
+            ("--lr", self.learning_rate, lambda v: v > 0, "a number above 0"),
+            ("weight decay", self.weight_decay, lambda v: v >= 0, "a number of 0 or more"),
+            ("--dropout", self.dropout, lambda v: 0 <= v < 1, "a number from 0 up to 1"),
+            ("batch size", self.batch_size, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("--epochs", self.max_epochs, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("patience", self.patience, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        )
+        for name, value, ok, wanted in checks:
+            try:
+                good = math.isfinite(float(value)) and ok(float(value))
+            except (TypeError, ValueError):
+                good = False
+            if isinstance(value, bool) or not good:
+                raise PoolkitError(f"{name} {value}: give {wanted}")
 
 
 @dataclass
@@ -247,7 +269,8 @@ def _head_seed(seed: int, pooler: str) -> int:
 
 
 def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_labels: int, seeds,
-                    config: HeadConfig = HeadConfig(), device: str = "cpu"):
+                    config: HeadConfig = HeadConfig(), device: str = "cpu",
+                    timeout=DEFAULT_TIMEOUT):
     """Train a trainable pooler jointly with its head, per seed, from the token cache.
 
     Each seed gets a fresh ``pooler.module(H)`` (built under the head's seed)
@@ -256,16 +279,20 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
     loss like the fixed poolers' heads. With ``config.standardize`` the token
     states are standardized per dimension with train-split statistics (the
     token-level counterpart of the fixed features' standardization). Returns
-    a list of :class:`HeadResult` named by ``feature_set.id``.
+    a list of :class:`HeadResult` named by ``feature_set.id``. Each call into
+    the plugin (``module``, a forward pass) runs under
+    :class:`~poolkit.isolation.plugin_code` with ``timeout`` seconds.
     """
     import torch
     import torch.nn.functional as F
+
+    from .isolation import plugin_code
 
     train, val, test = splits["train"], splits["validation"], splits["test"]
     if len(val) == 0:
         val = train
     hidden_size = cache.hidden_size
-    dim = int(feature_set.pooler.output_dim(hidden_size))
+    dim = feature_set.dim
     multi = isinstance(feature_set.source, tuple)
     shift, scale = {}, {}
     for layer in feature_set.layers:
@@ -292,7 +319,9 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
             # training run, ~20% of its time.
             for start in range(0, len(rows), config.batch_size):
                 hidden, mask = inputs(rows[start : start + config.batch_size])
-                out.append(model["head"](model["pooler"](hidden, mask).float()))
+                with plugin_code(timeout):
+                    pooled = model["pooler"](hidden, mask)
+                out.append(model["head"](pooled.float()))
         return torch.cat(out)
 
     results = []
@@ -300,7 +329,8 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
         head_seed = _head_seed(seed, feature_set.id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(head_seed)
-            module = feature_set.pooler.module(hidden_size)
+            with plugin_code(timeout):
+                module = feature_set.pooler.module(hidden_size)
             head = torch.nn.Linear(dim, num_labels)
             with torch.no_grad():
                 head.weight.normal_(0.0, 0.02)
@@ -318,7 +348,9 @@ def train_trainable(cache, feature_set, labels: np.ndarray, splits: dict, num_la
             for start in range(0, len(train), config.batch_size):
                 rows = train[perm[start : start + config.batch_size]]
                 hidden, mask = inputs(rows)
-                pooled = model["pooler"](hidden, mask).float()
+                with plugin_code(timeout):
+                    pooled = model["pooler"](hidden, mask)
+                pooled = pooled.float()
                 if config.dropout > 0:
                     keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
                     pooled = pooled * keep.to(device) / (1 - config.dropout)

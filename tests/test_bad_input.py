@@ -164,10 +164,46 @@ CASES = {
                       exit_code=USAGE, culprits=("--seeds", "0")),
     "--out inside a regular file": Case(lambda tmp, m: _not_a_file_out(tmp),
                                         culprits=("somefile.txt", "--out")),
+    **{f"--lr {value}": Case(lambda tmp, m, v=value: ["--data", _csv(tmp / "d.csv"), "--lr", v],
+                             culprits=("--lr", value, "above 0"))
+       for value in ("nan", "inf", "-1", "0")},
+    "--dropout nan": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--dropout", "nan"],
+                          culprits=("--dropout", "nan")),
+    "--labels lists a label the data lacks": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--labels", "neg,pos,zzz"],
+        culprits=("--labels", "zzz", "neg, pos")),
+    "--split-seed -1": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--split-seed", "-1"],
+                            exit_code=USAGE, culprits=("--split-seed", "-1")),
+    "--seeds 1000000": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--seeds", "1000000"],
+                            exit_code=USAGE, culprits=("--seeds", "1000000")),
+    **{f"--pooler-timeout {value}": Case(
+        lambda tmp, m, v=value: ["--data", _csv(tmp / "d.csv"), "--pooler-timeout", v],
+        culprits=("--pooler-timeout", value)) for value in ("0", "nan", "-5")},
+    "--device bogus": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--device", "bogus"],
+                           culprits=("--device", "bogus", "cpu")),
+    "--device cuda without a GPU": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--device", "cuda"],
+        culprits=("--device cuda", "no CUDA GPU")),
+    "--device cuda:7 beyond the GPUs": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--device", "cuda:7"],
+        culprits=("--device cuda:7",)),
+    "--cache-dir inside a regular file": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--cache-dir",
+                        _text(tmp / "blocker", "x") / "cache"],
+        culprits=("cannot write cache directory", "blocker", "--cache-dir")),
+    "Parquet labels that are lists": Case(
+        lambda tmp, m: ["--data", _parquet(tmp / "d.parquet", label=[["pos"], ["neg"]] * 20)],
+        culprits=("d.parquet", "column 'label'", "list", "row 1")),
     "--out is a regular file": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--out", _text(tmp / "taken.txt", "x")],
         exit_code=USAGE, culprits=("--out", "taken.txt")),
 }
+
+
+def _parquet(path, label):
+    texts = [text for text, _ in _rows()]
+    pd.DataFrame({"text": texts, "label": label}).to_parquet(path)
+    return path
 
 
 def _mkdir(path):
@@ -206,6 +242,16 @@ def models(tmp_path_factory, tiny_model_dir):
 
 def _cache_entries(root: Path):
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def _has_gpu():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_GPU = pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+CASES["--device cuda without a GPU"].marks = (_GPU,)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks) for n, c in CASES.items()])
@@ -298,3 +344,35 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" not in plain.stderr
     assert plain.stderr.strip().splitlines() == [
         "Error: data file 'missing.csv' does not exist"]
+
+
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
+        tiny_model_dir, tmp_path, monkeypatch):
+    import poolkit.cache
+
+    real_add = poolkit.cache.CacheWriter.add
+    calls = []
+
+    def add_until_full(self, states):
+        calls.append(1)
+        if len(calls) == 2:
+            _no_space()
+        return real_add(self, states)
+
+    monkeypatch.setattr(poolkit.cache.CacheWriter, "add", add_until_full)
+    cache = tmp_path / "cache"
+    data = _csv(tmp_path / "d.csv", _rows(400))  # several encoder batches
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir,
+                     "--poolers", "mean", "--seeds", 1, "--epochs", 1, "--out", tmp_path / "run",
+                     "--cache-dir", cache])
+    assert result.exit_code == FAILED, result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert f"cannot write cache directory '{cache}': No space left on device" in error
+    assert len(calls) == 2
+    assert list(cache.iterdir()) == []  # the partial entry is gone

@@ -157,11 +157,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(interrupted_runs, refere
     finished_anyway = run["returncode"] == 0  # the signal came after the run ended
     if run["sig"] == signal.SIGKILL:
         assert run["returncode"] in (0, -signal.SIGKILL), run["stderr"]
-    else:  # Ctrl-C: click's "Aborted!", exit 1, no traceback
-        assert run["returncode"] in (0, 1), run["stderr"]
+    else:  # Ctrl-C: one line that says how to resume, exit 130, no traceback
+        assert run["returncode"] in (0, 130), run["stderr"]
         assert "Traceback" not in run["stderr"], run["stderr"]
         if not finished_anyway:
-            assert run["stderr"].rstrip().endswith("Aborted!"), run["stderr"]
+            last = run["stderr"].rstrip().splitlines()[-1]
+            assert last.startswith("Error: interrupted:"), run["stderr"]
+            assert "run the same command again to resume" in last, last
             assert run["cache_was_complete"], "SIGINT was meant to land after encoding"
     if run["results_after_kill"] is not None:  # written atomically: whole or absent
         pd.testing.assert_frame_equal(run["results_after_kill"], reference["results"])
@@ -357,3 +359,4 @@ def test_editing_a_plugin_retrains_only_its_heads(small_csv, tiny_model_dir, tmp
     assert trained == [(["first_last"], [0, 1])]
     mean = lambda frame: frame[frame["pooler"] == "mean"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(mean(changed), mean(before), check_exact=True)
+
