@@ -62,23 +62,53 @@ class HeadResult:
     validation_loss: float
 
 
+#: Per-head blocks are padded to multiples of this many floats (64 bytes, the
+#: allocator's alignment), so every head's matrices start aligned, as they would
+#: alone: BLAS kernels round differently for differently aligned operands.
+_ALIGN = 16
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
 def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: int, seeds,
                 config: HeadConfig = HeadConfig(), device: str = "cpu", progress: bool = False):
-    """Train a head per ``features`` entry × seed; return a list of :class:`HeadResult`.
+    """Train a head per ``features`` entry × seed; return a list of :class:`HeadResult`
+    (names × seeds, in that order).
 
     ``features[name]`` is ``(N, D_name)`` for all N texts; ``splits`` holds the
     train/validation/test index arrays into them. Early stopping watches the
     validation loss (the training loss when there is no validation split).
+    Heads of the same (aligned) width train stacked; a head's result is the
+    same bits whatever else is stacked with it.
+    """
+    by_width = {}
+    for name in features:
+        by_width.setdefault(_aligned(features[name].shape[1]), []).append(name)
+    results = {}
+    for width, names in by_width.items():
+        for result in _train_stack({name: features[name] for name in names}, width, labels,
+                                   splits, num_labels, list(seeds), config, device, progress):
+            results[result.pooler, result.seed] = result
+    return [results[name, seed] for name in features for seed in seeds]
+
+
+def _train_stack(features, width, labels, splits, num_labels, seeds, config, device, progress):
+    """:func:`train_heads` for feature sets that fit ``width`` (a multiple of ``_ALIGN``).
+
+    Every per-head block (weights, a batch of features, logits, validation and
+    test rows) is padded with zeros to a multiple of ``_ALIGN`` floats. Zero
+    feature columns and zero rows with zero gradient add nothing; the padding
+    makes each head's arithmetic the same whether it trains alone or stacked.
     """
     import torch
     from tqdm.auto import tqdm
 
     names = list(features)
-    seeds = list(seeds)
     heads = [(name, seed) for name in names for seed in seeds]
     n_heads = len(heads)
     dims = [features[name].shape[1] for name in names]
-    d_max = max(dims)
     train, val, test = splits["train"], splits["validation"], splits["test"]
     if len(val) == 0:
         val = train
@@ -89,28 +119,31 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
             x = features[name][train]
             shift_scale[name] = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
 
-    def stacked(rows):  # (P, len(rows), D_max), standardized, zero-padded to D_max
-        out = np.zeros((len(names), len(rows), d_max), dtype=np.float32)
+    def stacked(rows, length):  # (P, length, width): standardized rows, then zeros
+        out = np.zeros((len(names), length, width), dtype=np.float32)
         for p, name in enumerate(names):
             x = features[name][rows]
             if name in shift_scale:
                 shift, scale = shift_scale[name]
                 x = (x - shift) / scale
-            out[p, :, : dims[p]] = x
+            out[p, : len(rows), : dims[p]] = x
         return torch.from_numpy(out).to(device)
 
-    x_train, x_val, x_test = stacked(train), stacked(val), stacked(test)
-    x_flat = x_train.view(-1, d_max)  # (P * n_train, D_max)
+    n_train = len(train)
+    # One zero row after each pooler's training rows: what padded batch rows read.
+    x_flat = stacked(train, n_train + 1).view(-1, width)  # (P * (n_train + 1), width)
+    x_val, x_test = stacked(val, _aligned(len(val))), stacked(test, _aligned(len(test)))
     y_train = torch.from_numpy(labels[train]).to(device)
     y_val = torch.from_numpy(labels[val]).to(device)
     pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
 
     head_gens = [torch.Generator().manual_seed(_head_seed(seed, name)) for name, seed in heads]
     head_dims = [dims[names.index(name)] for name, _ in heads]
-    # (heads, C, D_max), nn.Linear's layout; bias (heads, C, 1). Logits are
-    # computed transposed, (heads, C, B): softmax over dim 1 of that layout
-    # runs ~15x faster than over a last dim of a few labels.
-    weight = torch.zeros(n_heads, num_labels, d_max)
+    # (heads, C, width), nn.Linear's layout; bias (heads, C, 1). Logits are
+    # computed transposed, (heads, C, B): the softmax over a few labels then
+    # runs along dim 1 with the batch contiguous, far faster than along a last
+    # dim of size C.
+    weight = torch.zeros(n_heads, num_labels, width)
     for h, d in enumerate(head_dims):
         weight[h, :, :d] = torch.randn(num_labels, d, generator=head_gens[h]) * 0.02
     weight = weight.to(device)
@@ -133,7 +166,6 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
     # which skips autograd's per-step overhead.
     weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
     optimizer = _AdamW([weight, bias], config.learning_rate, config.weight_decay)
-    n_train = len(train)
     minus_one = torch.full((n_heads, 1, config.batch_size), -1.0, device=device)
     bar = tqdm(total=config.max_epochs, desc="training heads", unit="epoch",
                disable=not progress, leave=False)
@@ -142,31 +174,37 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
         n_live = len(live)
         perms = torch.stack([torch.randperm(n_train, generator=order_gens[s]) for s in seeds])
         perms = perms[seed_of_head[live]].to(device)  # (live, n_train)
-        # Row offset of each live head's pooler in x_flat (P * n_train, D_max).
-        offsets = (pooler_of_head[live_dev] * n_train)[:, None]
+        # Row offset of each live head's pooler in x_flat.
+        offsets = (pooler_of_head[live_dev] * (n_train + 1))[:, None]
         for start in range(0, n_train, config.batch_size):
             rows = perms[:, start : start + config.batch_size]  # (live, B)
             batch = rows.shape[1]
+            padded = _aligned(batch)
+            index = offsets + rows
+            if padded > batch:  # the zero row, for the padding
+                index = torch.cat([index, (offsets + n_train).expand(n_live, padded - batch)], 1)
             # x_train[poolers, rows] as one index_select: 4x faster here
-            x = x_flat.index_select(0, (offsets + rows).view(-1)).view(n_live, batch, d_max)
+            x = x_flat.index_select(0, index.view(-1)).view(n_live, padded, width)
             if config.dropout > 0:
                 # Each head draws a mask of its own width, so its random stream
                 # does not depend on the other poolers in the run.
-                keep = torch.zeros(n_live, batch, d_max, dtype=torch.bool)
+                keep = torch.zeros(n_live, padded, width, dtype=torch.bool)
                 for row, h in enumerate(live.tolist()):
                     d = head_dims[h]
-                    keep[row, :, :d] = torch.rand(batch, d, generator=head_gens[h]) >= config.dropout
+                    keep[row, :batch, :d] = torch.rand(batch, d, generator=head_gens[h]) >= config.dropout
                 x = x * keep.to(device) / (1 - config.dropout)
-            logits = torch.baddbmm(bias, weight, x.transpose(1, 2))  # (live, C, B)
+            logits = _per_head(torch.baddbmm, bias, weight, x.transpose(1, 2))  # (live, C, B)
             # d(mean cross-entropy)/d(logits) = (softmax - one_hot) / B, per head
-            grad = torch.softmax(logits, dim=1)
-            grad.scatter_add_(1, y_train[rows].unsqueeze(1), minus_one[:n_live, :, :batch])
+            grad = _softmax_over_labels(logits)
+            grad[:, :, :batch].scatter_add_(1, y_train[rows].unsqueeze(1),
+                                            minus_one[:n_live, :, :batch])
+            grad[:, :, batch:] = 0
             grad /= batch
-            torch.bmm(grad, x, out=weight.grad)  # (live, C, D_max)
+            weight.grad.copy_(_per_head(torch.bmm, grad, x))  # (live, C, width)
             torch.sum(grad, dim=2, keepdim=True, out=bias.grad)
             optimizer.step()
         with torch.no_grad():
-            logits = _logits(x_val, pooler_of_head[live_dev], weight, bias)
+            logits = _logits(x_val, pooler_of_head[live_dev], weight, bias)[:, : len(val)]
             val_loss = _mean_losses(logits, y_val).cpu()
             improved = val_loss < best_loss[live] - 1e-6  # (live,)
             better = live[improved]
@@ -185,7 +223,7 @@ def train_heads(features: dict, labels: np.ndarray, splits: dict, num_labels: in
             weight, bias = optimizer.keep(still.to(device))
     bar.close()
 
-    logits = _logits(x_test, pooler_of_head, best_weight, best_bias)
+    logits = _logits(x_test, pooler_of_head, best_weight, best_bias)[:, : len(test)]
     # Softmax in float64 so each row sums to 1 within sklearn's tolerance.
     probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     return [
@@ -240,7 +278,9 @@ def _logits(x, poolers, weight, bias):
     """Logits ``(heads, n, C)`` of heads (``weight`` ``(heads, C, D)``, ``bias``
     ``(heads, C, 1)``) on their poolers' rows of ``x`` ``(P, n, D)``.
 
-    One matmul per pooler for all its heads, instead of copying ``x`` per head.
+    One batched matmul per pooler over its heads, each head a ``(C, D) @ (D, n)``
+    product whatever else is stacked (a single ``(n, D) @ (D, heads * C)``
+    product rounds differently as the number of heads changes).
     """
     import torch
 
@@ -248,10 +288,32 @@ def _logits(x, poolers, weight, bias):
     out = torch.empty(heads, x.shape[1], num_labels, device=x.device)
     for p in poolers.unique().tolist():
         idx = (poolers == p).nonzero().squeeze(1)
-        flat = x[p] @ weight[idx].reshape(-1, dim).T  # (n, heads_p * C)
-        flat = flat.view(x.shape[1], len(idx), num_labels).transpose(0, 1)
-        out[idx] = flat + bias[idx].transpose(1, 2)
+        rows = x[p].T.unsqueeze(0).expand(len(idx), dim, x.shape[1])  # no copy per head
+        out[idx] = _per_head(torch.baddbmm, bias[idx], weight[idx], rows).transpose(1, 2)
     return out
+
+
+def _softmax_over_labels(logits):
+    """Softmax over dim 1 of ``logits`` ``(heads, C, B)``, in place.
+
+    Written out because ``torch.softmax(dim=1)`` vectorizes across the heads,
+    so a head's values change in their last bits with the number of heads
+    beside it; these element-wise steps do not.
+    """
+    logits -= logits.amax(dim=1, keepdim=True)
+    logits.exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
+def _per_head(op, *tensors):
+    """``op`` (``torch.bmm``, ``torch.baddbmm``) over stacked heads (dim 0),
+    computed on at least two: a lone matrix takes another BLAS path (a
+    matrix-vector product for one column) that rounds differently, and a head's
+    result must not depend on how many heads train beside it."""
+    if tensors[0].shape[0] != 1:
+        return op(*tensors)
+    # expand, not cat: a copy would change the strides, and with them the BLAS call
+    return op(*(t.expand(2, *t.shape[1:]) for t in tensors))[:1]
 
 
 def _mean_losses(logits, y):

@@ -360,3 +360,21 @@ def test_editing_a_plugin_retrains_only_its_heads(small_csv, tiny_model_dir, tmp
     mean = lambda frame: frame[frame["pooler"] == "mean"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(mean(changed), mean(before), check_exact=True)
 
+
+def test_resuming_with_more_seeds_is_byte_identical_to_a_fresh_run(small_csv, tiny_model_dir,
+                                                                   tmp_path):
+    """``--seeds 1`` then ``--seeds 2`` into one run directory gives the results.csv of a
+    fresh ``--seeds 2`` run: a head's result depends on its features and seed alone,
+    not on which seeds trained beside it."""
+    def command(out, seeds):
+        return ["run", "--data", small_csv, "--model", tiny_model_dir, "--seeds", seeds,
+                "--epochs", 8, "--out", out, "--poolers", "mean,max,mean_max,cls,last_token"]
+
+    resumed = tmp_path / "resumed"
+    assert invoke(command(resumed, 1)).exit_code == 0
+    second = invoke(command(resumed, 2))
+    assert second.exit_code == 0, second.output
+    assert "reusing 5 finished pooler x seed results" in second.stderr
+    fresh = tmp_path / "fresh"
+    assert invoke(command(fresh, 2)).exit_code == 0
+    assert (resumed / "results.csv").read_bytes() == (fresh / "results.csv").read_bytes()
