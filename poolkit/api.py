@@ -11,7 +11,7 @@ from .errors import Interrupted, PluginFailure, PoolkitError
 from .isolation import DEFAULT_TIMEOUT
 from .manager import collect_poolers, get_plugin_manager
 from .pooler import Pooler
-from .runs import RunStore, ensure_writable, pooler_fingerprint, run_key
+from .runs import RunDirectory, RunStore, pooler_fingerprint, run_key
 from .training import HeadConfig
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
@@ -203,7 +203,7 @@ def _run(data, *, text_col, label_col, test_data, labels, model, poolers, seeds,
     from .encoder import load_encoder
     from .isolation import check_timeout, plugin_code
     from .metrics import compute_metrics
-    from .results import predictions_table, summarize, write_run_dir
+    from .results import RUN_FILES, predictions_table, summarize, write_run_dir
     from .stats import paired_comparisons
     from .training import train_heads, train_trainable
 
@@ -223,7 +223,7 @@ def _run(data, *, text_col, label_col, test_data, labels, model, poolers, seeds,
 
     def writable():  # before the encoder runs, not after; once the model is known to load
         if out is not None:
-            ensure_writable(out)
+            RunDirectory(out).claim(RUN_FILES)
 
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
@@ -242,7 +242,7 @@ def _run(data, *, text_col, label_col, test_data, labels, model, poolers, seeds,
     for key in failures:
         report(key)
 
-    store = RunStore(out, run_key(info["cache"].path, dataset, head))
+    store = RunStore(out, run_key(info["cache"].path, dataset, head), log=log)
     fingerprints = {name: pooler_fingerprint(pooler) for name, pooler in selected.items()}
     runnable = [key for key in sets if key not in failures]
     done, missing = {}, {}

@@ -206,16 +206,14 @@ def plugins(plugins_dir):
               help="File to write. Default: standard output.")
 def export(run_dir, fmt, table, output):
     """Export a run's table as csv, md, latex, json or html."""
-    from .results import export_run, write_text_atomic
+    from .files import write_output
+    from .results import export_run
 
     text = export_run(run_dir, fmt, table)
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        write_text_atomic(output, text)
-    except OSError as exc:
-        raise PoolkitError(f"cannot write '{output}': {exc.strerror or exc}") from None
+    write_output(output, text)
     _log(f"wrote {output}")
 
 

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 from .errors import PoolkitError
+from .files import write_atomic
 from .metrics import METRICS
+from .runs import RunDirectory
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 
@@ -55,18 +57,20 @@ def plot_run(run_dir, metric: str = "accuracy", formats=("png", "svg"), out_dir=
         raise PoolkitError(f"nothing to plot in '{summary_path}': no finished feature set "
                            "(failed rows are skipped)")
 
+    contents = {f"{stem}.{fmt}": _saver(figure, fmt) for stem, figure in figures for fmt in formats}
+    run = RunDirectory(run_dir)
+    if out_dir is None and run.files() is not None:
+        # Into the run directory, recorded as its files: the next run removes them as stale.
+        run.write({f"plots/{name}": save for name, save in contents.items()}, replace=False)
+        return [run_dir / "plots" / name for name in contents]
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    written = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stem, figure in figures:
-            for fmt in formats:
-                path = out_dir / f"{stem}.{fmt}"
-                _save_atomic(figure, path, fmt)
-                written.append(path)
+        for name, save in contents.items():
+            write_atomic(out_dir / name, save)
     except OSError as exc:
         raise PoolkitError(f"cannot write plots to '{out_dir}': {exc.strerror or exc}") from None
-    return written
+    return [out_dir / name for name in contents]
 
 
 def read_summary(run_dir):
@@ -222,19 +226,18 @@ def _check_formats(formats) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def _save_atomic(figure, path: Path, fmt: str) -> None:
-    """Save via a temp file and rename, with no dates or random ids in the file."""
+def _saver(figure, fmt: str):
+    """A writer of ``figure`` as ``fmt`` into a file object, with no dates or random ids
+    in the file (SVG and PDF come out byte-identical for the same summary)."""
     import matplotlib
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
-    try:
+
+    def save(handle):
         with matplotlib.rc_context({"svg.hashsalt": "poolkit"}):
-            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            figure.savefig(handle, format=fmt, dpi=150, metadata=metadata)
+
+    return save
 
 
 def _ok(summary):

@@ -1,10 +1,9 @@
 """Results tables: per pooler × seed, the summary over seeds, display and export."""
 
 import json
-import os
 from pathlib import Path
 
-from .errors import PoolkitError
+from .errors import PoolkitError, one_line
 from .metrics import METRICS
 
 EXPORT_FORMATS = ("csv", "md", "latex", "json", "html")
@@ -137,38 +136,31 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+#: The tables and records a run writes into its run directory.
+RUN_FILES = ("results.csv", "summary.csv", "pairs.csv", "labels.json", "settings.json",
+             "recipe.json", "predictions.csv")
 
 
 def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, pairs=None,
                   recipe: dict | None = None, predictions=None) -> None:
     """Write results.csv, summary.csv, pairs.csv, labels.json, settings.json,
-    recipe.json (and predictions.csv when given) into ``out``."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "results.csv", results.to_csv(index=False))
-        write_text_atomic(out / "summary.csv", summary.to_csv(index=False))
-        if pairs is not None:
-            write_text_atomic(out / "pairs.csv", pairs.to_csv(index=False))
-        labels = {str(i): name for i, name in enumerate(label_names)}
-        write_text_atomic(out / "labels.json", json.dumps(labels, indent=2) + "\n")
-        write_text_atomic(out / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
-        if recipe is not None:
-            write_text_atomic(out / "recipe.json", json.dumps(recipe, indent=2, default=str) + "\n")
-        if predictions is not None:
-            write_text_atomic(out / "predictions.csv", predictions.to_csv(index=False))
-    except OSError as exc:
-        raise PoolkitError(f"cannot write run directory '{out}': {exc.strerror or exc}") from None
+    recipe.json (and predictions.csv when given) into the run directory ``out``
+    (claimed by :meth:`~poolkit.runs.RunDirectory.claim`); files an earlier
+    run left there and this one does not write (an old predictions.csv, plots)
+    are removed."""
+    from .runs import RunDirectory
+
+    labels = {str(i): name for i, name in enumerate(label_names)}
+    contents = {
+        "results.csv": results.to_csv(index=False),
+        "summary.csv": summary.to_csv(index=False),
+        "pairs.csv": pairs.to_csv(index=False) if pairs is not None else None,
+        "labels.json": json.dumps(labels, indent=2) + "\n",
+        "settings.json": json.dumps(settings, indent=2, default=str) + "\n",
+        "recipe.json": json.dumps(recipe, indent=2, default=str) + "\n" if recipe else None,
+        "predictions.csv": predictions.to_csv(index=False) if predictions is not None else None,
+    }
+    RunDirectory(out).write({k: v for k, v in contents.items() if v is not None}, replace=True)
 
 
 def export_run(run_dir, fmt: str, table: str = "summary") -> str:
@@ -177,9 +169,12 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
     ``table``: ``summary`` (per pooler × layer), ``results`` (per seed),
     ``pairs`` (paired tests), ``predictions`` (per test item, when the run
     saved them) or ``recipe`` (what reproduces the run). csv and json keep the
-    numbers; md, latex and html show rounded cells with intervals.
+    numbers; md, latex and html show rounded cells with intervals. Only files
+    of the run that last wrote ``RUN_DIR`` are served.
     """
     import pandas as pd
+
+    from .runs import RunDirectory
 
     if fmt not in EXPORT_FORMATS:
         raise PoolkitError(f"unknown format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
@@ -187,28 +182,39 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
         raise PoolkitError(f"unknown table '{table}'; use one of {', '.join(EXPORT_TABLES)}")
     if not (Path(run_dir) / "summary.csv").is_file():
         raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
-    if table == "grid":
-        grid = _accuracy_grid(run_dir)
-        return _export_frame(grid if fmt in ("csv", "json") else grid.round(3), fmt)
     path = Path(run_dir) / (f"{table}.json" if table == "recipe" else f"{table}.csv")
-    if not path.is_file():
-        hint = " (run with --predictions to save them)" if table == "predictions" else ""
-        raise PoolkitError(f"run directory '{run_dir}' has no {path.name}{hint}")
-    if table == "recipe":
-        recipe = json.loads(path.read_text())
-        if fmt == "json":
-            return json.dumps(recipe, indent=2) + "\n"
-        frame = pd.DataFrame({"setting": list(recipe),
-                              "value": [v if isinstance(v, str) else json.dumps(v)
-                                        for v in recipe.values()]})
-    else:
-        frame = pd.read_csv(path, keep_default_na=table != "predictions")
-    if fmt in ("md", "latex", "html"):
-        if table == "summary":
-            frame = display_table(frame)
-        elif table == "pairs":
-            frame = display_pairs(frame)
-    return _export_frame(frame, fmt)
+    if table != "grid":
+        listed = RunDirectory(run_dir).files()
+        if not path.is_file() or (listed is not None and path.name not in listed):
+            hint = " (run with --predictions to save them)" if table == "predictions" else ""
+            raise PoolkitError(f"run directory '{run_dir}' has no {path.name} from its last "
+                               f"run{hint}")
+    try:
+        if table == "grid":
+            grid = _accuracy_grid(run_dir)
+            return _export_frame(grid if fmt in ("csv", "json") else grid.round(3), fmt)
+        if table == "recipe":
+            recipe = json.loads(path.read_text())
+            if fmt == "json":
+                return json.dumps(recipe, indent=2) + "\n"
+            frame = pd.DataFrame({"setting": list(recipe),
+                                  "value": [v if isinstance(v, str) else json.dumps(v)
+                                            for v in recipe.values()]})
+        else:
+            frame = pd.read_csv(path, keep_default_na=table != "predictions")
+        if fmt in ("md", "latex", "html"):
+            if table == "summary":
+                frame = display_table(frame)
+            elif table == "pairs":
+                frame = display_pairs(frame)
+        return _export_frame(frame, fmt)
+    except PoolkitError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        name = "summary.csv" if table == "grid" else path.name
+        raise PoolkitError(f"'{Path(run_dir) / name}' could not be read as poolkit's "
+                           f"{table} table ({one_line(exc)}); was it written by poolkit run?"
+                           ) from None
 
 
 def _accuracy_grid(run_dir):

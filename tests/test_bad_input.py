@@ -352,6 +352,49 @@ def _no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def test_a_full_disk_under_out_is_one_line_and_leaves_no_temp_files(tiny_model_dir, tmp_path,
+                                                                    monkeypatch):
+    """The disk fills while a head is saved: one line naming the run directory, and
+    no half-written temp file stays behind."""
+    import builtins
+
+    real_open = builtins.open
+
+    class FillingFile:
+        """A real file whose writes fail once a few bytes are in, as on a full disk."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            self.handle.write(data[:10])
+            _no_space()
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        name = os.path.basename(str(path))
+        temporary = ".npy" in name and ".tmp" in name  # a head's probabilities, being saved
+        return FillingFile(handle) if temporary and "w" in mode else handle
+
+    monkeypatch.setattr(builtins, "open", filling_open)
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", _csv(tmp_path / "d.csv"), "--model", tiny_model_dir,
+                     "--poolers", "mean", "--seeds", 1, "--epochs", 1, "--out", out])
+    assert result.exit_code == FAILED, result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert f"cannot write run directory '{out}': No space left on device" in error
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], sorted(out.rglob("*"))
+
+
 def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
         tiny_model_dir, tmp_path, monkeypatch):
     import poolkit.cache

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -49,7 +50,7 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
+        ".poolkit-run.json", ".poolkit-run.lock", "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
         "summary.csv"]
     assert len(list((out / "heads").glob("*.json"))) == len(ALL_POOLERS) * 2
     assert len(list((out / "heads").glob("*.npy"))) == len(ALL_POOLERS) * 2
@@ -127,6 +128,26 @@ def test_export_to_stdout_and_per_seed_table(finished_run):
 def test_export_errors(finished_run, tmp_path, args, culprit):
     args = [a.format(tmp=tmp_path, run=finished_run[1]) for a in args]
     assert_clean_failure(invoke(args), culprit)
+
+
+GARBLED = {
+    "an unterminated quote": '"pooler,layer\nmean,2\n',
+    "columns that are not poolkit's": "a,b\n1,2\n",
+    "binary noise": "\x00\x01\x02\n\xff",
+}
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+@pytest.mark.parametrize("garble", list(GARBLED))
+def test_export_of_a_garbled_summary_is_one_line(finished_run, tmp_path, garble, fmt):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[1], run)
+    (run / "summary.csv").write_text(GARBLED[garble])
+    result = invoke(["export", run, "--format", fmt])
+    if fmt == "csv" and garble != "an unterminated quote":
+        return  # csv passes cells through as they are: nothing to misread
+    assert_clean_failure(result, str(run / "summary.csv"), "was it written by poolkit run?")
+    assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
 
 
 def _csv(path, text):
