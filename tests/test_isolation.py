@@ -101,13 +101,15 @@ def test_a_broken_pooler_fails_alone(case, clean, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("plugin", ["writes_through_data", "writes_through_numpy"])
 def test_writes_into_the_inputs_do_not_reach_the_other_poolers(plugin, clean, tiny_model_dir,
                                                                tmp_path):
-    """``.data`` and ``.numpy()`` writes pass the version counter; each pooler's own
-    copy of the batch keeps them from the shared states."""
+    """``.data`` and ``.numpy()`` writes pass the version counter; the batch's checksum
+    catches them, the writer fails and the others pool fresh states."""
     data, clean_results = clean
     out = tmp_path / "run"
     result = _run(data, tiny_model_dir, out, f"{plugin},mean,cls",
                   plugins=plugins_dir_with(tmp_path, *_broken(plugin)))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == PLUGINS_FAILED, result.output
+    (error,) = [line for line in result.stderr.splitlines() if f"'{plugin}'" in line]
+    assert "wrote into its input tensors" in error and ".numpy()" in error, error
     _assert_others_unharmed(out, clean_results, plugin)
 
 
