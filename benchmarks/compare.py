@@ -68,9 +68,9 @@ def main():
     import pandas as pd
 
     from common import save
-    from poolkit.api import resolve_poolers
     from poolkit.data import load_dataset
-    from poolkit.encoder import load_encoder
+    from poolkit.model import load_encoder
+    from poolkit.pipeline import resolve_poolers
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "POOLKIT_CACHE_DIR": f"{tmp}/cache", "CI": "1"}
@@ -85,7 +85,7 @@ def main():
     dataset = load_dataset()
     sizes = {k: len(v) for k, v in dataset.splits.items()}
     encoder = load_encoder(None)
-    poolers, _, _ = resolve_poolers(["cls", "bert_pooler", "mean", "max"])
+    poolers = resolve_poolers(["cls", "bert_pooler", "mean", "max"]).selected
     subset = dataset.splits["train"][: args.subset]
     texts = [dataset.texts[i] for i in subset]
     labels = dataset.labels[subset]

@@ -32,7 +32,9 @@ def main():
 
     from common import encoder_flops, matmul_flops, save
     from poolkit.data import load_default_examples
-    from poolkit.encoder import default_model_path, encode_to_cache, load_encoder, pick_device, tokenize
+    from poolkit.encoding import encode_to_cache, pick_device
+    from poolkit.model import default_model_path, load_encoder
+    from poolkit.tokenization import tokenize
 
     device = pick_device(args.device)
     texts = load_default_examples()[0][: args.texts]

@@ -5,5 +5,15 @@ from .errors import PoolkitError
 from .hookspecs import hookimpl
 from .pooler import Pooler
 
-__version__ = "0.1.0"
-__all__ = ["Pooler", "PoolkitError", "hookimpl", "pool", "run", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "ops", "pool", "run",
+           "__version__"]
+
+
+def __getattr__(name):
+    # RunConfig and RunResult are typed results of run(); imported on first use.
+    if name in ("RunConfig", "RunResult"):
+        from . import config, pipeline
+
+        return {"RunConfig": config.RunConfig, "RunResult": pipeline.RunResult}[name]
+    raise AttributeError(f"module 'poolkit' has no attribute {name!r}")

@@ -3,9 +3,10 @@
 Layout of one cache entry (a folder named by its key and its layers):
 
 - ``tokens.bin``: the states of real tokens only (no padding), layer after
-  layer, and within a layer text after text in encoding order: row-major
-  ``(layers, total_tokens, hidden_size)``, fp16 or fp32. Each cached layer is
-  one contiguous block, so reading one layer reads only its bytes.
+  layer, and within a layer text after text in the order of the encoder's
+  :class:`~poolkit.batching.BatchPlan`: row-major ``(layers, total_tokens,
+  hidden_size)``, fp16 or fp32. Each cached layer is one contiguous block, so
+  reading one layer reads only its bytes.
 - ``index.npz``: ``starts`` and ``lengths`` (int64, one per text in input
   order) locating each text's rows within a layer's block.
 - ``meta.json``: what the entry was built from (model, tokenizer, max length,
@@ -14,15 +15,15 @@ Layout of one cache entry (a folder named by its key and its layers):
   dtype, CRC-32 checksums of the two data files, and a sha256 of all of that.
 
 Nothing here is pickled; the token file is read back memory-mapped. An entry
-is written under ``<key>.partial`` and renamed when complete, so a crash never
-leaves a half-written entry that looks valid; the partial folder records its
-progress, so an interrupted encoding resumes from its last complete batch.
+is written under ``<name>.partial`` and renamed when complete, so a crash never
+leaves a half-written entry that looks valid. Each batch has its rows fixed by
+the plan, so batches may be written in any order; the partial folder records
+which are on disk, and an interrupted encoding resumes with the others.
 Opening an entry checks every field it relies on against the checksums, the
 entry's folder name (key and layers) and the files: a damaged entry raises
 :class:`CacheDamaged` and is rebuilt, never used.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 4
+from .batching import token_budget_batches
+from .files import write_atomic
+from .identity import CACHE_FORMAT as FORMAT_VERSION
+from .identity import RunIdentity, digest
+
 _DTYPES = {"fp16": np.float16, "fp32": np.float32}
 _CHUNK = 16 << 20
 
@@ -47,21 +52,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "poolkit"
-
-
-def texts_digest(texts) -> str:
-    """sha256 over the texts in order (length-prefixed, so boundaries count)."""
-    digest = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def cache_key(identity: dict) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, **identity}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def entry_name(key: str, layers) -> str:
@@ -132,13 +122,18 @@ class HiddenStateCache:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @property
+    def key(self) -> str:
+        """The entry's key: what its states were computed from (not which layers it holds)."""
+        return split_entry_name(self.path.name)[0]
+
     def batches(self, max_tokens: int):
         """Yield index arrays over all texts in storage order, for :meth:`padded`.
 
         Each batch holds at most ``max_tokens`` padded positions (at least one text).
         """
         order = np.argsort(self.starts, kind="stable")
-        for chunk in _token_budget_batches(self.lengths[order], max_tokens):
+        for chunk in token_budget_batches(self.lengths[order], max_tokens):
             yield order[chunk]
 
     def states(self, layer: int | None = None) -> np.ndarray:
@@ -161,21 +156,21 @@ class HiddenStateCache:
 
         lengths = self.lengths[indices]
         first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
-        # torch converts fp16 to fp32 ~5x faster than numpy does.
+        # torch converts fp16 to fp32 several times faster than numpy does.
         flat = torch.from_numpy(self.states(layer)[first:last]).float()
         return self._pad(flat, lengths)
 
-    def gather(self, indices, layer: int | None = None, shift=None, scale=None):
+    def gather(self, indices, layer: int | None = None, standardize=None):
         """Like :meth:`padded` for any texts ``indices``, in that order (used by
-        trainable poolers' random batches); with ``shift`` and ``scale``
-        (``(hidden_size,)`` tensors) real tokens become ``(state - shift) / scale``
-        and padding stays zero."""
+        trainable poolers' random batches); with ``standardize`` (a
+        :class:`~poolkit.heads.Standardization` of ``(hidden_size,)`` tensors) real
+        tokens are standardized and padding stays zero."""
         import torch
 
         indices = np.asarray(indices)
         flat = torch.from_numpy(self.states(layer)[self.token_rows(indices)]).float()
-        if shift is not None:
-            flat = (flat - shift) / scale
+        if standardize is not None:
+            flat = standardize.apply(flat)
         return self._pad(flat, self.lengths[indices])
 
     def token_rows(self, indices) -> np.ndarray:
@@ -198,8 +193,7 @@ class HiddenStateCache:
 
 
 def _meta_checksum(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return digest({k: v for k, v in meta.items() if k != "checksum"})
 
 
 def _read_meta(path: Path) -> dict:
@@ -226,7 +220,7 @@ def _read_meta(path: Path) -> dict:
                                             for n in ("tokens.bin", "index.npz")):
         raise CacheDamaged("meta.json: bad crc32")
     named = split_entry_name(path.name)
-    key = cache_key({**meta["identity"], "dtype": meta["dtype"]})
+    key = RunIdentity.key_of_entry(meta["identity"], meta["dtype"])
     if named is None or named != (key, set(layers)):
         raise CacheDamaged(f"meta.json describes another entry than '{path.name}'")
     return meta
@@ -245,28 +239,30 @@ def _check_index(starts, lengths, num_texts: int, total: int) -> None:
 
 
 class CacheWriter:
-    """Streams real-token states to a cache entry as batches finish; resumable.
+    """Writes a cache entry's batches at the token rows its :class:`~poolkit.batching.BatchPlan`
+    fixes, in any order; resumable.
 
-    ``plan`` identifies the batch sequence (it must be the same for a resume
-    to be valid: key, budget, dtype). :meth:`checkpoint` records how many
-    batches are safely on disk; a new writer for the same plan continues from
-    there (:attr:`batches_done`, :attr:`starts`).
+    The entry is written under ``<name>.partial``. :meth:`checkpoint` records
+    which batches are on disk; a new writer for the same name and plan (the
+    same texts, budget and dtype) continues with the others (:attr:`done`).
+    A second writer while the first holds the partial entry writes a private
+    folder instead.
     """
 
-    def __init__(self, root: Path, key: str, hidden_size: int, dtype: str, meta: dict,
-                 plan: dict, num_texts: int, layers, total_tokens: int):
-        self.final = Path(root) / key
-        self.tmp = Path(root) / f"{key}.partial"
+    def __init__(self, root: Path, name: str, hidden_size: int, dtype: str, meta: dict,
+                 plan, layers):
+        self.final = Path(root) / name
+        self.tmp = Path(root) / f"{name}.partial"
         self.np_dtype = _DTYPES[dtype]
         self.row_bytes = hidden_size * np.dtype(self.np_dtype).itemsize
         self.layers = [int(layer) for layer in layers]
-        self.total = int(total_tokens)
+        self.plan = plan
+        self.total = plan.total_tokens
         self.meta = {**meta, "format": FORMAT_VERSION, "dtype": dtype, "hidden_size": hidden_size,
                      "layers": self.layers}
-        self.plan = plan
-        self.batches_done = 0
-        self.written = 0
-        self.starts = np.zeros(num_texts, dtype=np.int64)
+        self.plan_id = {"entry": name, "dtype": dtype, **plan.describe()}
+        #: Batches on disk (those a checkpoint recorded, and those written since).
+        self.done: set[int] = set()
         for path in (self.final, self.tmp):  # damage: a file where a folder belongs
             if path.is_symlink() or path.exists() and not path.is_dir():
                 path.unlink()
@@ -275,7 +271,7 @@ class CacheWriter:
         if self.lock is None:
             # Another writer is encoding the same texts: write a private folder
             # (not resumable) rather than share, or wait for, its files.
-            self.tmp = Path(root) / f"{key}.partial-{os.getpid()}-{os.urandom(4).hex()}"
+            self.tmp = Path(root) / f"{name}.partial-{os.getpid()}-{os.urandom(4).hex()}"
             self.tmp.mkdir()
             progress = None
         else:
@@ -285,58 +281,57 @@ class CacheWriter:
                     if stale.name != ".lock":
                         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             else:
-                self.batches_done, self.written, self.starts = progress
-        self.file = open(self.tmp / "tokens.bin", "r+b" if progress else "wb")
-        # Full size up front: each layer's block is written at its own offset.
+                self.done = progress
+        self.file = open(self.tmp / "tokens.bin", "r+b" if progress is not None else "wb")
+        # Full size up front: each batch and layer is written at its own offset.
         self.file.truncate(len(self.layers) * self.total * self.row_bytes)
 
-    def _read_progress(self):
+    def _read_progress(self) -> set | None:
         try:
             saved = json.loads((self.tmp / "progress.json").read_text())
-            with np.load(self.tmp / "progress.npz", allow_pickle=False) as arrays:
-                starts = arrays["starts"]
             size = (self.tmp / "tokens.bin").stat().st_size
-            if saved.get("plan") != self.plan or len(starts) != len(self.starts):
+            if saved.get("plan") != self.plan_id:
                 return None
             if size < len(self.layers) * self.total * self.row_bytes:
                 return None  # (longer is fine: the writer truncates it to size)
-            return int(saved["batches"]), int(saved["tokens"]), starts
-        except Exception:  # any damage to the progress files: start this entry over
+            done = {int(batch) for batch in saved["done"]}
+            if not all(0 <= batch < len(self.plan) for batch in done):
+                return None
+            return done
+        except Exception:  # any damage to the progress record: start this entry over
             return None
 
-    def add(self, states: np.ndarray) -> int:
-        """Append ``states`` ``(layers, tokens, hidden_size)``; return its first row."""
-        start = self.written
-        if start + states.shape[1] > self.total:
-            raise ValueError(f"more than the {self.total} tokens this entry was sized for")
+    def write(self, batch: int, states: np.ndarray) -> None:
+        """Write batch ``batch``'s ``states`` ``(layers, tokens, hidden_size)`` (its texts'
+        real tokens, in plan order) at the rows the plan gives it."""
+        start, end = int(self.plan.offsets[batch]), int(self.plan.offsets[batch + 1])
+        if states.shape[:2] != (len(self.layers), end - start):
+            raise ValueError(f"batch {batch} has states {states.shape[:2]}, expected "
+                             f"({len(self.layers)}, {end - start})")
         for block, layer_states in enumerate(states):
             self.file.seek((block * self.total + start) * self.row_bytes)
             self.file.write(np.ascontiguousarray(layer_states, dtype=self.np_dtype).tobytes())
-        self.written += states.shape[1]
-        return start
+        self.done.add(batch)
 
-    def checkpoint(self, batches_done: int, tokens_done: int) -> None:
-        """Record that the first ``batches_done`` batches (``tokens_done`` rows) are on disk."""
+    def checkpoint(self) -> None:
+        """Record the batches written so far (a resume continues after them)."""
         self.file.flush()
-        self.batches_done = batches_done
-        np.savez(self.tmp / "progress.tmp.npz", starts=self.starts)
-        os.replace(self.tmp / "progress.tmp.npz", self.tmp / "progress.npz")
-        record = {"plan": self.plan, "batches": batches_done, "tokens": tokens_done}
-        (self.tmp / "progress.tmp.json").write_text(json.dumps(record))
-        os.replace(self.tmp / "progress.tmp.json", self.tmp / "progress.json")
+        record = {"plan": self.plan_id, "done": sorted(self.done)}
+        write_atomic(self.tmp / "progress.json", json.dumps(record))
 
-    def finish(self, lengths: np.ndarray) -> HiddenStateCache:
-        if self.written != self.total:
-            raise ValueError(f"{self.written} of {self.total} tokens written")
+    def finish(self) -> HiddenStateCache:
+        missing = len(self.plan) - len(self.done)
+        if missing:
+            raise ValueError(f"{missing} of {len(self.plan)} batches not written")
         self.file.close()
-        np.savez(self.tmp / "index.npz", starts=self.starts, lengths=lengths)
+        np.savez(self.tmp / "index.npz", starts=self.plan.starts, lengths=self.plan.lengths)
         self.meta.update(
-            total_tokens=self.written, num_texts=len(lengths),
+            total_tokens=self.total, num_texts=len(self.plan.lengths),
             crc32={name: file_crc32(self.tmp / name) for name in ("tokens.bin", "index.npz")},
         )
         self.meta["checksum"] = _meta_checksum(self.meta)
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
-        for name in ("progress.json", "progress.npz", ".lock"):
+        for name in ("progress.json", ".lock"):
             (self.tmp / name).unlink(missing_ok=True)
         # Another writer may have finished first; damage may have left a file there.
         if self.final.is_symlink() or self.final.exists() and not self.final.is_dir():
@@ -380,24 +375,3 @@ def file_crc32(path: Path) -> int:
         while chunk := handle.read(_CHUNK):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _token_budget_batches(lengths: np.ndarray, max_tokens: int, max_texts: int = 1 << 30):
-    """Split consecutive texts into batches whose padded size stays in budget.
-
-    Yields index arrays into ``lengths``. Works best when ``lengths`` is sorted
-    (then padding is small); a batch always holds at least one text.
-    """
-    start = 0
-    n = len(lengths)
-    while start < n:
-        end = start + 1
-        width = int(lengths[start])
-        while end < n and end - start < max_texts:
-            new_width = max(width, int(lengths[end]))
-            if new_width * (end - start + 1) > max_tokens:
-                break
-            width = new_width
-            end += 1
-        yield np.arange(start, end)
-        start = end

@@ -1,17 +1,16 @@
 """The ``poolkit`` command line: parses options, calls the library, prints."""
 
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from .api import MAX_SEEDS
-from .errors import Interrupted, PoolkitError
+from .config import MAX_SEEDS
+from .errors import Interrupted, PoolkitError, one_line
+from .export import EXPORT_TABLES, EXPORTERS
 from .isolation import DEFAULT_TIMEOUT
-from .results import EXPORT_FORMATS, EXPORT_TABLES
+from .metrics import METRICS, PRIMARY
 
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
@@ -21,19 +20,10 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
-def default_out_dir(params: dict) -> Path:
-    """``poolkit-runs/<data name>-<hash of the options>``: the same command names the
-    same directory, so re-running it reuses the heads it already finished."""
-    settings = {k: str(v) for k, v in params.items() if k not in ("out", "cache_dir") and v is not None}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    stem = Path(params["data"]).name.split(".")[0] if params.get("data") else "rotten_tomatoes"
-    return Path("poolkit-runs") / f"{stem}-{digest}"
-
-
-def _csv_list(value):
+def _csv_tuple(value):
     if value is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
     return items or None
 
 
@@ -66,9 +56,8 @@ class PoolkitGroup(click.Group):
             # Under pytest an unexpected error is a bug to see, not a message.
             if debug or "PYTEST_CURRENT_TEST" in os.environ:
                 raise
-            text = " ".join(str(exc).split())
             raise click.ClickException(
-                f"unexpected {type(exc).__name__}: {text} (run 'poolkit --debug ...' for details)"
+                f"unexpected {one_line(exc)} (run 'poolkit --debug ...' for details)"
             ) from None
 
 
@@ -99,8 +88,9 @@ def cli(debug):
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, MAX_SEEDS),
               help="Number of head seeds (0..N-1) per pooler.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory. Default: poolkit-runs/<data>-<hash of these options>; "
-                   "re-running a command reuses the heads it finished.")
+              help="Run directory. Default: poolkit-runs/<data>-<hash of the options that "
+                   "change results>; re-running a command (with other output options too) "
+                   "reuses the heads it finished.")
 @click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also load every *.py file in this folder as a plugin.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -136,29 +126,33 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         plugins_dir, cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr,
         dropout, empty_texts, predictions, plot_formats, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
-    from .api import run as run_comparison
-    from .results import display_table
-    from .training import HeadConfig
+    import dataclasses
 
-    if out is None:
-        out = default_out_dir(click.get_current_context().params)
-    progress = sys.stderr.isatty() and not os.environ.get("CI")
-    results = run_comparison(
-        data, text_col=text_col, label_col=label_col, test_data=test_data,
-        labels=_csv_list(labels), model=model, poolers=_csv_list(poolers), seeds=seeds,
-        layers=layers, predictions=predictions,
-        out=out, plugins_dir=plugins_dir, cache_dir=cache_dir, max_length=max_length,
+    from .api import run_config
+    from .config import RunConfig
+    from .heads import HeadConfig
+    from .identity import RunIdentity
+    from .metrics import PRIMARY
+    from .results import display_table
+
+    config = RunConfig(
+        data=data, text_col=text_col, label_col=label_col, test_data=test_data,
+        labels=_csv_tuple(labels), model=model, poolers=_csv_tuple(poolers),
+        plugins_dir=plugins_dir, seeds=seeds, layers=layers, max_length=max_length,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
-        empty_texts=empty_texts, trust_remote_code=trust_remote_code,
-        pooler_timeout=pooler_timeout, progress=progress, log=_log,
-    )
-    summary = results.attrs["summary"]
-    settings = results.attrs["settings"]
-    click.echo(display_table(summary).to_string(index=False))
+        empty_texts=empty_texts, trust_remote_code=trust_remote_code, out=out,
+        cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
+        progress=sys.stderr.isatty() and not os.environ.get("CI"))
+    if out is None:
+        out = RunIdentity.of(config).folder()
+        config = dataclasses.replace(config, out=out)
+    result = run_config(config, log=_log)
+    settings = result.settings
+    click.echo(display_table(result.summary).to_string(index=False))
     click.echo(
-        f"\n{len(results)} heads, test n={settings['split_sizes']['test']}, majority-class rate "
-        f"{settings['majority_rate']:.3f}; accuracy: mean over seeds [95% t-interval], others "
+        f"\n{len(result.results)} heads, test n={settings['split_sizes']['test']}, majority-class "
+        f"rate {settings['majority_rate']:.3f}; {PRIMARY}: mean over seeds [95% t-interval], others "
         f"mean ± std; * = best per metric; group: poolers in one group are not significantly "
         f"worse than its best (paired bootstrap, Holm-corrected, all pairs in pairs.csv). "
         f"{settings['total_seconds']:.1f}s total (encoder {settings['encode_seconds']:.1f}s, "
@@ -168,11 +162,10 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     if plot_formats:
         from .plot import plot_run
 
-        for path in plot_run(out, formats=_csv_list(plot_formats) or ("png",)):
+        for path in plot_run(out, formats=_csv_tuple(plot_formats) or ("png",)):
             _log(f"wrote {path}")
-    problems = list(results.attrs["failures"]) + results.attrs["plugin_errors"]
-    if problems:
-        failed = ", ".join(results.attrs["failures"]) or "see errors above"
+    if result.failures or result.plugin_errors:
+        failed = ", ".join(result.failures) or "see errors above"
         raise PluginsFailed(f"some poolers or plugins failed ({failed}); others' results are in {out}")
 
 
@@ -194,20 +187,19 @@ def plugins(plugins_dir):
         sys.exit(PluginsFailed.exit_code)
 
 
-@cli.command()
+@cli.command(help=f"Export a run's table as {', '.join(EXPORTERS)}.")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORTERS)), required=True)
 @click.option("--table", type=click.Choice(EXPORT_TABLES), default="summary",
               show_default=True, help="summary (per pooler × layer), results (per seed), "
-                                      "pairs (paired tests), grid (accuracy, pooler x layer), "
+                                      f"pairs (paired tests), grid ({PRIMARY}, pooler x layer), "
                                       "predictions (per test item, "
                                       "with --predictions), recipe (what reproduces the run).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write. Default: standard output.")
 def export(run_dir, fmt, table, output):
-    """Export a run's table as csv, md, latex, json or html."""
+    from .export import export_run
     from .files import write_output
-    from .results import export_run
 
     text = export_run(run_dir, fmt, table)
     if output is None:
@@ -219,9 +211,8 @@ def export(run_dir, fmt, table, output):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--metric", default="accuracy", show_default=True,
-              help="accuracy, f1_macro, precision_macro, recall_macro, mcc, roc_auc, log_loss, "
-                   "or all (one chart each).")
+@click.option("--metric", default=PRIMARY, show_default=True,
+              help=f"{', '.join(METRICS)}, or all (one chart each).")
 @click.option("--format", "formats", default="png,svg", show_default=True,
               help="Comma-separated image formats: png, svg, pdf.")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -230,7 +221,7 @@ def plot(run_dir, metric, formats, out_dir):
     """Chart a run's summary: a dot chart per metric, a heat map over layers."""
     from .plot import plot_run
 
-    for path in plot_run(run_dir, metric=metric, formats=_csv_list(formats) or (), out_dir=out_dir):
+    for path in plot_run(run_dir, metric=metric, formats=_csv_tuple(formats) or (), out_dir=out_dir):
         _log(f"wrote {path}")
 
 

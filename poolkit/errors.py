@@ -25,9 +25,11 @@ class Interrupted(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc`` as one line: ``Type: message`` (whitespace folded), just the
+    """``exc`` as one line: ``Type: message``, with the message's first line (a
+    library's long explanations follow it) and its whitespace folded; just the
     message for a :class:`PoolkitError`, just the type when there is no message."""
-    text = " ".join(str(exc).split())
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else ""
     if isinstance(exc, (PoolkitError, PluginFailure)) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

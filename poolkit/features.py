@@ -23,28 +23,26 @@ from .manager import DEFAULT_PLUGINS as BUILTIN_PLUGINS
 
 @dataclass(frozen=True)
 class FeatureSet:
+    """One pooler on one layer, or on its own layers when it combines several."""
+
     pooler_name: str
     pooler: object
-    #: an absolute hidden-state index, or a tuple of them for multi-layer poolers
-    source: int | tuple
+    #: absolute hidden-state indices (one, unless the pooler combines layers)
+    layers: tuple
+    #: the pooler declared its layers: its ``pool`` gets ``hidden`` as a tuple of them
+    combines: bool = False
     #: the pooled width, ``pooler.output_dim(hidden_size)`` (asked once, in :func:`setup_poolers`)
     dim: int = 0
     trainable: bool = False
 
     @property
     def layer(self) -> str:
-        """``"6"``, or ``"1+6"`` for a pooler combining layers."""
-        if isinstance(self.source, tuple):
-            return "+".join(str(x) for x in self.source)
-        return str(self.source)
+        """The layers as results show them: ``"6"``, or ``"1+6"``."""
+        return "+".join(str(x) for x in self.layers)
 
     @property
     def id(self) -> str:
         return f"{self.pooler_name}@{self.layer}"
-
-    @property
-    def layers(self) -> tuple:
-        return self.source if isinstance(self.source, tuple) else (self.source,)
 
 
 @dataclass(frozen=True)
@@ -119,33 +117,36 @@ def feature_sets(poolers: dict, specs: dict, layers, num_layers: int, failed=Non
     for a pooler whose declared layers this model does not have (its failure
     alone); their feature sets are in ``sets`` too, to name them.
     """
-    from .encoder import parse_layers
     from .errors import PoolkitError
+    from .layers import parse_layers
 
     failed = failed or {}
     sets, failures = {}, {}
     for name, pooler in poolers.items():
         if name in failed:
             for layer in layers:
-                fs = FeatureSet(name, pooler, layer)
+                fs = FeatureSet(name, pooler, (layer,))
                 sets[fs.id], failures[fs.id] = fs, failed[name]
             continue
         spec = specs[name]
         own = spec.layers
-        sources = list(layers)
-        if own is not None:
-            try:
-                if not isinstance(own, (tuple, list)) or not own:
-                    raise TypeError("not a non-empty tuple of layer indices")
-                sources = [tuple(parse_layers([x], num_layers)[0] for x in own)]
-            except (PoolkitError, TypeError) as exc:
-                fs = FeatureSet(name, pooler, tuple(own) if isinstance(own, (tuple, list)) else own)
+        if own is None:
+            for layer in layers:
+                fs = FeatureSet(name, pooler, (layer,), False, spec.dim, spec.trainable)
                 sets[fs.id] = fs
-                failures[fs.id] = f"asks for layers {own!r}: {one_line(exc)}"
-                continue
-        for source in sources:
-            fs = FeatureSet(name, pooler, source, spec.dim, spec.trainable)
+            continue
+        try:
+            if not isinstance(own, (tuple, list)) or not own:
+                raise TypeError("not a non-empty tuple of layer indices")
+            combined = tuple(parse_layers([x], num_layers)[0] for x in own)
+        except (PoolkitError, TypeError) as exc:
+            fs = FeatureSet(name, pooler, tuple(own) if isinstance(own, (tuple, list)) else (own,),
+                            combines=True)
             sets[fs.id] = fs
+            failures[fs.id] = f"asks for layers {own!r}: {one_line(exc)}"
+            continue
+        fs = FeatureSet(name, pooler, combined, True, spec.dim, spec.trainable)
+        sets[fs.id] = fs
     return sets, failures
 
 
@@ -175,7 +176,7 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
                 failures[key] = exc.reason
                 del sets[key]
                 continue
-            sets[key] = FeatureSet(key, fs, cache.layers[-1], dim)
+            sets[key] = FeatureSet(key, fs, (cache.layers[-1],), dim=dim)
     features = {}
     for key, fs in sets.items():
         try:
@@ -202,7 +203,7 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
                               for layer in fs.layers]
                 inputs = [states[layer][0] for layer in fs.layers]
                 mask = states[fs.layers[0]][1]
-                hidden = tuple(inputs) if isinstance(fs.source, tuple) else inputs[0]
+                hidden = tuple(inputs) if fs.combines else inputs[0]
                 versions = [t._version for t in (*inputs, mask)]
                 try:
                     with plugin_code(timeout), torch.no_grad():

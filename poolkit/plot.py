@@ -10,9 +10,9 @@ import math
 import os
 from pathlib import Path
 
-from .errors import PoolkitError
+from .errors import PoolkitError, one_line
 from .files import write_atomic
-from .metrics import METRICS
+from .metrics import METRICS, PRIMARY
 from .runs import RunDirectory
 
 PLOT_FORMATS = ("png", "svg", "pdf")
@@ -22,7 +22,7 @@ BEST_GROUP_COLOR = "#1f77b4"
 OTHER_GROUP_COLOR = "#8c8c8c"
 
 
-def plot_run(run_dir, metric: str = "accuracy", formats=("png", "svg"), out_dir=None) -> list[Path]:
+def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=None) -> list[Path]:
     """Write charts of ``RUN_DIR/summary.csv`` and return the paths written.
 
     For each metric (``metric="all"``: every metric in ``poolkit.metrics.METRICS``):
@@ -83,8 +83,7 @@ def read_summary(run_dir):
     try:
         summary = pd.read_csv(path, dtype={"layer": str, "pooler": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise PoolkitError(f"cannot read '{path}': {reason}") from None
+        raise PoolkitError(f"cannot read '{path}': {one_line(exc)}") from None
     if "pooler" not in summary:
         raise PoolkitError(f"'{path}' has no 'pooler' column; was it written by poolkit run?")
     ok = _ok(summary)
@@ -109,7 +108,7 @@ def dot_chart(summary, metric: str, title: str | None = None):
     from matplotlib.lines import Line2D
 
     rows = _plot_rows(summary, metric)
-    higher_better = METRICS[metric]
+    higher_better = METRICS[metric].higher_is_better
     # stable: ties keep the summary's order
     rows = rows.sort_values(f"{metric}_mean", ascending=not higher_better, kind="stable")
     means = rows[f"{metric}_mean"].to_numpy(float)
@@ -159,7 +158,7 @@ def layer_heatmap(summary, metric: str, title: str | None = None):
     grid = layer_grid(summary, metric)
     if grid is None:
         return None
-    higher_better = METRICS[metric]
+    higher_better = METRICS[metric].higher_is_better
     values = np.ma.masked_invalid(grid.to_numpy(float))
     n_poolers, n_layers = grid.shape
 
@@ -200,7 +199,7 @@ def layer_grid(summary, metric: str):
         return None
     grid = rows.pivot(index="pooler", columns="layer", values=f"{metric}_mean")
     grid = grid.reindex(columns=sorted(grid.columns))
-    best = grid.max(axis=1) if METRICS[metric] else -grid.min(axis=1)
+    best = grid.max(axis=1) if METRICS[metric].higher_is_better else -grid.min(axis=1)
     order = best.sort_values(ascending=False, kind="stable").index
     grid = grid.loc[order]
     grid.columns.name = "layer"
@@ -308,7 +307,7 @@ def _interval(rows, metric: str):
 
 
 def _x_label(rows, metric: str, used_std) -> str:
-    direction = "higher" if METRICS[metric] else "lower"
+    direction = "higher" if METRICS[metric].higher_is_better else "lower"
     seeds = sorted({int(s) for s in rows["seeds"].dropna()}) if "seeds" in rows else []
     if not seeds:
         over = "mean over seeds"

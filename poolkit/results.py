@@ -1,18 +1,13 @@
-"""Results tables: per pooler × seed, the summary over seeds, display and export."""
+"""Results tables: per pooler × seed, the summary over seeds, and their display cells."""
 
 import json
 from pathlib import Path
 
-from .errors import PoolkitError, one_line
-from .metrics import METRICS
-
-EXPORT_FORMATS = ("csv", "md", "latex", "json", "html")
-#: Tables a run directory holds, for ``poolkit export --table``.
-EXPORT_TABLES = ("summary", "results", "pairs", "grid", "predictions", "recipe")
+from .metrics import METRICS, PRIMARY
 
 
 def summarize(results, failures: dict | None = None, pairs=None):
-    """One row per feature set (pooler × layer), ranked by mean accuracy.
+    """One row per feature set (pooler × layer), ranked by the primary metric's mean.
 
     Per metric: mean, std and a 95% Student-t interval over seeds
     (:func:`poolkit.stats.seed_interval`). ``group`` is the significance group
@@ -36,10 +31,12 @@ def summarize(results, failures: dict | None = None, pairs=None):
         rows.append(row)
     summary = pd.DataFrame(rows)
     if len(summary):
-        summary = summary.sort_values("accuracy_mean", ascending=False, kind="stable")
+        primary = f"{PRIMARY}_mean"
+        summary = summary.sort_values(primary, ascending=not METRICS[PRIMARY].higher_is_better,
+                                      kind="stable")
         ids = summary["pooler"] + "@" + summary["layer"].astype(str)
         if pairs is not None and len(pairs):
-            groups = rank_groups(dict(zip(ids, summary["accuracy_mean"])), pairs)
+            groups = rank_groups(dict(zip(ids, summary[primary])), pairs)
             summary.insert(summary.columns.get_loc("status"), "group", ids.map(groups))
         else:
             summary.insert(summary.columns.get_loc("status"), "group", 1)
@@ -54,8 +51,8 @@ def summarize(results, failures: dict | None = None, pairs=None):
 
 
 def display_table(summary):
-    """The summary as text cells: accuracy as 'mean [95% interval]', the other
-    metrics as 'mean ± std', the best value per metric marked '*', and the
+    """The summary as text cells: the primary metric as 'mean [95% interval]', the
+    others as 'mean ± std', the best value per metric marked '*', and the
     significance group. The layer column is shown when layers differ."""
     import pandas as pd
 
@@ -67,9 +64,9 @@ def display_table(summary):
         table["dim"] = summary["dim"].map(lambda d: "" if pd.isna(d) else str(int(d)))
     if "group" in summary:
         table["group"] = summary["group"].map(lambda g: "" if pd.isna(g) else str(int(g)))
-    for metric, higher_better in METRICS.items():
+    for metric, declared in METRICS.items():
         means = ok[f"{metric}_mean"] if len(ok) else pd.Series(dtype=float)
-        best = means.max() if higher_better else means.min()
+        best = means.max() if declared.higher_is_better else means.min()
         cells = []
         for _, row in summary.iterrows():
             if row["status"] != "ok":
@@ -78,11 +75,11 @@ def display_table(summary):
             mean = row[f"{metric}_mean"]
             mark = " *" if len(ok) > 1 and mean == best else ""
             low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-            if metric == "accuracy" and low is not None and not pd.isna(low):
+            if metric == PRIMARY and low is not None and not pd.isna(low):
                 cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]{mark}")
             else:
                 cells.append(f"{mean:.3f} ± {row[f'{metric}_std']:.3f}{mark}")
-        table["accuracy (95% CI)" if metric == "accuracy" else metric] = cells
+        table[f"{PRIMARY} (95% CI)" if metric == PRIMARY else metric] = cells
     if (summary["status"] != "ok").any():
         table["status"] = summary["status"]
     return table
@@ -161,93 +158,3 @@ def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, p
         "predictions.csv": predictions.to_csv(index=False) if predictions is not None else None,
     }
     RunDirectory(out).write({k: v for k, v in contents.items() if v is not None}, replace=True)
-
-
-def export_run(run_dir, fmt: str, table: str = "summary") -> str:
-    """A table of ``RUN_DIR`` as csv, md, latex, json or html text.
-
-    ``table``: ``summary`` (per pooler × layer), ``results`` (per seed),
-    ``pairs`` (paired tests), ``predictions`` (per test item, when the run
-    saved them) or ``recipe`` (what reproduces the run). csv and json keep the
-    numbers; md, latex and html show rounded cells with intervals. Only files
-    of the run that last wrote ``RUN_DIR`` are served.
-    """
-    import pandas as pd
-
-    from .runs import RunDirectory
-
-    if fmt not in EXPORT_FORMATS:
-        raise PoolkitError(f"unknown format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
-    if table not in EXPORT_TABLES:
-        raise PoolkitError(f"unknown table '{table}'; use one of {', '.join(EXPORT_TABLES)}")
-    if not (Path(run_dir) / "summary.csv").is_file():
-        raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
-    path = Path(run_dir) / (f"{table}.json" if table == "recipe" else f"{table}.csv")
-    if table != "grid":
-        listed = RunDirectory(run_dir).files()
-        if not path.is_file() or (listed is not None and path.name not in listed):
-            hint = " (run with --predictions to save them)" if table == "predictions" else ""
-            raise PoolkitError(f"run directory '{run_dir}' has no {path.name} from its last "
-                               f"run{hint}")
-    try:
-        if table == "grid":
-            grid = _accuracy_grid(run_dir)
-            return _export_frame(grid if fmt in ("csv", "json") else grid.round(3), fmt)
-        if table == "recipe":
-            recipe = json.loads(path.read_text())
-            if fmt == "json":
-                return json.dumps(recipe, indent=2) + "\n"
-            frame = pd.DataFrame({"setting": list(recipe),
-                                  "value": [v if isinstance(v, str) else json.dumps(v)
-                                            for v in recipe.values()]})
-        else:
-            frame = pd.read_csv(path, keep_default_na=table != "predictions")
-        if fmt in ("md", "latex", "html"):
-            if table == "summary":
-                frame = display_table(frame)
-            elif table == "pairs":
-                frame = display_pairs(frame)
-        return _export_frame(frame, fmt)
-    except PoolkitError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        name = "summary.csv" if table == "grid" else path.name
-        raise PoolkitError(f"'{Path(run_dir) / name}' could not be read as poolkit's "
-                           f"{table} table ({one_line(exc)}); was it written by poolkit run?"
-                           ) from None
-
-
-def _accuracy_grid(run_dir):
-    """Mean accuracy of single-layer poolers (rows) × layers (columns) of a layer sweep."""
-    from .plot import layer_grid, read_summary
-
-    grid = layer_grid(read_summary(run_dir), "accuracy")
-    if grid is None:
-        raise PoolkitError(f"run directory '{run_dir}' has no layer sweep (fewer than two layers); "
-                           "run with --layers, e.g. --layers all")
-    grid.columns = [f"layer {layer}" for layer in grid.columns]
-    return grid.reset_index()
-
-
-def _export_frame(frame, fmt: str) -> str:
-    if fmt == "csv":
-        return frame.to_csv(index=False)
-    if fmt == "json":
-        return frame.to_json(orient="records", indent=2) + "\n"
-    if fmt == "md":
-        return frame.to_markdown(index=False) + "\n"
-    if fmt == "latex":
-        frame = frame.rename(columns=_latex_escape).map(
-            lambda v: _latex_escape(v).replace("±", r"$\pm$") if isinstance(v, str) else v
-        )
-        return frame.to_latex(index=False, float_format="%.4f", escape=False)
-    return frame.to_html(index=False, float_format="%.4f") + "\n"
-
-
-def _latex_escape(text: str) -> str:
-    text = text.replace("\\", "\x00")
-    for char in "&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    for char, command in (("\x00", "textbackslash"), ("~", "textasciitilde"), ("^", "textasciicircum")):
-        text = text.replace(char, f"\\{command}{{}}")
-    return text

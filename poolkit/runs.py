@@ -1,12 +1,12 @@
-"""Run directories: per-head results written as each head finishes, reused on re-runs.
+"""Run directories: a folder poolkit owns, and the heads saved in it as they finish.
 
-A head's saved result is reused only when its run key (cache entry, labels,
-splits, head settings) and its pooler's fingerprint (the source of the
-plugin module) both match, so an edited plugin or changed data is recomputed.
+A head's saved result is reused only when its heads key (cache entry, labels,
+splits, head settings; see :mod:`poolkit.identity`) and its pooler's
+fingerprint (the source of the plugin module) both match, so an edited plugin
+or changed data is recomputed.
 """
 
 import hashlib
-import inspect
 import io
 import json
 import re
@@ -15,38 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import split_entry_name
 from .errors import PoolkitError
 from .files import sha256_file, write_atomic
-
-
-def run_key(cache_path: str, dataset, head_config) -> str:
-    """Everything besides the pooler and seed that a head's result depends on."""
-    digest = hashlib.sha256()
-    # The entry's key without its layer list: the same layer's states whatever
-    # else the entry holds, so adding layers keeps the finished heads.
-    name = Path(cache_path).name
-    split = split_entry_name(name)
-    entry = split[0] if split else name
-    digest.update(json.dumps({"cache": entry, "labels": dataset.label_names,
-                              "head": vars(head_config)}, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(dataset.labels).tobytes())
-    for name in sorted(dataset.splits):
-        digest.update(name.encode() + np.ascontiguousarray(dataset.splits[name]).tobytes())
-    return digest.hexdigest()
-
-
-def pooler_fingerprint(pooler) -> str:
-    """Hash of the pooler's class and the source file that defines it."""
-    from . import __version__
-
-    cls = type(pooler)
-    digest = hashlib.sha256(f"poolkit {__version__} {cls.__module__}.{cls.__qualname__}".encode())
-    try:
-        digest.update(Path(inspect.getsourcefile(cls)).read_bytes())
-    except (TypeError, OSError):  # defined interactively: no file to hash
-        digest.update(repr(sorted(vars(cls))).encode())
-    return digest.hexdigest()
 
 
 #: The file that marks a folder as a poolkit run directory and lists poolkit's
@@ -169,10 +139,10 @@ def _locked(path: Path):
 class RunStore:
     """The ``heads/`` folder of a run directory (or nothing, when ``out`` is None).
 
-    Each finished head is two files: ``<set>-seed<N>.json`` (its row, the run
-    key and plugin fingerprint it was trained under, and a sha256 over all of
-    it and the probabilities) and ``.npy`` (its test probabilities, no pickle).
-    A head whose files fail the checksum is damaged and trained again.
+    Each finished head is two files: ``<set>-seed<N>.json`` (how it trained, the
+    heads key and plugin fingerprint it was trained under, and a sha256 over all
+    of it and the probabilities) and ``.npy`` (its test probabilities, no
+    pickle). A head whose files fail the checksum is damaged and trained again.
     """
 
     def __init__(self, out, key: str, log=lambda message: None):
@@ -187,7 +157,9 @@ class RunStore:
         return self.folder / f"{safe}-seed{seed}.json"
 
     def load(self, feature_set: str, fingerprint: str, seed: int):
-        """``(row, test probabilities)`` saved for this head, or ``None``."""
+        """The :class:`~poolkit.heads.TrainedHead` saved for this head, or ``None``."""
+        from .heads import TrainedHead
+
         if self.folder is None:
             return None
         path = self._path(feature_set, seed)
@@ -197,36 +169,41 @@ class RunStore:
             saved = json.loads(path.read_text())
             probabilities = np.load(path.with_suffix(".npy"), allow_pickle=False)
             intact = saved["checksum"] == _head_checksum(
-                saved["run_key"], saved["fingerprint"], saved["row"], probabilities)
+                saved["key"], saved["fingerprint"], saved["head"], probabilities)
         except (OSError, ValueError, KeyError, TypeError):
             intact = False
         if not intact:
             self.log(f"warning: {path} is damaged or was edited (checksum); training that "
                      "head again")
             return None
-        if saved["run_key"] != self.key or saved["fingerprint"] != fingerprint:
+        if saved["key"] != self.key or saved["fingerprint"] != fingerprint:
             return None
-        return saved["row"], probabilities
+        return TrainedHead(probabilities=probabilities, **saved["head"])
 
-    def save(self, feature_set: str, row: dict, fingerprint: str, probabilities) -> None:
-        """Save a finished head: its row and its test probabilities (``.npy``, no pickle)."""
+    def save(self, head, fingerprint: str) -> None:
+        """Save a finished :class:`~poolkit.heads.TrainedHead`: how it trained and its
+        test probabilities (``.npy``, no pickle)."""
         if self.folder is None:
             return
-        path = self._path(feature_set, row["seed"])
-        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        path = self._path(head.feature_set, head.seed)
+        probabilities = np.ascontiguousarray(head.probabilities, dtype=np.float64)
+        record = {"feature_set": head.feature_set, "seed": head.seed,
+                  "best_epoch": head.best_epoch, "epochs": head.epochs,
+                  "validation_loss": head.validation_loss}
         buffer = io.BytesIO()
         np.save(buffer, probabilities, allow_pickle=False)
         try:
             write_atomic(path.with_suffix(".npy"), buffer.getvalue())
-            record = {"run_key": self.key, "fingerprint": fingerprint, "row": row,
-                      "checksum": _head_checksum(self.key, fingerprint, row, probabilities)}
-            write_atomic(path, json.dumps(record, indent=1))
+            write_atomic(path, json.dumps({
+                "key": self.key, "fingerprint": fingerprint, "head": record,
+                "checksum": _head_checksum(self.key, fingerprint, record, probabilities),
+            }, indent=1))
         except OSError as exc:
             raise PoolkitError(f"cannot write run directory '{self.folder.parent}': "
                                f"{exc.strerror or exc}") from None
 
 
-def _head_checksum(key: str, fingerprint: str, row: dict, probabilities) -> str:
-    digest = hashlib.sha256(json.dumps([key, fingerprint, row], sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(probabilities, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+def _head_checksum(key: str, fingerprint: str, record: dict, probabilities) -> str:
+    hashed = hashlib.sha256(json.dumps([key, fingerprint, record], sort_keys=True).encode())
+    hashed.update(np.ascontiguousarray(probabilities, dtype=np.float64).tobytes())
+    return hashed.hexdigest()

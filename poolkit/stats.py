@@ -211,7 +211,7 @@ def _bootstrap_accuracy(correct: np.ndarray, n_boot: int, seed: int) -> np.ndarr
     for start in range(0, n_boot, chunk):
         rows = min(start + chunk, n_boot) - start
         # n items drawn with replacement per resample, counted per item: the
-        # same distribution as a multinomial draw, 4-7x faster than numpy's.
+        # same distribution as a multinomial draw, several times faster than numpy's.
         drawn = rng.integers(0, n, size=(rows, n))
         drawn += np.arange(rows)[:, None] * n
         counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)

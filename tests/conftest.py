@@ -101,7 +101,7 @@ def hf_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
     """The tiny model as poolkit loads it: what ``Pooler.setup`` receives."""
-    from poolkit.encoder import load_encoder
+    from poolkit.model import load_encoder
 
     return load_encoder(str(tiny_model_dir))
 

@@ -14,7 +14,7 @@ from conftest import ALL_POOLERS, BUILTIN_POOLERS, TINY_LAYER, hf_forward
 from poolkit.cache import HiddenStateCache, default_cache_dir
 from poolkit.manager import collect_poolers, get_plugin_manager
 from poolkit.metrics import METRICS
-from poolkit.training import HeadConfig
+from poolkit.heads import HeadConfig
 
 LONG_TEXT = " ".join(["the film was very good but the plot was dull"] * 8)  # > 64 tokens
 TEXTS = [
@@ -207,7 +207,9 @@ def _run(data, model, cache_dir, **kwargs):
 
 
 def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
-    results = _run(small_csv, tiny_model_dir, tmp_path / "c")  # every registered pooler
+    run = _run(small_csv, tiny_model_dir, tmp_path / "c")  # every registered pooler
+    assert isinstance(run, poolkit.RunResult)
+    results = run.results
     assert len(results) == len(ALL_POOLERS) * 2
     assert list(zip(results["pooler"], results["layer"], results["seed"])) == [
         (p, TINY_LAYER[p], s) for p in ALL_POOLERS for s in (0, 1)]
@@ -216,9 +218,9 @@ def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_
     for metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc"):
         assert results[metric].between(0, 1).all(), metric
     assert (results["dim"] == results["pooler"].map(lambda p: 64 if p == "mean_max" else 32)).all()
-    assert results.attrs["label_names"] == ["neg", "pos"]
-    assert results.attrs["failures"] == {}
-    summary = results.attrs["summary"]
+    assert run.labels == ["neg", "pos"]
+    assert run.failures == {}
+    summary = run.summary
     assert sorted(summary["pooler"]) == sorted(ALL_POOLERS)
     for pooler, group in results.groupby("pooler"):
         row = summary.set_index("pooler").loc[pooler]
@@ -229,13 +231,13 @@ def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_
 def test_run_is_deterministic_and_the_second_run_hits_the_cache(small_csv, tiny_model_dir,
                                                                tmp_path, forward_calls):
     first = _run(small_csv, tiny_model_dir, tmp_path / "c")
-    assert first.attrs["settings"]["encoder_ran"] is True
+    assert first.settings["encoder_ran"] is True
     ran = len(forward_calls)
     assert ran > 0
     second = _run(small_csv, tiny_model_dir, tmp_path / "c")
-    assert second.attrs["settings"]["encoder_ran"] is False
+    assert second.settings["encoder_ran"] is False
     assert len(forward_calls) == ran
-    pd.testing.assert_frame_equal(first, second)
+    pd.testing.assert_frame_equal(first.results, second.results)
 
 
 def test_run_settings_time_the_pooling(small_csv, tiny_model_dir, tmp_path):
@@ -249,7 +251,7 @@ def test_run_settings_time_the_pooling(small_csv, tiny_model_dir, tmp_path):
             return hidden[:, 0]
 
     settings = _run(small_csv, tiny_model_dir, tmp_path / "c", poolers=[Slow()],
-                    seeds=1).attrs["settings"]
+                    seeds=1).settings
     batches = len(list(HiddenStateCache(Path(settings["cache"])).batches(4096)))  # pool_cache's
     assert settings["pool_seconds"] >= 0.05 * batches
     parts = settings["encode_seconds"] + settings["pool_seconds"] + settings["train_seconds"]
@@ -258,8 +260,8 @@ def test_run_settings_time_the_pooling(small_csv, tiny_model_dir, tmp_path):
 
 def test_run_head_depends_only_on_its_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
     """Dropping other poolers and seeds does not change a pooler's result for a seed."""
-    everything = _run(small_csv, tiny_model_dir, tmp_path / "c", seeds=[0, 1])
-    alone = _run(small_csv, tiny_model_dir, tmp_path / "c", poolers=["max"], seeds=[1])
+    everything = _run(small_csv, tiny_model_dir, tmp_path / "c", seeds=[0, 1]).results
+    alone = _run(small_csv, tiny_model_dir, tmp_path / "c", poolers=["max"], seeds=[1]).results
     expected = everything[(everything["pooler"] == "max") & (everything["seed"] == 1)]
     columns = ["best_epoch", "epochs", *METRICS]
     pd.testing.assert_frame_equal(alone[columns].reset_index(drop=True),

@@ -399,16 +399,16 @@ def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
         tiny_model_dir, tmp_path, monkeypatch):
     import poolkit.cache
 
-    real_add = poolkit.cache.CacheWriter.add
+    real_write = poolkit.cache.CacheWriter.write
     calls = []
 
-    def add_until_full(self, states):
+    def write_until_full(self, batch, states):
         calls.append(1)
         if len(calls) == 2:
             _no_space()
-        return real_add(self, states)
+        return real_write(self, batch, states)
 
-    monkeypatch.setattr(poolkit.cache.CacheWriter, "add", add_until_full)
+    monkeypatch.setattr(poolkit.cache.CacheWriter, "write", write_until_full)
     cache = tmp_path / "cache"
     data = _csv(tmp_path / "d.csv", _rows(400))  # several encoder batches
     result = invoke(["run", "--data", data, "--model", tiny_model_dir,

@@ -6,8 +6,10 @@ import torch
 from torch.testing import assert_close
 
 from conftest import BUILTIN_POOLERS, hf_forward
-from poolkit.cache import HiddenStateCache, texts_digest
-from poolkit.encoder import encode_to_cache, load_encoder
+from poolkit.cache import HiddenStateCache
+from poolkit.identity import texts_digest
+from poolkit.encoding import encode_to_cache
+from poolkit.model import load_encoder
 from poolkit.features import pool_cache, setup_poolers
 from poolkit.manager import collect_poolers, get_plugin_manager
 
@@ -91,9 +93,9 @@ def test_a_crash_while_encoding_resumes_from_the_last_complete_batch(
 ):
     from transformers import BertModel
 
-    import poolkit.encoder
+    import poolkit.encoding
 
-    monkeypatch.setattr(poolkit.encoder, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", 1)
     original = BertModel.forward
     calls = []
 
@@ -135,3 +137,43 @@ def test_texts_digest_keeps_text_boundaries():
     assert texts_digest(["ab", "c"]) != texts_digest(["a", "bc"])
     assert texts_digest(["a", "b"]) != texts_digest(["b", "a"])
     assert texts_digest(["a", "b"]) == texts_digest(iter(["a", "b"]))
+
+
+def test_batches_written_in_any_order_by_several_writers_give_the_same_entry(tiny_model_dir,
+                                                                              tmp_path):
+    """The batch plan fixes every batch's rows before encoding: one writer doing the
+    odd batches backwards, then another (a resume) doing the even ones, give the bytes
+    of a plain in-order encoding."""
+    from poolkit.batching import plan_batches
+    from poolkit.cache import CacheWriter, entry_name
+    from poolkit.encoding import encode_batches
+    from poolkit.tokenization import tokenize
+
+    encoder = load_encoder(str(tiny_model_dir))
+    fresh, _ = encode_to_cache(encoder, TEXTS, tmp_path / "fresh", max_texts=1)
+    ids, _ = tokenize(encoder, TEXTS)
+    plan = plan_batches([len(x) for x in ids], 1024, 1)
+    assert len(plan) == len(TEXTS)
+    layers = [encoder.num_layers]
+    root = tmp_path / "shuffled"
+    name = fresh.path.name
+    assert name == entry_name(fresh.key, layers)
+    meta = {k: fresh.meta[k] for k in ("identity", "truncated")}
+    common = dict(device="cpu", compute="fp32", layers=layers, all_layers=False,
+                  pad_id=encoder.tokenizer.pad_token_id)
+
+    first = CacheWriter(root, name, encoder.hidden_size, "fp16", meta, plan, layers)
+    odd = [b for b in range(len(plan)) if b % 2][::-1]
+    encode_batches(encoder.model, ids, plan, odd, first, **common)
+    first.checkpoint()
+    first.close()
+
+    second = CacheWriter(root, name, encoder.hidden_size, "fp16", meta, plan, layers)
+    assert second.done == set(odd)
+    even = [b for b in range(len(plan)) if b not in second.done]
+    encode_batches(encoder.model, ids, plan, even, second, **common)
+    second.meta["encode_seconds"] = fresh.meta["encode_seconds"]
+    entry = second.finish()
+
+    for file in ("tokens.bin", "index.npz", "meta.json"):
+        assert (entry.path / file).read_bytes() == (fresh.path / file).read_bytes(), file

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import poolkit.encoder
+import poolkit.encoding
 from poolkit.cache import CacheDamaged, HiddenStateCache
-from poolkit.encoder import encode_to_cache, load_encoder
+from poolkit.encoding import encode_to_cache
+from poolkit.model import load_encoder
 
 TEXTS = [
     "good",
@@ -137,7 +138,7 @@ def _interrupted(encoder, root, monkeypatch, at_batch):
     """Encode into ``root`` with a KeyboardInterrupt at encoder batch ``at_batch``."""
     from transformers import BertModel
 
-    monkeypatch.setattr(poolkit.encoder, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", 1)
     original = BertModel.forward
     calls = []
 
@@ -156,6 +157,11 @@ def _interrupted(encoder, root, monkeypatch, at_batch):
     return partial
 
 
+def _edit_progress(partial: Path, change):
+    record = json.loads((partial / "progress.json").read_text())
+    (partial / "progress.json").write_text(json.dumps(change(record)))
+
+
 PARTIAL_DAMAGE = {
     # name: (damage, batches the encoder must run afterwards)
     "progress.json invalid JSON": (lambda p: _truncate(p / "progress.json", 5), BATCHES),
@@ -166,9 +172,13 @@ PARTIAL_DAMAGE = {
     "tokens.bin with a half-written batch after the checkpoint": (
         lambda p: (p / "tokens.bin").write_bytes((p / "tokens.bin").read_bytes() + b"\x7f" * 70),
         BATCHES - 2),
-    "progress.npz deleted": (lambda p: (p / "progress.npz").unlink(), BATCHES),
-    "progress.npz empty": (lambda p: (p / "progress.npz").write_bytes(b""), BATCHES),
-    "progress.npz truncated": (lambda p: _truncate(p / "progress.npz", 30), BATCHES),
+    # (The texts' token rows come from the batch plan; progress.json alone says what is done.)
+    "progress.json lists a batch the plan lacks": (lambda p: _edit_progress(
+        p, lambda r: {**r, "done": r["done"] + [10**6]}), BATCHES),
+    "progress.json without its list of batches": (lambda p: _edit_progress(
+        p, lambda r: {k: v for k, v in r.items() if k != "done"}), BATCHES),
+    "progress.json with batches that are not numbers": (lambda p: _edit_progress(
+        p, lambda r: {**r, "done": ["first", "second"]}), BATCHES),
 }
 
 

@@ -250,10 +250,30 @@ def test_run_default_out_dir_is_named_by_the_command_and_reused(small_csv, tiny_
     assert len(list((tmp_path / "poolkit-runs").iterdir())) == 2
 
 
+def test_output_only_options_reuse_the_run_folder_and_train_nothing(small_csv, tiny_model_dir,
+                                                                    tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls,mean",
+            "--seeds", 2, "--epochs", 2]
+    assert invoke(args).exit_code == 0
+    (run_dir,) = (tmp_path / "poolkit-runs").iterdir()
+    results = (run_dir / "results.csv").read_bytes()
+    for extra in (["--plot", "svg"], ["--predictions"], ["--pooler-timeout", "30"],
+                  ["--cache-dir", tmp_path / "other-cache"]):
+        again = invoke([*args, *extra])
+        assert again.exit_code == 0, again.output
+        assert [p.name for p in (tmp_path / "poolkit-runs").iterdir()] == [run_dir.name], extra
+        assert "reusing 4 finished pooler x seed results" in again.stderr, extra
+        assert (run_dir / "results.csv").read_bytes() == results, extra
+
+
 def test_version():
     result = CliRunner().invoke(cli, ["--version"], prog_name="poolkit")
     assert result.exit_code == 0
-    assert result.output.strip() == "poolkit, version 0.1.0"
+    import poolkit
+
+    assert result.output.strip() == f"poolkit, version {poolkit.__version__}"
+    assert poolkit.__version__ == "0.2.0"
 
 
 def test_help_is_fast_and_does_not_import_torch():

@@ -165,17 +165,18 @@ def test_saved_probabilities_give_each_heads_accuracy(main_run, tables, y_test):
     seen = set()
     for file in files:
         probabilities = np.load(file, allow_pickle=False)
-        saved = json.loads(file.with_suffix(".json").read_text())["row"]
+        saved = json.loads(file.with_suffix(".json").read_text())["head"]
+        pooler, _, layer = saved["feature_set"].rpartition("@")
         assert probabilities.shape == (len(y_test), len(tables["labels"]))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-9)
         assert (probabilities >= 0).all()
-        match = results[(results["pooler"] == saved["pooler"])
-                        & (results["layer"] == str(saved["layer"]))
+        match = results[(results["pooler"] == pooler) & (results["layer"] == layer)
                         & (results["seed"] == saved["seed"])]
         assert len(match) == 1, file.name
+        assert match["best_epoch"].iloc[0] == saved["best_epoch"], file.name
         accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
         assert match["accuracy"].iloc[0] == pytest.approx(accuracy, abs=1e-12), file.name
-        seen.add((saved["pooler"], str(saved["layer"]), saved["seed"]))
+        seen.add((pooler, layer, saved["seed"]))
     assert len(seen) == len(files)
 
 

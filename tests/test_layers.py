@@ -20,7 +20,7 @@ import poolkit
 from conftest import ALL_POOLERS, TINY_LAYER, count_forward, invoke, make_rows
 from poolkit.errors import PoolkitError
 from poolkit.metrics import METRICS
-from poolkit.training import HeadConfig
+from poolkit.heads import HeadConfig
 
 HEAD = HeadConfig(max_epochs=5)
 #: Poolers of the last-layer run after a sweep: one per layer, plus one on layers 1 and 2.
@@ -103,7 +103,7 @@ TEXTS = [
     (None, [2]),
 ])
 def test_parse_layers(spec, expected):
-    from poolkit.encoder import parse_layers
+    from poolkit.layers import parse_layers
 
     assert parse_layers(spec, 2) == expected
 
@@ -120,7 +120,7 @@ def test_parse_layers(spec, expected):
     ("1.5", "1.5"),
 ])
 def test_parse_layers_rejects_bad_specs_in_one_line(spec, culprit):
-    from poolkit.encoder import parse_layers
+    from poolkit.layers import parse_layers
 
     with pytest.raises(PoolkitError) as info:
         parse_layers(spec, 2)
@@ -134,7 +134,8 @@ def test_parse_layers_rejects_bad_specs_in_one_line(spec, culprit):
 @pytest.fixture(scope="module")
 def sweep_cache(tiny_model_dir, tmp_path_factory):
     """``encode_to_cache`` of TEXTS with layers 0..2, fp32, in several small batches."""
-    from poolkit.encoder import encode_to_cache, load_encoder
+    from poolkit.encoding import encode_to_cache
+    from poolkit.model import load_encoder
 
     root = tmp_path_factory.mktemp("layer-cache")
     encoder = load_encoder(str(tiny_model_dir))
@@ -207,21 +208,22 @@ def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
         sweep_cache, hf_reference):
     """What trainable poolers standardize with: per dimension, over every real
     token of the texts (not per text, not counting padding), in chunks of texts."""
-    from poolkit.training import _token_stats
+    from poolkit.trainable_heads import token_standardization
 
     cache = sweep_cache[0]
     states, _ = hf_reference
     rows = np.array([7, 1, 4, 0, 9])
     for layer in (0, 2):
         real = torch.cat([states(TEXTS[i])[layer] for i in rows]).double()
-        mean, std = _token_stats(cache, rows, layer, chunk=2)
-        torch.testing.assert_close(mean, real.mean(dim=0).float(), atol=ATOL, rtol=1e-4)
-        torch.testing.assert_close(std, real.std(dim=0, correction=0).float(), atol=ATOL,
+        standardize = token_standardization(cache, rows, layer, chunk=2)
+        torch.testing.assert_close(standardize.shift, real.mean(dim=0).float(), atol=ATOL,
                                    rtol=1e-4)
+        torch.testing.assert_close(standardize.scale, real.std(dim=0, correction=0).float(),
+                                   atol=ATOL, rtol=1e-4)
 
 
 def test_a_subset_of_layers_reuses_the_sweep_entry(sweep_cache, forward_calls):
-    from poolkit.encoder import encode_to_cache
+    from poolkit.encoding import encode_to_cache
 
     cache, _, encoder, root = sweep_cache
     for layers in ([2], [1], [0, 2], None):
@@ -236,16 +238,19 @@ def test_a_subset_of_layers_reuses_the_sweep_entry(sweep_cache, forward_calls):
 
 def test_multi_layer_and_per_layer_features_equal_hand_computation(tiny_model_dir, hf_reference,
                                                                    tmp_path):
-    from poolkit.api import compute_features, resolve_poolers
+    from poolkit import pipeline
+    from poolkit.config import RunConfig
 
     states, _ = hf_reference
-    poolers, _, _ = resolve_poolers(["first_last_avg", "mean", "cls"])
-    features, failures, info = compute_features(
-        TEXTS, poolers, str(tiny_model_dir), cache_dir=tmp_path / "c", cache_dtype="fp32",
-        layers="0")
-    assert failures == {}
+    poolers = pipeline.resolve_poolers(["first_last_avg", "mean", "cls"]).selected
+    config = RunConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "c", cache_dtype="fp32",
+                       layers="0")
+    encoded = pipeline.encode(config, poolers, TEXTS)
+    pooled = pipeline.pool(config, encoded)
+    assert encoded.failures == {} and pooled.failures == {}
+    features = pooled.arrays
     assert sorted(features) == ["cls@0", "first_last_avg@1+2", "mean@0"]
-    assert info["layers"] == [0, 1, 2]
+    assert encoded.layers == [0, 1, 2]
     for i, text in enumerate(TEXTS):
         h = states(text)
         torch.testing.assert_close(torch.from_numpy(features["first_last_avg@1+2"][i]),
@@ -296,16 +301,16 @@ def test_a_layer_sweep_with_every_pooler_runs_the_encoder_once(sweep_runs):
     assert sum(shape[0] for shape in calls) == texts_encoded
     assert len(sweep_runs["sweep_entries"]) == 1
     assert sweep_runs["sweep_entries"][0].endswith("-L0-1-2")
-    settings = sweep_runs["sweep"].attrs["settings"]
+    settings = sweep_runs["sweep"].settings
     assert settings["encoder_ran"] is True
     assert settings["layers"] == [0, 1, 2]
 
 
 def test_a_last_layer_run_after_a_sweep_reuses_its_entry(sweep_runs):
     assert sweep_runs["last_calls"] == []
-    settings = sweep_runs["last"].attrs["settings"]
+    settings = sweep_runs["last"].settings
     assert settings["encoder_ran"] is False
-    assert settings["cache"] == sweep_runs["sweep"].attrs["settings"]["cache"]
+    assert settings["cache"] == sweep_runs["sweep"].settings["cache"]
     assert sweep_runs["entries"] == sweep_runs["sweep_entries"]  # no new entry
 
 
@@ -315,38 +320,38 @@ def test_a_run_needing_an_uncached_layer_encodes_again(small_csv, tiny_model_dir
                   head=HeadConfig(max_epochs=1), cache_dir=tmp_path / "c")
     first = poolkit.run(small_csv, layers="-1", **kwargs)
     ran = len(forward_calls)
-    assert ran and first.attrs["settings"]["encoder_ran"] is True
+    assert ran and first.settings["encoder_ran"] is True
     second = poolkit.run(small_csv, layers="0", **kwargs)
-    assert second.attrs["settings"]["encoder_ran"] is True
+    assert second.settings["encoder_ran"] is True
     assert len(forward_calls) == 2 * ran
-    assert second["layer"].tolist() == ["0"]
+    assert second.results["layer"].tolist() == ["0"]
     third = poolkit.run(small_csv, layers="-1", **kwargs)  # both are cached now
-    assert third.attrs["settings"]["encoder_ran"] is False
+    assert third.settings["encoder_ran"] is False
     assert len(forward_calls) == 2 * ran
 
 
 def test_sweep_results_have_a_row_per_pooler_layer_and_seed(sweep_runs):
-    results = sweep_runs["sweep"]
+    results = sweep_runs["sweep"].results
     expected = sorted([(p, str(layer), seed) for p in SINGLE_LAYER for layer in (0, 1, 2)
                        for seed in (0, 1)] + [("first_last_avg", "1+2", s) for s in (0, 1)])
     assert sorted(zip(results["pooler"], results["layer"], results["seed"])) == expected
     assert len(results) == len(expected) == 56
     for metric in METRICS:
         assert np.isfinite(results[metric]).all(), metric
-    summary = results.attrs["summary"]
+    summary = sweep_runs["sweep"].summary
     assert len(summary) == len(SINGLE_LAYER) * 3 + 1
     assert not summary.duplicated(["pooler", "layer"]).any()
     assert set(summary["layer"]) == {"0", "1", "2", "1+2"}
     assert (summary["seeds"] == 2).all()
     assert (summary["status"] == "ok").all()
     # the last-layer run: each pooler on its own layer
-    last = sweep_runs["last"]
+    last = sweep_runs["last"].results
     assert sorted(zip(last["pooler"], last["layer"])) == sorted(
         (p, TINY_LAYER[p]) for p in LAST_POOLERS for _ in (0, 1))
 
 
 def test_layer_2_rows_of_a_sweep_equal_a_last_layer_run(sweep_runs):
-    sweep, last = sweep_runs["sweep"], sweep_runs["last"]
+    sweep, last = sweep_runs["sweep"].results, sweep_runs["last"].results
     columns = ["pooler", "layer", "seed", "dim", "best_epoch", "epochs", *METRICS]
     kept = sweep["layer"].isin(["2", "1+2"]) & sweep["pooler"].isin(LAST_POOLERS)
     left = sweep[kept][columns].sort_values(["pooler", "seed"])
@@ -360,14 +365,14 @@ def test_adding_layers_trains_only_the_new_heads(small_csv, tiny_model_dir, tmp_
     out = tmp_path / "run"
     kwargs = dict(model=str(tiny_model_dir), poolers=["mean", "first_last_avg", "attention"],
                   seeds=2, head=HEAD, out=out, cache_dir=tmp_path / "c")
-    first = poolkit.run(small_csv, layers="-1", **kwargs)
+    first = poolkit.run(small_csv, layers="-1", **kwargs).results
     heads = out / "heads"
     before = {p.name: p.read_bytes() for p in heads.iterdir()}
     assert sorted(before) == sorted(
         f"{fs}-seed{s}.{ext}" for fs in ("mean@2", "first_last_avg@1+2", "attention@2")
         for s in (0, 1) for ext in ("json", "npy"))
     messages = []
-    sweep = poolkit.run(small_csv, layers="all", log=messages.append, **kwargs)
+    sweep = poolkit.run(small_csv, layers="all", log=messages.append, **kwargs).results
 
     after = {p.name: p.read_bytes() for p in heads.iterdir()}
     for name, saved in before.items():
@@ -401,16 +406,16 @@ def test_attention_is_trained_from_the_cache_and_deterministic(small_csv, tiny_m
     ran = len(forward_calls)
     second = poolkit.run(small_csv, **kwargs)
     assert len(forward_calls) == ran, "training attention ran the encoder again"
-    assert second.attrs["settings"]["encoder_ran"] is False
+    assert second.settings["encoder_ran"] is False
 
-    attention = first[first["pooler"] == "attention"]
+    attention = first.results[first.results["pooler"] == "attention"]
     assert sorted(zip(attention["layer"], attention["seed"])) == [("2", 0), ("2", 1)]
     for metric in METRICS:
         assert np.isfinite(attention[metric]).all(), metric
     assert (attention["dim"] == 32).all()
     assert (attention["epochs"] >= 1).all() and (attention["epochs"] <= 5).all()
-    assert first.attrs["failures"] == {}
-    assert_frame_equal(first, second, check_exact=True)
+    assert first.failures == {}
+    assert_frame_equal(first.results, second.results, check_exact=True)
 
 
 # ---------------------------------------------------------------- the CLI

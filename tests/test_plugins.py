@@ -253,16 +253,17 @@ def test_pooler_breaking_its_contract_is_reported_by_name(tiny_model_dir, tmp_pa
 
 
 def test_pooler_writing_into_its_input_does_not_corrupt_the_others(tiny_model_dir, tmp_path):
-    from poolkit.api import compute_features, resolve_poolers
+    from poolkit import pipeline
+    from poolkit.config import RunConfig
 
     folder = plugins_dir_with(tmp_path, broken("writes_input"))
     clean = poolkit.pool(TEXTS, ["mean"], model=str(tiny_model_dir), cache_dir=tmp_path / "c")
-    poolers, _, _ = resolve_poolers(["writes_input", "mean"], plugins_dir=folder)
+    poolers = pipeline.resolve_poolers(["writes_input", "mean"], plugins_dir=folder).selected
     assert list(poolers) == ["writes_input", "mean"]  # the vandal pools first
-    features, failures, _ = compute_features(TEXTS, poolers, str(tiny_model_dir),
-                                             cache_dir=tmp_path / "c")
-    assert list(failures) == ["writes_input@2"]  # pooler@layer: the tiny BERT's last is 2
-    assert_close(features["mean@2"], clean["mean"], rtol=0, atol=0)
+    config = RunConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "c")
+    pooled = pipeline.pool(config, pipeline.encode(config, poolers, TEXTS))
+    assert list(pooled.failures) == ["writes_input@2"]  # pooler@layer: the tiny BERT's last is 2
+    assert_close(pooled.arrays["mean@2"], clean["mean"], rtol=0, atol=0)
 
 
 def test_wrong_shape_in_run_is_reported(small_csv, tiny_model_dir, tmp_path):

@@ -23,10 +23,11 @@ import pandas as pd
 import pytest
 
 import poolkit
-import poolkit.encoder
-import poolkit.training
+import poolkit.encoding
+import poolkit.linear_heads
 from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, make_rows
-from poolkit.training import HeadConfig
+from poolkit.heads import HeadConfig
+from poolkit.model import load_encoder
 
 # A pooler that sleeps while pooling (when SLOW_POOLER_SECONDS is set), so that a
 # run spends a while after its cache is complete and before its heads are saved.
@@ -207,8 +208,8 @@ def test_interrupted_encoding_resumes_from_the_last_complete_batch(
     (at every checkpoint and by the interrupt handler) and never encoded again."""
     from transformers import BertModel
 
-    monkeypatch.setattr(poolkit.encoder, "CHECKPOINT_EVERY", every)
-    encoder = poolkit.encoder.load_encoder(str(tiny_model_dir))
+    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", every)
+    encoder = load_encoder(str(tiny_model_dir))
     batches = -(-len(RESUME_TEXTS) // 2)
     original = BertModel.forward
     calls = []
@@ -223,21 +224,22 @@ def test_interrupted_encoding_resumes_from_the_last_complete_batch(
     monkeypatch.setattr(BertModel, "forward", spy)
     root = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
-        poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
+        poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
     assert [p.name.endswith(".partial") for p in root.iterdir()] == [True]
 
     done = interrupt_at - 1  # batches finished before the interrupt
     calls.clear()
     interrupt_at = None  # the spy only counts from here on
     messages = []
-    resumed, ran = poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2,
+    resumed, ran = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2,
                                                    log=messages.append)
     assert ran
     assert len(calls) == batches - done, "finished batches were encoded again"
-    assert f"resuming an interrupted encoding at batch {done} of {batches}" in messages
+    assert (f"resuming an interrupted encoding: {batches - done} of {batches} batches left"
+            in messages)
     assert [p.name for p in root.iterdir()] == [resumed.path.name]
 
-    fresh, _ = poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
+    fresh, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
                                                max_texts=2)
     assert resumed.path.name == fresh.path.name
     assert (resumed.path / "tokens.bin").read_bytes() == (fresh.path / "tokens.bin").read_bytes()
@@ -252,7 +254,7 @@ def test_a_second_encoding_of_the_same_texts_meanwhile_does_not_break_the_first(
     at its third batch, a second one runs to the end."""
     from transformers import BertModel
 
-    encoder = poolkit.encoder.load_encoder(str(tiny_model_dir))
+    encoder = load_encoder(str(tiny_model_dir))
     root = tmp_path / "cache"
     original = BertModel.forward
     calls = []
@@ -263,15 +265,15 @@ def test_a_second_encoding_of_the_same_texts_meanwhile_does_not_break_the_first(
         calls.append(1)
         if len(calls) == 3:
             monkeypatch.setattr(BertModel, "forward", original)
-            second.append(poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, root,
+            second.append(poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root,
                                                           max_texts=2))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(BertModel, "forward", spy)
-    first, _ = poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
+    first, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
     (other, ran), = second
     assert ran
-    fresh, _ = poolkit.encoder.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
+    fresh, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
                                                max_texts=2)
     for entry in (first, other):
         assert (entry.path / "tokens.bin").read_bytes() == (
@@ -285,23 +287,23 @@ def test_a_second_encoding_of_the_same_texts_meanwhile_does_not_break_the_first(
 def trained(monkeypatch):
     """Records ``(sorted pooler names, seeds)`` of every real ``train_heads`` call."""
     calls = []
-    real = poolkit.training.train_heads
+    real = poolkit.linear_heads.train_heads
 
     @functools.wraps(real)
-    def spy(features, labels, splits, num_labels, seeds, *args, **kwargs):
+    def spy(features, task, seeds, *args, **kwargs):
         # feature sets are "pooler@layer"; these runs use the last layer only
         calls.append((sorted(key.rpartition("@")[0] for key in features), list(seeds)))
-        return real(features, labels, splits, num_labels, seeds, *args, **kwargs)
+        return real(features, task, seeds, *args, **kwargs)
 
-    # api.run imports train_heads from poolkit.training when it is called.
-    monkeypatch.setattr(poolkit.training, "train_heads", spy)
+    # LinearHeads looks train_heads up in its module when it trains.
+    monkeypatch.setattr(poolkit.linear_heads, "train_heads", spy)
     return calls
 
 
 def _api_run(data, model, out, **kwargs):
     kwargs.setdefault("head", HeadConfig(max_epochs=5))
     kwargs.setdefault("poolers", list(BUILTIN_POOLERS))  # fixed poolers: train_heads trains them
-    return poolkit.run(data, model=str(model), out=out, **kwargs)
+    return poolkit.run(data, model=str(model), out=out, **kwargs).results
 
 
 def test_more_seeds_trains_only_the_new_seed(small_csv, tiny_model_dir, tmp_path, trained):

@@ -8,7 +8,8 @@ import torch
 from torch.testing import assert_close
 
 from poolkit.metrics import METRICS, compute_metrics
-from poolkit.training import HeadConfig, train_heads
+from poolkit.heads import HeadConfig, HeadTask
+from poolkit.linear_heads import train_heads
 
 N = 240
 SPLITS = {"train": np.arange(0, 180), "validation": np.arange(180, 210),
@@ -27,14 +28,18 @@ def labels():
     return np.random.default_rng(0).integers(0, 2, N).astype(np.int64)
 
 
+def _task(labels, config=HeadConfig()):
+    return HeadTask(labels, SPLITS, 2, config)
+
+
 def _by_key(results):
-    return {(r.pooler, r.seed): r for r in results}
+    return {(r.feature_set, r.seed): r for r in results}
 
 
 def test_heads_learn_separable_features(labels):
     features = {"a": _features(4, 1, labels, signal=8.0)}
     config = HeadConfig(max_epochs=60, learning_rate=0.05)
-    (result,) = train_heads(features, labels, SPLITS, 2, [0], config)
+    (result,) = train_heads(features, _task(labels, config), [0])
     probs = result.probabilities
     assert probs.shape == (len(SPLITS["test"]), 2)
     assert_close(probs.sum(axis=1), np.ones(len(probs)))
@@ -44,14 +49,14 @@ def test_heads_learn_separable_features(labels):
 
 def test_one_result_per_pooler_and_seed(labels):
     features = {"a": _features(8, 1, labels), "b": _features(24, 2, labels)}
-    results = train_heads(features, labels, SPLITS, 2, [0, 3, 7], HeadConfig(max_epochs=3))
+    results = train_heads(features, _task(labels, HeadConfig(max_epochs=3)), [0, 3, 7])
     assert sorted(_by_key(results)) == sorted((p, s) for p in "ab" for s in (0, 3, 7))
 
 
 def test_early_stopping_stops_on_a_flat_validation_loss(labels):
     noise = {"noise": np.random.default_rng(5).normal(size=(N, 8)).astype(np.float32)}
-    (result,) = train_heads(noise, labels, SPLITS, 2, [0],
-                            HeadConfig(max_epochs=200, patience=3, learning_rate=0.05))
+    (result,) = train_heads(noise, _task(labels, HeadConfig(max_epochs=200, patience=3,
+                                                            learning_rate=0.05)), [0])
     assert result.epochs < 200
     assert result.epochs - result.best_epoch == 3
 
@@ -59,8 +64,8 @@ def test_early_stopping_stops_on_a_flat_validation_loss(labels):
 def test_training_is_deterministic(labels):
     features = {"a": _features(8, 1, labels), "b": _features(8, 2, labels)}
     config = HeadConfig(max_epochs=10, dropout=0.2)
-    first = train_heads(features, labels, SPLITS, 2, [0, 1], config)
-    second = train_heads(features, labels, SPLITS, 2, [0, 1], config)
+    first = train_heads(features, _task(labels, config), [0, 1])
+    second = train_heads(features, _task(labels, config), [0, 1])
     for a, b in zip(first, second):
         assert_close(a.probabilities, b.probabilities, rtol=0, atol=0)
 
@@ -68,9 +73,9 @@ def test_training_is_deterministic(labels):
 def _independence(labels, config):
     narrow = _features(16, 1, labels, signal=0.7)
     wide = _features(64, 2, labels, signal=0.7)
-    together = _by_key(train_heads({"narrow": narrow, "wide": wide}, labels, SPLITS, 2, [0, 1],
-                                   config))
-    (alone,) = train_heads({"narrow": narrow}, labels, SPLITS, 2, [1], config)
+    together = _by_key(train_heads({"narrow": narrow, "wide": wide}, _task(labels, config),
+                                   [0, 1]))
+    (alone,) = train_heads({"narrow": narrow}, _task(labels, config), [1])
     assert alone.best_epoch == together["narrow", 1].best_epoch
     assert_close(alone.probabilities, together["narrow", 1].probabilities, rtol=0, atol=0)
 
@@ -100,10 +105,11 @@ def test_a_heads_result_is_the_same_bits_whatever_trains_beside_it(case):
     seeds = sorted(rng.choice(6, size=int(rng.integers(1, 4)), replace=False).tolist())
     config = HeadConfig(max_epochs=int(rng.choice([5, 20])), dropout=float(rng.choice([0, 0.2])),
                         batch_size=int(rng.choice([7, 16, 64])))
-    together = _by_key(train_heads(features, y, splits, classes, seeds, config))
+    task = HeadTask(y, splits, classes, config)
+    together = _by_key(train_heads(features, task, seeds))
     for name in features:
         for seed in seeds:
-            (alone,) = train_heads({name: features[name]}, y, splits, classes, [seed], config)
+            (alone,) = train_heads({name: features[name]}, task, [seed])
             assert alone.best_epoch == together[name, seed].best_epoch
             assert np.array_equal(alone.probabilities, together[name, seed].probabilities), (
                 name, seed, dims.tolist(), seeds)
@@ -133,14 +139,14 @@ def test_roc_auc_is_nan_when_a_label_has_no_test_example():
 
 
 def test_hand_written_adamw_matches_torch_adamw():
-    from poolkit.training import _AdamW
+    from poolkit.heads import AdamW
 
     torch.manual_seed(0)
     theirs = [torch.randn(5, 3, 7), torch.randn(5, 1, 3)]
     mine = [p.clone() for p in theirs]
     start = [p.clone() for p in theirs]
     reference = torch.optim.AdamW(theirs, lr=3e-3, weight_decay=0.05)
-    optimizer = _AdamW(mine, 3e-3, 0.05)
+    optimizer = AdamW(mine, 3e-3, 0.05)
     for step in range(40):
         for k, (a, b) in enumerate(zip(theirs, mine)):
             # the second parameter has no gradient on some steps: torch skips it then
@@ -155,7 +161,7 @@ def test_hand_written_adamw_matches_torch_adamw():
 
 def _reference_head(x, labels, name, seed, config):
     """One head the plain way: ``nn.Linear``, ``F.cross_entropy``, ``torch.optim.AdamW``."""
-    from poolkit.training import _head_seed
+    from poolkit.heads import head_seed
 
     train, val, test = (torch.from_numpy(SPLITS[k]) for k in ("train", "validation", "test"))
     mean, std = x[SPLITS["train"]].mean(axis=0), np.maximum(x[SPLITS["train"]].std(axis=0), 1e-6)
@@ -163,7 +169,7 @@ def _reference_head(x, labels, name, seed, config):
     y = torch.from_numpy(labels)
     head = torch.nn.Linear(x.shape[1], 2)
     with torch.no_grad():
-        init = torch.Generator().manual_seed(_head_seed(seed, name))
+        init = torch.Generator().manual_seed(head_seed(seed, name))
         head.weight.copy_(torch.randn(2, x.shape[1], generator=init) * 0.02)
         head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
@@ -197,7 +203,7 @@ def test_each_stacked_head_trains_like_nn_linear_with_torch_adamw(labels):
     features = {"narrow": _features(8, 1, labels, signal=0.6),
                 "wide": _features(24, 2, labels, signal=0.6)}
     config = HeadConfig(max_epochs=12, patience=3, learning_rate=0.02, batch_size=32)
-    results = _by_key(train_heads(features, labels, SPLITS, 2, [0, 2], config))
+    results = _by_key(train_heads(features, _task(labels, config), [0, 2]))
     for (name, seed), result in results.items():
         probs, best_epoch, epochs = _reference_head(features[name], labels, name, seed, config)
         assert (result.best_epoch, result.epochs) == (best_epoch, epochs), (name, seed)

@@ -1,0 +1,89 @@
+"""A run's settings, as the CLI and the Python API take them: :class:`RunConfig`."""
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PoolkitError
+from .heads import HeadConfig
+from .isolation import DEFAULT_TIMEOUT
+
+#: The most head seeds a run takes (each seed is a head per feature set).
+MAX_SEEDS = 1000
+#: Marks a field that changes where and how results are written, never the results:
+#: it takes no part in the run's identity (the default run folder, what is reused).
+OUTPUT_ONLY = {"output_only": True}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run was asked for. ``data=None`` and ``model=None`` mean the
+    embedded defaults; ``poolers=None`` every registered pooler (names or
+    :class:`~poolkit.Pooler` instances); ``seeds`` a count N (seeds 0..N-1) or the
+    seeds; ``layers`` a ``--layers`` spec (default the last layer)."""
+
+    data: str | Path | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    test_data: str | Path | None = None
+    labels: tuple | None = None
+    model: str | None = None
+    poolers: tuple | None = None
+    plugins_dir: str | Path | None = None
+    seeds: int | tuple = 3
+    layers: object = None
+    max_length: int | None = None
+    device: str | None = None
+    cache_dtype: str = "fp16"
+    precision: str = "bf16"
+    split_seed: int = 0
+    validation_size: float = 0.1
+    test_size: float = 0.1
+    head: HeadConfig = field(default_factory=HeadConfig)
+    empty_texts: str = "skip"
+    trust_remote_code: bool = False
+    out: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
+    cache_dir: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
+    predictions: bool = field(default=False, metadata=OUTPUT_ONLY)
+    pooler_timeout: float = field(default=DEFAULT_TIMEOUT, metadata=OUTPUT_ONLY)
+    progress: bool = field(default=False, metadata=OUTPUT_ONLY)
+
+    def seed_list(self) -> list[int]:
+        """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0."""
+        seeds = self.seeds
+        if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+            if not 1 <= seeds <= MAX_SEEDS:
+                raise PoolkitError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}")
+            return list(range(int(seeds)))
+        try:
+            seed_list = [int(s) for s in seeds]
+        except (TypeError, ValueError):
+            raise PoolkitError(f"seeds={seeds!r}: give a count or a list of integers") from None
+        if not 1 <= len(seed_list) <= MAX_SEEDS or min(seed_list) < 0:
+            raise PoolkitError(f"seeds={seeds!r}: give 1 to {MAX_SEEDS} seeds, each 0 or more")
+        if len(set(seed_list)) != len(seed_list):
+            raise PoolkitError(f"seeds={seeds!r} lists a seed twice")
+        return seed_list
+
+    def validate(self) -> None:
+        """Refuse, with one line naming the option, a setting out of its range."""
+        self.seed_list()
+        self.head.validate()
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, (int, np.integer)) \
+                or not 0 <= self.split_seed < 2**32:
+            raise PoolkitError(f"--split-seed {self.split_seed}: give an integer from 0 to "
+                               f"{2**32 - 1}")
+        try:
+            timeout = float(self.pooler_timeout)
+        except (TypeError, ValueError):
+            timeout = math.nan
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise PoolkitError(f"--pooler-timeout {self.pooler_timeout}: give a number of "
+                               "seconds above 0")
+
+    def results_options(self) -> dict:
+        """The options the results depend on (every field not marked output-only)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not f.metadata.get("output_only")}

@@ -1,0 +1,208 @@
+"""Running the encoder once over a dataset into the hidden-state cache."""
+
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .batching import plan_batches
+from .cache import CacheDamaged, CacheWriter, HiddenStateCache, entry_name, find_entry
+from .errors import PoolkitError
+from .identity import RunIdentity
+from .tokenization import tokenize
+
+#: Batches between progress records of an encoding (what a resume restarts from).
+CHECKPOINT_EVERY = 16
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def pick_device(device=None) -> str:
+    """``device`` if given (checked: it must exist here), else CUDA when available, else CPU."""
+    import torch
+
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise PoolkitError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N"
+                           ) from None
+    if parsed.type == "cpu":
+        return str(device)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PoolkitError(f"--device {device}: no CUDA GPU is available here; use "
+                               "--device cpu or leave --device out")
+        if parsed.index is not None and parsed.index >= count:
+            raise PoolkitError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{count - 1}")
+        return str(device)
+    backend = getattr(torch, parsed.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        raise PoolkitError(f"--device {device}: no {parsed.type} device is available here; use "
+                           "--device cpu or leave --device out")
+    return str(device)
+
+
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per encoder batch.
+
+    On a CPU, batches of about 1k tokens keep each layer's activations in the
+    caches (see benchmarks/results/encode-cpu.md); a GPU wants large batches to
+    fill its cores.
+    """
+    return 65536 if device.startswith("cuda") else 1024
+
+
+def encode_to_cache(
+    encoder,
+    texts,
+    cache_dir,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp16",
+    precision: str = "bf16",
+    max_batch_tokens=None,
+    max_texts=None,
+    progress: bool = False,
+    layers=None,
+    before_encoding=None,
+    log=lambda message: None,
+) -> tuple:
+    """The cache entry for ``texts`` under ``encoder`` (a :class:`~poolkit.model.Encoder`);
+    runs the encoder only on a miss.
+
+    ``layers`` are the hidden-state indices to cache (absolute, see
+    :func:`~poolkit.layers.parse_layers`; default: the last layer). An entry
+    holding more layers than asked for is reused.
+
+    ``dtype`` is the cache's storage precision; ``precision`` the encoder's
+    compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
+    encoder always computes in fp32 (a CPU without bf16 matrix units runs
+    bf16/fp16 matmuls far slower). Returns ``(cache, ran)`` where ``ran`` says
+    whether the encoder ran.
+    """
+    if precision not in PRECISIONS:
+        raise PoolkitError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    compute = precision if device.startswith("cuda") else "fp32"
+    key, identity = RunIdentity.entry_key(encoder.identity(), texts, compute, dtype)
+    layers = sorted({int(x) for x in layers}) if layers else [encoder.num_layers]
+    while (name := find_entry(cache_dir, key, layers)) is not None:
+        try:
+            return HiddenStateCache(Path(cache_dir) / name), False
+        except CacheDamaged as exc:
+            log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
+                "rebuilding it")
+            try:
+                shutil.rmtree(Path(cache_dir) / name)
+            except OSError as error:
+                raise _cache_error(cache_dir, error) from None
+    # A miss: check and load the model first, then let the caller prepare
+    # (e.g. create its run directory) only once the model is known to load.
+    encoder.validate()
+    model = encoder.model
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(cache_dir) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _cache_error(cache_dir, error) from None
+    if before_encoding is not None:
+        before_encoding()
+    ids, truncated = tokenize(encoder, texts)
+    if truncated:
+        log(f"warning: {truncated} of {len(texts)} texts are longer than {encoder.max_length} "
+            "tokens and were truncated (--max-length)")
+    plan = plan_batches([len(x) for x in ids], max_batch_tokens or default_batch_tokens(device),
+                        max_texts)
+    name = entry_name(key, layers)
+    try:
+        writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype,
+                             {"identity": identity, "truncated": int(truncated)}, plan, layers)
+        missing = [batch for batch in range(len(plan)) if batch not in writer.done]
+        if len(missing) < len(plan):
+            log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
+        began = time.perf_counter()
+        try:
+            encode_batches(model, ids, plan, missing, writer, device=device, compute=compute,
+                           layers=layers, all_layers=layers != [encoder.num_layers],
+                           pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress)
+        except BaseException:
+            try:
+                writer.checkpoint()  # Ctrl-C, an error: keep what is done
+            except OSError:
+                pass  # e.g. the disk is full: the last checkpoint stands
+            finally:
+                writer.close()
+            raise
+        writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
+        return writer.finish(), True
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # the disk is full: free what this entry took
+            for partial in Path(cache_dir).glob(f"{name}.partial*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_error(cache_dir, error) from None
+
+
+def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
+                   all_layers: bool, pad_id: int, progress: bool = False) -> None:
+    """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
+
+    ``ids`` are the texts' token ids; each batch is padded to its longest text,
+    encoded under ``compute`` precision on ``device`` (autocast on CUDA), and
+    only its real tokens' states of ``layers`` (all hidden states with
+    ``all_layers``, else ``last_hidden_state``) go to ``writer``, cast to the
+    cache's dtype on the device. Checkpoints every :data:`CHECKPOINT_EVERY` batches.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model = model.to(device)
+    on_cuda = device.startswith("cuda")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
+    store_dtype = torch.from_numpy(np.zeros(0, dtype=writer.np_dtype)).dtype
+    lengths = plan.lengths
+    todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
+    bar = tqdm(total=plan.total_tokens, initial=plan.total_tokens - todo, unit="tok",
+               unit_scale=True, desc="encoding", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for count, number in enumerate(batches, start=1):
+                batch = plan.texts(number)
+                width = int(lengths[batch].max())
+                input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+                for row, i in enumerate(batch):
+                    input_ids[row, : lengths[i]] = ids[i]
+                input_ids = torch.from_numpy(input_ids)
+                attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
+                if on_cuda:  # pinned host memory lets the copies run asynchronously
+                    input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+                input_ids = input_ids.to(device, non_blocking=True)
+                attention = attention.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=on_cuda and autocast_dtype is not None):
+                    out = model(input_ids=input_ids, attention_mask=attention,
+                                output_hidden_states=all_layers)
+                states = ([out.hidden_states[i] for i in layers] if all_layers
+                          else [out.last_hidden_state])
+                # Only real tokens go to the cache, cast on the device (half the copy in fp16).
+                real_mask = attention.bool()
+                writer.write(number, torch.stack([h[real_mask] for h in states])
+                             .to(store_dtype).cpu().numpy())
+                if count % CHECKPOINT_EVERY == 0:
+                    writer.checkpoint()
+                bar.update(int(lengths[batch].sum()))
+    finally:
+        bar.close()
+        model.to("cpu")
+
+
+def _cache_error(cache_dir, error: OSError) -> PoolkitError:
+    return PoolkitError(f"cannot write cache directory '{cache_dir}': "
+                        f"{error.strerror or error}; free space or choose another --cache-dir "
+                        "(or POOLKIT_CACHE_DIR)")

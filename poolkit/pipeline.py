@@ -1,0 +1,403 @@
+"""A run, stage by stage: resolve poolers, load data, encode, pool, train, evaluate, report.
+
+Each stage is a function of the run's :class:`~poolkit.config.RunConfig` and
+what earlier stages produced, returning a small dataclass of its own;
+:func:`run` chains them. Where a change belongs (a metric, a head kind, an
+export format, ...) is mapped in ARCHITECTURE.md.
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .errors import PoolkitError
+from .identity import RunIdentity, pooler_fingerprint, splits_digest
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass
+class Poolers:
+    """The poolers a run compares: ``selected`` ``{name: Pooler}``, the plugin that
+    registered each, each one's source fingerprint, and plugins that failed to load."""
+
+    selected: dict
+    plugins: dict
+    fingerprints: dict
+    load_errors: list
+
+
+@dataclass
+class Encoded:
+    """The encoder's pass (or the cache hit that stood in for it).
+
+    ``sets`` holds every feature set, failed ones included (to name them);
+    ``failures`` ``{id: reason}`` those whose pooler failed so far.
+    """
+
+    encoder: object
+    cache: object
+    ran: bool
+    device: str
+    sets: dict
+    failures: dict
+    layers: list
+    seconds: float
+
+
+@dataclass
+class Features:
+    """Pooled features ``{id: (N, D) float32}`` of the fixed feature sets."""
+
+    arrays: dict
+    failures: dict
+    seconds: float
+
+
+@dataclass
+class Training:
+    """Every head of the run, ``{(feature set id, seed): TrainedHead}``, and how many
+    of them came from the run directory rather than training."""
+
+    heads: dict
+    reused: int
+    failures: dict
+    seconds: float
+
+
+@dataclass
+class Evaluation:
+    """The scored heads: ``results`` (a row per feature set × seed, a column per
+    metric), the test probabilities per feature set ``(seeds, n, C)``, the paired
+    tests and the summary over seeds."""
+
+    results: object
+    probabilities: dict
+    pairs: object
+    summary: object
+
+
+@dataclass
+class RunResult:
+    """What :func:`poolkit.run` returns: the tables, what failed, the label names
+    (``labels[i]`` is head output column *i*), the settings and the recipe card."""
+
+    results: object
+    summary: object
+    pairs: object
+    failures: dict
+    labels: list
+    settings: dict
+    recipe: dict
+    plugin_errors: list = field(default_factory=list)
+    out: Path | None = None
+
+
+def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> Poolers:
+    """Load the plugins and pick the poolers ``names`` (registered names or
+    :class:`~poolkit.Pooler` instances; ``None``: every registered pooler).
+
+    An unknown name is an error listing the known ones; plugins that failed to
+    load are logged and kept as one-line errors.
+    """
+    from .isolation import DEFAULT_TIMEOUT
+    from .manager import collect_poolers, get_plugin_manager
+    from .pooler import Pooler
+
+    timeout = timeout or DEFAULT_TIMEOUT
+    pm = get_plugin_manager(plugins_dir=plugins_dir, timeout=timeout)
+    registered = collect_poolers(pm, timeout=timeout)
+    for error in pm.load_errors:
+        log(f"error: {error}")
+    selected, plugins = {}, {}
+    for item in list(registered) if names is None else names:
+        if isinstance(item, Pooler):
+            selected[item.name], plugins[item.name] = item, type(item).__module__
+            continue
+        if item not in registered:
+            known = ", ".join(registered) or "none"
+            broken = f"; {len(pm.load_errors)} plugin(s) failed to load" if pm.load_errors else ""
+            raise PoolkitError(
+                f"unknown pooler '{item}' (registered: {known}{broken}); see 'poolkit plugins'"
+            )
+        selected[item], plugins[item] = registered[item]
+    if not selected:
+        raise PoolkitError("no poolers to run; see 'poolkit plugins'")
+    return Poolers(selected, plugins, {n: pooler_fingerprint(p) for n, p in selected.items()},
+                   list(pm.load_errors))
+
+
+def load_data(config: RunConfig, log=_silent):
+    """The labelled texts and their splits (a :class:`~poolkit.data.Dataset`)."""
+    from .data import load_dataset
+
+    dataset = load_dataset(config.data, text_col=config.text_col, label_col=config.label_col,
+                           test_data=config.test_data, labels=config.labels,
+                           split_seed=config.split_seed, validation_size=config.validation_size,
+                           test_size=config.test_size, empty_texts=config.empty_texts, log=log)
+    log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
+    log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    return dataset
+
+
+def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encoding=None,
+           max_texts=None, log=_silent) -> Encoded:
+    """Set the poolers up against the encoder and run it once over ``texts`` for the
+    layers their feature sets need, or find those states in the cache.
+
+    ``encoder`` is a loaded :class:`~poolkit.model.Encoder` (default: load
+    ``config.model``). ``before_encoding`` is called once the model is known
+    to load and the encoder is about to run (not on a cache hit). ``max_texts``
+    caps the texts per encoder batch (default: only the token budget).
+    """
+    from .cache import default_cache_dir
+    from .encoding import encode_to_cache, pick_device
+    from .features import feature_sets, setup_poolers
+    from .layers import parse_layers
+    from .model import load_encoder
+
+    if not len(texts):
+        raise PoolkitError("no texts to encode")
+    device = pick_device(config.device)
+    if encoder is None:
+        encoder = load_encoder(config.model, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
+    specs, setup_failed = setup_poolers(poolers, encoder, len(texts), config.pooler_timeout)
+    sets, failures = feature_sets(poolers, specs, parse_layers(config.layers, encoder.num_layers),
+                                  encoder.num_layers, failed=setup_failed)
+    needed = sorted({layer for key, fs in sets.items() if key not in failures
+                     for layer in fs.layers}) or [encoder.num_layers]
+    root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+    began = time.perf_counter()
+    cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
+                                 precision=config.precision, max_texts=max_texts,
+                                 progress=config.progress, layers=needed,
+                                 before_encoding=before_encoding, log=log)
+    seconds = time.perf_counter() - began
+    log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
+        f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
+        f"{seconds:.1f}s ({cache.path})")
+    return Encoded(encoder, cache, ran, device, sets, failures, needed, seconds)
+
+
+def pool(config: RunConfig, encoded: Encoded) -> Features:
+    """Every fixed feature set's features, in one pass over the cached states."""
+    from .features import pool_cache
+
+    fixed = {key: fs for key, fs in encoded.sets.items()
+             if key not in encoded.failures and not fs.trainable}
+    began = time.perf_counter()
+    arrays, failures = pool_cache(encoded.cache, fixed, progress=config.progress,
+                                  timeout=config.pooler_timeout)
+    return Features(arrays, failures, time.perf_counter() - began)
+
+
+def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, features: Features,
+          store, log=_silent) -> Training:
+    """A head per runnable feature set × seed: reused from ``store`` (a
+    :class:`~poolkit.runs.RunStore`) when saved under the same key, else trained
+    by the head kind that wants it and saved as it finishes."""
+    from .heads import FailedHead, HeadTask
+    from .linear_heads import LinearHeads
+    from .trainable_heads import TrainablePoolerHeads
+
+    sets = encoded.sets
+    failures = {**encoded.failures, **features.failures}
+    heads, missing = {}, {}
+    for key, fs in sets.items():
+        if key in failures:
+            continue
+        for seed in config.seed_list():
+            saved = store.load(key, poolers.fingerprints[fs.pooler_name], seed)
+            if saved is None:
+                missing.setdefault(key, []).append(seed)
+            else:
+                heads[key, seed] = saved
+    reused = len(heads)
+    if reused:
+        log(f"reusing {reused} finished pooler x seed results from {config.out}")
+    task = HeadTask(dataset.labels, dataset.splits, dataset.num_labels, config.head,
+                    encoded.device)
+    kinds = [LinearHeads(features.arrays, progress=config.progress),
+             TrainablePoolerHeads(encoded.cache, config.pooler_timeout, log)]
+    began = time.perf_counter()
+    for kind in kinds:
+        jobs = [(sets[key], seeds) for key, seeds in missing.items() if kind.wants(sets[key])]
+        for head in kind.train(task, jobs) if jobs else ():
+            fs = sets[head.feature_set]
+            if isinstance(head, FailedHead):
+                failures[head.feature_set] = head.reason
+                _report_failure(log, fs, head.reason)
+                continue
+            store.save(head, poolers.fingerprints[fs.pooler_name])
+            heads[head.feature_set, head.seed] = head
+    return Training(heads, reused, failures, time.perf_counter() - began)
+
+
+def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
+             training: Training) -> Evaluation:
+    """Score every head's test predictions on the shared metrics, compare feature
+    sets pairwise on the same test items, and summarize over seeds."""
+    import pandas as pd
+
+    from .metrics import compute_metrics
+    from .results import summarize
+    from .stats import paired_comparisons
+
+    y_test = dataset.labels[dataset.splits["test"]]
+    order = [(key, seed) for key in encoded.sets for seed in config.seed_list()
+             if (key, seed) in training.heads]
+    rows = []
+    for key, seed in order:
+        fs, head = encoded.sets[key], training.heads[key, seed]
+        rows.append({"pooler": fs.pooler_name, "layer": fs.layer,
+                     "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
+                     "best_epoch": head.best_epoch, "epochs": head.epochs,
+                     **compute_metrics(y_test, head.probabilities)})
+    results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "plugin", "seed",
+                                                             "dim"])
+    probabilities = {}
+    for key, seed in order:
+        probabilities.setdefault(key, []).append(training.heads[key, seed].probabilities)
+    probabilities = {key: np.stack(value) for key, value in probabilities.items()}
+    pairs = paired_comparisons(probabilities, y_test, seed=config.split_seed)
+    summary = summarize(results, {key: (encoded.sets[key].pooler_name, encoded.sets[key].layer,
+                                        reason) for key, reason in training.failures.items()},
+                        pairs)
+    return Evaluation(results, probabilities, pairs, summary)
+
+
+def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, features: Features,
+           training: Training, evaluation: Evaluation, began: float) -> RunResult:
+    """The run's settings and recipe card, and its run directory written (with
+    ``config.out``); returns the :class:`RunResult`."""
+    from .data import DEFAULT_DATASET_NAME
+    from .results import predictions_table, write_run_dir
+
+    encoder = encoded.encoder
+    y_test = dataset.labels[dataset.splits["test"]]
+    seeds = config.seed_list()
+    settings = {
+        "data": str(config.data) if config.data is not None else DEFAULT_DATASET_NAME,
+        "test_data": str(config.test_data) if config.test_data is not None else None,
+        "text_col": config.text_col, "label_col": config.label_col, "model": encoder.name,
+        "max_length": encoder.max_length, "poolers": list(poolers.selected), "seeds": seeds,
+        "layers": encoded.layers, "num_layers": encoder.num_layers,
+        "split_seed": config.split_seed,
+        "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "majority_rate": float(np.bincount(y_test).max() / len(y_test)) if len(y_test) else None,
+        "head": asdict(config.head), "device": encoded.device, "cache": str(encoded.cache.path),
+        "cache_dtype": config.cache_dtype,
+        "precision": config.precision if encoded.device != "cpu" else "fp32",
+        "encoder_ran": encoded.ran, "tokens": int(encoded.cache.lengths.sum()),
+        "encode_seconds": round(encoded.seconds, 3), "pool_seconds": round(features.seconds, 3),
+        "train_seconds": round(training.seconds, 3),
+        "total_seconds": round(time.perf_counter() - began, 3),
+        "failures": training.failures, "plugin_errors": poolers.load_errors,
+    }
+    recipe = recipe_card(config, poolers, dataset, encoded)
+    if config.out is not None:
+        items = None
+        if config.predictions:
+            items = predictions_table(dataset, evaluation.probabilities, encoded.sets, seeds)
+        write_run_dir(Path(config.out), evaluation.results, evaluation.summary,
+                      dataset.label_names, settings, pairs=evaluation.pairs, recipe=recipe,
+                      predictions=items)
+    return RunResult(evaluation.results, evaluation.summary, evaluation.pairs,
+                     training.failures, dataset.label_names, settings, recipe,
+                     poolers.load_errors, Path(config.out) if config.out is not None else None)
+
+
+def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) -> dict:
+    """What reproduces a run: model and tokenizer identity, data hashes, layers,
+    seeds, splits, head settings, plugins and library versions."""
+    import importlib.metadata
+    import platform
+
+    from . import __version__
+    from .data import DEFAULT_DATASET_NAME, default_dataset_path
+    from .files import sha256_file
+
+    encoder = encoded.encoder
+    identity = encoder.identity()
+    tokenizer = encoder.describe_tokenizer()
+    data_files = {name: sha256_file(default_dataset_path() if name == DEFAULT_DATASET_NAME
+                                    else Path(name))
+                  for name in dict.fromkeys(dataset.files)}
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "model": encoder.name,
+        "model_path": encoder.path,
+        "model_revision": encoder.settings.get("_commit_hash"),
+        "model_fingerprint": identity["model_fingerprint"],
+        "tokenizer": tokenizer["class"],
+        "tokenizer_sha256": identity["tokenizer"],
+        "lowercase": tokenizer["lowercase"],
+        "max_length": encoder.max_length,
+        "layers": encoded.layers,
+        "num_layers": encoder.num_layers,
+        "data_sha256": data_files,
+        "text_col": config.text_col, "label_col": config.label_col,
+        "labels": dataset.label_names,
+        "split_seed": config.split_seed,
+        "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "split_sha256": splits_digest(dataset),
+        "seeds": config.seed_list(),
+        "head": asdict(config.head),
+        "poolers": {name: {"plugin": poolers.plugins[name],
+                           "source_sha256": poolers.fingerprints[name]}
+                    for name in poolers.selected},
+        "device": encoded.device,
+        "precision": config.precision if encoded.device != "cpu" else "fp32",
+        "cache_dtype": config.cache_dtype,
+        "versions": {"poolkit": __version__, "python": platform.python_version(),
+                     **{p: version(p) for p in ("torch", "transformers", "tokenizers",
+                                                 "scikit-learn", "scipy", "numpy", "pandas")}},
+    }
+
+
+def _report_failure(log, feature_set, reason: str) -> None:
+    log(f"error: pooler '{feature_set.pooler_name}' failed on layer {feature_set.layer}: "
+        f"{reason}")
+
+
+def run(config: RunConfig, log=_silent) -> RunResult:
+    """The whole comparison, stage by stage (see the module docstring)."""
+    from .model import load_encoder
+    from .results import RUN_FILES
+    from .runs import RunDirectory, RunStore
+
+    config.validate()
+    began = time.perf_counter()
+    poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
+    dataset = load_data(config, log)
+    encoder = load_encoder(config.model, max_length=config.max_length,
+                           trust_remote_code=config.trust_remote_code)
+
+    def claim():  # before the encoder runs, not after; once the model is known to load
+        if config.out is not None:
+            RunDirectory(config.out).claim(RUN_FILES)
+
+    encoded = encode(config, poolers.selected, dataset.texts, encoder, claim, log=log)
+    claim()
+    for key, reason in encoded.failures.items():
+        _report_failure(log, encoded.sets[key], reason)
+    features = pool(config, encoded)
+    for key, reason in features.failures.items():
+        _report_failure(log, encoded.sets[key], reason)
+    identity = RunIdentity.of(config)
+    store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log)
+    training = train(config, poolers, dataset, encoded, features, store, log)
+    evaluation = evaluate(config, poolers, dataset, encoded, training)
+    return report(config, poolers, dataset, encoded, features, training, evaluation, began)
