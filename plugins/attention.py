@@ -33,7 +33,7 @@ class AttentionPooler(Pooler):
                 weights = scores.softmax(dim=1)
                 # (batch, 1, seq) @ (batch, seq, H): the weighted sum as one
                 # batched matmul, with no (batch, seq, H) temporary in forward
-                # or backward: forward + backward 5x faster than multiply-and-sum.
+                # or backward (far faster than multiply-and-sum).
                 return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
 
         return AttentionPooling()

@@ -7,7 +7,7 @@ This is what Hugging Face returns as ``pooler_output``; it is *not* the raw
 from poolkit import Pooler, hookimpl
 
 
-class BertPoolerPooler(Pooler):
+class PretrainedBertPooler(Pooler):
     name = "bert_pooler"
 
     def __init__(self):
@@ -25,6 +25,7 @@ class BertPoolerPooler(Pooler):
         self.bias = dense["bias"].float()
 
     def pool(self, hidden, mask):
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
         import torch  # here, not at the top: `poolkit plugins` stays fast
 
         first = hidden[:, 0].float()
@@ -34,4 +35,4 @@ class BertPoolerPooler(Pooler):
 
 @hookimpl
 def register_poolers(register):
-    register(BertPoolerPooler())
+    register(PretrainedBertPooler())

@@ -7,6 +7,7 @@ class ClsPooler(Pooler):
     name = "cls"
 
     def pool(self, hidden, mask):
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
         # [CLS] is always position 0 with Hugging Face tokenizers, padded or not.
         return hidden[:, 0]
 

@@ -6,7 +6,7 @@ princeton-nlp/SimCSE's ``simcse/models.py``), which averages
 and ``hidden_states[-1]``.
 """
 
-from poolkit import Pooler, hookimpl
+from poolkit import Pooler, hookimpl, ops
 
 
 class FirstLastAvgPooler(Pooler):
@@ -14,13 +14,11 @@ class FirstLastAvgPooler(Pooler):
     layers = (1, -1)
 
     def pool(self, hidden, mask):
+        """``hidden`` a tuple of two ``(batch, seq, H)`` (layer 1, last layer), ``mask``
+        ``(batch, seq)`` -> ``(batch, H)``."""
         first, last = hidden
-        padding = ~mask.bool().unsqueeze(-1)
-        # Accumulate in fp32: an fp16 sum over hundreds of tokens can overflow.
         both = (first.float() + last.float()) / 2
-        total = both.masked_fill(padding, 0.0).sum(dim=1)
-        count = (~padding).sum(dim=1).clamp(min=1)
-        return (total / count).to(last.dtype)
+        return ops.masked_mean(both, mask).to(last.dtype)
 
 
 @hookimpl

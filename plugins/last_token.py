@@ -12,6 +12,7 @@ class LastTokenPooler(Pooler):
     name = "last_token"
 
     def pool(self, hidden, mask):
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
         import torch  # here, not at the top: `poolkit plugins` stays fast
 
         last = (mask.long().sum(dim=1) - 1).clamp(min=0)

@@ -5,7 +5,7 @@ builds it when both ``pooling_mode_mean_tokens`` and ``pooling_mode_max_tokens``
 are on.
 """
 
-from poolkit import Pooler, hookimpl
+from poolkit import Pooler, hookimpl, ops
 
 
 class MeanMaxPooler(Pooler):
@@ -15,16 +15,11 @@ class MeanMaxPooler(Pooler):
         return 2 * hidden_size
 
     def pool(self, hidden, mask):
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, 2H)``."""
         import torch  # here, not at the top: `poolkit plugins` stays fast
 
-        padding = ~mask.bool().unsqueeze(-1)
-        # Accumulate in fp32: an fp16 sum over hundreds of tokens can overflow.
-        total = hidden.float().masked_fill(padding, 0.0).sum(dim=1)
-        count = (~padding).sum(dim=1).clamp(min=1)
-        mean = (total / count).to(hidden.dtype)
-        # finfo.min, not -1e9: -1e9 does not fit in fp16.
-        largest = hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(dim=1)
-        return torch.cat([mean, largest], dim=-1)
+        mean = ops.masked_mean(hidden, mask).to(hidden.dtype)
+        return torch.cat([mean, ops.masked_max(hidden, mask)], dim=-1)
 
 
 @hookimpl

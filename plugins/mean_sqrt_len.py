@@ -4,18 +4,16 @@ sentence-transformers' ``pooling_mode_mean_sqrt_len_tokens``: between a sum
 (grows with length) and a mean (forgets length).
 """
 
-from poolkit import Pooler, hookimpl
+from poolkit import Pooler, hookimpl, ops
 
 
 class MeanSqrtLenPooler(Pooler):
     name = "mean_sqrt_len"
 
     def pool(self, hidden, mask):
-        padding = ~mask.bool().unsqueeze(-1)
-        # Accumulate in fp32: an fp16 sum over hundreds of tokens can overflow.
-        total = hidden.float().masked_fill(padding, 0.0).sum(dim=1)
-        count = (~padding).sum(dim=1).clamp(min=1)
-        return (total / count.float().sqrt()).to(hidden.dtype)
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
+        total = ops.masked_sum(hidden, mask)
+        return (total / ops.token_count(mask).sqrt()).to(hidden.dtype)
 
 
 @hookimpl

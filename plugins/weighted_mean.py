@@ -5,18 +5,18 @@ for Semantic Search"): later tokens weigh more. Positions count real tokens
 only, so the weights do not depend on padding.
 """
 
-from poolkit import Pooler, hookimpl
+from poolkit import Pooler, hookimpl, ops
 
 
 class WeightedMeanPooler(Pooler):
     name = "weighted_mean"
 
     def pool(self, hidden, mask):
-        real = mask.bool().unsqueeze(-1)
-        # 1, 2, ..., n on the real tokens, 0 on padding; in fp32, like the sum.
-        weights = real.float().cumsum(dim=1) * real
-        total = hidden.float().masked_fill(~real, 0.0).mul(weights).sum(dim=1)
-        return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden.dtype)
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, H)``."""
+        real = mask.bool().float()
+        positions = real.cumsum(dim=1) * real  # 1, 2, ..., n on the real tokens, 0 on padding
+        total = ops.masked_sum(hidden, mask, weights=positions)
+        return (total / positions.sum(dim=1, keepdim=True).clamp(min=1.0)).to(hidden.dtype)
 
 
 @hookimpl

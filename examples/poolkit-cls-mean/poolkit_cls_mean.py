@@ -2,7 +2,7 @@
 
 import torch
 
-from poolkit import Pooler, hookimpl
+from poolkit import Pooler, hookimpl, ops
 
 
 class ClsMeanPooler(Pooler):
@@ -12,10 +12,9 @@ class ClsMeanPooler(Pooler):
         return 2 * hidden_size
 
     def pool(self, hidden, mask):
-        # Sum in fp32: an fp16 sum over hundreds of tokens can overflow.
-        weights = mask.unsqueeze(-1).float()
-        mean = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        return torch.cat([hidden[:, 0].float(), mean], dim=-1)
+        """``hidden`` ``(batch, seq, H)``, ``mask`` ``(batch, seq)`` -> ``(batch, 2H)``."""
+        # ops reduce in fp32 over the real tokens only: an fp16 sum can overflow.
+        return torch.cat([hidden[:, 0].float(), ops.masked_mean(hidden, mask)], dim=-1)
 
 
 @hookimpl
