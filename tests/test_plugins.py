@@ -5,7 +5,6 @@ tests/plugins_broken/ (copied one by one into a temporary folder per test, so a
 broken file never pollutes another test's plugin set).
 """
 
-import ast
 import re
 import shutil
 import sys
@@ -20,7 +19,6 @@ from conftest import (
     BROKEN_PLUGINS_DIR, BUILTIN_POOLERS, PLUGINS_DIR, TESTS_DIR, hf_forward, invoke,
     plugins_dir_with,
 )
-from poolkit import hookspecs
 from poolkit.manager import collect_poolers, get_plugin_manager
 
 FIRST_LAST = PLUGINS_DIR / "first_last.py"
@@ -274,19 +272,6 @@ def test_wrong_shape_in_run_is_reported(small_csv, tiny_model_dir, tmp_path):
     assert_clean_failure(result, "Error:", "wrong_shape", "shape")
     results = pd.read_csv(tmp_path / "run" / "results.csv")
     assert set(results["pooler"]) == {"cls"}
-
-
-def test_every_hook_is_documented_and_tested():
-    """Each hookspec has a docstring, and this file exercises it by name."""
-    specs = [name for name in dir(hookspecs)
-             if getattr(getattr(hookspecs, name), "poolkit_spec", None) is not None]
-    assert specs == ["register_poolers"]
-    this_file = ast.parse(open(__file__).read())
-    used = {node.attr for node in ast.walk(this_file) if isinstance(node, ast.Attribute)}
-    used |= {node.name for node in ast.walk(this_file) if isinstance(node, ast.FunctionDef)}
-    for name in specs:
-        assert (getattr(hookspecs, name).__doc__ or "").strip(), name
-        assert name in used, name
 
 
 def test_trainable_pooler_that_raises_during_run(small_csv, tiny_model_dir, tmp_path):
