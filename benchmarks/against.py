@@ -2,7 +2,9 @@
 
 Each side gets its own warm cache (one cold run first, not timed), then the
 command runs ``--repeats`` times per side, interleaved, each into a fresh run
-directory (so every head trains and every pooler pools). Reported per side: the
+directory (so every head trains and every pooler pools), or with ``--rerun``
+into the cold run's directory (a re-run of a finished command: every head is
+reused). Reported per side: the
 best wall time of the whole process, and the medians of the phases each run
 records in settings.json (pooling, heads); plus the sha256 of results.csv,
 summary.csv and pairs.csv of each side's runs, which must agree within a side.
@@ -58,6 +60,8 @@ def main():
     parser.add_argument("ref")
     parser.add_argument("--new", help="a revision to compare instead of this checkout")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rerun", action="store_true",
+                        help="time re-runs into the finished run directory (heads reused)")
     parser.add_argument("--name", default=None, help="results/<name>.md (default: against-REF)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -74,13 +78,13 @@ def main():
         try:
             runs = {side: [] for side in sides}
             for side, source in sides.items():  # cold, untimed: fills each side's cache
-                run_once(source, tmp / f"cold-{len(runs[side])}-{id(source)}",
-                         tmp / f"cache-{id(source)}", extra)
+                run_once(source, tmp / f"cold-{id(source)}", tmp / f"cache-{id(source)}", extra)
             for repeat in range(args.repeats):
                 order = list(sides.items()) if repeat % 2 == 0 else list(sides.items())[::-1]
                 for side, source in order:
-                    runs[side].append(run_once(source, tmp / f"run-{repeat}-{id(source)}",
-                                               tmp / f"cache-{id(source)}", extra))
+                    out = tmp / (f"cold-{id(source)}" if args.rerun
+                                 else f"run-{repeat}-{id(source)}")
+                    runs[side].append(run_once(source, out, tmp / f"cache-{id(source)}", extra))
         finally:
             for tree in ("new", "ref"):
                 if (tmp / tree).exists():
@@ -101,7 +105,9 @@ def main():
         this, ref = rows
         notes = [
             f"Command: poolkit run {' '.join(extra) or '(defaults)'}; warm cache; "
-            f"{args.repeats} runs per side, interleaved; each into a fresh run directory.",
+            f"{args.repeats} runs per side, interleaved; "
+            + ("re-runs of the finished command (every head reused)." if args.rerun
+               else "each into a fresh run directory."),
             f"Best wall time, {this['code']} / {args.ref}: "
             f"{this['best wall s'] / ref['best wall s']:.3f}",
             "Every run: " + "; ".join(

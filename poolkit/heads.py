@@ -95,6 +95,9 @@ class TrainedHead:
     best_epoch: int
     epochs: int
     validation_loss: float
+    #: ``{metric: value}`` on the test split, once scored (saved with the head, so a
+    #: re-run that reuses it scores nothing)
+    metrics: dict | None = None
 
 
 @dataclass

@@ -201,9 +201,11 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
           store, log=_silent) -> Training:
     """A head per runnable feature set × seed: reused from ``store`` (a
     :class:`~poolkit.runs.RunStore`) when saved under the same key, else trained
-    by the head kind that wants it and saved as it finishes."""
+    by the head kind that wants it, scored on the test split and saved as it
+    finishes (a re-run then reuses its scores too)."""
     from .heads import FailedHead, HeadTask
     from .linear_heads import LinearHeads
+    from .metrics import compute_metrics
     from .trainable_heads import TrainablePoolerHeads
 
     sets = encoded.sets
@@ -234,6 +236,7 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
                 failures[head.feature_set] = head.reason
                 _report_failure(log, fs, head.reason)
                 continue
+            head.metrics = compute_metrics(task.labels[task.test], head.probabilities)
             store.save(head, poolers.fingerprints[fs.pooler_name])
             heads[head.feature_set, head.seed] = head
     return Training(heads, reused, failures, time.perf_counter() - began)
@@ -241,8 +244,8 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
 
 def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
              training: Training) -> Evaluation:
-    """Score every head's test predictions on the shared metrics, compare feature
-    sets pairwise on the same test items, and summarize over seeds."""
+    """Every head's scores on the shared metrics in a table, the feature sets
+    compared pairwise on the same test items, and the summary over seeds."""
     import pandas as pd
 
     from .metrics import compute_metrics
@@ -258,7 +261,7 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
         rows.append({"pooler": fs.pooler_name, "layer": fs.layer,
                      "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
                      "best_epoch": head.best_epoch, "epochs": head.epochs,
-                     **compute_metrics(y_test, head.probabilities)})
+                     **(head.metrics or compute_metrics(y_test, head.probabilities))})
     results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "plugin", "seed",
                                                              "dim"])
     probabilities = {}

@@ -139,9 +139,9 @@ def _locked(path: Path):
 class RunStore:
     """The ``heads/`` folder of a run directory (or nothing, when ``out`` is None).
 
-    Each finished head is two files: ``<set>-seed<N>.json`` (how it trained, the
-    heads key and plugin fingerprint it was trained under, and a sha256 over all
-    of it and the probabilities) and ``.npy`` (its test probabilities, no
+    Each finished head is two files: ``<set>-seed<N>.json`` (how it trained, its
+    metrics, the heads key and plugin fingerprint it was trained under, and a
+    sha256 over all of it and the probabilities) and ``.npy`` (its test probabilities, no
     pickle). A head whose files fail the checksum is damaged and trained again.
     """
 
@@ -189,7 +189,7 @@ class RunStore:
         probabilities = np.ascontiguousarray(head.probabilities, dtype=np.float64)
         record = {"feature_set": head.feature_set, "seed": head.seed,
                   "best_epoch": head.best_epoch, "epochs": head.epochs,
-                  "validation_loss": head.validation_loss}
+                  "validation_loss": head.validation_loss, "metrics": head.metrics}
         buffer = io.BytesIO()
         np.save(buffer, probabilities, allow_pickle=False)
         try:
