@@ -37,7 +37,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
 
 
 def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
-        model=None, poolers=None, seeds=3, out=None, plugins_dir=None, cache_dir=None,
+        model=None, poolers=None, seeds=None, folds=None, protocol="default", metric=None,
+        baseline=None, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
         predictions=False, empty_texts="skip", trust_remote_code=False,
@@ -49,19 +50,24 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     paired tests between feature sets; ``failures`` ``{pooler@layer: reason}``;
     ``labels`` the label names in head-output order; ``settings`` and
     ``recipe``. The arguments are those of :class:`~poolkit.config.RunConfig`
-    (``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; with ``out`` the run
+    (``folds``: cross-fitting folds, default 5, 1 for one split; ``protocol``:
+    ``"default"``, ``"senteval"``, ``"mteb"``; ``metric``: the primary metric;
+    ``baseline``: compare every pooler with this one only;
+    ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; with ``out`` the run
     directory is written there, ``predictions=True`` adds each test item's
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
     seconds). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
     once what finished is saved; the same call then resumes.
     """
     from .config import RunConfig
+    from .metrics import PRIMARY
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
         labels=tuple(labels) if labels is not None else None, model=model,
         poolers=tuple(poolers) if poolers is not None else None, plugins_dir=plugins_dir,
-        seeds=seeds if isinstance(seeds, int) else tuple(seeds), layers=layers,
+        seeds=seeds if seeds is None or isinstance(seeds, int) else tuple(seeds), folds=folds,
+        protocol=protocol, metric=metric or PRIMARY, baseline=baseline, layers=layers,
         max_length=max_length, device=device, cache_dtype=cache_dtype, precision=precision,
         split_seed=split_seed, validation_size=validation_size, test_size=test_size,
         head=head or HeadConfig(), empty_texts=empty_texts, trust_remote_code=trust_remote_code,

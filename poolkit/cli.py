@@ -11,6 +11,7 @@ from .errors import Interrupted, PoolkitError, one_line
 from .export import EXPORT_TABLES, EXPORTERS
 from .isolation import DEFAULT_TIMEOUT
 from .metrics import METRICS, PRIMARY
+from .protocols import DEFAULT_FOLDS, DEFAULT_SEEDS, PROTOCOLS
 
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
@@ -85,8 +86,21 @@ def cli(debug):
 @click.option("--layers", default="-1", show_default=True,
               help="Hidden layers to pool: -1 (last), -2, '-4..-1', '0,3,6', 'all' "
                    "(0 = embeddings output). All from one encoder pass.")
-@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, MAX_SEEDS),
-              help="Number of head seeds (0..N-1) per pooler.")
+@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS),
+              help="Number of head seeds (0..N-1) per pooler. Default: the protocol's "
+                   f"({DEFAULT_SEEDS} for the default protocol).")
+@click.option("--folds", type=int,
+              help=f"Cross-fitting folds: every item scored once, out of fold. Default: "
+                   f"{DEFAULT_FOLDS} (1 with --test-data); 1: one 80/10/10 split.")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="default",
+              show_default=True,
+              help="default: poolkit's heads, cross-fitted; senteval / mteb: those benchmarks' "
+                   "probes, as published (see README).")
+@click.option("--metric", type=click.Choice(list(METRICS)), default=PRIMARY, show_default=True,
+              help="The primary metric: ranks the table and forms the groups.")
+@click.option("--baseline",
+              help="Compare every pooler with this one only (pooler or pooler@layer): "
+                   "k-1 tests instead of all pairs.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory. Default: poolkit-runs/<data>-<hash of the options that "
                    "change results>; re-running a command (with other output options too) "
@@ -122,9 +136,10 @@ def cli(debug):
 @click.option("--pooler-timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
               help="Most seconds one call into a plugin may take (a batch's pool(), setup(), "
                    "a trainable pooler's forward); a pooler past it fails alone.")
-def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, out,
-        plugins_dir, cache_dir, max_length, device, cache_dtype, precision, split_seed, epochs, lr,
-        dropout, empty_texts, predictions, plot_formats, trust_remote_code, pooler_timeout):
+def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
+        protocol, metric, baseline, out, plugins_dir, cache_dir, max_length, device, cache_dtype,
+        precision, split_seed, epochs, lr, dropout, empty_texts, predictions, plot_formats,
+        trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
@@ -132,13 +147,13 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     from .config import RunConfig
     from .heads import HeadConfig
     from .identity import RunIdentity
-    from .metrics import PRIMARY
     from .results import display_table
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
         labels=_csv_tuple(labels), model=model, poolers=_csv_tuple(poolers),
-        plugins_dir=plugins_dir, seeds=seeds, layers=layers, max_length=max_length,
+        plugins_dir=plugins_dir, seeds=seeds, folds=folds, protocol=protocol, layers=layers,
+        max_length=max_length, metric=metric, baseline=baseline,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
         empty_texts=empty_texts, trust_remote_code=trust_remote_code, out=out,
@@ -149,12 +164,17 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         config = dataclasses.replace(config, out=out)
     result = run_config(config, log=_log)
     settings = result.settings
-    click.echo(display_table(result.summary).to_string(index=False))
+    click.echo(display_table(result.summary, config.metric).to_string(index=False))
+    scope = (f"{settings['folds']}-fold cross-fitted, every item scored once"
+             if settings["folds"] > 1 else "test split")
+    verdict = (f"vs baseline: significantly better/worse than {config.baseline} or not"
+               if config.baseline else "group: poolers in one group are not significantly worse "
+               "than its best")
     click.echo(
-        f"\n{len(result.results)} heads, test n={settings['split_sizes']['test']}, majority-class "
-        f"rate {settings['majority_rate']:.3f}; {PRIMARY}: mean over seeds [95% t-interval], others "
-        f"mean ± std; * = best per metric; group: poolers in one group are not significantly "
-        f"worse than its best (paired bootstrap, Holm-corrected, all pairs in pairs.csv). "
+        f"\n{len(result.results)} results ({scope}: n={settings['scored_items']}), majority-class "
+        f"rate {settings['majority_rate']:.3f}; {config.metric}: mean over seeds [95% interval "
+        f"over items and seeds]; * = best per metric; {verdict} (paired bootstrap, "
+        f"Holm-corrected; every pair and metric in pairs.csv). "
         f"{settings['total_seconds']:.1f}s total (encoder {settings['encode_seconds']:.1f}s, "
         f"pooling {settings['pool_seconds']:.1f}s, heads {settings['train_seconds']:.1f}s). "
         f"Run directory: {out}"

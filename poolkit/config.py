@@ -9,6 +9,7 @@ import numpy as np
 from .errors import PoolkitError
 from .heads import HeadConfig
 from .isolation import DEFAULT_TIMEOUT
+from .metrics import PRIMARY
 
 #: The most head seeds a run takes (each seed is a head per feature set).
 MAX_SEEDS = 1000
@@ -22,7 +23,11 @@ class RunConfig:
     """Everything a run was asked for. ``data=None`` and ``model=None`` mean the
     embedded defaults; ``poolers=None`` every registered pooler (names or
     :class:`~poolkit.Pooler` instances); ``seeds`` a count N (seeds 0..N-1) or the
-    seeds; ``layers`` a ``--layers`` spec (default the last layer)."""
+    seeds (``None``: the protocol's); ``layers`` a ``--layers`` spec (default the
+    last layer); ``protocol`` a name in :data:`~poolkit.protocols.PROTOCOLS`,
+    ``folds`` its number of folds (``None``: the protocol's; 1: one split);
+    ``metric`` the primary metric (ranking, groups); ``baseline`` a feature set
+    (``pooler@layer``, or a pooler name) every other is compared with."""
 
     data: str | Path | None = None
     text_col: str = "text"
@@ -32,7 +37,9 @@ class RunConfig:
     model: str | None = None
     poolers: tuple | None = None
     plugins_dir: str | Path | None = None
-    seeds: int | tuple = 3
+    seeds: int | tuple | None = None
+    protocol: str = "default"
+    folds: int | None = None
     layers: object = None
     max_length: int | None = None
     device: str | None = None
@@ -49,10 +56,22 @@ class RunConfig:
     predictions: bool = field(default=False, metadata=OUTPUT_ONLY)
     pooler_timeout: float = field(default=DEFAULT_TIMEOUT, metadata=OUTPUT_ONLY)
     progress: bool = field(default=False, metadata=OUTPUT_ONLY)
+    metric: str = field(default=PRIMARY, metadata=OUTPUT_ONLY)
+    baseline: str | None = field(default=None, metadata=OUTPUT_ONLY)
+
+    def plan(self) -> tuple:
+        """``(protocol, folds)``: the :class:`~poolkit.protocols.Protocol` and its number of folds."""
+        from .protocols import resolve
+
+        protocol, folds, _ = resolve(self.protocol, self.folds, self.seeds, self.test_data)
+        return protocol, folds
 
     def seed_list(self) -> list[int]:
-        """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0."""
-        seeds = self.seeds
+        """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
+        the protocol's)."""
+        from .protocols import resolve
+
+        seeds = resolve(self.protocol, self.folds, self.seeds, self.test_data)[2]
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
             if not 1 <= seeds <= MAX_SEEDS:
                 raise PoolkitError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}")
@@ -69,7 +88,16 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse, with one line naming the option, a setting out of its range."""
+        from .metrics import METRICS
+
+        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(
+                self.folds, (int, np.integer)) or self.folds < 1):
+            raise PoolkitError(f"--folds {self.folds}: give 1 (one split) or a number of folds "
+                               ">= 2")
+        self.plan()
         self.seed_list()
+        if self.metric not in METRICS:
+            raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, (int, np.integer)) \
                 or not 0 <= self.split_seed < 2**32:

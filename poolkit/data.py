@@ -27,16 +27,19 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 @dataclass
 class Dataset:
-    """Texts with integer labels and the index arrays of each split.
+    """Texts with integer labels and the folds they are split into.
 
     ``label_names[i]`` is the label with id ``i``: the ``i``-th output column of
-    every head and every probability column.
+    every head and every probability column. Each fold is a dict of
+    ``"train"`` / ``"validation"`` / ``"test"`` sorted int64 index arrays; the
+    folds' test parts do not overlap, and together they are the items scored
+    (:attr:`scored`): all of them under cross-fitting, the test split otherwise.
     """
 
     texts: list
     labels: np.ndarray  # (N,) int64 label ids
     label_names: list
-    splits: dict  # "train" / "validation" / "test" -> sorted int64 index arrays
+    folds: list
     source: str
     #: (N,) 1-based data row of each text in the file it came from (header not counted)
     rows: np.ndarray = None
@@ -46,6 +49,18 @@ class Dataset:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def splits(self) -> dict:
+        """The one fold of a single split (not cross-fitted)."""
+        if len(self.folds) != 1:
+            raise ValueError(f"a cross-fitted dataset has {len(self.folds)} folds, not one split")
+        return self.folds[0]
+
+    @property
+    def scored(self) -> np.ndarray:
+        """The items with a prediction per head, sorted: the folds' test parts together."""
+        return np.sort(np.concatenate([fold["test"] for fold in self.folds]))
 
 
 def default_dataset_path() -> Path:
@@ -301,6 +316,38 @@ def split_indices(labels: np.ndarray, seed: int, validation: float, test: float,
     return parts
 
 
+def cross_folds(labels: np.ndarray, k: int, seed: int, validation: float, source: str) -> list:
+    """``k`` stratified, seeded folds over ``range(len(labels))``: fold ``f`` tests on
+    its ``1/k`` of the items and trains on the rest, of which ``validation`` (a
+    fraction of all items) is held out for early stopping.
+
+    ``labels`` are label values (names), as for :func:`split_indices`.
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    names, counts = np.unique(labels, return_counts=True)
+    if counts.min() < k:
+        raise PoolkitError(f"--folds {k}: label '{names[counts.argmin()]}' has only "
+                           f"{counts.min()} item(s) in {source}; use at most --folds "
+                           f"{max(counts.min(), 1)}")
+    folds = []
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for rest, test in splitter.split(np.zeros(len(labels)), labels):
+        fold = {"test": np.sort(test)}
+        if validation > 0:
+            try:
+                rest, held = train_test_split(rest, test_size=validation * len(labels) / len(rest),
+                                              random_state=seed, stratify=labels[rest])
+            except ValueError as exc:
+                raise PoolkitError(f"{source}: too few examples for a stratified validation "
+                                   f"part in {k} folds: {exc}") from None
+        else:
+            held = np.empty(0, dtype=np.int64)
+        fold["validation"], fold["train"] = np.sort(held), np.sort(rest)
+        folds.append({name: fold[name] for name in ("train", "validation", "test")})
+    return folds
+
+
 def load_dataset(
     data=None,
     text_col: str = "text",
@@ -311,14 +358,23 @@ def load_dataset(
     validation_size: float = 0.1,
     test_size: float = 0.1,
     empty_texts: str = "skip",
+    folds: int = 1,
     log=None,
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
     Label ids are the sorted unique labels (or ``labels`` in its order), so
-    shuffling the file never changes which id a label gets. With ``test_data``
-    the test split is that file and ``data`` is split into train/validation.
+    shuffling the file never changes which id a label gets. ``folds`` 1: one
+    train/validation/test split (``test_size`` of the items tested); ``K`` > 1:
+    ``K``-fold cross-fitting, every item tested once (see :func:`cross_folds`).
+    With ``test_data`` the test split is that file and ``data`` is split into
+    train/validation.
     """
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
+        raise PoolkitError(f"--folds {folds}: give 1 (one split) or a number of folds >= 2")
+    if folds > 1 and test_data is not None:
+        raise PoolkitError(f"--folds {folds} cross-fits one data file; with --test-data the "
+                           "test items are that file's (leave --folds out)")
     for name, value in (("validation_size", validation_size), ("test_size", test_size)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise PoolkitError(f"{name}={value!r}: give a fraction from 0 up to 1")
@@ -344,7 +400,10 @@ def load_dataset(
     rows = _rows(raw)
     files = [file_name] * len(texts)
     by_name = np.asarray(names, dtype=object)[ids].astype(str)  # ids depend on --labels order
-    if test_data is None:
+    if folds > 1:
+        splits = None
+        fold_list = cross_folds(by_name, folds, split_seed, validation_size, source)
+    elif test_data is None:
         splits = split_indices(by_name, split_seed, validation_size, test_size, source)
     else:
         test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log)
@@ -355,7 +414,8 @@ def load_dataset(
         ids = np.concatenate([ids, test_ids])
         rows = np.concatenate([rows, _rows(test_raw)])
         files += [str(test_data)] * len(test_texts)
-    return Dataset(texts=texts, labels=ids, label_names=names, splits=splits, source=source,
+    return Dataset(texts=texts, labels=ids, label_names=names,
+                   folds=fold_list if splits is None else [splits], source=source,
                    rows=rows, files=files)
 
 

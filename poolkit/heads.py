@@ -63,14 +63,17 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class HeadTask:
-    """What every head of a run learns: ``labels`` ``(N,)`` label ids of all texts,
-    ``splits`` (train/validation/test index arrays into them), the settings."""
+    """What the heads of one fold learn: ``labels`` ``(N,)`` label ids of all texts,
+    ``splits`` (the fold's train/validation/test index arrays into them), the
+    settings, and which fold it is (0 for a single split)."""
 
     labels: np.ndarray
     splits: dict
     num_labels: int
     config: HeadConfig
     device: str = "cpu"
+    fold: int = 0
+    folds: int = 1
 
     @property
     def train(self) -> np.ndarray:
@@ -91,13 +94,14 @@ class HeadTask:
 class TrainedHead:
     feature_set: str  # the feature set's id, e.g. "mean@6"
     seed: int
-    probabilities: np.ndarray  # (n_test, num_labels), columns in label-id order
+    probabilities: np.ndarray  # (n_test, num_labels) on its fold's test items, label-id order
     best_epoch: int
     epochs: int
     validation_loss: float
     #: ``{metric: value}`` on the test split, once scored (saved with the head, so a
     #: re-run that reuses it scores nothing)
     metrics: dict | None = None
+    fold: int = 0
 
 
 @dataclass

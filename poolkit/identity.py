@@ -42,10 +42,13 @@ def texts_digest(texts) -> str:
 
 
 def splits_digest(dataset) -> str:
-    """sha256 over the split names and their index arrays."""
+    """sha256 over every fold's split names and index arrays."""
     hashed = hashlib.sha256()
-    for name in sorted(dataset.splits):
-        hashed.update(name.encode() + np.ascontiguousarray(dataset.splits[name]).tobytes())
+    for number, fold in enumerate(dataset.folds):
+        if number:  # (a single split hashes as it did before folds existed)
+            hashed.update(f"fold {number}".encode())
+        for name in sorted(fold):
+            hashed.update(name.encode() + np.ascontiguousarray(fold[name]).tobytes())
     return hashed.hexdigest()
 
 
@@ -99,10 +102,11 @@ class RunIdentity:
         """Everything besides the feature set and seed that a head's result depends on:
         the entry's key (not its layers: adding layers keeps finished heads), the labels,
         the splits and the head settings."""
-        hashed = hashlib.sha256(json.dumps({
-            "cache": entry_key, "labels": dataset.label_names,
-            "head": asdict(self.options["head"]),
-        }, sort_keys=True).encode())
+        head = {"cache": entry_key, "labels": dataset.label_names,
+                "head": asdict(self.options["head"])}
+        if self.options.get("protocol", "default") != "default":  # another recipe, other heads
+            head["protocol"] = self.options["protocol"]
+        hashed = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
         hashed.update(np.ascontiguousarray(dataset.labels).tobytes())
         hashed.update(splits_digest(dataset).encode())
         return hashed.hexdigest()

@@ -193,7 +193,7 @@ def _train_stack(features, width, task, seeds, progress):
     probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     return [
         TrainedHead(name, seed, probs[h], int(stopping.best_epoch[h]), int(stopping.epochs[h]),
-                    float(stopping.best_loss[h]))
+                    float(stopping.best_loss[h]), fold=task.fold)
         for h, (name, seed) in enumerate(heads)
     ]
 

@@ -1,12 +1,15 @@
 """The metrics every head is scored on (scikit-learn), declared once each.
 
 A metric is a :class:`Metric` in :data:`METRICS`: a name (the results column),
-whether higher is better, and a function of a :class:`Scored` (test labels and
+whether higher is better, a function of a :class:`Scored` (test labels and
 predicted probabilities, with the predicted labels and the macro precision /
-recall / F1 computed once for all metrics). Everything else derives from the
-declarations: the columns of results.csv and summary.csv, the best-per-metric
-marks, ``poolkit plot --metric`` and its help. The first metric is the primary
-one: it ranks the summary and its interval is shown in the printed table.
+recall / F1 computed once for all metrics), and, for the paired bootstrap, the
+same metric of many weighted resamples of the items at once (a function of a
+:class:`Weighted`: the resamples' confusion counts, per-item losses and ranks).
+Everything else derives from the declarations: the columns of results.csv,
+summary.csv and pairs.csv, the best-per-metric marks, ``--metric`` and its
+help. The first metric is the default primary one (``--metric``): it ranks
+the summary and forms the groups.
 """
 
 from dataclasses import dataclass
@@ -48,6 +51,92 @@ class Scored:
         return precision, recall, f1
 
 
+class Weighted:
+    """One head's test predictions under ``B`` resamples of the items at once:
+    ``weights`` ``(B, n)`` is how often each resample draws each item (a row of
+    ones is the test set itself). Each property is ``(B, ...)``; what several
+    metrics read is computed once."""
+
+    def __init__(self, y_true: np.ndarray, probabilities: np.ndarray, weights: np.ndarray,
+                 by_item: np.ndarray | None = None):
+        self.y_true, self.probabilities, self.weights = y_true, probabilities, weights
+        self.num_labels = probabilities.shape[1]
+        #: ``weights.T`` as a C-contiguous float32 ``(n, B)`` (pass it to share it between
+        #: feature sets): the AUC gathers items, which is fast along rows
+        self.by_item = by_item if by_item is not None else np.ascontiguousarray(
+            weights.T, dtype=np.float32)
+
+    @cached_property
+    def total(self) -> np.ndarray:
+        """``(B,)`` items drawn."""
+        return self.weights.sum(axis=1)
+
+    @cached_property
+    def confusion(self) -> np.ndarray:
+        """``(B, C, C)`` weighted counts of (true label, predicted label)."""
+        c = self.num_labels
+        cell = self.y_true * c + self.probabilities.argmax(axis=1)
+        onehot = np.zeros((len(cell), c * c), dtype=self.weights.dtype)
+        onehot[np.arange(len(cell)), cell] = 1
+        return (self.weights @ onehot).reshape(-1, c, c)
+
+    @cached_property
+    def per_label(self) -> tuple:
+        """``(true positives, predicted, actual)``, each ``(B, C)``."""
+        conf = self.confusion
+        return np.diagonal(conf, axis1=1, axis2=2), conf.sum(axis=1), conf.sum(axis=2)
+
+    def log_loss(self) -> np.ndarray:
+        """Mean cross-entropy, probabilities clipped to ``[eps, 1 - eps]`` as sklearn does."""
+        eps = np.finfo(self.probabilities.dtype).eps
+        p = np.clip(self.probabilities[np.arange(len(self.y_true)), self.y_true], eps, 1 - eps)
+        return (self.weights @ -np.log(p)) / self.total
+
+    def roc_auc(self) -> np.ndarray:
+        """ROC AUC (one-vs-rest macro for more than two labels): the weighted share of
+        (positive, negative) pairs ranked right, ties counting half, as sklearn's area.
+        NaN where a resample lacks a label's positives or negatives."""
+        columns = [1] if self.num_labels == 2 else range(self.num_labels)
+        return np.mean([self._auc(self.probabilities[:, c], self.y_true == c) for c in columns],
+                       axis=0)
+
+    def _auc(self, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        negatives = np.flatnonzero(~positive)
+        negatives = negatives[np.argsort(scores[negatives], kind="stable")]
+        positives = np.flatnonzero(positive)
+        ranked = scores[negatives]
+        # Per positive: the negatives ranked strictly lower, and those tied with it.
+        lower = np.searchsorted(ranked, scores[positives], side="left")
+        upto = np.searchsorted(ranked, scores[positives], side="right")
+        # Item-major (items, B) float32: row gathers, exact integer counts and sums.
+        cumulative = np.zeros((len(negatives) + 1, self.by_item.shape[1]), dtype=np.float32)
+        np.cumsum(self.by_item[negatives], axis=0, out=cumulative[1:])
+        below = cumulative[lower]
+        credit = below + (cumulative[upto] - below) / 2
+        drawn = self.by_item[positives]
+        hits = (drawn * credit).sum(axis=0, dtype=np.float64)
+        pairs = drawn.sum(axis=0, dtype=np.float64) * cumulative[-1].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(pairs > 0, hits / pairs, np.nan)
+
+
+def _macro(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Mean over labels of ``numerator / denominator``, 0 where the denominator is 0
+    (sklearn's ``zero_division=0``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / denominator, 0.0).mean(axis=1)
+
+
+def _mcc(w: Weighted) -> np.ndarray:
+    """Matthews correlation from the confusion counts (sklearn's multi-label formula)."""
+    tp, predicted, actual = w.per_label
+    correct, total = tp.sum(axis=1), w.total
+    covariance = correct * total - (predicted * actual).sum(axis=1)
+    scale = np.sqrt((total**2 - (predicted**2).sum(axis=1)) * (total**2 - (actual**2).sum(axis=1)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, covariance / scale, 0.0)
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -55,6 +144,9 @@ class Metric:
     compute: Callable[[Scored], float]
     #: one line for help texts
     about: str
+    #: the metric of many weighted resamples at once, ``(B,)`` from a :class:`Weighted`;
+    #: ``None``: the bootstrap scores resamples one by one with ``compute`` (slower)
+    weighted: Callable[[Weighted], np.ndarray] | None = None
 
 
 def _roc_auc(s: Scored) -> float:
@@ -71,16 +163,21 @@ def _roc_auc(s: Scored) -> float:
 #: Metric name -> :class:`Metric`, in column order; the first is the primary metric.
 METRICS = {m.name: m for m in (
     Metric("accuracy", True, lambda s: s.sk.accuracy_score(s.y_true, s.predicted),
-           "share of test items whose most probable label is right"),
-    Metric("f1_macro", True, lambda s: s.macro[2], "F1 averaged over labels"),
-    Metric("precision_macro", True, lambda s: s.macro[0], "precision averaged over labels"),
-    Metric("recall_macro", True, lambda s: s.macro[1], "recall averaged over labels"),
+           "share of test items whose most probable label is right",
+           lambda w: w.per_label[0].sum(axis=1) / w.total),
+    Metric("f1_macro", True, lambda s: s.macro[2], "F1 averaged over labels",
+           lambda w: _macro(2 * w.per_label[0], w.per_label[1] + w.per_label[2])),
+    Metric("precision_macro", True, lambda s: s.macro[0], "precision averaged over labels",
+           lambda w: _macro(w.per_label[0], w.per_label[1])),
+    Metric("recall_macro", True, lambda s: s.macro[1], "recall averaged over labels",
+           lambda w: _macro(w.per_label[0], w.per_label[2])),
     Metric("mcc", True, lambda s: s.sk.matthews_corrcoef(s.y_true, s.predicted),
-           "Matthews correlation coefficient"),
-    Metric("roc_auc", True, _roc_auc, "ROC AUC (one-vs-rest macro for more than two labels)"),
+           "Matthews correlation coefficient", _mcc),
+    Metric("roc_auc", True, _roc_auc, "ROC AUC (one-vs-rest macro for more than two labels)",
+           lambda w: w.roc_auc()),
     Metric("log_loss", False,
            lambda s: s.sk.log_loss(s.y_true, s.probabilities, labels=s.labels),
-           "cross-entropy of the predicted probabilities"),
+           "cross-entropy of the predicted probabilities", lambda w: w.log_loss()),
 )}
 PRIMARY = next(iter(METRICS))
 

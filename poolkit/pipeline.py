@@ -128,20 +128,41 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> 
         selected[item], plugins[item] = registered[item]
     if not selected:
         raise PoolkitError("no poolers to run; see 'poolkit plugins'")
+    if names is None:
+        from .manager import DEFAULT_PLUGINS
+
+        joined = [name for name, plugin in plugins.items() if plugin not in DEFAULT_PLUGINS
+                  and not plugin.endswith(".py")]
+        if joined:
+            log(f"note: pooler(s) {', '.join(joined)} from installed plugins join this run, and "
+                "every pooler enlarges the multiple-comparison correction; pick poolers with "
+                "--poolers")
     return Poolers(selected, plugins, {n: pooler_fingerprint(p) for n, p in selected.items()},
                    list(pm.load_errors))
 
 
 def load_data(config: RunConfig, log=_silent):
-    """The labelled texts and their splits (a :class:`~poolkit.data.Dataset`)."""
+    """The labelled texts and their folds (a :class:`~poolkit.data.Dataset`), as the
+    protocol splits them."""
     from .data import load_dataset
 
+    protocol, folds = config.plan()
     dataset = load_dataset(config.data, text_col=config.text_col, label_col=config.label_col,
                            test_data=config.test_data, labels=config.labels,
-                           split_seed=config.split_seed, validation_size=config.validation_size,
-                           test_size=config.test_size, empty_texts=config.empty_texts, log=log)
+                           split_seed=config.split_seed,
+                           validation_size=config.validation_size if protocol.validation else 0.0,
+                           test_size=config.test_size, empty_texts=config.empty_texts,
+                           folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
-    log("split: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    first = dataset.folds[0]
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in first.items())
+    if folds == 1:
+        log(f"split: {sizes}")
+    else:
+        log(f"{folds}-fold cross-fitting: each fold {sizes} (fold 1); every one of the "
+            f"{len(dataset.scored)} items scored once, out of fold")
+    if protocol.name != "default":
+        log(f"protocol {protocol.name}: {protocol.about}")
     return dataset
 
 
@@ -170,6 +191,15 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     specs, setup_failed = setup_poolers(poolers, encoder, len(texts), config.pooler_timeout)
     sets, failures = feature_sets(poolers, specs, parse_layers(config.layers, encoder.num_layers),
                                   encoder.num_layers, failed=setup_failed)
+    protocol, _ = config.plan()
+    if not protocol.trainable:
+        left_out = sorted({fs.pooler_name for fs in sets.values() if fs.trainable})
+        if left_out:
+            log(f"note: trainable pooler(s) {', '.join(left_out)} left out: the "
+                f"{protocol.name} protocol trains scikit-learn probes on fixed poolers")
+            sets = {key: fs for key, fs in sets.items() if not fs.trainable}
+    if config.baseline is not None:  # a --baseline no feature set answers: an error now
+        _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
     needed = sorted({layer for key, fs in sets.items() if key not in failures
                      for layer in fs.layers}) or [encoder.num_layers]
     root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
@@ -199,80 +229,117 @@ def pool(config: RunConfig, encoded: Encoded) -> Features:
 
 def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, features: Features,
           store, log=_silent) -> Training:
-    """A head per runnable feature set × seed: reused from ``store`` (a
+    """A head per runnable feature set × fold × seed: reused from ``store`` (a
     :class:`~poolkit.runs.RunStore`) when saved under the same key, else trained
-    by the head kind that wants it, scored on the test split and saved as it
-    finishes (a re-run then reuses its scores too)."""
+    by the protocol's head kind that wants it and saved as it finishes (with
+    its scores on a single split, so a re-run reuses those too)."""
     from .heads import FailedHead, HeadTask
-    from .linear_heads import LinearHeads
     from .metrics import compute_metrics
-    from .trainable_heads import TrainablePoolerHeads
 
+    protocol, _ = config.plan()
     sets = encoded.sets
     failures = {**encoded.failures, **features.failures}
     heads, missing = {}, {}
-    for key, fs in sets.items():
-        if key in failures:
-            continue
-        for seed in config.seed_list():
-            saved = store.load(key, poolers.fingerprints[fs.pooler_name], seed)
-            if saved is None:
-                missing.setdefault(key, []).append(seed)
-            else:
-                heads[key, seed] = saved
+    for fold in range(len(dataset.folds)):
+        for key, fs in sets.items():
+            if key in failures:
+                continue
+            for seed in config.seed_list():
+                saved = store.load(key, poolers.fingerprints[fs.pooler_name], seed, fold)
+                if saved is None:
+                    missing.setdefault(fold, {}).setdefault(key, []).append(seed)
+                else:
+                    heads[key, fold, seed] = saved
     reused = len(heads)
     if reused:
-        log(f"reusing {reused} finished pooler x seed results from {config.out}")
-    task = HeadTask(dataset.labels, dataset.splits, dataset.num_labels, config.head,
-                    encoded.device)
-    kinds = [LinearHeads(features.arrays, progress=config.progress),
-             TrainablePoolerHeads(encoded.cache, config.pooler_timeout, log)]
+        log(f"reusing {reused} finished heads from {config.out}")
+    kinds = protocol.kinds(features.arrays, encoded.cache, config.pooler_timeout,
+                           config.progress, log)
     began = time.perf_counter()
-    for kind in kinds:
-        jobs = [(sets[key], seeds) for key, seeds in missing.items() if kind.wants(sets[key])]
-        for head in kind.train(task, jobs) if jobs else ():
-            fs = sets[head.feature_set]
-            if isinstance(head, FailedHead):
-                failures[head.feature_set] = head.reason
-                _report_failure(log, fs, head.reason)
-                continue
-            head.metrics = compute_metrics(task.labels[task.test], head.probabilities)
-            store.save(head, poolers.fingerprints[fs.pooler_name])
-            heads[head.feature_set, head.seed] = head
+    for fold, jobs_of_fold in sorted(missing.items()):
+        task = HeadTask(dataset.labels, dataset.folds[fold], dataset.num_labels, config.head,
+                        encoded.device, fold, len(dataset.folds))
+        for kind in kinds:
+            jobs = [(sets[key], seeds) for key, seeds in jobs_of_fold.items()
+                    if key not in failures and kind.wants(sets[key])]
+            for head in kind.train(task, jobs) if jobs else ():
+                fs = sets[head.feature_set]
+                if isinstance(head, FailedHead):
+                    failures[head.feature_set] = head.reason
+                    _report_failure(log, fs, head.reason)
+                    continue
+                if len(dataset.folds) == 1:
+                    head.metrics = compute_metrics(task.labels[task.test], head.probabilities)
+                store.save(head, poolers.fingerprints[fs.pooler_name])
+                heads[head.feature_set, fold, head.seed] = head
+    for key in failures:  # a feature set that failed in one fold has no out-of-fold scores
+        for item in [item for item in heads if item[0] == key]:
+            del heads[item]
     return Training(heads, reused, failures, time.perf_counter() - began)
 
 
 def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
              training: Training) -> Evaluation:
-    """Every head's scores on the shared metrics in a table, the feature sets
-    compared pairwise on the same test items, and the summary over seeds."""
+    """Every feature set × seed scored on the shared metrics over the scored items
+    (each item by the head of the fold that held it out), the feature sets
+    compared pairwise on those items, and the summary with intervals."""
     import pandas as pd
 
     from .metrics import compute_metrics
     from .results import summarize
-    from .stats import paired_comparisons
+    from .stats import compare
 
-    y_test = dataset.labels[dataset.splits["test"]]
-    order = [(key, seed) for key in encoded.sets for seed in config.seed_list()
-             if (key, seed) in training.heads]
-    rows = []
-    for key, seed in order:
-        fs, head = encoded.sets[key], training.heads[key, seed]
-        rows.append({"pooler": fs.pooler_name, "layer": fs.layer,
-                     "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
-                     "best_epoch": head.best_epoch, "epochs": head.epochs,
-                     **(head.metrics or compute_metrics(y_test, head.probabilities))})
+    scored = dataset.scored
+    y = dataset.labels[scored]
+    position = np.empty(len(dataset.labels), dtype=np.int64)
+    position[scored] = np.arange(len(scored))
+    folds = range(len(dataset.folds))
+    rows, probabilities = [], {}
+    for key, fs in encoded.sets.items():
+        for seed in config.seed_list():
+            if any((key, fold, seed) not in training.heads for fold in folds):
+                continue
+            heads = [training.heads[key, fold, seed] for fold in folds]
+            combined = np.empty((len(scored), dataset.num_labels))
+            for fold, head in zip(folds, heads):
+                combined[position[dataset.folds[fold]["test"]]] = head.probabilities
+            probabilities.setdefault(key, []).append(combined)
+            one = len(heads) == 1
+            rows.append({"pooler": fs.pooler_name, "layer": fs.layer,
+                         "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
+                         # per fold: the mean over folds
+                         "best_epoch": heads[0].best_epoch if one else
+                         round(float(np.mean([h.best_epoch for h in heads])), 1),
+                         "epochs": heads[0].epochs if one else
+                         round(float(np.mean([h.epochs for h in heads])), 1),
+                         **(heads[0].metrics if one and heads[0].metrics
+                            else compute_metrics(y, combined))})
     results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "plugin", "seed",
                                                              "dim"])
-    probabilities = {}
-    for key, seed in order:
-        probabilities.setdefault(key, []).append(training.heads[key, seed].probabilities)
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
-    pairs = paired_comparisons(probabilities, y_test, seed=config.split_seed)
+    baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
+    comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
+                         baseline=baseline)
     summary = summarize(results, {key: (encoded.sets[key].pooler_name, encoded.sets[key].layer,
                                         reason) for key, reason in training.failures.items()},
-                        pairs)
-    return Evaluation(results, probabilities, pairs, summary)
+                        comparison, primary=config.metric, baseline=baseline)
+    return Evaluation(results, probabilities, comparison.pairs, summary)
+
+
+def _baseline_id(baseline, probabilities: dict, sets: dict):
+    """The feature set ``--baseline`` names (``pooler@layer``, or a pooler with one
+    finished feature set), or ``None``."""
+    if baseline is None:
+        return None
+    if baseline in probabilities:
+        return baseline
+    matches = [key for key in probabilities if sets[key].pooler_name == baseline]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(probabilities) or "none"
+    detail = ("name one of its layers as pooler@layer" if matches
+              else "it is not among the finished feature sets")
+    raise PoolkitError(f"--baseline {baseline}: {detail} ({known})")
 
 
 def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, features: Features,
@@ -283,8 +350,9 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
     from .results import predictions_table, write_run_dir
 
     encoder = encoded.encoder
-    y_test = dataset.labels[dataset.splits["test"]]
+    y_scored = dataset.labels[dataset.scored]
     seeds = config.seed_list()
+    protocol, folds = config.plan()
     settings = {
         "data": str(config.data) if config.data is not None else DEFAULT_DATASET_NAME,
         "test_data": str(config.test_data) if config.test_data is not None else None,
@@ -292,8 +360,10 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "max_length": encoder.max_length, "poolers": list(poolers.selected), "seeds": seeds,
         "layers": encoded.layers, "num_layers": encoder.num_layers,
         "split_seed": config.split_seed,
-        "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
-        "majority_rate": float(np.bincount(y_test).max() / len(y_test)) if len(y_test) else None,
+        "protocol": protocol.name, "folds": folds, "scored_items": len(y_scored),
+        "split_sizes": {k: len(v) for k, v in dataset.folds[0].items()},
+        "majority_rate": float(np.bincount(y_scored).max() / len(y_scored)),
+        "metric": config.metric, "baseline": config.baseline,
         "head": asdict(config.head), "device": encoded.device, "cache": str(encoded.cache.path),
         "cache_dtype": config.cache_dtype,
         "precision": config.precision if encoded.device != "cpu" else "fp32",
@@ -354,7 +424,8 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
         "text_col": config.text_col, "label_col": config.label_col,
         "labels": dataset.label_names,
         "split_seed": config.split_seed,
-        "split_sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "protocol": config.plan()[0].name, "folds": len(dataset.folds),
+        "split_sizes": {k: len(v) for k, v in dataset.folds[0].items()},
         "split_sha256": splits_digest(dataset),
         "seeds": config.seed_list(),
         "head": asdict(config.head),
@@ -400,7 +471,8 @@ def run(config: RunConfig, log=_silent) -> RunResult:
     for key, reason in features.failures.items():
         _report_failure(log, encoded.sets[key], reason)
     identity = RunIdentity.of(config)
-    store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log)
+    store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log,
+                     folds=len(dataset.folds))
     training = train(config, poolers, dataset, encoded, features, store, log)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)

@@ -3,43 +3,62 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .metrics import METRICS, PRIMARY
 
 
-def summarize(results, failures: dict | None = None, pairs=None):
-    """One row per feature set (pooler × layer), ranked by the primary metric's mean.
+def summarize(results, failures: dict | None = None, comparison=None, primary: str = PRIMARY,
+              baseline: str | None = None):
+    """One row per feature set (pooler × layer), ranked by the ``primary`` metric's mean.
 
-    Per metric: mean, std and a 95% Student-t interval over seeds
-    (:func:`poolkit.stats.seed_interval`). ``group`` is the significance group
-    from the paired tests in ``pairs`` (1 = best; see :data:`poolkit.stats.METHODS`).
-    ``failures`` maps ids to ``(pooler, layer, reason)``; those get a row with
-    ``status`` 'failed: <reason>'.
+    Per metric: the mean and std over seeds, and the 95% interval from
+    ``comparison`` (a :class:`~poolkit.stats.Comparison`: resampling the items
+    and the seeds; NaN without one). ``group`` is the significance group from
+    its paired tests (1 = best; see :data:`poolkit.stats.METHODS`); with a
+    ``baseline`` feature set, ``vs_baseline`` says instead whether each is
+    significantly better or worse than it. ``failures`` maps ids to
+    ``(pooler, layer, reason)``; those get a row with ``status`` 'failed: <reason>'.
     """
     import pandas as pd
 
-    from .stats import rank_groups, seed_interval
+    from .stats import rank_groups
 
     rows = []
     for (pooler, layer), group in results.groupby(["pooler", "layer"], sort=False):
+        key = f"{pooler}@{layer}"
         row = {"pooler": pooler, "layer": layer, "plugin": group["plugin"].iloc[0],
                "dim": int(group["dim"].iloc[0]), "seeds": len(group)}
         for metric in METRICS:
-            mean, std, low, high = seed_interval(group[metric].to_numpy(dtype=float))
-            row.update({f"{metric}_mean": mean, f"{metric}_std": std,
+            values = group[metric].to_numpy(dtype=float)
+            low, high = (comparison.intervals.get(key, {}).get(metric, (np.nan, np.nan))
+                         if comparison is not None else (np.nan, np.nan))
+            row.update({f"{metric}_mean": float(np.nanmean(values)),
+                        f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                         f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         row["status"] = "ok"
         rows.append(row)
     summary = pd.DataFrame(rows)
     if len(summary):
-        primary = f"{PRIMARY}_mean"
-        summary = summary.sort_values(primary, ascending=not METRICS[PRIMARY].higher_is_better,
+        column = f"{primary}_mean"
+        summary = summary.sort_values(column, ascending=not METRICS[primary].higher_is_better,
                                       kind="stable")
         ids = summary["pooler"] + "@" + summary["layer"].astype(str)
-        if pairs is not None and len(pairs):
-            groups = rank_groups(dict(zip(ids, summary[primary])), pairs)
-            summary.insert(summary.columns.get_loc("status"), "group", ids.map(groups))
+        pairs = comparison.pairs if comparison is not None else None
+        at = summary.columns.get_loc("status")
+        if baseline is not None:
+            verdicts = {baseline: "baseline"}
+            for a, significant, diff in zip(pairs["a"], pairs["significant"],
+                                            pairs[f"{primary}_diff"]):
+                better = diff > 0 if METRICS[primary].higher_is_better else diff < 0
+                verdicts[a] = ("better" if better else "worse") if significant else "not different"
+            summary.insert(at, "vs_baseline", ids.map(verdicts))
+        elif pairs is not None and len(pairs):
+            sign = 1 if METRICS[primary].higher_is_better else -1
+            groups = rank_groups(dict(zip(ids, sign * summary[column])), pairs)
+            summary.insert(at, "group", ids.map(groups))
         else:
-            summary.insert(summary.columns.get_loc("status"), "group", 1)
+            summary.insert(at, "group", 1)
     failed = [{"pooler": pooler, "layer": layer, "status": f"failed: {reason}"}
               for pooler, layer, reason in (failures or {}).values()]
     if failed:
@@ -50,10 +69,11 @@ def summarize(results, failures: dict | None = None, pairs=None):
     return summary.reset_index(drop=True)
 
 
-def display_table(summary):
-    """The summary as text cells: the primary metric as 'mean [95% interval]', the
-    others as 'mean ± std', the best value per metric marked '*', and the
-    significance group. The layer column is shown when layers differ."""
+def display_table(summary, primary: str = PRIMARY):
+    """The summary as text cells: the ``primary`` metric as 'mean [95% interval]',
+    the others' means, the best value per metric marked '*', and the
+    significance group (or the verdict against a baseline). The layer column is
+    shown when layers differ."""
     import pandas as pd
 
     ok = summary[summary["status"] == "ok"]
@@ -64,6 +84,8 @@ def display_table(summary):
         table["dim"] = summary["dim"].map(lambda d: "" if pd.isna(d) else str(int(d)))
     if "group" in summary:
         table["group"] = summary["group"].map(lambda g: "" if pd.isna(g) else str(int(g)))
+    if "vs_baseline" in summary:
+        table["vs baseline"] = summary["vs_baseline"].fillna("")
     for metric, declared in METRICS.items():
         means = ok[f"{metric}_mean"] if len(ok) else pd.Series(dtype=float)
         best = means.max() if declared.higher_is_better else means.min()
@@ -75,46 +97,54 @@ def display_table(summary):
             mean = row[f"{metric}_mean"]
             mark = " *" if len(ok) > 1 and mean == best else ""
             low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-            if metric == PRIMARY and low is not None and not pd.isna(low):
+            if metric == primary and low is not None and not pd.isna(low):
                 cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]{mark}")
             else:
-                cells.append(f"{mean:.3f} ± {row[f'{metric}_std']:.3f}{mark}")
-        table[f"{PRIMARY} (95% CI)" if metric == PRIMARY else metric] = cells
+                cells.append(f"{mean:.3f}{mark}")
+        table[f"{primary} (95% CI)" if metric == primary else metric] = cells
     if (summary["status"] != "ok").any():
         table["status"] = summary["status"]
     return table
 
 
-def display_pairs(pairs):
-    """The paired tests as text cells: difference with its bootstrap interval,
-    Holm-corrected p-values."""
+def display_pairs(pairs, primary: str = PRIMARY):
+    """The paired tests as text cells: each metric's difference a - b with its
+    bootstrap interval, the primary metric's Holm-corrected p-values (bootstrap
+    and, for accuracy, McNemar's), and whether the difference is significant."""
     import pandas as pd
 
-    return pd.DataFrame({
-        "a": pairs["a"], "b": pairs["b"],
-        "accuracy a - b [95% CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
-                                    zip(pairs["diff"], pairs["diff_low"], pairs["diff_high"])],
-        "p bootstrap (Holm)": pairs["p_bootstrap_holm"].map(_p_value),
-        "p McNemar (Holm)": pairs["p_mcnemar_holm"].map(_p_value),
-        "significant": pairs["significant"].map(lambda v: "yes" if v else "no"),
-    })
+    table = pd.DataFrame({"a": pairs["a"], "b": pairs["b"]})
+    for metric in METRICS:
+        table[f"{metric} a - b [95% CI]"] = [
+            f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+            zip(pairs[f"{metric}_diff"], pairs[f"{metric}_low"], pairs[f"{metric}_high"])]
+    table[f"p {primary} (Holm)"] = pairs[f"{primary}_p_holm"].map(_p_value)
+    table["p McNemar (Holm)"] = pairs["p_mcnemar_holm"].map(_p_value)
+    table["significant"] = pairs["significant"].map(lambda v: "yes" if v else "no")
+    return table
 
 
 def _p_value(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if p != p:  # NaN: the metric is undefined on these items
+        return ""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
 def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
-    """Each test item's prediction per feature set × seed, long format.
+    """Each scored item's prediction per feature set × seed, long format: the test
+    items of a split, or every item out of fold under cross-fitting.
 
-    Columns: pooler, layer, seed, file, row (1-based data row in that file),
-    text, label, predicted, then ``p_<label>`` per label in ``labels.json``
-    order (label id order).
+    Columns: pooler, layer, seed, fold (with several folds: the fold that held
+    the item out), file, row (1-based data row in that file), text, label,
+    predicted, then ``p_<label>`` per label in ``labels.json`` order (label id
+    order).
     """
-    import numpy as np
     import pandas as pd
 
-    test = dataset.splits["test"]
+    test = dataset.scored
+    fold_of = np.empty(len(dataset.labels), dtype=np.int64)
+    for number, fold in enumerate(dataset.folds):
+        fold_of[fold["test"]] = number
     names = dataset.label_names
     frames = []
     for key, probs in probabilities.items():
@@ -122,6 +152,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
         for seed, p in zip(seeds, probs):
             frame = pd.DataFrame({
                 "pooler": fs.pooler_name, "layer": fs.layer, "seed": seed,
+                **({"fold": fold_of[test]} if len(dataset.folds) > 1 else {}),
                 "file": [dataset.files[i] for i in test], "row": dataset.rows[test],
                 "text": [dataset.texts[i] for i in test],
                 "label": [names[i] for i in dataset.labels[test]],

@@ -145,24 +145,26 @@ class RunStore:
     pickle). A head whose files fail the checksum is damaged and trained again.
     """
 
-    def __init__(self, out, key: str, log=lambda message: None):
+    def __init__(self, out, key: str, log=lambda message: None, folds: int = 1):
         self.folder = Path(out) / "heads" if out is not None else None
         self.key = key
         self.log = log
+        self.folds = folds
 
-    def _path(self, feature_set: str, seed: int) -> Path:
+    def _path(self, feature_set: str, seed: int, fold: int = 0) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", feature_set)
         if safe != feature_set:
             safe += "-" + hashlib.sha256(feature_set.encode()).hexdigest()[:8]
-        return self.folder / f"{safe}-seed{seed}.json"
+        part = f"-fold{fold}" if self.folds > 1 else ""
+        return self.folder / f"{safe}{part}-seed{seed}.json"
 
-    def load(self, feature_set: str, fingerprint: str, seed: int):
+    def load(self, feature_set: str, fingerprint: str, seed: int, fold: int = 0):
         """The :class:`~poolkit.heads.TrainedHead` saved for this head, or ``None``."""
         from .heads import TrainedHead
 
         if self.folder is None:
             return None
-        path = self._path(feature_set, seed)
+        path = self._path(feature_set, seed, fold)
         if not path.exists():
             return None
         try:
@@ -185,9 +187,9 @@ class RunStore:
         test probabilities (``.npy``, no pickle)."""
         if self.folder is None:
             return
-        path = self._path(head.feature_set, head.seed)
+        path = self._path(head.feature_set, head.seed, head.fold)
         probabilities = np.ascontiguousarray(head.probabilities, dtype=np.float64)
-        record = {"feature_set": head.feature_set, "seed": head.seed,
+        record = {"feature_set": head.feature_set, "seed": head.seed, "fold": head.fold,
                   "best_epoch": head.best_epoch, "epochs": head.epochs,
                   "validation_loss": head.validation_loss, "metrics": head.metrics}
         buffer = io.BytesIO()

@@ -1,48 +1,63 @@
-"""Uncertainty over seeds and significance between poolers (numpy, scipy, pandas).
+"""Uncertainty and significance: paired comparisons of feature sets on the same items.
 
-Seeds vary the heads; the test items are shared by every pooler, so poolers are
-compared *paired* on those items: a bootstrap over items with the same resamples
-for every pooler, and McNemar's exact test on the seed-ensemble predictions.
+Every feature set is scored on the same items (a test split, or every item out
+of fold under cross-fitting), so feature sets are compared *paired*: one
+bootstrap over the items, the same resamples for every feature set, gives each
+metric's difference between two feature sets an interval and a p-value, and
+each feature set's own interval (resampling its seeds too). McNemar's exact test
+adds a second opinion on accuracy, on the seed-ensemble predictions.
 """
 
 import math
+import warnings
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
-#: Defaults of :func:`paired_comparisons`, also quoted in :data:`METHODS`.
+from .metrics import METRICS, PRIMARY
+
+#: Defaults of :func:`compare`, also quoted in :data:`METHODS`.
 N_BOOT = 10_000
 ALPHA = 0.05
 
-#: Columns of the :func:`paired_comparisons` frame, in order.
-PAIR_COLUMNS = (
-    "a", "b", "accuracy_a", "accuracy_b", "diff", "diff_low", "diff_high",
-    "p_bootstrap", "p_bootstrap_holm", "mcnemar_b", "mcnemar_c", "p_mcnemar",
-    "p_mcnemar_holm", "significant",
-)
+
+def pair_columns(metrics=METRICS) -> tuple:
+    """Columns of a pairs frame, in order: per metric the two values, their
+    difference with its interval, and the raw and Holm-corrected p-values."""
+    per_metric = [f"{m}_{part}" for m in metrics
+                  for part in ("a", "b", "diff", "low", "high", "p", "p_holm")]
+    return ("a", "b", *per_metric, "mcnemar_b", "mcnemar_c", "p_mcnemar", "p_mcnemar_holm",
+            "significant")
+
+
+#: Columns of the :func:`compare` pairs frame, in order.
+PAIR_COLUMNS = pair_columns()
 
 #: How the numbers are computed, for exports/README (states the defaults above).
 METHODS = (
-    "Accuracy is the mean over seeds with a 95% Student-t interval for that mean, "
-    "mean ± t(0.975, k−1)·s/√k for k seeds (s with ddof=1; no interval from one seed). "
-    f"Poolers are compared pairwise with a paired bootstrap over the test items: B = {N_BOOT:,} "
-    "resamples of the items, the same for every pooler, each item's correctness averaged over "
-    "that pooler's seeds; the difference in accuracy d gets a 95% percentile interval and a "
+    f"Each metric is scored per seed on the items every feature set predicts, and averaged "
+    f"over seeds. One paired bootstrap over those items (B = {N_BOOT:,} resamples of the items, "
+    "the same for every feature set; each resample's metric computed from its weighted "
+    "confusion counts, per-item losses and ranks, as scikit-learn computes it on the items "
+    "drawn) gives: each feature set's 95% interval (percentiles of the metric over resamples "
+    "of the items and of its seeds, so it covers both and stays in the metric's range), and "
+    "for each pair and metric the difference a - b with a 95% percentile interval and a "
     "two-sided p-value from its bootstrap standard error, p = 2·Φ(−|d| / sd(d*)) (a normal "
-    "approximation: a count of resamples could not go below 1/(B + 1), too coarse for a "
-    "Holm correction over many pairs). "
-    "McNemar's exact (binomial) test is run on the seed-ensemble predictions (argmax of the "
-    "probabilities averaged over seeds), and both sets of p-values are Holm–Bonferroni corrected "
-    f"over all pairs; a difference is significant when its corrected bootstrap p is below {ALPHA}. "
-    "Groups are formed down the accuracy ranking: a pooler joins the current group unless it is "
-    "significantly worse than the group's leader (its most accurate member), in which case it "
-    "leads a new group, so poolers in one group are not significantly worse than its leader."
+    "approximation: a count of resamples could not go below 1/(B + 1), too coarse for a Holm "
+    "correction over many pairs). McNemar's exact (binomial) test is run on the seed-ensemble "
+    "predictions (argmax of the probabilities averaged over seeds). Each metric's p-values are "
+    "Holm–Bonferroni corrected over all pairs (or, with a baseline, over the comparisons with "
+    f"it); a difference is significant when its corrected p on the primary metric is below "
+    f"{ALPHA}. Groups are formed down the primary metric's ranking: a feature set joins the "
+    "current group unless it is significantly worse than the group's leader (its best member), "
+    "in which case it leads a new group, so feature sets in one group are not significantly "
+    "worse than its leader."
 )
 
 # Item draws per chunk (int64 entries): bounds memory at ~64 MiB per copy.
 # Chunking does not change the draws: the generator yields the same items either way.
 _CHUNK_ENTRIES = 1 << 23
-# Bootstrap differences held at once (B × pairs float64 entries).
-_PAIR_CHUNK_ENTRIES = 1 << 23
 
 
 def seed_interval(values, confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -74,69 +89,114 @@ def holm(p_values) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values ``(m,)``, in the order given.
 
     Sorted ascending, the i-th smallest (1-based) becomes ``p_(i) · (m − i + 1)``,
-    made non-decreasing by a running maximum and clipped at 1.
+    made non-decreasing by a running maximum and clipped at 1. NaNs (a metric
+    undefined on these items) stay NaN and do not count among the ``m`` tests.
     """
     p = np.asarray(p_values, dtype=float).ravel()
-    m = p.size
-    order = np.argsort(p, kind="stable")
+    adjusted = np.full(p.size, np.nan)
+    known = np.flatnonzero(~np.isnan(p))
+    m = known.size
+    order = known[np.argsort(p[known], kind="stable")]
     scaled = p[order] * (m - np.arange(m))
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0) if m else scaled
     return adjusted
 
 
-def paired_comparisons(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
-                       seed: int = 0):
-    """Every pair of feature sets compared on the same test items: one row per pair.
+@dataclass
+class Comparison:
+    """What :func:`compare` finds: ``pairs`` (a frame, :data:`PAIR_COLUMNS`),
+    ``values`` ``{name: {metric: mean over seeds}}``, ``intervals`` ``{name:
+    {metric: (low, high)}}`` over resamples of the items and the seeds."""
+
+    pairs: object
+    values: dict
+    intervals: dict
+
+
+def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
+            seed: int = 0, primary: str = PRIMARY, baseline: str | None = None,
+            metrics=None) -> Comparison:
+    """Every feature set's metrics with intervals, and pairs of them compared on the
+    same items, for every metric.
 
     ``probabilities[name]`` is ``(seeds, n, C)``: each seed's predicted
-    probabilities for the same ``n`` test items (seed counts may differ between
-    names); ``y_true`` is ``(n,)`` label ids. A name's accuracy is the mean over
-    items of its correctness averaged over seeds. The bootstrap draws ``n_boot``
-    resamples of the items (a ``numpy`` Generator seeded by ``seed``), shared by
-    all names; per pair it gives the ``1 - alpha`` percentile interval of the
-    difference and the p-value from its bootstrap standard error. McNemar's exact test uses the
-    seed-ensemble predictions. Both p-values are Holm-corrected over all pairs;
-    ``significant`` is ``p_bootstrap_holm < alpha``.
-
-    Rows: names ranked by accuracy (descending, ties in the order given), ``a``
-    ranked above ``b``, ordered by (rank of a, rank of b). See :data:`METHODS`.
+    probabilities for the same ``n`` items (seed counts may differ between
+    names); ``y_true`` is ``(n,)`` label ids. ``metrics`` (default
+    :data:`~poolkit.metrics.METRICS`) are scored per seed and averaged. The
+    bootstrap draws ``n_boot`` resamples of the items (a ``numpy`` Generator
+    seeded by ``seed``), shared by all names. Pairs: every pair of names, or
+    with ``baseline`` each other name against it; their p-values are
+    Holm-corrected per metric; ``significant`` is the ``primary`` metric's
+    corrected p below ``alpha``. Rows: names ranked by the primary metric (best
+    first, ties in the order given), ``a`` ranked above ``b`` (with a baseline:
+    ``a`` each other name, ``b`` the baseline). See :data:`METHODS`.
     """
     import pandas as pd
 
+    from .metrics import Scored, compute_metrics
+
+    metrics = dict(metrics or METRICS)
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if primary not in metrics:
+        raise ValueError(f"primary metric '{primary}' is not among {', '.join(metrics)}")
     names = list(probabilities)
-    if len(names) < 2:
-        return pd.DataFrame({column: [] for column in PAIR_COLUMNS})
     y = _labels(y_true)
-    correct, ensemble = _correctness(probabilities, y)
-    accuracy = correct.mean(axis=0)
-    rank = np.argsort(-accuracy, kind="stable")
-    ia, ib = (np.array(side, dtype=int) for side in zip(*(
-        (rank[i], rank[j]) for i in range(len(rank)) for j in range(i + 1, len(rank))
-    )))
-    boot = _bootstrap_accuracy(correct, n_boot, seed)
-    diff = accuracy[ia] - accuracy[ib]
-    low, high, p_boot = _bootstrap_pairs(boot, ia, ib, diff, alpha)
-    b, c, p_mcnemar = _mcnemar(ensemble, ia, ib)
-    frame = pd.DataFrame({
-        "a": [names[i] for i in ia],
-        "b": [names[i] for i in ib],
-        "accuracy_a": accuracy[ia],
-        "accuracy_b": accuracy[ib],
-        "diff": diff,
-        "diff_low": low,
-        "diff_high": high,
-        "p_bootstrap": p_boot,
-        "p_bootstrap_holm": holm(p_boot),
-        "mcnemar_b": b,
-        "mcnemar_c": c,
-        "p_mcnemar": p_mcnemar,
-        "p_mcnemar_holm": holm(p_mcnemar),
-    })
-    frame["significant"] = frame["p_bootstrap_holm"] < alpha
-    return frame
+    probs = _checked(probabilities, y)
+    per_seed = {}  # name -> (S, M): what results.csv holds
+    for name in names:
+        scores = [compute_metrics(y, p) for p in probs[name]]
+        per_seed[name] = np.array([[score.get(m, np.nan) if m in score else
+                                    float(metrics[m].compute(Scored(y, p)))
+                                    for m in metrics] for score, p in zip(scores, probs[name])])
+    values = {name: dict(zip(metrics, np.nanmean(per_seed[name], axis=0))) for name in names}
+    boot = _bootstrap(probs, y, metrics, n_boot, seed)  # name -> (B, S, M)
+    intervals = {}
+    for name in names:
+        seeds = boot[name].shape[1]
+        # Its own seed draws (by name): an interval does not depend on the other names.
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        draws = rng.integers(0, seeds, size=(n_boot, seeds))
+        picked = np.take_along_axis(boot[name], draws[:, :, None], axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
+            resampled = np.nanmean(picked, axis=1)
+        low, high = _quantiles(resampled, alpha)
+        intervals[name] = {m: (float(low[i]), float(high[i])) for i, m in enumerate(metrics)}
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline '{baseline}' is not among {', '.join(names)}")
+    if len(names) < 2:
+        return Comparison(pd.DataFrame({c: [] for c in pair_columns(metrics)}), values, intervals)
+
+    sign = 1 if metrics[primary].higher_is_better else -1
+    rank = sorted(range(len(names)), key=lambda i: -sign * values[names[i]][primary])
+    if baseline is None:
+        pairs = [(rank[i], rank[j]) for i in range(len(rank)) for j in range(i + 1, len(rank))]
+    else:
+        base = names.index(baseline)
+        pairs = [(i, base) for i in rank if i != base]
+    ia, ib = (np.array(side, dtype=int) for side in zip(*pairs))
+    columns = {"a": [names[i] for i in ia], "b": [names[i] for i in ib]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
+        means = np.stack([np.nanmean(boot[name], axis=1) for name in names], axis=1)  # (B, K, M)
+    for m_index, m in enumerate(metrics):
+        a_values = np.array([values[names[i]][m] for i in ia])
+        b_values = np.array([values[names[i]][m] for i in ib])
+        diff = a_values - b_values
+        d = means[:, ia, m_index] - means[:, ib, m_index]  # (B, pairs)
+        low, high = _quantiles(d, alpha)
+        p = _p_values(d, diff)
+        columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
+                        f"{m}_low": low, f"{m}_high": high, f"{m}_p": p,
+                        f"{m}_p_holm": holm(p)})
+    b, c, p_mcnemar = _mcnemar(np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y
+                                                for n in names]), ia, ib)
+    columns.update({"mcnemar_b": b, "mcnemar_c": c, "p_mcnemar": p_mcnemar,
+                    "p_mcnemar_holm": holm(p_mcnemar)})
+    frame = pd.DataFrame(columns)
+    frame["significant"] = frame[f"{primary}_p_holm"] < alpha
+    return Comparison(frame, values, intervals)
 
 
 def rank_groups(accuracy: dict, pairs) -> dict:
@@ -178,12 +238,11 @@ def _labels(y_true) -> np.ndarray:
     return y
 
 
-def _correctness(probabilities: dict, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(correct, ensemble)``, both ``(n, K)``: correctness averaged over seeds, and
-    whether the seed-ensemble prediction is right, for each of the ``K`` names."""
+def _checked(probabilities: dict, y: np.ndarray) -> dict:
+    """``probabilities`` as float arrays ``(seeds, n, C)``, their shapes checked."""
     n = y.size
     num_labels = None
-    correct, ensemble = [], []
+    out = {}
     for name, probs in probabilities.items():
         probs = np.asarray(probs, dtype=float)
         if probs.ndim != 3 or probs.shape[0] < 1:
@@ -195,50 +254,72 @@ def _correctness(probabilities: dict, y: np.ndarray) -> tuple[np.ndarray, np.nda
         if probs.shape[2] != num_labels:
             raise ValueError(f"probabilities['{name}'] has {probs.shape[2]} labels, the names before it "
                              f"have {num_labels}")
-        correct.append((probs.argmax(axis=2) == y).mean(axis=0))
-        ensemble.append(probs.mean(axis=0).argmax(axis=1) == y)
-    if y.max() >= num_labels or y.min() < 0:
+        out[name] = probs
+    if num_labels is not None and (y.max() >= num_labels or y.min() < 0):
         raise ValueError(f"y_true has label ids outside 0..{num_labels - 1}")
-    return np.column_stack(correct), np.column_stack(ensemble)
+    return out
 
 
-def _bootstrap_accuracy(correct: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """``(n_boot, K)`` accuracies on item resamples, the same resamples for every name."""
-    n = correct.shape[0]
+def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int) -> dict:
+    """``{name: (n_boot, seeds, metrics)}``: each metric of each seed's predictions on
+    ``n_boot`` resamples of the items, the same resamples for every name."""
+    from .metrics import Scored, Weighted
+
+    n = y.size
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ENTRIES // n)
-    out = np.empty((n_boot, correct.shape[1]))
+    out = {name: np.empty((n_boot, p.shape[0], len(metrics))) for name, p in probs.items()}
     for start in range(0, n_boot, chunk):
         rows = min(start + chunk, n_boot) - start
         # n items drawn with replacement per resample, counted per item: the
         # same distribution as a multinomial draw, several times faster than numpy's.
         drawn = rng.integers(0, n, size=(rows, n))
         drawn += np.arange(rows)[:, None] * n
-        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)
-        out[start : start + rows] = counts @ correct / n
+        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
+        by_item = np.ascontiguousarray(counts.T, dtype=np.float32)
+        for name, seeds in probs.items():
+            for s, p in enumerate(seeds):
+                weighted = Weighted(y, p, counts, by_item)
+                for m, metric in enumerate(metrics.values()):
+                    if metric.weighted is not None:
+                        value = metric.weighted(weighted)
+                    else:  # one resample at a time, as the metric's own function scores it
+                        value = [metric.compute(Scored(y[i], p[i])) for i in
+                                 (np.repeat(np.arange(n), row.astype(int)) for row in counts)]
+                    out[name][start : start + rows, s, m] = value
     return out
 
 
-def _bootstrap_pairs(boot, ia, ib, diff, alpha):
-    """Percentile interval and two-sided p-value of ``boot[:, a] - boot[:, b]`` per pair."""
+def _quantiles(samples: np.ndarray, alpha: float) -> tuple:
+    """The ``alpha / 2`` and ``1 - alpha / 2`` percentiles over dim 0, ignoring NaNs."""
+    levels = [alpha / 2, 1 - alpha / 2]
+    gaps = np.isnan(samples).any(axis=0)
+    low, high = np.quantile(samples, levels, axis=0)  # vectorized; NaN columns redone below
+    if gaps.any():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            low[gaps], high[gaps] = np.nanquantile(samples[:, gaps], levels, axis=0)
+    return low, high
+
+
+def _p_values(d: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """Two-sided p of each observed difference from its bootstrap standard error.
+
+    Normal approximation with the bootstrap standard error: unlike counting
+    resamples, it can go below 1/(B + 1), which a Holm correction over many pairs
+    needs. A difference that never varies is certain (p 0) unless it is 0 (p 1).
+    """
     from scipy import stats
 
-    n_boot = boot.shape[0]
-    low, high, p = (np.empty(len(ia)) for _ in range(3))
-    step = max(1, _PAIR_CHUNK_ENTRIES // n_boot)
-    for start in range(0, len(ia), step):
-        sl = slice(start, start + step)
-        d = boot[:, ia[sl]] - boot[:, ib[sl]]  # (B, pairs)
-        low[sl], high[sl] = np.quantile(d, [alpha / 2, 1 - alpha / 2], axis=0)
-        # Normal approximation with the bootstrap standard error: unlike counting
-        # resamples, it can go below 1/(B + 1), which a Holm correction over
-        # hundreds of pairs needs.
-        se = d.std(axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
-        observed = np.abs(diff[sl])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
-        p[sl] = np.minimum(1.0, 2 * stats.norm.sf(z))
-    return low, high, p
+    n_boot = d.shape[0]
+    with np.errstate(all="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            se = np.nanstd(d, axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
+        observed = np.abs(diff)
+        z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
+        p = np.minimum(1.0, 2 * stats.norm.sf(z))
+    return np.where(np.isnan(diff) | np.isnan(se), np.nan, p)
 
 
 def _mcnemar(ensemble, ia, ib):

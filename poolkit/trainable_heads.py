@@ -25,8 +25,9 @@ class TrainablePoolerHeads:
 
     def train(self, task: HeadTask, jobs: list):
         for feature_set, seeds in jobs:
-            self.log(f"training pooler '{feature_set.pooler_name}' (layer {feature_set.layer}) "
-                     "with its heads")
+            fold = f", fold {task.fold + 1} of {task.folds}" if task.folds > 1 else ""
+            self.log(f"training pooler '{feature_set.pooler_name}' (layer {feature_set.layer}"
+                     f"{fold}) with its heads")
             heads = train_trainable(self.cache, feature_set, task, seeds, self.timeout)
             while True:
                 try:
@@ -125,7 +126,7 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
         model.load_state_dict(best_state)
         probs = torch.softmax(predict(model, test).double(), dim=-1).cpu().numpy()
         yield TrainedHead(feature_set.id, seed, probs, int(stopping.best_epoch[0]),
-                          int(stopping.epochs[0]), float(stopping.best_loss[0]))
+                          int(stopping.epochs[0]), float(stopping.best_loss[0]), fold=task.fold)
 
 
 def token_standardization(cache, rows, layer, chunk: int = 1024) -> Standardization:

@@ -131,8 +131,25 @@ CASES = {
                         _csv(tmp / "t.csv", _with(_rows(10), r1=("  ", None), r6=(None, "meh")))],
         culprits=("t.csv", "'meh'", "row 7")),
     "too few examples for the split": Case(
-        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _rows(3))],
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _rows(3)), "--folds", "1"],
         culprits=("d.csv", "too few examples", "3 rows", "2 labels")),
+    **{f"--folds {value}": Case(lambda tmp, m, v=value: ["--data", _csv(tmp / "d.csv"),
+                                                         "--folds", v],
+                                culprits=("--folds", value, "1 (one split)"))
+       for value in ("0", "-2")},
+    "--folds above the smallest label's count": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", _rows(9)), "--folds", "5"],
+        culprits=("--folds 5", "label 'neg' has only 4 item(s)", "d.csv", "at most --folds 4")),
+    "--folds with --test-data": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--test-data", _csv(tmp / "t.csv"),
+                        "--folds", "3"],
+        culprits=("--folds 3", "--test-data")),
+    "--protocol senteval with --folds": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--protocol", "senteval", "--folds", "3"],
+        culprits=("--protocol senteval", "10", "--folds")),
+    "--baseline naming no pooler of the run": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--baseline", "nope"],
+        culprits=("--baseline nope", "mean@2")),
     "not UTF-8": Case(
         lambda tmp, m: ["--data", _text(tmp / "latin.csv", "text,label\ncafé,pos\nthé,neg\n"
                                         .encode("latin-1"))],

@@ -52,8 +52,9 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert sorted(p.name for p in out.iterdir()) == [
         ".poolkit-run.json", ".poolkit-run.lock", "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
         "summary.csv"]
-    assert len(list((out / "heads").glob("*.json"))) == len(ALL_POOLERS) * 2
-    assert len(list((out / "heads").glob("*.npy"))) == len(ALL_POOLERS) * 2
+    # the default protocol: 5-fold cross-fitting, a head per pooler x fold x seed
+    assert len(list((out / "heads").glob("*.json"))) == len(ALL_POOLERS) * 5 * 2
+    assert len(list((out / "heads").glob("*.npy"))) == len(ALL_POOLERS) * 5 * 2
     results = pd.read_csv(out / "results.csv")
     assert len(results) == len(ALL_POOLERS) * 2
     assert sorted(zip(results["pooler"], results["layer"].astype(str), results["seed"])) == sorted(
@@ -74,7 +75,8 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert settings["data"] == str(data)
     assert settings["seeds"] == [0, 1]
     assert settings["poolers"] == list(ALL_POOLERS)
-    assert settings["split_sizes"] == {"train": 96, "validation": 12, "test": 12}
+    assert settings["folds"] == 5 and settings["scored_items"] == 120
+    assert settings["split_sizes"] == {"train": 84, "validation": 12, "test": 24}  # fold 1
     assert settings["head"]["max_epochs"] == 5
 
 
@@ -243,7 +245,7 @@ def test_run_default_out_dir_is_named_by_the_command_and_reused(small_csv, tiny_
     again = invoke(args)  # the same command: the same directory, its finished heads reused
     assert again.exit_code == 0, again.output
     assert [p.name for p in (tmp_path / "poolkit-runs").iterdir()] == [run_dir.name]
-    assert "reusing 1 finished pooler x seed results" in again.stderr
+    assert "reusing 5 finished heads" in again.stderr
 
     other = invoke([*args[:-2], "--epochs", 2])  # another command: another directory
     assert other.exit_code == 0, other.output
@@ -263,7 +265,7 @@ def test_output_only_options_reuse_the_run_folder_and_train_nothing(small_csv, t
         again = invoke([*args, *extra])
         assert again.exit_code == 0, again.output
         assert [p.name for p in (tmp_path / "poolkit-runs").iterdir()] == [run_dir.name], extra
-        assert "reusing 4 finished pooler x seed results" in again.stderr, extra
+        assert "reusing 20 finished heads" in again.stderr, extra
         assert (run_dir / "results.csv").read_bytes() == results, extra
 
 

@@ -1,10 +1,12 @@
-"""Comparing feature sets: intervals and groups in summary.csv, pairs.csv, the saved
-probabilities, per-item predictions.csv, the exports and the recipe card, and a
-resumed run reproducing its tables byte for byte.
+"""Comparing feature sets under the default protocol (5-fold cross-fitting): intervals
+and groups in summary.csv, pairs.csv, the saved probabilities, per-item
+predictions.csv, the exports and the recipe card, and a resumed run reproducing its
+tables byte for byte.
 
 Everything is checked against the run directory's own files and independent
-computations (scipy's t-interval, Holm by hand, accuracies from the saved
-probabilities, the data file read back with pandas, sha256 of its bytes).
+computations (Holm by hand, accuracies from the saved probabilities, the folds
+rebuilt from the data file, the data file read back with pandas, sha256 of its
+bytes).
 """
 
 import hashlib
@@ -25,6 +27,7 @@ POOLERS = "cls,mean,first_last_avg,attention"
 #: Feature sets of POOLERS with --layers -2..-1 on the 2-layer tiny model.
 IDS = ["cls@1", "cls@2", "mean@1", "mean@2", "first_last_avg@1+2", "attention@1", "attention@2"]
 SEEDS = 3
+FOLDS = 5  # the default protocol's
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -70,38 +73,54 @@ def feature_id(frame):
 
 
 @pytest.fixture(scope="module")
-def y_test(main_run):
+def dataset(main_run):
     from poolkit.data import load_dataset
 
-    dataset = load_dataset(main_run["data"])
-    return dataset.labels[dataset.splits["test"]]
+    return load_dataset(main_run["data"], folds=FOLDS)
+
+
+@pytest.fixture(scope="module")
+def y_test(dataset):
+    """The labels of the scored items: every item, each scored out of fold."""
+    assert len(dataset.scored) == len(dataset.texts) == 120
+    return dataset.labels[dataset.scored]
 
 
 # ---------------------------------------------------------------- summary.csv
 
-def test_summary_intervals_are_student_t_over_the_seeds(tables):
-    results, summary = tables["results"], tables["summary"]
+def test_summary_means_and_stds_are_over_seeds_and_intervals_over_items_and_seeds(tables,
+                                                                                  y_test):
+    from poolkit.stats import compare
+
+    results, summary, predictions = tables["results"], tables["summary"], tables["predictions"]
     assert sorted(feature_id(summary)) == sorted(IDS)
     assert len(results) == len(IDS) * SEEDS
+    names = [tables["labels"][str(i)] for i in range(len(tables["labels"]))]
+    probabilities = {
+        f"{pooler}@{layer}": np.stack([g.sort_values("row")[[f"p_{n}" for n in names]].to_numpy()
+                                       for _, g in items.groupby("seed")])
+        for (pooler, layer), items in predictions.groupby(["pooler", "layer"])}
+    order = predictions[predictions["seed"] == 0].drop_duplicates("row").sort_values("row")
+    y = order["label"].map(names.index).to_numpy()
+    intervals = compare(probabilities, y, seed=0).intervals  # what the run computed, again
     for _, row in summary.iterrows():
         per_seed = results[(results["pooler"] == row["pooler"]) & (results["layer"] == row["layer"])]
         assert sorted(per_seed["seed"]) == list(range(SEEDS))
         assert row["seeds"] == SEEDS
         for metric in METRICS:
             values = per_seed[metric].to_numpy(dtype=float)
-            mean, std = values.mean(), values.std(ddof=1)
-            if std > 0:
-                low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=mean,
-                                                   scale=scipy.stats.sem(values))
-            else:  # scipy gives NaN for scale 0; no spread, the interval is the mean
-                low = high = mean
             where = f"{row['pooler']}@{row['layer']} {metric}"
-            assert row[f"{metric}_mean"] == pytest.approx(mean, rel=1e-9, abs=1e-12), where
-            assert row[f"{metric}_std"] == pytest.approx(std, rel=1e-9, abs=1e-12), where
-            assert row[f"{metric}_ci_low"] == pytest.approx(low, rel=1e-9, abs=1e-12), where
-            assert row[f"{metric}_ci_high"] == pytest.approx(high, rel=1e-9, abs=1e-12), where
-    # the seeds do differ somewhere: the interval is not degenerate everywhere
-    assert (summary["accuracy_ci_high"] > summary["accuracy_ci_low"]).any()
+            assert row[f"{metric}_mean"] == pytest.approx(values.mean(), rel=1e-9, abs=1e-12), where
+            assert row[f"{metric}_std"] == pytest.approx(values.std(ddof=1), rel=1e-9,
+                                                         abs=1e-12), where
+            low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+            assert (low, high) == pytest.approx(intervals[f"{row['pooler']}@{row['layer']}"][metric])
+            lowest, highest = {"mcc": (-1, 1), "log_loss": (0, np.inf)}.get(metric, (0, 1))
+            assert lowest <= low <= high <= highest, where
+            assert low <= row[f"{metric}_mean"] + 1e-9 and row[f"{metric}_mean"] <= high + 1e-9
+    # 120 items: the intervals are wide enough to hold the item sampling
+    width = summary["accuracy_ci_high"] - summary["accuracy_ci_low"]
+    assert (width > 0.03).all()
 
 
 def test_summary_groups_rank_from_the_best(tables):
@@ -124,17 +143,20 @@ def test_pairs_cover_every_pair_once(tables):
     assert len(pairs) == n * (n - 1) // 2
     got = sorted(tuple(sorted(p)) for p in zip(pairs["a"], pairs["b"]))
     assert got == sorted(tuple(sorted(p)) for p in itertools.combinations(IDS, 2))
-    for column in ("p_bootstrap", "p_bootstrap_holm", "p_mcnemar", "p_mcnemar_holm"):
+    for column in ("accuracy_p", "accuracy_p_holm", "p_mcnemar", "p_mcnemar_holm"):
         assert pairs[column].between(0, 1).all(), column
-    assert (pairs["p_bootstrap_holm"] >= pairs["p_bootstrap"]).all()
+    assert (pairs["accuracy_p_holm"] >= pairs["accuracy_p"]).all()
     assert (pairs["p_mcnemar_holm"] >= pairs["p_mcnemar"]).all()
     assert (pairs["accuracy_a"] >= pairs["accuracy_b"]).all()
-    mean = dict(zip(feature_id(summary), summary["accuracy_mean"]))
-    for _, row in pairs.iterrows():
-        assert row["accuracy_a"] == pytest.approx(mean[row["a"]], abs=1e-12), row["a"]
-        assert row["accuracy_b"] == pytest.approx(mean[row["b"]], abs=1e-12), row["b"]
-        assert row["diff"] == pytest.approx(row["accuracy_a"] - row["accuracy_b"], abs=1e-12)
-        assert row["diff_low"] <= row["diff_high"]
+    for metric in METRICS:  # every metric has its difference, interval and p-values
+        mean = dict(zip(feature_id(summary), summary[f"{metric}_mean"]))
+        for _, row in pairs.iterrows():
+            assert row[f"{metric}_a"] == pytest.approx(mean[row["a"]], abs=1e-12), row["a"]
+            assert row[f"{metric}_b"] == pytest.approx(mean[row["b"]], abs=1e-12), row["b"]
+            assert row[f"{metric}_diff"] == pytest.approx(row[f"{metric}_a"] - row[f"{metric}_b"],
+                                                          abs=1e-12)
+            assert row[f"{metric}_low"] <= row[f"{metric}_high"]
+            assert 0 <= row[f"{metric}_p"] <= row[f"{metric}_p_holm"] <= 1
 
 
 def holm_by_hand(p):
@@ -149,35 +171,44 @@ def holm_by_hand(p):
 
 def test_pairs_holm_adjustment_by_hand(tables):
     pairs = tables["pairs"]
-    for raw, adjusted in (("p_bootstrap", "p_bootstrap_holm"), ("p_mcnemar", "p_mcnemar_holm")):
+    for raw, adjusted in [(f"{m}_p", f"{m}_p_holm") for m in METRICS] + [
+            ("p_mcnemar", "p_mcnemar_holm")]:
         expected = holm_by_hand(pairs[raw].tolist())
         np.testing.assert_allclose(pairs[adjusted], expected, rtol=1e-12, atol=0)
-    assert (pairs["significant"] == (pairs["p_bootstrap_holm"] < 0.05)).all()
+    assert (pairs["significant"] == (pairs["accuracy_p_holm"] < 0.05)).all()
 
 
 # ---------------------------------------------------------------- saved probabilities
 
-def test_saved_probabilities_give_each_heads_accuracy(main_run, tables, y_test):
+def test_saved_probabilities_give_each_heads_accuracy(main_run, tables, dataset, y_test):
+    """Each fold's head predicts that fold's held-out items; put together they are the
+    out-of-fold predictions every result row is scored on."""
     heads = main_run["out"] / "heads"
     results = tables["results"]
     files = sorted(heads.glob("*.npy"))
-    assert len(files) == len(IDS) * SEEDS
-    seen = set()
+    assert len(files) == len(IDS) * FOLDS * SEEDS
+    combined, epochs = {}, {}
     for file in files:
         probabilities = np.load(file, allow_pickle=False)
         saved = json.loads(file.with_suffix(".json").read_text())["head"]
-        pooler, _, layer = saved["feature_set"].rpartition("@")
-        assert probabilities.shape == (len(y_test), len(tables["labels"]))
+        fold = dataset.folds[saved["fold"]]
+        assert probabilities.shape == (len(fold["test"]), len(tables["labels"]))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-9)
         assert (probabilities >= 0).all()
+        key = (saved["feature_set"], saved["seed"])
+        combined.setdefault(key, np.full((len(y_test), 2), np.nan))[fold["test"]] = probabilities
+        epochs.setdefault(key, []).append(saved["best_epoch"])
+    assert len(combined) == len(IDS) * SEEDS
+    for (feature_set, seed), probabilities in combined.items():
+        assert not np.isnan(probabilities).any(), "an item without an out-of-fold prediction"
+        pooler, _, layer = feature_set.rpartition("@")
         match = results[(results["pooler"] == pooler) & (results["layer"] == layer)
-                        & (results["seed"] == saved["seed"])]
-        assert len(match) == 1, file.name
-        assert match["best_epoch"].iloc[0] == saved["best_epoch"], file.name
+                        & (results["seed"] == seed)]
+        assert len(match) == 1, feature_set
+        assert match["best_epoch"].iloc[0] == pytest.approx(np.mean(epochs[feature_set, seed]),
+                                                            abs=0.05)
         accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
-        assert match["accuracy"].iloc[0] == pytest.approx(accuracy, abs=1e-12), file.name
-        seen.add((pooler, layer, saved["seed"]))
-    assert len(seen) == len(files)
+        assert match["accuracy"].iloc[0] == pytest.approx(accuracy, abs=1e-12), feature_set
 
 
 # ---------------------------------------------------------------- predictions.csv
@@ -186,8 +217,8 @@ def test_predictions_table_layout_and_consistency(main_run, tables, y_test):
     predictions, results, labels = tables["predictions"], tables["results"], tables["labels"]
     names = [labels[str(i)] for i in range(len(labels))]
     assert names == ["neg", "pos"]
-    assert list(predictions.columns) == ["pooler", "layer", "seed", "file", "row", "text", "label",
-                                         "predicted", *[f"p_{n}" for n in names]]
+    assert list(predictions.columns) == ["pooler", "layer", "seed", "fold", "file", "row", "text",
+                                         "label", "predicted", *[f"p_{n}" for n in names]]
     assert len(predictions) == len(y_test) * len(IDS) * SEEDS
     assert not predictions.duplicated(["pooler", "layer", "seed", "row"]).any()
     assert (predictions["file"] == str(main_run["data"])).all()
@@ -202,9 +233,10 @@ def test_predictions_table_layout_and_consistency(main_run, tables, y_test):
         row = results[(results["pooler"] == pooler) & (results["layer"] == layer)
                       & (results["seed"] == seed)]
         assert row["accuracy"].iloc[0] == pytest.approx(accuracy, abs=1e-12), (pooler, layer, seed)
-        saved = np.load(main_run["out"] / "heads" / f"{pooler}@{layer}-seed{seed}.npy")
-        np.testing.assert_allclose(items[[f"p_{n}" for n in names]].to_numpy(), saved,
-                                   rtol=1e-12, atol=0)
+        for fold, held_out in items.groupby("fold"):
+            saved = np.load(main_run["out"] / "heads" / f"{pooler}@{layer}-fold{fold}-seed{seed}.npy")
+            np.testing.assert_allclose(held_out[[f"p_{n}" for n in names]].to_numpy(), saved,
+                                       rtol=1e-12, atol=0)
 
 
 def test_prediction_rows_point_into_the_data_file(main_run, tables):
@@ -239,7 +271,7 @@ def label_order_runs(tmp_path_factory, tiny_model_dir):
     data = root / "separable.csv"
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(data, index=False)
     args = ["run", "--data", data, "--model", tiny_model_dir, "--poolers", "mean,cls",
-            "--seeds", 2, "--epochs", 10, "--lr", 0.05, "--predictions",
+            "--seeds", 2, "--epochs", 10, "--lr", 0.05, "--predictions", "--folds", 1,
             "--cache-dir", root / "cache"]
     runs = {}
     for name, extra in (("default", []), ("swapped", ["--labels", "pos,neg"])):
@@ -288,8 +320,10 @@ def test_label_order_does_not_change_the_test_items(label_order_runs):
 def test_export_pairs_as_markdown(main_run):
     result = invoke(["export", main_run["out"], "--table", "pairs", "--format", "md"])
     assert result.exit_code == 0, result.output
-    assert "p bootstrap (Holm)" in result.output
+    assert "p accuracy (Holm)" in result.output
     assert "p McNemar (Holm)" in result.output
+    for metric in METRICS:  # an interval column per metric
+        assert f"{metric} a - b [95% CI]" in result.output
     for feature_set in IDS:
         assert feature_set in result.output
 
@@ -348,7 +382,7 @@ def test_a_resumed_run_reproduces_its_tables_byte_for_byte(main_run, tmp_path):
         (copy / name).unlink()
     result = invoke([*main_run["args"], "--out", copy])
     assert result.exit_code == 0, result.output
-    assert f"reusing {len(IDS) * SEEDS} finished" in result.stderr
+    assert f"reusing {len(IDS) * FOLDS * SEEDS} finished heads" in result.stderr
     for name in ("pairs.csv", "summary.csv", "results.csv", "predictions.csv"):
         assert (copy / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
     heads = sorted(p.name for p in (copy / "heads").iterdir())

@@ -189,7 +189,8 @@ def test_users_ctrl_c_stops_the_run_saves_finished_heads_and_says_how_to_resume(
     out = tmp_path / "run"
     plugins = plugins_dir_with(tmp_path, *_broken("hangs_trainable"))
     command = ["run", "--data", str(data), "--model", str(tiny_model_dir), "--poolers",
-               "mean,hangs_trainable", "--seeds", "2", "--epochs", "3", "--out", str(out),
+               "mean,hangs_trainable", "--seeds", "2", "--epochs", "3", "--folds", "1",
+               "--out", str(out),
                "--plugins-dir", str(plugins)]
     env = dict(os.environ)
     env.pop("PYTEST_CURRENT_TEST", None)
@@ -214,5 +215,5 @@ def test_users_ctrl_c_stops_the_run_saves_finished_heads_and_says_how_to_resume(
 
     again = invoke([*command, "--pooler-timeout", "1"])
     assert again.exit_code == PLUGINS_FAILED, again.output
-    assert "reusing 2 finished pooler x seed results" in again.stderr
+    assert "reusing 2 finished heads" in again.stderr
     assert "did not return within --pooler-timeout 1 s" in again.stderr

@@ -364,7 +364,7 @@ def test_layer_2_rows_of_a_sweep_equal_a_last_layer_run(sweep_runs):
 def test_adding_layers_trains_only_the_new_heads(small_csv, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     kwargs = dict(model=str(tiny_model_dir), poolers=["mean", "first_last_avg", "attention"],
-                  seeds=2, head=HEAD, out=out, cache_dir=tmp_path / "c")
+                  seeds=2, head=HEAD, out=out, cache_dir=tmp_path / "c", folds=1)
     first = poolkit.run(small_csv, layers="-1", **kwargs).results
     heads = out / "heads"
     before = {p.name: p.read_bytes() for p in heads.iterdir()}

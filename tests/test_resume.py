@@ -303,6 +303,7 @@ def trained(monkeypatch):
 def _api_run(data, model, out, **kwargs):
     kwargs.setdefault("head", HeadConfig(max_epochs=5))
     kwargs.setdefault("poolers", list(BUILTIN_POOLERS))  # fixed poolers: train_heads trains them
+    kwargs.setdefault("folds", 1)  # one split: one train_heads call per group of seeds
     return poolkit.run(data, model=str(model), out=out, **kwargs).results
 
 
@@ -376,7 +377,7 @@ def test_resuming_with_more_seeds_is_byte_identical_to_a_fresh_run(small_csv, ti
     assert invoke(command(resumed, 1)).exit_code == 0
     second = invoke(command(resumed, 2))
     assert second.exit_code == 0, second.output
-    assert "reusing 5 finished pooler x seed results" in second.stderr
+    assert "reusing 25 finished heads" in second.stderr  # 5 poolers x 5 folds x seed 0
     fresh = tmp_path / "fresh"
     assert invoke(command(fresh, 2)).exit_code == 0
     assert (resumed / "results.csv").read_bytes() == (fresh / "results.csv").read_bytes()

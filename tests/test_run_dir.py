@@ -142,12 +142,12 @@ def test_an_edited_head_is_trained_again_not_trusted(data, tiny_model_dir, tmp_p
     out = tmp_path / "run"
     assert _run(data, tiny_model_dir, out).exit_code == 0
     original = (out / "results.csv").read_bytes()
-    head = out / "heads" / "mean@2-seed0.json"
+    head = out / "heads" / "mean@2-fold0-seed0.json"
     record = json.loads(head.read_text())
     record["head"]["best_epoch"] += 1  # shown in results.csv
     head.write_text(json.dumps(record))
     again = _run(data, tiny_model_dir, out)
     assert again.exit_code == 0, again.output
     assert f"warning: {head} is damaged or was edited (checksum)" in again.stderr
-    assert "reusing 1 finished" in again.stderr  # cls@2 only
+    assert "reusing 9 finished" in again.stderr  # cls@2's 5 folds, mean@2's other 4
     assert (out / "results.csv").read_bytes() == original

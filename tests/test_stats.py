@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from poolkit import stats
-from poolkit.stats import METHODS, PAIR_COLUMNS, holm, paired_comparisons, rank_groups, seed_interval
+from poolkit.metrics import METRICS, compute_metrics
+from poolkit.stats import METHODS, PAIR_COLUMNS, compare, holm, rank_groups, seed_interval
+
+
+def paired_comparisons(probabilities, y_true, **kwargs):
+    """The pairs frame of :func:`compare`."""
+    return compare(probabilities, y_true, **kwargs).pairs
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -112,8 +118,8 @@ def test_identical_predictors_are_not_different(labels):
     frame = paired_comparisons({"x": probs, "y": probs.copy()}, labels, n_boot=500)
     row = frame.iloc[0]
     assert (row["a"], row["b"]) == ("x", "y")  # a tie keeps the order given
-    assert row["diff"] == 0 and row["diff_low"] == 0 and row["diff_high"] == 0
-    assert row["p_bootstrap"] == 1.0 and row["p_mcnemar"] == 1.0
+    assert row["accuracy_diff"] == 0 and row["accuracy_low"] == 0 and row["accuracy_high"] == 0
+    assert row["accuracy_p"] == 1.0 and row["p_mcnemar"] == 1.0
     assert (row["mcnemar_b"], row["mcnemar_c"]) == (0, 0)
     assert not row["significant"]
 
@@ -126,12 +132,12 @@ def test_perfect_versus_half_right_is_significant(labels):
     frame = paired_comparisons({"half": halfway, "perfect": perfect}, labels, n_boot=2000)
     row = frame.iloc[0]
     assert (row["a"], row["b"]) == ("perfect", "half")
-    assert (row["accuracy_a"], row["accuracy_b"], row["diff"]) == (1.0, 0.5, 0.5)
-    assert row["p_bootstrap"] < 1e-12  # not floored at 1 / (B + 1)
+    assert (row["accuracy_a"], row["accuracy_b"], row["accuracy_diff"]) == (1.0, 0.5, 0.5)
+    assert row["accuracy_p"] < 1e-12  # not floored at 1 / (B + 1)
     assert (row["mcnemar_b"], row["mcnemar_c"]) == (n // 2, 0)
     assert row["p_mcnemar"] == pytest.approx(2 * 0.5 ** (n // 2))
     assert row["significant"]
-    assert row["diff_low"] <= 0.5 <= row["diff_high"]
+    assert row["accuracy_low"] <= 0.5 <= row["accuracy_high"]
 
 
 def test_mcnemar_counts_and_p_match_a_hand_count():
@@ -174,11 +180,11 @@ def test_bootstrap_matches_a_loop_over_resampled_items():
     for row in frame.itertuples():
         d = np.array(boot[row.a]) - np.array(boot[row.b])
         observed = np.mean(preds[row.a] == y) - np.mean(preds[row.b] == y)
-        assert row.diff == pytest.approx(observed)
-        assert (row.diff_low, row.diff_high) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
+        assert row.accuracy_diff == pytest.approx(observed)
+        assert (row.accuracy_low, row.accuracy_high) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
         p = 2 * scipy.stats.norm.sf(abs(observed) / d.std(ddof=1))
-        assert row.p_bootstrap == pytest.approx(p)
-    np.testing.assert_allclose(frame["p_bootstrap_holm"], holm(frame["p_bootstrap"]))
+        assert row.accuracy_p == pytest.approx(p)
+    np.testing.assert_allclose(frame["accuracy_p_holm"], holm(frame["accuracy_p"]))
     np.testing.assert_allclose(frame["p_mcnemar_holm"], holm(frame["p_mcnemar"]))
 
 
@@ -192,8 +198,8 @@ def test_bootstrap_interval_width_matches_the_analytic_standard_error():
     row = frame.iloc[0]
     per_item = right_a.astype(float) - right_b
     se = per_item.std(ddof=0) / math.sqrt(n)  # plug-in SE, what the bootstrap estimates
-    assert row["diff_high"] - row["diff_low"] == pytest.approx(2 * 1.96 * se, rel=0.08)
-    assert row["diff_low"] < abs(row["diff"]) < row["diff_high"]
+    assert row["accuracy_high"] - row["accuracy_low"] == pytest.approx(2 * 1.96 * se, rel=0.08)
+    assert row["accuracy_low"] < abs(row["accuracy_diff"]) < row["accuracy_high"]
 
 
 def test_bootstrap_p_under_the_null_is_rarely_significant():
@@ -203,7 +209,7 @@ def test_bootstrap_p_under_the_null_is_rarely_significant():
         rng = np.random.default_rng(100 + rep)
         y = rng.integers(0, 2, size=n)
         probs = {name: probs_from_predictions(predictor(y, rng.random((2, n)) < 0.7)) for name in "ab"}
-        p_values.append(paired_comparisons(probs, y, n_boot=500, seed=rep)["p_bootstrap"].iloc[0])
+        p_values.append(paired_comparisons(probs, y, n_boot=500, seed=rep)["accuracy_p"].iloc[0])
     p_values = np.array(p_values)
     assert np.sum(p_values < 0.05) <= 3  # expected 1 in 20
     assert 0.2 <= np.mean(p_values < 0.5) <= 0.8  # roughly uniform, not piled up at 0 or 1
@@ -269,8 +275,8 @@ def test_same_seed_same_frame_other_seed_other_frame():
     first = paired_comparisons(probs, y, n_boot=300, seed=11)
     pd.testing.assert_frame_equal(first, paired_comparisons(probs, y, n_boot=300, seed=11))
     other = paired_comparisons(probs, y, n_boot=300, seed=12)
-    assert not np.array_equal(first["diff_low"], other["diff_low"])
-    np.testing.assert_array_equal(first["diff"], other["diff"])
+    assert not np.array_equal(first["accuracy_low"], other["accuracy_low"])
+    np.testing.assert_array_equal(first["accuracy_diff"], other["accuracy_diff"])
 
 
 def test_chunking_does_not_change_the_result(monkeypatch):
@@ -279,7 +285,6 @@ def test_chunking_does_not_change_the_result(monkeypatch):
     probs = {name: rng.dirichlet(np.ones(2), size=(2, 50)) for name in "abcd"}
     whole = paired_comparisons(probs, y, n_boot=200)
     monkeypatch.setattr(stats, "_CHUNK_ENTRIES", 50 * 7)  # 7 resamples per chunk
-    monkeypatch.setattr(stats, "_PAIR_CHUNK_ENTRIES", 200 * 2)  # 2 pairs per chunk
     pd.testing.assert_frame_equal(whole, paired_comparisons(probs, y, n_boot=200))
 
 
@@ -328,8 +333,9 @@ def test_rank_groups_missing_pair_is_an_error():
 
 
 def test_methods_text_states_the_methods():
-    for phrase in ("Student-t", "paired bootstrap", "B = 10,000", "standard error", "McNemar",
-                   "seed-ensemble", "Holm", "leader"):
+    for phrase in ("paired bootstrap", "B = 10,000", "standard error", "McNemar",
+                   "seed-ensemble", "Holm", "leader", "resamples of the items and of its seeds",
+                   "confusion counts"):
         assert phrase in METHODS
 
 
@@ -352,3 +358,84 @@ def test_a_large_gap_survives_holm_over_thousands_of_pairs():
     groups = rank_groups(accuracy, frame)
     assert groups["good"] == groups["also_good"] == 1
     assert all(groups[f"chance{i}"] > 1 for i in range(62))
+
+
+# --- every metric, intervals, baselines ------------------------------------------------------
+
+
+def test_every_metrics_bootstrap_matches_sklearn_on_the_drawn_items():
+    """The weighted resample metrics equal sklearn's on the expanded items, for each metric:
+    the pairs' intervals and p-values come from exactly those."""
+    rng = np.random.default_rng(12)
+    n, n_boot, seed = 70, 60, 3
+    y = rng.integers(0, 3, size=n)
+    probs = {name: rng.dirichlet(np.ones(3) * 0.5, size=(2, n)) + 0.2 * np.eye(3)[y]
+             for name in ("p", "q")}
+    probs = {k: v / v.sum(axis=2, keepdims=True) for k, v in probs.items()}
+    frame = paired_comparisons(probs, y, n_boot=n_boot, seed=seed)
+    draws = np.random.default_rng(seed)
+    boot = {name: [] for name in probs}
+    for _ in range(n_boot):
+        items = draws.integers(0, n, size=n)
+        for name, p in probs.items():
+            scores = [compute_metrics(y[items], seed_p[items]) for seed_p in p]
+            boot[name].append({m: np.mean([s[m] for s in scores]) for m in METRICS})
+    row = frame.iloc[0]
+    for metric in METRICS:
+        d = np.array([a[metric] - b[metric] for a, b in zip(boot[row["a"]], boot[row["b"]])])
+        keep = ~np.isnan(d)
+        assert (row[f"{metric}_low"], row[f"{metric}_high"]) == pytest.approx(
+            tuple(np.quantile(d[keep], [0.025, 0.975]))), metric
+        observed = (np.mean([compute_metrics(y, p)[metric] for p in probs[row["a"]]])
+                    - np.mean([compute_metrics(y, p)[metric] for p in probs[row["b"]]]))
+        assert row[f"{metric}_diff"] == pytest.approx(observed), metric
+        p = 2 * scipy.stats.norm.sf(abs(observed) / d[keep].std(ddof=1))
+        assert row[f"{metric}_p"] == pytest.approx(min(p, 1.0)), metric
+
+
+def test_intervals_cover_items_and_seeds_and_stay_in_range():
+    """A feature set's interval is wider than its seeds' spread alone, holds the mean,
+    and never leaves [0, 1] (the old seed-only t-interval gave [-0.119, 1.152] from two
+    seeds)."""
+    rng = np.random.default_rng(13)
+    n = 300
+    y = rng.integers(0, 2, size=n)
+    two_seeds = probs_from_predictions(predictor(y, rng.random((2, n)) < np.array([[0.3], [0.9]])))
+    steady = probs_from_predictions(predictor(y, rng.random((3, n)) < 0.98))
+    result = compare({"two": two_seeds, "steady": steady}, y, n_boot=2000)
+    for name, probs in (("two", two_seeds), ("steady", steady)):
+        low, high = result.intervals[name]["accuracy"]
+        assert 0 <= low <= result.values[name]["accuracy"] <= high <= 1
+        per_seed = [np.mean(p.argmax(1) == y) for p in probs]
+        assert high - low > (max(per_seed) - min(per_seed)) / 2
+    correct = (steady.argmax(2) == y).mean(axis=0)  # each item's correctness over seeds
+    item_se = correct.std() / math.sqrt(n)  # the items' sampling alone
+    low, high = result.intervals["steady"]["accuracy"]
+    assert high - low > 2 * 1.96 * item_se * 0.8
+
+
+def test_a_baseline_compares_each_other_name_with_it_only():
+    rng = np.random.default_rng(14)
+    n = 200
+    y = rng.integers(0, 2, size=n)
+    probs = {name: probs_from_predictions(predictor(y, rng.random((1, n)) < acc))
+             for name, acc in (("cls", 0.7), ("mean", 0.9), ("max", 0.72), ("worse", 0.5))}
+    everything = compare(probs, y, n_boot=1000).pairs
+    against = compare(probs, y, n_boot=1000, baseline="cls").pairs
+    assert len(everything) == 6 and len(against) == 3
+    assert sorted(against["a"]) == ["max", "mean", "worse"] and set(against["b"]) == {"cls"}
+    # Holm over the 3 comparisons, not 6
+    np.testing.assert_allclose(against["accuracy_p_holm"], holm(against["accuracy_p"]))
+    sig = dict(zip(against["a"], against["significant"]))
+    assert sig["mean"] and sig["worse"] and not sig["max"]
+
+
+def test_the_primary_metric_ranks_and_decides_significance():
+    rng = np.random.default_rng(15)
+    n = 300
+    y = rng.integers(0, 2, size=n)
+    probs = {name: probs_from_predictions(predictor(y, rng.random((1, n)) < acc), confidence=conf)
+             for name, acc, conf in (("sure", 0.8, 0.99), ("calibrated", 0.78, 0.8))}
+    by_loss = compare(probs, y, n_boot=500, primary="log_loss").pairs
+    assert by_loss["a"].iloc[0] == "calibrated"  # lower log-loss ranks first
+    assert by_loss["significant"].iloc[0] == (by_loss["log_loss_p_holm"].iloc[0] < 0.05)

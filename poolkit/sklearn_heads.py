@@ -1,0 +1,108 @@
+"""Published probes on fixed features: scikit-learn's ``LogisticRegression``.
+
+Two recipes, for the ``senteval`` and ``mteb`` protocols
+(:mod:`poolkit.protocols`), so poolkit's numbers can be set beside the ones
+researchers know; poolkit adds the intervals and the paired tests:
+
+- ``senteval``: SentEval's ``InnerKFoldClassifier`` (sklearn branch): within
+  each outer training fold, an inner stratified k-fold over the regularization
+  grid ``C`` in ``2**-2 .. 2**3`` picks ``C`` by mean inner accuracy; the probe
+  is refitted with it on the whole training fold.
+- ``mteb``: MTEB's classification evaluator: ``LogisticRegression(max_iter=100)``
+  fitted on ``samples_per_label`` items per label drawn from the training split,
+  one experiment per seed (the seed draws the items), the test split fixed.
+
+Features go in as they are (neither recipe standardizes them), and lbfgs stops at
+its default 100 iterations as in both originals (its convergence warnings are
+silenced).
+"""
+
+import warnings
+
+import numpy as np
+
+from .heads import FailedHead, HeadTask, TrainedHead
+from .errors import one_line
+
+#: SentEval's grid for scikit-learn's C (``InnerKFoldClassifier``).
+SENTEVAL_C = tuple(2.0**t for t in range(-2, 4))
+#: MTEB's default number of training items per label.
+MTEB_SAMPLES_PER_LABEL = 8
+
+
+class SklearnHeads:
+    """The :class:`~poolkit.heads.HeadKind` of the published probes, on fixed
+    ``features`` (``{feature set id: (N, D)}``); ``recipe`` is ``"senteval"``
+    (with ``inner_folds``) or ``"mteb"`` (with ``samples_per_label``)."""
+
+    def __init__(self, features: dict, recipe: str, inner_folds: int = 10,
+                 samples_per_label: int = MTEB_SAMPLES_PER_LABEL):
+        self.features, self.recipe = features, recipe
+        self.inner_folds, self.samples_per_label = inner_folds, samples_per_label
+
+    def wants(self, feature_set) -> bool:
+        return not feature_set.trainable
+
+    def train(self, task: HeadTask, jobs: list):
+        from sklearn.exceptions import ConvergenceWarning
+
+        for feature_set, seeds in jobs:
+            x = self.features[feature_set.id]
+            for seed in seeds:
+                try:
+                    with warnings.catch_warnings():
+                        # lbfgs stopping at max_iter, as in the published recipes: not news
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        probe = self._fit(x, task, seed)
+                except ValueError as exc:  # e.g. an inner fold too small for a label
+                    yield FailedHead(feature_set.id, f"{self.recipe} probe: {one_line(exc)}")
+                    break
+                probs = _all_labels(probe, x[task.test], task.num_labels)
+                yield TrainedHead(feature_set.id, seed, probs, 0, 0, float("nan"),
+                                  fold=task.fold)
+
+    def _fit(self, x, task: HeadTask, seed: int):
+        from sklearn.linear_model import LogisticRegression
+
+        y = task.labels
+        rows = task.train
+        if self.recipe == "mteb":
+            rows = undersample(y, np.concatenate([task.train, task.validation]),
+                               self.samples_per_label, seed)
+            return LogisticRegression(max_iter=100, random_state=seed).fit(x[rows], y[rows])
+        c = inner_cv_choice(x[rows], y[rows], SENTEVAL_C, self.inner_folds, seed)
+        return LogisticRegression(C=c, random_state=seed).fit(x[rows], y[rows])
+
+
+def inner_cv_choice(x, y, grid, folds: int, seed: int) -> float:
+    """The ``C`` of ``grid`` with the best mean accuracy over a stratified ``folds``-fold
+    split of ``(x, y)`` (ties: the first), as SentEval's inner cross-validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y))
+    scores = [np.mean([LogisticRegression(C=c, random_state=seed).fit(x[a], y[a]).score(x[b], y[b])
+                       for a, b in splits]) for c in grid]
+    return grid[int(np.argmax(scores))]
+
+
+def undersample(y, rows, per_label: int, seed: int) -> np.ndarray:
+    """Up to ``per_label`` items of each label from ``rows``, in a seeded random order
+    (as MTEB draws its training items), sorted."""
+    shuffled = np.random.default_rng(seed).permutation(rows)
+    taken, counts = [], {}
+    for i in shuffled:
+        if counts.get(y[i], 0) < per_label:
+            counts[y[i]] = counts.get(y[i], 0) + 1
+            taken.append(i)
+    return np.sort(np.asarray(taken, dtype=np.int64))
+
+
+def _all_labels(probe, x, num_labels: int) -> np.ndarray:
+    """``predict_proba`` with a column per label id, also for labels the probe never saw.
+
+    On float32 features sklearn's rows sum to one only to float32 precision (off by up
+    to 3e-8, which sklearn's log-loss flags in float64): they are renormalized in float64."""
+    probs = np.zeros((len(x), num_labels))
+    probs[:, probe.classes_] = probe.predict_proba(x)
+    return probs / probs.sum(axis=1, keepdims=True)
