@@ -49,7 +49,11 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
                 continue  # e.g. roc_auc is NaN when a label is missing from the test split
             raise PoolkitError(f"nothing to plot in '{summary_path}': no finished feature set has a "
                                f"value of {name} (failed rows are skipped)")
-        figures.append((name, dot_chart(summary, name, title=f"{name}{title_suffix}")))
+        majority = _settings(run_dir).get("majority_rate") if name == "accuracy" else None
+        if isinstance(majority, bool) or not isinstance(majority, (int, float)):
+            majority = None  # absent or garbled: no line
+        figures.append((name, dot_chart(summary, name, title=f"{name}{title_suffix}",
+                                        majority=majority)))
         heatmap = layer_heatmap(summary, name, title=f"{name} by layer{title_suffix}")
         if heatmap is not None:
             figures.append((f"{name}-layers", heatmap))
@@ -95,13 +99,16 @@ def read_summary(run_dir):
     return summary
 
 
-def dot_chart(summary, metric: str, title: str | None = None):
+def dot_chart(summary, metric: str, title: str | None = None, majority: float | None = None):
     """A ``Figure``: one row per finished feature set, best first, mean ± 95% interval.
 
     Dots are the means over seeds; the whiskers (a ``LineCollection`` with gid
-    ``"interval"``) span ``<metric>_ci_low``..``<metric>_ci_high``, or mean ± std
-    where the interval is NaN (one seed), which the x label then says. Rows in
-    significance group 1 are coloured and tagged "[g1]" when ``group`` is present.
+    ``"interval"``) span ``<metric>_ci_low``..``<metric>_ci_high`` (the interval
+    over resamples of the items and the seeds), or mean ± std where it is NaN,
+    which the x label then says. Rows in significance group 1 are coloured and
+    tagged "[g1]" when ``group`` is present; where whiskers and groups seem to
+    disagree, a note under the chart says why (gid ``"note"``). ``majority``
+    draws the majority-class rate as a dashed line (gid ``"majority"``).
     """
     import numpy as np
     from matplotlib.figure import Figure
@@ -132,15 +139,51 @@ def dot_chart(summary, metric: str, title: str | None = None):
         # a value column just right of the axes: never collides with a whisker
         ax.text(1.02, y, f"{mean:.3f}{tag}", transform=ax.get_yaxis_transform(),
                 va="center", ha="left", fontsize=9, gid="value")
+    handles = []
+    if majority is not None and np.isfinite(majority):
+        ax.axvline(majority, color="#9a9a9a", linestyle="--", linewidth=1.0, gid="majority")
+        handles.append(Line2D([], [], color="#9a9a9a", linestyle="--",
+                              label=f"majority class ({majority:.3f})"))
     ax.set_xlabel(_x_label(rows, metric, used_std))
     ax.set_title(title or metric, fontsize=11)
     if any(g is not None for g in groups):
-        fig.legend(handles=[
+        handles[:0] = [
             Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
                    label="group 1: not significantly different from the best"),
             Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR, label="other groups"),
-        ], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+        ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8,
+                   frameon=False)
+    note = disagreement(low, high, groups, used_std)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=7, color="#555555", wrap=True, gid="note")
     return fig
+
+
+def disagreement(low, high, groups, used_std) -> str | None:
+    """Why whiskers and groups may seem to disagree, or None when they do not.
+
+    Whiskers are each feature set's own interval; groups come from paired tests
+    on the same items, which can separate two feature sets whose own intervals
+    overlap (their errors are correlated), and from each group's leader only.
+    """
+    known = [i for i, g in enumerate(groups) if g is not None and not used_std[i]]
+    overlap_apart = same_apart = False
+    for x, i in enumerate(known):
+        for j in known[x + 1:]:
+            overlap = low[i] <= high[j] and low[j] <= high[i]
+            overlap_apart |= overlap and groups[i] != groups[j]
+            same_apart |= not overlap and groups[i] == groups[j]
+    notes = []
+    if overlap_apart:
+        notes.append("overlapping whiskers in different groups: the paired test compares "
+                     "feature sets on the same items, which is more precise than their own "
+                     "intervals")
+    if same_apart:
+        notes.append("separate whiskers in one group: a group holds what is not significantly "
+                     "worse than its leader, not what is alike")
+    return "note: " + "; ".join(notes) if notes else None
 
 
 def layer_heatmap(summary, metric: str, title: str | None = None):
@@ -318,20 +361,24 @@ def _x_label(rows, metric: str, used_std) -> str:
     if used_std.all():
         whiskers = "± std (no 95% interval)"
     elif used_std.any():
-        whiskers = "95% t-interval (± std where none)"
+        whiskers = "95% interval over items and seeds (± std where none)"
     else:
-        whiskers = "95% t-interval"
+        whiskers = "95% interval over items and seeds"
     return f"{metric} ({direction} is better): {over}, {whiskers}"
+
+
+def _settings(run_dir: Path) -> dict:
+    """settings.json of ``run_dir``, or {} when it is missing or unreadable."""
+    try:
+        settings = json.loads((run_dir / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def _title_suffix(run_dir: Path) -> str:
     """" — <model> on <data>" from settings.json, or "" when it is missing or unreadable."""
-    try:
-        settings = json.loads((run_dir / "settings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(settings, dict):
-        return ""
+    settings = _settings(run_dir)
     model, data = settings.get("model"), settings.get("data")
     parts = []
     if model:

@@ -226,7 +226,38 @@ def test_dot_chart_rows_best_first_with_whiskers_at_the_interval(single_run):
         assert high == pytest.approx(by_pooler.loc[pooler, "accuracy_ci_high"])
         assert dots(fig)[y] == pytest.approx(by_pooler.loc[pooler, "accuracy_mean"])
     assert value_texts(fig) == ["0.850  [g1]", "0.800  [g1]", "0.750  [g2]", "0.700  [g2]"]
-    assert fig.axes[0].get_xlabel().endswith("mean over 3 seeds, 95% t-interval")
+    assert fig.axes[0].get_xlabel().endswith("mean over 3 seeds, 95% interval over items and seeds")
+
+
+def notes(fig):
+    return [t.get_text() for t in fig.texts if t.get_gid() == "note"]
+
+
+def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
+    settings = json.loads((single_run / "settings.json").read_text())
+    (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": 0.625}))
+    plot_run(single_run, "accuracy", formats=("svg",))
+    assert "majority class (0.625)" in svg_texts(single_run / "plots" / "accuracy.svg")
+    fig = dot_chart(read_summary(single_run), "accuracy", majority=0.625)
+    (line,) = [x for x in fig.axes[0].lines if x.get_gid() == "majority"]
+    assert list(line.get_xdata()) == [0.625, 0.625]
+    plot_run(single_run, "mcc", formats=("svg",))  # a rate of items: accuracy's chart only
+    assert "majority class" not in svg_texts(single_run / "plots" / "mcc.svg")
+    (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": "x"}))
+    plot_run(single_run, "accuracy", formats=("svg",))  # garbled: no line, no failure
+    assert "majority class" not in svg_texts(single_run / "plots" / "accuracy.svg")
+
+
+def test_dot_chart_says_why_whiskers_and_groups_seem_to_disagree(tmp_path):
+    apart = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.70, group=2)]
+    assert notes(dot_chart(pd.DataFrame(apart), "accuracy")) == []  # they agree: no note
+    overlapping = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.82, group=2)]
+    (note,) = notes(dot_chart(pd.DataFrame(overlapping), "accuracy"))
+    assert "overlapping whiskers in different groups" in note and "same items" in note
+    wide_group = [summary_row("mean", "6", 0.85, group=1, half_width=0.01),
+                  summary_row("cls", "6", 0.80, group=1, half_width=0.01)]
+    (note,) = notes(dot_chart(pd.DataFrame(wide_group), "accuracy"))
+    assert "separate whiskers in one group" in note
 
 
 def test_dot_chart_title_names_metric_model_and_data(single_run):
@@ -267,13 +298,13 @@ def test_dot_chart_falls_back_to_std_without_an_interval(tmp_path):
     assert whiskers(fig)[0] == pytest.approx((0.80 - 0.02, 0.80 + 0.02))
     assert whiskers(fig)[1] == pytest.approx((0.70 - 0.02, 0.70 + 0.02))
     label = fig.axes[0].get_xlabel()
-    assert "mean over 1 seed," in label and "± std" in label and "95% t-interval" not in label
+    assert "mean over 1 seed," in label and "± std" in label and "items and seeds" not in label
     assert value_texts(fig) == ["0.800", "0.700"]  # no group column: no tags
 
     frame.loc[0, ["accuracy_ci_low", "accuracy_ci_high"]] = (0.7, 0.9)  # one row has one
     fig = dot_chart(frame, "accuracy")
     assert whiskers(fig)[0] == pytest.approx((0.7, 0.9))
-    assert "95% t-interval (± std where none)" in fig.axes[0].get_xlabel()
+    assert "95% interval over items and seeds (± std where none)" in fig.axes[0].get_xlabel()
 
 
 def test_dot_chart_reads_integer_layer_column(single_run):
