@@ -8,6 +8,7 @@ backend choice, no global figure state.
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 
 from .errors import PoolkitError, one_line
@@ -152,12 +153,16 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
                    label="group 1: not significantly different from the best"),
             Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR, label="other groups"),
         ]
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8,
-                   frameon=False)
     note = disagreement(low, high, groups, used_std)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=7, color="#555555", wrap=True, gid="note")
+    if handles:
+        # The note (only with groups, so with a legend) is the legend's title: the
+        # constrained layout then makes room for both.
+        legend = fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                            fontsize=8, frameon=False,
+                            title=textwrap.fill(note, 120) if note else None, title_fontsize=7)
+        if note:
+            legend.get_title().set_gid("note")
+            legend.get_title().set_color("#555555")
     return fig
 
 

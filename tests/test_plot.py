@@ -230,7 +230,8 @@ def test_dot_chart_rows_best_first_with_whiskers_at_the_interval(single_run):
 
 
 def notes(fig):
-    return [t.get_text() for t in fig.texts if t.get_gid() == "note"]
+    texts = [*fig.texts, *(legend.get_title() for legend in fig.legends)]
+    return [t.get_text().replace("\n", " ") for t in texts if t.get_gid() == "note"]
 
 
 def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
