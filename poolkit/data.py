@@ -110,18 +110,66 @@ def read_table(path):
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise PoolkitError(f"data file '{path}' is empty") from None
-    except UnicodeDecodeError as exc:
-        raise PoolkitError(
-            f"data file '{path}' is not valid UTF-8 (byte {exc.start}); re-save it as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise PoolkitError(f"data file '{path}' is not valid UTF-8 ({_first_bad_utf8(path)}); "
+                           "re-save it as UTF-8") from None
     except PoolkitError:
         raise
     except Exception as exc:
         raise PoolkitError(f"data file '{path}' could not be read as {kind}: {one_line(exc)}"
-                           ) from None
+                           f"{_tab_hint(path, kind)}") from None
+    if kind == "csv" and len(frame.columns) == 1 and "\t" in str(frame.columns[0]):
+        raise PoolkitError(f"data file '{path}' has tabs in its header line, not commas: it "
+                           "looks tab-separated; rename it to .tsv")
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame
+
+
+def _first_bad_utf8(path) -> str:
+    """Where the first byte that is not UTF-8 is: "line L, byte B of the file"."""
+    handle = _open_data(path)
+    if handle is None:
+        return "an invalid byte"
+    with handle:
+        raw = handle.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"line {line}, byte {exc.start} of the file: {raw[exc.start:exc.start + 1]!r}"
+    return "an invalid byte"
+
+
+def _tab_hint(path, kind: str) -> str:
+    """A hint when a .csv file's header line has tabs and no commas."""
+    if kind != "csv":
+        return ""
+    handle = _open_data(path)
+    if handle is None:
+        return ""
+    try:
+        with handle:
+            header = handle.readline()
+    except OSError:
+        return ""
+    if b"\t" in header and b"," not in header:
+        return " (its header line has tabs, not commas: it looks tab-separated; rename it to .tsv)"
+    return ""
+
+
+def _open_data(path):
+    """A binary handle on ``path``, decompressed as pandas would (by extension), or
+    None for an archive (.zip, .zst) it cannot look inside of."""
+    import bz2
+    import gzip
+    import lzma
+
+    suffix = Path(path).suffix.lower()
+    if suffix in (".zip", ".zst"):
+        return None
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+    return opener(path, "rb")
 
 
 def _read_jsonl(path):

@@ -7,6 +7,7 @@ transformers; the checks that need transformers run before encoding.
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,11 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
     """
     name = DEFAULT_MODEL_NAME if model is None else str(model)
     path = str(default_model_path()) if model is None else str(model)
+    if model is not None and _looks_like_path(path) and not Path(path).expanduser().exists():
+        # before transformers: it would take this for a hub id ("Repo id must be in the
+        # form ...") after seconds of imports, or retry a hub that may not be reachable
+        raise PoolkitError(f"model folder not found: '{name}' does not exist "
+                           f"(resolved: {Path(path).expanduser().resolve()})")
     settings, limits = _local_settings(path)
     encoder = Encoder(name, path, settings, 0, trust_remote_code)
     if settings is None:  # a hub name, or a folder transformers must interpret
@@ -168,6 +174,13 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
         raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
     encoder.max_length = int(max_length)
     return encoder
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for what can only be a folder: hub ids are ``name`` or ``org/name``."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or name in (".", "..")
+            or name.count("/") > 1 or name.endswith("/")
+            or (os.sep != "/" and os.sep in name))
 
 
 def _local_settings(path: str):

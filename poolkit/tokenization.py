@@ -19,7 +19,10 @@ def tokenize(encoder, texts, chunk: int = 4096) -> tuple:
                                   **kwargs)["input_ids"]
         at_limit = [i for i, x in enumerate(batch) if len(x) == encoder.max_length]
         if at_limit:
-            full = encoder.tokenizer([part[i] for i in at_limit], **kwargs)["input_ids"]
+            # verbose=False: poolkit truncates and warns itself; transformers' "Token
+            # indices sequence length is longer than ..." would only confuse
+            full = encoder.tokenizer([part[i] for i in at_limit], verbose=False,
+                                     **kwargs)["input_ids"]
             truncated += sum(len(x) > encoder.max_length for x in full)
         ids.extend(np.asarray(x, dtype=np.int32) for x in batch)
     return ids, truncated

@@ -45,6 +45,13 @@ def _csv(path, rows=None, columns=("text", "label")):
     return path
 
 
+def _gzip(path, content: bytes):
+    import gzip
+
+    path.write_bytes(gzip.compress(content))
+    return path
+
+
 def _text(path, content):
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -153,7 +160,17 @@ CASES = {
     "not UTF-8": Case(
         lambda tmp, m: ["--data", _text(tmp / "latin.csv", "text,label\ncafé,pos\nthé,neg\n"
                                         .encode("latin-1"))],
-        culprits=("latin.csv", "UTF-8")),
+        culprits=("latin.csv", "UTF-8", "line 2", "b'\\xe9'")),
+    "not UTF-8, gzipped": Case(
+        lambda tmp, m: ["--data", _gzip(tmp / "latin.csv.gz", "text,label\ngood,pos\nthé,neg\n"
+                                        .encode("latin-1"))],
+        culprits=("latin.csv.gz", "UTF-8", "line 3")),
+    "a TSV saved as .csv": Case(
+        lambda tmp, m: ["--data", _text(tmp / "tabs.csv", "text\tlabel\na, b\tpos\nc\tneg\n")],
+        culprits=("tabs.csv", "tab-separated", ".tsv")),
+    "a TSV saved as .csv that parses as one column": Case(
+        lambda tmp, m: ["--data", _text(tmp / "tabs1.csv", "text\tlabel\nab\tpos\nc\tneg\n")],
+        culprits=("tabs1.csv", "tab-separated", ".tsv")),
     "texts longer than --max-length": Case(lambda tmp, m: _truncation(tmp), exit_code=OK,
                                            warnings=("warning:", "texts are longer than 8 tokens",
                                                      "truncated")),
@@ -161,7 +178,10 @@ CASES = {
                            culprits=("unknown pooler 'nope'", "mean", "poolkit plugins")),
     "model folder that does not exist": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", tmp / "no-such-model"],
-        culprits=("could not load model", "no-such-model")),
+        culprits=("model folder not found", "no-such-model")),
+    "relative model folder that does not exist": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", "./models/bert-base-uncased"],
+        culprits=("model folder not found", "./models/bert-base-uncased")),
     "empty model folder": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", _mkdir(tmp / "empty-model")],
         culprits=("could not load model", "empty-model")),
@@ -330,6 +350,42 @@ def test_truncation_warning_counts_the_long_texts(tiny_model_dir, hf_tokenizer, 
     assert result.exit_code == 0, result.output
     assert (f"warning: {longer} of {len(texts)} texts are longer than 8 tokens and were "
             "truncated") in result.stderr
+
+
+@pytest.mark.parametrize("name, path", [
+    ("bert-base-uncased", False), ("sentence-transformers/all-MiniLM-L6-v2", False),
+    ("./models/bert", True), ("../bert", True), ("/models/bert", True), ("~/bert", True),
+    ("models/bert/base", True), ("models/", True), (".", True)])
+def test_a_model_name_that_can_only_be_a_folder_is_checked_before_transformers(name, path):
+    from poolkit.model import _looks_like_path
+
+    assert _looks_like_path(name) is path
+
+
+def test_counting_long_texts_leaves_transformers_quiet(tiny_model_dir):
+    """transformers' own "Token indices sequence length is longer than the specified
+    maximum" is not printed: poolkit truncates, counts and warns itself."""
+    import logging
+
+    from poolkit.model import load_encoder
+    from poolkit.tokenization import tokenize
+
+    class Recorder(logging.Handler):
+        messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    encoder = load_encoder(str(tiny_model_dir), max_length=8)
+    encoder.tokenizer.model_max_length = 8  # the limit transformers warns about
+    recorder, logger = Recorder(), logging.getLogger("transformers")
+    logger.addHandler(recorder)
+    try:
+        _, truncated = tokenize(encoder, ["good fun " * 20, "fun"])
+    finally:
+        logger.removeHandler(recorder)
+    assert truncated == 1
+    assert not [m for m in recorder.messages if "Token indices sequence length" in m]
 
 
 def test_unwritable_out_fails_before_encoding(tiny_model_dir, tmp_path):
