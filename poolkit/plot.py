@@ -148,11 +148,11 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
     ax.set_xlabel(_x_label(rows, metric, used_std))
     ax.set_title(title or metric, fontsize=11)
     if any(g is not None for g in groups):
-        handles[:0] = [
-            Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
-                   label="group 1: not significantly different from the best"),
-            Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR, label="other groups"),
-        ]
+        handles[:0] = [Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
+                              label="group 1: not significantly different from the best")]
+        if any(g not in (None, 1) for g in groups):
+            handles.insert(1, Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR,
+                                     label="other groups"))
     note = disagreement(low, high, groups, used_std)
     if handles:
         # The note (only with groups, so with a legend) is the legend's title: the

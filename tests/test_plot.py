@@ -249,6 +249,19 @@ def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
     assert "majority class" not in svg_texts(single_run / "plots" / "accuracy.svg")
 
 
+def legend_labels(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_dot_chart_legend_lists_other_groups_only_when_there_are_some():
+    one_group = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.84, group=1)]
+    assert legend_labels(dot_chart(pd.DataFrame(one_group), "accuracy")) == [
+        "group 1: not significantly different from the best"]
+    two_groups = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.70, group=2)]
+    assert legend_labels(dot_chart(pd.DataFrame(two_groups), "accuracy")) == [
+        "group 1: not significantly different from the best", "other groups"]
+
+
 def test_dot_chart_says_why_whiskers_and_groups_seem_to_disagree(tmp_path):
     apart = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.70, group=2)]
     assert notes(dot_chart(pd.DataFrame(apart), "accuracy")) == []  # they agree: no note
