@@ -5,7 +5,7 @@ from .errors import PoolkitError
 from .hookspecs import hookimpl
 from .pooler import Pooler
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "ops", "pool", "run",
            "__version__"]
 

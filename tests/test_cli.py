@@ -275,7 +275,7 @@ def test_version():
     import poolkit
 
     assert result.output.strip() == f"poolkit, version {poolkit.__version__}"
-    assert poolkit.__version__ == "0.2.0"
+    assert poolkit.__version__ == "0.3.0"
 
 
 def test_help_is_fast_and_does_not_import_torch():
