@@ -16,6 +16,9 @@ from .tokenization import tokenize
 
 #: Batches between progress records of an encoding (what a resume restarts from).
 CHECKPOINT_EVERY = 16
+#: Seconds between progress lines of an encoding when there is no progress bar
+#: (stderr is not a terminal: a batch job's log, CI).
+PROGRESS_EVERY = 10.0
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -131,7 +134,8 @@ def encode_to_cache(
         try:
             encode_batches(model, ids, plan, missing, writer, device=device, compute=compute,
                            layers=layers, all_layers=layers != [encoder.num_layers],
-                           pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress)
+                           pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
+                           log=log)
         except BaseException:
             try:
                 writer.checkpoint()  # Ctrl-C, an error: keep what is done
@@ -150,7 +154,8 @@ def encode_to_cache(
 
 
 def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
-                   all_layers: bool, pad_id: int, progress: bool = False) -> None:
+                   all_layers: bool, pad_id: int, progress: bool = False,
+                   log=lambda message: None) -> None:
     """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
 
     ``ids`` are the texts' token ids; each batch is padded to its longest text,
@@ -158,6 +163,8 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     only its real tokens' states of ``layers`` (all hidden states with
     ``all_layers``, else ``last_hidden_state``) go to ``writer``, cast to the
     cache's dtype on the device. Checkpoints every :data:`CHECKPOINT_EVERY` batches.
+    Without a progress bar, ``log`` gets a progress line every :data:`PROGRESS_EVERY`
+    seconds and one at the end.
     """
     import torch
     from tqdm.auto import tqdm
@@ -170,6 +177,7 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
     bar = tqdm(total=plan.total_tokens, initial=plan.total_tokens - todo, unit="tok",
                unit_scale=True, desc="encoding", disable=not progress, leave=False)
+    lines = None if progress else ProgressLines(plan.total_tokens, todo, log)
     try:
         with torch.inference_mode():
             for count, number in enumerate(batches, start=1):
@@ -197,9 +205,34 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
                 if count % CHECKPOINT_EVERY == 0:
                     writer.checkpoint()
                 bar.update(int(lengths[batch].sum()))
+                if lines is not None:
+                    lines.update(int(lengths[batch].sum()), len(batch), last=count == len(batches))
     finally:
         bar.close()
         model.to("cpu")
+
+
+class ProgressLines:
+    """Progress of an encoding as log lines, at most one per :data:`PROGRESS_EVERY`
+    seconds (and the last): share of tokens done, texts, tokens/s, time left."""
+
+    def __init__(self, total_tokens: int, todo: int, log):
+        self.total, self.todo, self.log = total_tokens, todo, log
+        self.done = self.texts = 0
+        self.began = self.said = time.perf_counter()
+
+    def update(self, tokens: int, texts: int, last: bool = False) -> None:
+        self.done += tokens
+        self.texts += texts
+        now = time.perf_counter()
+        if not last and now - self.said < PROGRESS_EVERY:
+            return
+        self.said = now
+        rate = self.done / max(now - self.began, 1e-9)
+        left = (self.todo - self.done) / rate if rate > 0 else 0.0
+        share = (self.total - self.todo + self.done) / max(self.total, 1)
+        self.log(f"encoding: {share:.0%} of {self.total:,} tokens ({self.texts:,} texts this "
+                 f"run), {rate:,.0f} tokens/s, about {left:.0f} s left")
 
 
 def _cache_error(cache_dir, error: OSError) -> PoolkitError:

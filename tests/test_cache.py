@@ -79,6 +79,29 @@ def test_pooling_does_not_depend_on_the_pooling_batch_size(cache, tiny_model_dir
         assert_close(many[name], one_batch[name])  # equal up to float rounding
 
 
+def test_without_a_progress_bar_encoding_logs_progress_lines(tiny_model_dir, tmp_path,
+                                                             monkeypatch):
+    """A batch job's log (stderr not a terminal) still hears from a long encoding."""
+    import poolkit.encoding as encoding
+
+    encoder = load_encoder(str(tiny_model_dir))
+
+    def progress_lines(folder, **options):
+        lines = []
+        encode_to_cache(encoder, TEXTS, tmp_path / folder, dtype="fp32", max_texts=2,
+                        log=lines.append, **options)
+        return [line for line in lines if line.startswith("encoding:")]
+
+    monkeypatch.setattr(encoding, "PROGRESS_EVERY", 0.0)  # a line per batch
+    lines = progress_lines("every")
+    assert len(lines) == 3  # 6 texts, 2 per batch
+    assert lines[-1].startswith("encoding: 100% of ") and "6 texts this run" in lines[-1]
+    assert all("tokens/s" in line and "s left" in line for line in lines)
+    monkeypatch.setattr(encoding, "PROGRESS_EVERY", 3600.0)
+    assert len(progress_lines("last")) == 1  # only the closing line
+    assert progress_lines("bar", progress=True) == []  # the bar says it instead
+
+
 def test_encoder_batch_size_does_not_change_the_states(tiny_model_dir, tmp_path, cache):
     encoder = load_encoder(str(tiny_model_dir))
     single, _ = encode_to_cache(encoder, TEXTS, tmp_path / "other", dtype="fp32")
