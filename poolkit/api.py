@@ -41,7 +41,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         baseline=None, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
-        predictions=False, empty_texts="skip", trust_remote_code=False,
+        predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
         pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
@@ -70,7 +70,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         protocol=protocol, metric=metric or PRIMARY, baseline=baseline, layers=layers,
         max_length=max_length, device=device, cache_dtype=cache_dtype, precision=precision,
         split_seed=split_seed, validation_size=validation_size, test_size=test_size,
-        head=head or HeadConfig(), empty_texts=empty_texts, trust_remote_code=trust_remote_code,
+        head=head or HeadConfig(), empty_texts=empty_texts, encoding=encoding,
+        trust_remote_code=trust_remote_code,
         out=out, cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
         progress=progress)
     return run_config(config, log=log)

@@ -126,6 +126,8 @@ def cli(debug):
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
               show_default=True, help="Rows whose text is empty or whitespace: skip with a "
                                       "warning and a count, or stop with an error.")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of --data and --test-data (latin-1, cp1252, utf-16, ...).")
 @click.option("--predictions", is_flag=True,
               help="Also save each test item's predicted label and probabilities "
                    "(predictions.csv).")
@@ -138,8 +140,8 @@ def cli(debug):
                    "a trainable pooler's forward); a pooler past it fails alone.")
 def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
         protocol, metric, baseline, out, plugins_dir, cache_dir, max_length, device, cache_dtype,
-        precision, split_seed, epochs, lr, dropout, empty_texts, predictions, plot_formats,
-        trust_remote_code, pooler_timeout):
+        precision, split_seed, epochs, lr, dropout, empty_texts, encoding, predictions,
+        plot_formats, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
@@ -156,7 +158,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         max_length=max_length, metric=metric, baseline=baseline,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
-        empty_texts=empty_texts, trust_remote_code=trust_remote_code, out=out,
+        empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
         cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
         progress=sys.stderr.isatty() and not os.environ.get("CI"))
     if out is None:

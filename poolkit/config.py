@@ -50,6 +50,7 @@ class RunConfig:
     test_size: float = 0.1
     head: HeadConfig = field(default_factory=HeadConfig)
     empty_texts: str = "skip"
+    encoding: str = "utf-8"
     trust_remote_code: bool = False
     out: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
     cache_dir: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
@@ -99,6 +100,13 @@ class RunConfig:
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()
+        import codecs
+
+        try:
+            codecs.lookup(str(self.encoding))
+        except LookupError:
+            raise PoolkitError(f"--encoding {self.encoding}: unknown encoding; e.g. utf-8, "
+                               "latin-1, cp1252, utf-16") from None
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, (int, np.integer)) \
                 or not 0 <= self.split_seed < 2**32:
             raise PoolkitError(f"--split-seed {self.split_seed}: give an integer from 0 to "

@@ -80,12 +80,13 @@ def default_dataset_path() -> Path:
     return path
 
 
-def read_table(path):
+def read_table(path, encoding: str = "utf-8"):
     """Read a CSV, TSV, JSONL or Parquet file (by its extension) into a DataFrame.
 
     Cells stay as the file has them: CSV/TSV cells are the strings in the file
     (no NA or number parsing, an empty field is ``""``); JSONL values are
     parsed with numbers kept as their literal text; Parquet keeps its types.
+    Text files are decoded as ``encoding``.
     """
     import pandas as pd
 
@@ -102,22 +103,25 @@ def read_table(path):
         )
     try:
         if kind in ("csv", "tsv"):
-            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding="utf-8",
+            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding=encoding,
                                 dtype=str, keep_default_na=False, na_filter=False)
         elif kind == "jsonl":
-            frame = _read_jsonl(path)
+            frame = _read_jsonl(path, encoding)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise PoolkitError(f"data file '{path}' is empty") from None
     except UnicodeDecodeError:
-        raise PoolkitError(f"data file '{path}' is not valid UTF-8 ({_first_bad_utf8(path)}); "
-                           "re-save it as UTF-8") from None
+        raise PoolkitError(f"data file '{path}' is not valid {encoding} "
+                           f"({_first_bad_byte(path, encoding)}); give its --encoding (e.g. "
+                           "latin-1, cp1252) or re-save it as UTF-8") from None
     except PoolkitError:
         raise
     except Exception as exc:
         raise PoolkitError(f"data file '{path}' could not be read as {kind}: {one_line(exc)}"
                            f"{_tab_hint(path, kind)}") from None
+    if kind == "tsv" and suffixes[-1] == ".tab":
+        frame = _without_orange_header(frame)
     if kind == "csv" and len(frame.columns) == 1 and "\t" in str(frame.columns[0]):
         raise PoolkitError(f"data file '{path}' has tabs in its header line, not commas: it "
                            "looks tab-separated; rename it to .tsv")
@@ -126,15 +130,37 @@ def read_table(path):
     return frame
 
 
-def _first_bad_utf8(path) -> str:
-    """Where the first byte that is not UTF-8 is: "line L, byte B of the file"."""
+#: Orange's .tab header: a row of types and a row of flags under the names.
+_ORANGE_TYPES = {"d", "c", "s", "t", "discrete", "continuous", "string", "time", ""}
+_ORANGE_FLAGS = {"", "class", "meta", "ignore", "weight", "c", "m", "i", "w"}
+
+
+def _without_orange_header(frame):
+    """``frame`` without Orange's types and flags rows, when a .tab file has them
+    (its second and third lines: ``discrete``/``string``/... and ``class``/``meta``/...)."""
+    if len(frame) < 2:
+        return frame
+
+    def cells(row):
+        return [str(x).strip().lower() for x in frame.iloc[row]]
+
+    types, flags = cells(0), cells(1)
+    # a discrete column may list its values instead of "d": "neg pos"
+    known = all(t in _ORANGE_TYPES or " " in t for t in types) and any(t for t in types)
+    if known and all(all(part in _ORANGE_FLAGS for part in f.split()) for f in flags):
+        return frame.iloc[2:].reset_index(drop=True)
+    return frame
+
+
+def _first_bad_byte(path, encoding: str) -> str:
+    """Where the first byte that is not ``encoding`` is: "line L, byte B of the file"."""
     handle = _open_data(path)
     if handle is None:
         return "an invalid byte"
     with handle:
         raw = handle.read()
     try:
-        raw.decode("utf-8")
+        raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return f"line {line}, byte {exc.start} of the file: {raw[exc.start:exc.start + 1]!r}"
@@ -172,7 +198,7 @@ def _open_data(path):
     return opener(path, "rb")
 
 
-def _read_jsonl(path):
+def _read_jsonl(path, encoding: str = "utf-8"):
     """One JSON object per line; numbers keep their literal text ("01", "1.50")."""
     import json
 
@@ -180,7 +206,7 @@ def _read_jsonl(path):
     from pandas.io.common import get_handle
 
     records = []
-    with get_handle(path, "r", encoding="utf-8", compression="infer") as handle:
+    with get_handle(path, "r", encoding=encoding, compression="infer") as handle:
         for number, line in enumerate(handle.handle, start=1):
             if not line.strip():
                 continue
@@ -238,7 +264,8 @@ def _column_text(frame, column: str, role: str, path) -> list:
     return values
 
 
-def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error", log=None):
+def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error", log=None,
+                  encoding: str = "utf-8"):
     """``(texts, raw_labels)`` from a file; errors name the file and column.
 
     Texts and labels are the text of the cells as the file has them. Rows
@@ -249,7 +276,7 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
     """
     import pandas as pd
 
-    frame = read_table(path)
+    frame = read_table(path, encoding)
     for role, col in (("text", text_col), ("label", label_col)):
         if col not in frame.columns:
             columns = ", ".join(map(str, frame.columns))
@@ -408,6 +435,7 @@ def load_dataset(
     empty_texts: str = "skip",
     folds: int = 1,
     log=None,
+    encoding: str = "utf-8",
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
@@ -435,7 +463,7 @@ def load_dataset(
         texts, raw = load_default_examples()
         source = DEFAULT_DATASET_NAME
     else:
-        texts, raw = read_examples(data, text_col, label_col, empty_texts, log)
+        texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding)
         source = f"data file '{data}'"
     names = label_names_for(raw, labels)
     if len(set(map(str, raw))) < 2:
@@ -454,7 +482,8 @@ def load_dataset(
     elif test_data is None:
         splits = split_indices(by_name, split_seed, validation_size, test_size, source)
     else:
-        test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log)
+        test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log,
+                                             encoding)
         test_ids = encode_labels(test_raw, names, f"test file '{test_data}'")
         splits = split_indices(by_name, split_seed, validation_size, 0.0, source)
         splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))

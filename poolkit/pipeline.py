@@ -152,6 +152,7 @@ def load_data(config: RunConfig, log=_silent):
                            split_seed=config.split_seed,
                            validation_size=config.validation_size if protocol.validation else 0.0,
                            test_size=config.test_size, empty_texts=config.empty_texts,
+                           encoding=config.encoding,
                            folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     first = dataset.folds[0]

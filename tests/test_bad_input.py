@@ -160,11 +160,14 @@ CASES = {
     "not UTF-8": Case(
         lambda tmp, m: ["--data", _text(tmp / "latin.csv", "text,label\ncafé,pos\nthé,neg\n"
                                         .encode("latin-1"))],
-        culprits=("latin.csv", "UTF-8", "line 2", "b'\\xe9'")),
+        culprits=("latin.csv", "utf-8", "line 2", "b'\\xe9'", "--encoding")),
     "not UTF-8, gzipped": Case(
         lambda tmp, m: ["--data", _gzip(tmp / "latin.csv.gz", "text,label\ngood,pos\nthé,neg\n"
                                         .encode("latin-1"))],
-        culprits=("latin.csv.gz", "UTF-8", "line 3")),
+        culprits=("latin.csv.gz", "utf-8", "line 3")),
+    "unknown --encoding": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--encoding", "klingon-8"],
+        culprits=("--encoding klingon-8", "unknown encoding")),
     "a TSV saved as .csv": Case(
         lambda tmp, m: ["--data", _text(tmp / "tabs.csv", "text\tlabel\na, b\tpos\nc\tneg\n")],
         culprits=("tabs.csv", "tab-separated", ".tsv")),

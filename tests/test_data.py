@@ -241,3 +241,39 @@ def test_empty_and_null_texts_are_the_empty_ones(tmp_path):
     dataset = load_dataset(path, test_size=0.2, empty_texts="skip")
     assert sorted(set(dataset.texts)) == ["null", "ok"]
     assert len(dataset.texts) == 20
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-16"])
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl", "d.csv.gz"])
+def test_files_in_another_encoding_read_with_encoding(tmp_path, encoding, name):
+    import gzip
+
+    from poolkit.data import read_table
+
+    rows = [("café crème", "pos"), ("thé noir", "neg")]
+    if name.endswith(".jsonl"):
+        content = "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n"
+                          for t, label in rows)
+    else:
+        sep = "\t" if ".tsv" in name else ","
+        content = "".join(f"{a}{sep}{b}\n" for a, b in [("text", "label"), *rows])
+    raw = content.encode(encoding)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    frame = read_table(tmp_path / name, encoding)
+    assert list(frame["text"]) == ["café crème", "thé noir"]
+    with pytest.raises(PoolkitError, match="not valid utf-8 .*--encoding"):
+        read_table(tmp_path / name)  # the default, UTF-8, refuses them with a hint
+
+
+def test_orange_tab_files_lose_their_types_and_flags_rows(tmp_path):
+    from poolkit.data import read_examples
+
+    orange = ("text\tlabel\tsource\nstring\tdiscrete\ts\nmeta\tclass\tmeta\n"
+              "a fine film\tpos\tx\na dull film\tneg\ty\n")
+    (tmp_path / "reviews.tab").write_text(orange)
+    texts, labels = read_examples(tmp_path / "reviews.tab", "text", "label")
+    assert list(texts) == ["a fine film", "a dull film"] and list(labels) == ["pos", "neg"]
+    # a plain tab-separated .tab file (no Orange header) keeps every row
+    (tmp_path / "plain.tab").write_text("text\tlabel\nstring\tpos\nmeta\tneg\n")
+    texts, labels = read_examples(tmp_path / "plain.tab", "text", "label")
+    assert list(texts) == ["string", "meta"] and list(labels) == ["pos", "neg"]
