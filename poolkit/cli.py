@@ -1,6 +1,7 @@
 """The ``poolkit`` command line: parses options, calls the library, prints."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -133,6 +134,9 @@ def cli(debug):
                    "(predictions.csv).")
 @click.option("--plot", "plot_formats", default=None,
               help="Also draw the comparison into RUN_DIR/plots, e.g. 'png,svg'.")
+@click.option("--wide", is_flag=True,
+              help="Print every column of the table, however wide (default: what fits the "
+                   "terminal; summary.csv always has them all).")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model repository's own code (off by default).")
 @click.option("--pooler-timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
@@ -141,7 +145,7 @@ def cli(debug):
 def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
         protocol, metric, baseline, out, plugins_dir, cache_dir, max_length, device, cache_dtype,
         precision, split_seed, epochs, lr, dropout, empty_texts, encoding, predictions,
-        plot_formats, trust_remote_code, pooler_timeout):
+        plot_formats, wide, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
@@ -149,7 +153,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     from .config import RunConfig
     from .heads import HeadConfig
     from .identity import RunIdentity
-    from .results import display_table
+    from .results import compact_table, display_table
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
@@ -166,7 +170,13 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         config = dataclasses.replace(config, out=out)
     result = run_config(config, log=_log)
     settings = result.settings
-    click.echo(display_table(result.summary, config.metric).to_string(index=False))
+    table, hidden = display_table(result.summary, config.metric), []
+    if not wide:
+        table, hidden = compact_table(table, config.metric,
+                                      shutil.get_terminal_size((100, 24)).columns)
+    click.echo(table.to_string(index=False))
+    if hidden:
+        click.echo(f"(also in summary.csv, or printed with --wide: {', '.join(hidden)})")
     scope = (f"{settings['folds']}-fold cross-fitted, every item scored once"
              if settings["folds"] > 1 else "test split")
     verdict = (f"vs baseline: significantly better/worse than {config.baseline} or not"

@@ -107,6 +107,28 @@ def display_table(summary, primary: str = PRIMARY):
     return table
 
 
+def compact_table(table, primary: str, width: int) -> tuple:
+    """``(table, hidden)``: the columns of a :func:`display_table` that fit in
+    ``width`` characters, and the names of those left out. The pooler, layer,
+    group (or baseline verdict), the ``primary`` metric and status always stay;
+    the others join (F1, ROC-AUC, log-loss, MCC, dim, then the rest) while the
+    table still fits, and keep their order."""
+    def fits(columns):
+        text = table[columns].to_string(index=False)
+        return max(map(len, text.splitlines())) <= width
+
+    always = {"pooler", "layer", "group", "vs baseline", "status", f"{primary} (95% CI)"}
+    chosen = [c for c in table.columns if c in always]
+    # the metrics that say most first: precision and recall are near F1 on balanced data
+    first = ("f1_macro", "roc_auc", "log_loss", "mcc", "dim")
+    for column in sorted(table.columns, key=lambda c: first.index(c) if c in first else 99):
+        if column not in chosen and fits([c for c in table.columns
+                                          if c in chosen or c == column]):
+            chosen.append(column)
+    kept = [c for c in table.columns if c in chosen]
+    return table[kept], [c for c in table.columns if c not in chosen]
+
+
 def display_pairs(pairs, primary: str = PRIMARY):
     """The paired tests as text cells: each metric's difference a - b with its
     bootstrap interval, the primary metric's Holm-corrected p-values (bootstrap

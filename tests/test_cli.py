@@ -80,6 +80,27 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert settings["head"]["max_epochs"] == 5
 
 
+def test_printed_table_fits_the_terminal_and_wide_prints_every_column(small_csv, tiny_model_dir,
+                                                                      tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "72")  # what shutil.get_terminal_size reads first
+    args = ["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls,mean",
+            "--folds", 1, "--epochs", 2, "--cache-dir", tmp_path / "cache"]
+    narrow = invoke([*args, "--out", tmp_path / "narrow"])
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    header = lines[0].split()
+    assert header[0] == "pooler" and {"group", "accuracy"} <= set(header)
+    assert all(len(line) <= 72 for line in lines[:3])
+    (note,) = [line for line in lines if line.startswith("(also in summary.csv")]
+    hidden = note.split(": ", 1)[1].rstrip(")").split(", ")
+    assert "precision_macro" in hidden and not set(hidden) & set(header)
+    assert "f1_macro" in header  # the more telling metrics first
+    wide = invoke([*args, "--out", tmp_path / "wide", "--wide"])
+    assert wide.exit_code == 0, wide.output
+    assert set(METRICS) - {"accuracy"} <= set(wide.stdout.splitlines()[0].split())
+    assert "(also in summary.csv" not in wide.stdout
+
+
 @pytest.mark.parametrize("fmt", ["csv", "md", "latex", "json", "html"])
 def test_export_writes_each_format(finished_run, tmp_path, fmt):
     _, out, _ = finished_run
