@@ -109,7 +109,9 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
     which the x label then says. Rows in significance group 1 are coloured and
     tagged "[g1]" when ``group`` is present; where whiskers and groups seem to
     disagree, a note under the chart says why (gid ``"note"``). ``majority``
-    draws the majority-class rate as a dashed line (gid ``"majority"``).
+    draws the majority-class rate as a dashed line (gid ``"majority"``), or, when
+    it lies outside the data's range, says it at that edge instead of shrinking
+    the differences to fit it in.
     """
     import numpy as np
     from matplotlib.figure import Figure
@@ -142,11 +144,22 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
                 va="center", ha="left", fontsize=9, gid="value")
     handles = []
     if majority is not None and np.isfinite(majority):
-        ax.axvline(majority, color="#9a9a9a", linestyle="--", linewidth=1.0, gid="majority")
-        handles.append(Line2D([], [], color="#9a9a9a", linestyle="--",
-                              label=f"majority class ({majority:.3f})"))
+        left, right = ax.get_xlim()  # the data's limits: the rate never stretches them
+        if left <= majority <= right:
+            ax.axvline(majority, color="#9a9a9a", linestyle="--", linewidth=1.0,
+                       gid="majority")
+            handles.append(Line2D([], [], color="#9a9a9a", linestyle="--",
+                                  label=f"majority class ({majority:.3f})"))
+        else:  # off the chart: said at the edge it lies beyond
+            below = majority < left
+            ax.text(0.005 if below else 0.995, 0.995,
+                    f"{'◂ ' if below else ''}majority class {majority:.3f}"
+                    f"{'' if below else ' ▸'}", transform=ax.transAxes, fontsize=7,
+                    color="#777777", ha="left" if below else "right", va="top",
+                    gid="majority")
     ax.set_xlabel(_x_label(rows, metric, used_std))
-    ax.set_title(title or metric, fontsize=11)
+    title = title or metric
+    ax.set_title(title, fontsize=11 if len(title) <= 64 else 9)  # long names still fit
     if any(g is not None for g in groups):
         handles[:0] = [Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
                               label="group 1: not significantly different from the best")]
@@ -382,15 +395,21 @@ def _settings(run_dir: Path) -> dict:
 
 
 def _title_suffix(run_dir: Path) -> str:
-    """" — <model> on <data>" from settings.json, or "" when it is missing or unreadable."""
+    """" — <model> on <data>, <protocol>" from settings.json, or "" when it is missing
+    or unreadable."""
     settings = _settings(run_dir)
     model, data = settings.get("model"), settings.get("data")
+    protocol, folds = settings.get("protocol"), settings.get("folds")
     parts = []
     if model:
         parts.append(_short_name(str(model)))
     if data:
         parts.append(f"on {_short_name(str(data))}")
-    return f" — {' '.join(parts)}" if parts else ""
+    if isinstance(folds, int) and not isinstance(folds, bool):
+        how = f"{folds}-fold cross-fitted" if folds > 1 else "one test split"
+        named = protocol if isinstance(protocol, str) and protocol != "default" else None
+        parts[-1:] = [f"{parts[-1]}," if parts else "", f"{named} ({how})" if named else how]
+    return f" — {' '.join(p for p in parts if p)}" if parts else ""
 
 
 def _short_name(name: str) -> str:

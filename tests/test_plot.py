@@ -238,10 +238,14 @@ def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
     settings = json.loads((single_run / "settings.json").read_text())
     (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": 0.625}))
     plot_run(single_run, "accuracy", formats=("svg",))
-    assert "majority class (0.625)" in svg_texts(single_run / "plots" / "accuracy.svg")
-    fig = dot_chart(read_summary(single_run), "accuracy", majority=0.625)
+    assert any("majority class 0.625" in t for t in svg_texts(single_run / "plots" / "accuracy.svg"))
+    fig = dot_chart(read_summary(single_run), "accuracy", majority=0.78)  # among the rows
     (line,) = [x for x in fig.axes[0].lines if x.get_gid() == "majority"]
-    assert list(line.get_xdata()) == [0.625, 0.625]
+    assert list(line.get_xdata()) == [0.78, 0.78]
+    fig = dot_chart(read_summary(single_run), "accuracy", majority=0.3)  # far below them
+    assert fig.axes[0].get_xlim()[0] > 0.6  # the rows' differences are not squeezed
+    (text,) = [t for t in fig.axes[0].texts if t.get_gid() == "majority"]
+    assert text.get_text() == "◂ majority class 0.300"
     plot_run(single_run, "mcc", formats=("svg",))  # a rate of items: accuracy's chart only
     assert "majority class" not in svg_texts(single_run / "plots" / "mcc.svg")
     (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": "x"}))
@@ -272,6 +276,16 @@ def test_dot_chart_says_why_whiskers_and_groups_seem_to_disagree(tmp_path):
                   summary_row("cls", "6", 0.80, group=1, half_width=0.01)]
     (note,) = notes(dot_chart(pd.DataFrame(wide_group), "accuracy"))
     assert "separate whiskers in one group" in note
+
+
+def test_dot_chart_title_names_the_protocol(single_run):
+    settings = json.loads((single_run / "settings.json").read_text())
+    for extra, expected in [({"protocol": "default", "folds": 5}, "tiny-bert on reviews.csv, "
+                             "5-fold cross-fitted"),
+                            ({"protocol": "mteb", "folds": 1}, "reviews.csv, mteb (one test split)")]:
+        (single_run / "settings.json").write_text(json.dumps({**settings, **extra}))
+        plot_run(single_run, "mcc", formats=("svg",))
+        assert any(expected in t for t in svg_texts(single_run / "plots" / "mcc.svg")), expected
 
 
 def test_dot_chart_title_names_metric_model_and_data(single_run):
