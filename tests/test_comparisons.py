@@ -18,7 +18,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.stats
 
 from conftest import invoke, make_rows
 from poolkit.metrics import METRICS
