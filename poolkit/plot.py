@@ -133,6 +133,19 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
     ax.hlines(positions, low, high, colors="#4d4d4d", linewidth=1.6, gid="interval")
     colors = [BEST_GROUP_COLOR if g in (None, 1) else OTHER_GROUP_COLOR for g in groups]
     ax.scatter(means, positions, c=colors, s=36, zorder=3, gid="mean")
+    outside = far_outliers(means)
+    if outside.any():  # e.g. chance-level layer-0 rows of a sweep: keep the rest readable
+        inside = ~outside
+        left, right = low[inside].min(), high[inside].max()
+        pad = 0.05 * (right - left) or 0.01
+        ax.set_xlim(left - pad, right + pad)
+        left, right = ax.get_xlim()
+        for beyond, edge, marker in (((means < left) & outside, left, "<"),
+                                     ((means > right) & outside, right, ">")):
+            if beyond.any():
+                ax.scatter(np.full(beyond.sum(), edge), positions[beyond], marker=marker,
+                           s=40, c=[colors[i] for i in np.flatnonzero(beyond)], zorder=4,
+                           clip_on=False, gid="outside")
     ax.set_yticks(positions, labels)
     ax.set_ylim(n - 0.5, -0.5)  # best at the top
     ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
@@ -157,7 +170,9 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
                     f"{'' if below else ' ▸'}", transform=ax.transAxes, fontsize=7,
                     color="#777777", ha="left" if below else "right", va="top",
                     gid="majority")
-    ax.set_xlabel(_x_label(rows, metric, used_std))
+    ax.set_xlabel(_x_label(rows, metric, used_std)
+                  + ("\n◂ ▸: far beyond the others, off the axis (values at right)"
+                     if outside.any() else ""))
     title = title or metric
     ax.set_title(title, fontsize=11 if len(title) <= 64 else 9)  # long names still fit
     if any(g is not None for g in groups):
@@ -177,6 +192,21 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
             legend.get_title().set_gid("note")
             legend.get_title().set_color("#555555")
     return fig
+
+
+def far_outliers(values, k: float = 3.0):
+    """Which ``values`` lie more than ``k`` interquartile ranges beyond the quartiles
+    (Tukey's far-out fence); none when there are fewer than 4 or no spread."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if values.size < 4:
+        return np.zeros(values.size, dtype=bool)
+    q1, q3 = np.nanpercentile(values, [25, 75])
+    spread = q3 - q1
+    if not spread > 0:
+        return np.zeros(values.size, dtype=bool)
+    return (values < q1 - k * spread) | (values > q3 + k * spread)
 
 
 def disagreement(low, high, groups, used_std) -> str | None:
@@ -228,7 +258,15 @@ def layer_heatmap(summary, metric: str, title: str | None = None):
     cmap = matplotlib.colormaps["viridis" if higher_better else "viridis_r"].with_extremes(bad="#e0e0e0")
     fig = Figure(figsize=(1.6 + 0.75 * n_layers + 1.2, 1.4 + 0.45 * n_poolers), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+    cells = grid.to_numpy(float).ravel()
+    known = cells[~np.isnan(cells)]
+    far = far_outliers(known)
+    limits, extend = {}, "neither"
+    if far.any():  # far-off cells (chance-level layer 0) take the end colour, not the scale
+        limits = {"vmin": known[~far].min(), "vmax": known[~far].max()}
+        below, above = (known < limits["vmin"]).any(), (known > limits["vmax"]).any()
+        extend = "both" if below and above else "min" if below else "max"
+    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest", **limits)
     ax.set_xticks(range(n_layers), [str(c) for c in grid.columns])
     ax.set_yticks(range(n_poolers), list(grid.index))
     ax.set_xlabel("layer (hidden-state index; 0 = embeddings)")
@@ -242,7 +280,7 @@ def layer_heatmap(summary, metric: str, title: str | None = None):
         ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
                 color="white" if dark_cell else "black")
     direction = "higher" if higher_better else "lower"
-    fig.colorbar(image, ax=ax, label=f"{metric} mean ({direction} is better)")
+    fig.colorbar(image, ax=ax, label=f"{metric} mean ({direction} is better)", extend=extend)
     return fig
 
 

@@ -266,6 +266,27 @@ def test_dot_chart_legend_lists_other_groups_only_when_there_are_some():
         "group 1: not significantly different from the best", "other groups"]
 
 
+def test_chance_level_rows_do_not_squeeze_the_others(tmp_path):
+    """A sweep's layer-0 rows at chance sit off the axis, marked, instead of
+    stretching it; the heat map's colour scale ignores them too (extend='min')."""
+    rows = [summary_row(p, layer, 0.78 + 0.01 * k, half_width=0.01)
+            for k, (p, layer) in enumerate([(p, l) for p in ("cls", "mean") for l in "1234"])]
+    rows += [summary_row("cls", "0", 0.50, group=3, half_width=0.01),
+             summary_row("mean", "0", 0.51, group=3, half_width=0.01)]
+    fig = dot_chart(pd.DataFrame(rows), "accuracy")
+    assert fig.axes[0].get_xlim()[0] > 0.7
+    (marks,) = [c for c in fig.axes[0].collections if c.get_gid() == "outside"]
+    assert len(marks.get_offsets()) == 2
+    assert "off the axis" in fig.axes[0].get_xlabel()
+    assert value_texts(fig)[-2:] == ["0.510  [g3]", "0.500  [g3]"]  # their values still shown
+    heat = layer_heatmap(pd.DataFrame(rows), "accuracy")
+    (image,) = heat.axes[0].images
+    assert image.norm.vmin == pytest.approx(0.78) and image.colorbar.extend == "min"
+    # without far-off rows nothing is clipped
+    fig = dot_chart(pd.DataFrame(rows[:-2]), "accuracy")
+    assert not [c for c in fig.axes[0].collections if c.get_gid() == "outside"]
+
+
 def test_dot_chart_says_why_whiskers_and_groups_seem_to_disagree(tmp_path):
     apart = [summary_row("mean", "6", 0.85, group=1), summary_row("cls", "6", 0.70, group=2)]
     assert notes(dot_chart(pd.DataFrame(apart), "accuracy")) == []  # they agree: no note
