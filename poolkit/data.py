@@ -154,13 +154,9 @@ def _without_orange_header(frame):
 
 def _first_bad_byte(path, encoding: str) -> str:
     """Where the first byte that is not ``encoding`` is: "line L, byte B of the file"."""
-    handle = _open_data(path)
-    if handle is None:
-        return "an invalid byte"
-    with handle:
-        raw = handle.read()
+    raw = _raw_bytes(path)
     try:
-        raw.decode(encoding)
+        (raw or b"").decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         return f"line {line}, byte {exc.start} of the file: {raw[exc.start:exc.start + 1]!r}"
@@ -169,33 +165,22 @@ def _first_bad_byte(path, encoding: str) -> str:
 
 def _tab_hint(path, kind: str) -> str:
     """A hint when a .csv file's header line has tabs and no commas."""
-    if kind != "csv":
-        return ""
-    handle = _open_data(path)
-    if handle is None:
-        return ""
-    try:
-        with handle:
-            header = handle.readline()
-    except OSError:
-        return ""
-    if b"\t" in header and b"," not in header:
+    header = _raw_bytes(path, first_line=True) if kind == "csv" else None
+    if header and b"\t" in header and b"," not in header:
         return " (its header line has tabs, not commas: it looks tab-separated; rename it to .tsv)"
     return ""
 
 
-def _open_data(path):
-    """A binary handle on ``path``, decompressed as pandas would (by extension), or
-    None for an archive (.zip, .zst) it cannot look inside of."""
-    import bz2
-    import gzip
-    import lzma
+def _raw_bytes(path, first_line: bool = False):
+    """The file's bytes (or its first line), decompressed as pandas reads it, or None
+    when they cannot be read."""
+    from pandas.io.common import get_handle
 
-    suffix = Path(path).suffix.lower()
-    if suffix in (".zip", ".zst"):
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+            return handles.handle.readline() if first_line else handles.handle.read()
+    except Exception:  # e.g. an archive format whose module is not installed
         return None
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
-    return opener(path, "rb")
 
 
 def _read_jsonl(path, encoding: str = "utf-8"):

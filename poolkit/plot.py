@@ -37,7 +37,8 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     summary_path = run_dir / "summary.csv"
-    title_suffix = _title_suffix(run_dir)
+    settings = _settings(run_dir)
+    title_suffix = _title_suffix(settings)
 
     figures = []  # (file stem, Figure)
     for name in metrics:
@@ -50,7 +51,7 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
                 continue  # e.g. roc_auc is NaN when a label is missing from the test split
             raise PoolkitError(f"nothing to plot in '{summary_path}': no finished feature set has a "
                                f"value of {name} (failed rows are skipped)")
-        majority = _settings(run_dir).get("majority_rate") if name == "accuracy" else None
+        majority = settings.get("majority_rate") if name == "accuracy" else None
         if isinstance(majority, bool) or not isinstance(majority, (int, float)):
             majority = None  # absent or garbled: no line
         figures.append((name, dot_chart(summary, name, title=f"{name}{title_suffix}",
@@ -432,10 +433,9 @@ def _settings(run_dir: Path) -> dict:
     return settings if isinstance(settings, dict) else {}
 
 
-def _title_suffix(run_dir: Path) -> str:
-    """" — <model> on <data>, <protocol>" from settings.json, or "" when it is missing
-    or unreadable."""
-    settings = _settings(run_dir)
+def _title_suffix(settings: dict) -> str:
+    """" — <model> on <data>, <protocol>" from a run's settings ("" from {}, what
+    :func:`_settings` gives for a missing or unreadable settings.json)."""
     model, data = settings.get("model"), settings.get("data")
     protocol, folds = settings.get("protocol"), settings.get("folds")
     parts = []
