@@ -21,6 +21,8 @@ class PretrainedBertPooler(Pooler):
                 "the model has no pretrained pooler weights (pooler.dense); "
                 "leave out 'bert_pooler' for this model"
             )
+        # .float() of float32 weights is the tensor itself: under --finetune these are the
+        # trained model's live parameters, so its pooler.dense learns through this pooler
         self.weight = dense["weight"].float()
         self.bias = dense["bias"].float()
 

@@ -1,7 +1,7 @@
 """The Python API: ``pool`` for features, ``run`` for the whole comparison."""
 
 from .errors import Interrupted, PoolkitError
-from .heads import HeadConfig
+from .heads import FineTuneConfig, HeadConfig
 from .isolation import DEFAULT_TIMEOUT
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
@@ -41,7 +41,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         baseline=None, out=None, plugins_dir=None, cache_dir=None,
         max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
-        predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
+        finetune=False, max_train_texts=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
         pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
@@ -53,7 +53,10 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     (``folds``: cross-fitting folds, default 5, 1 for one split; ``protocol``:
     ``"default"``, ``"senteval"``, ``"mteb"``; ``metric``: the primary metric;
     ``baseline``: compare every pooler with this one only;
-    ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; with ``out`` the run
+    ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; ``finetune``: ``True`` or a
+    :class:`~poolkit.heads.FineTuneConfig` adds every pooler fine-tuned with the
+    encoder (``encoder`` column ``finetuned``), ``save_models`` keeps their weights;
+    ``max_train_texts`` caps each fold's training texts; with ``out`` the run
     directory is written there, ``predictions=True`` adds each test item's
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
     seconds). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
@@ -71,6 +74,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         max_length=max_length, device=device, cache_dtype=cache_dtype, precision=precision,
         split_seed=split_seed, validation_size=validation_size, test_size=test_size,
         head=head or HeadConfig(), empty_texts=empty_texts, encoding=encoding,
+        finetune=FineTuneConfig() if finetune is True else (finetune or None),
+        max_train_texts=max_train_texts, save_models=save_models,
         trust_remote_code=trust_remote_code,
         out=out, cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
         progress=progress)

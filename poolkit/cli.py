@@ -124,6 +124,24 @@ def cli(debug):
               help="AdamW learning rate of the heads (a number above 0).")
 @click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout on pooled features while training heads.")
+@click.option("--finetune", is_flag=True,
+              help="Also fine-tune the encoder with each pooler and a linear head, end to end "
+                   "(as BertForSequenceClassification), and show frozen and fine-tuned side by "
+                   "side. Costly: see --max-train-texts.")
+@click.option("--finetune-epochs", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Epochs of each fine-tuning job (the best by validation loss is kept).")
+@click.option("--finetune-batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Texts per forward pass when fine-tuning.")
+@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Forward passes per optimizer step when fine-tuning (the optimizer's batch "
+                   "is --finetune-batch-size × this).")
+@click.option("--encoder-lr", default=2e-5, show_default=True, type=float,
+              help="AdamW learning rate of the encoder when fine-tuning (--lr: pooler and head).")
+@click.option("--max-train-texts", type=click.IntRange(min=2),
+              help="Train every head (frozen and fine-tuned) on a stratified subset of at most "
+                   "this many texts per fold; validation and test items stay whole.")
+@click.option("--save-models", is_flag=True,
+              help="Keep each fine-tuned model's weights (RUN_DIR/models/*.safetensors).")
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
               show_default=True, help="Rows whose text is empty or whitespace: skip with a "
                                       "warning and a count, or stop with an error.")
@@ -144,16 +162,17 @@ def cli(debug):
                    "a trainable pooler's forward); a pooler past it fails alone.")
 def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
         protocol, metric, baseline, out, plugins_dir, cache_dir, max_length, device, cache_dtype,
-        precision, split_seed, epochs, lr, dropout, empty_texts, encoding, predictions,
-        plot_formats, wide, trust_remote_code, pooler_timeout):
+        precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
+        finetune_batch_size, grad_accum, encoder_lr, max_train_texts, save_models, empty_texts,
+        encoding, predictions, plot_formats, wide, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
     from .api import run_config
     from .config import RunConfig
-    from .heads import HeadConfig
+    from .heads import FineTuneConfig, HeadConfig
     from .identity import RunIdentity
-    from .results import compact_table, display_table
+    from .results import compact_table, display_table, frozen_vs_finetuned
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
@@ -162,6 +181,10 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         max_length=max_length, metric=metric, baseline=baseline,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
         head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
+        finetune=FineTuneConfig(epochs=finetune_epochs, batch_size=finetune_batch_size,
+                                accumulation=grad_accum, encoder_lr=encoder_lr)
+        if finetune else None,
+        max_train_texts=max_train_texts, save_models=save_models,
         empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
         cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
         progress=sys.stderr.isatty() and not os.environ.get("CI"))
@@ -177,6 +200,11 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     click.echo(table.to_string(index=False))
     if hidden:
         click.echo(f"(also in summary.csv, or printed with --wide: {', '.join(hidden)})")
+    side_by_side = frozen_vs_finetuned(result.summary, result.pairs, config.metric)
+    if side_by_side is not None:
+        click.echo(f"\nFrozen or fine-tuned ({config.metric}; change = finetuned - frozen, "
+                   "paired over the same items):")
+        click.echo(side_by_side.to_string(index=False))
     scope = (f"{settings['folds']}-fold cross-fitted, every item scored once"
              if settings["folds"] > 1 else "test split")
     verdict = (f"vs baseline: significantly better/worse than {config.baseline} or not"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PoolkitError
-from .heads import HeadConfig
+from .heads import FineTuneConfig, HeadConfig
 from .isolation import DEFAULT_TIMEOUT
 from .metrics import PRIMARY
 
@@ -27,7 +27,10 @@ class RunConfig:
     last layer); ``protocol`` a name in :data:`~poolkit.protocols.PROTOCOLS`,
     ``folds`` its number of folds (``None``: the protocol's; 1: one split);
     ``metric`` the primary metric (ranking, groups); ``baseline`` a feature set
-    (``pooler@layer``, or a pooler name) every other is compared with."""
+    (``pooler@layer``, or a pooler name) every other is compared with;
+    ``finetune`` (a :class:`~poolkit.finetune.FineTuneConfig`) adds each pooler
+    fine-tuned with the encoder; ``max_train_texts`` caps each fold's training
+    part (a stratified subset, for every head)."""
 
     data: str | Path | None = None
     text_col: str = "text"
@@ -49,6 +52,8 @@ class RunConfig:
     validation_size: float = 0.1
     test_size: float = 0.1
     head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FineTuneConfig | None = None
+    max_train_texts: int | None = None
     empty_texts: str = "skip"
     encoding: str = "utf-8"
     trust_remote_code: bool = False
@@ -59,6 +64,7 @@ class RunConfig:
     progress: bool = field(default=False, metadata=OUTPUT_ONLY)
     metric: str = field(default=PRIMARY, metadata=OUTPUT_ONLY)
     baseline: str | None = field(default=None, metadata=OUTPUT_ONLY)
+    save_models: bool = field(default=False, metadata=OUTPUT_ONLY)
 
     def plan(self) -> tuple:
         """``(protocol, folds)``: the :class:`~poolkit.protocols.Protocol` and its number of folds."""
@@ -100,6 +106,18 @@ class RunConfig:
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()
+        if self.finetune is not None:
+            self.finetune.validate()
+            if self.plan()[0].name != "default":
+                raise PoolkitError(f"--finetune trains poolkit's heads; the {self.protocol} "
+                                   "protocol trains scikit-learn probes (leave out --protocol)")
+        if self.save_models and self.finetune is None:
+            raise PoolkitError("--save-models keeps fine-tuned weights; add --finetune")
+        if self.max_train_texts is not None and (
+                isinstance(self.max_train_texts, bool)
+                or not isinstance(self.max_train_texts, (int, np.integer))
+                or self.max_train_texts < 2):
+            raise PoolkitError(f"--max-train-texts {self.max_train_texts}: give an integer >= 2")
         import codecs
 
         try:

@@ -421,6 +421,7 @@ def load_dataset(
     folds: int = 1,
     log=None,
     encoding: str = "utf-8",
+    max_train_texts: int | None = None,
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
@@ -429,7 +430,8 @@ def load_dataset(
     train/validation/test split (``test_size`` of the items tested); ``K`` > 1:
     ``K``-fold cross-fitting, every item tested once (see :func:`cross_folds`).
     With ``test_data`` the test split is that file and ``data`` is split into
-    train/validation.
+    train/validation. ``max_train_texts`` caps each fold's train part with a
+    stratified, seeded subset (validation and test parts are kept whole).
     """
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
         raise PoolkitError(f"--folds {folds}: give 1 (one split) or a number of folds >= 2")
@@ -476,9 +478,28 @@ def load_dataset(
         ids = np.concatenate([ids, test_ids])
         rows = np.concatenate([rows, _rows(test_raw)])
         files += [str(test_data)] * len(test_texts)
-    return Dataset(texts=texts, labels=ids, label_names=names,
-                   folds=fold_list if splits is None else [splits], source=source,
+    fold_list = fold_list if splits is None else [splits]
+    if max_train_texts is not None:
+        fold_list = [{**fold, "train": stratified_subset(fold["train"], by_name, max_train_texts,
+                                                         split_seed)} for fold in fold_list]
+    return Dataset(texts=texts, labels=ids, label_names=names, folds=fold_list, source=source,
                    rows=rows, files=files)
+
+
+def stratified_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` of ``rows``, sorted, with the label proportions of ``rows``
+    (``labels`` the label names of all items), drawn with ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    if len(rows) <= size:
+        return rows
+    try:
+        kept, _ = train_test_split(rows, train_size=size, random_state=seed,
+                                   stratify=labels[rows])
+    except ValueError as exc:
+        raise PoolkitError(f"--max-train-texts {size}: too few for a stratified subset of "
+                           f"{len(np.unique(labels[rows]))} labels: {exc}") from None
+    return np.sort(kept)
 
 
 def _rows(raw) -> np.ndarray:

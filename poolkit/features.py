@@ -34,6 +34,8 @@ class FeatureSet:
     #: the pooled width, ``pooler.output_dim(hidden_size)`` (asked once, in :func:`setup_poolers`)
     dim: int = 0
     trainable: bool = False
+    #: trained end to end with the encoder (``--finetune``), not on the cached states
+    finetuned: bool = False
 
     @property
     def layer(self) -> str:
@@ -41,8 +43,34 @@ class FeatureSet:
         return "+".join(str(x) for x in self.layers)
 
     @property
+    def encoder(self) -> str:
+        """``"finetuned"`` or ``"frozen"``, as results show it."""
+        return "finetuned" if self.finetuned else "frozen"
+
+    @property
     def id(self) -> str:
-        return f"{self.pooler_name}@{self.layer}"
+        return feature_id(self.pooler_name, self.layer, self.encoder)
+
+
+def feature_id(pooler: str, layer, encoder: str = "frozen") -> str:
+    """A feature set's id from its results columns: ``mean@6``, or ``mean@6-ft``
+    when the encoder was fine-tuned with the pooler."""
+    return f"{pooler}@{layer}" + ("-ft" if encoder == "finetuned" else "")
+
+
+def finetuned_sets(sets: dict, failures: dict, num_layers: int) -> tuple:
+    """``(sets, failures)`` of ``--finetune``: per pooler of ``sets``, one feature set
+    fine-tuned with the encoder, pooling the last layer (or the layers a combining
+    pooler declares); a pooler that failed already fails here too."""
+    from dataclasses import replace
+
+    tuned, failed = {}, {}
+    for key, fs in sets.items():
+        one = replace(fs, layers=fs.layers if fs.combines else (num_layers,), finetuned=True)
+        tuned.setdefault(one.id, one)
+        if key in failures:
+            failed.setdefault(one.id, failures[key])
+    return tuned, failed
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,45 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class FineTuneConfig:
+    """How the encoder is fine-tuned (the head's own learning rate and weight decay
+    are :class:`~poolkit.heads.HeadConfig`'s ``--lr`` and weight decay).
+
+    ``batch_size`` texts per forward pass, ``accumulation`` passes per optimizer
+    step (the optimizer's batch is their product); ``warmup`` the fraction of all
+    steps with a linearly rising learning rate; ``patience`` epochs without a
+    better validation loss before a job stops."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    encoder_lr: float = 2e-5
+    warmup: float = 0.1
+    max_grad_norm: float = 1.0
+    accumulation: int = 1
+    patience: int = 1
+
+    def validate(self) -> None:
+        checks = (
+            ("--finetune-epochs", self.epochs, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("--finetune-batch-size", self.batch_size, lambda v: v >= 1 and v == int(v),
+             "an integer >= 1"),
+            ("--encoder-lr", self.encoder_lr, lambda v: v >= 0, "a number of 0 or more"),
+            ("warmup", self.warmup, lambda v: 0 <= v < 1, "a fraction from 0 up to 1"),
+            ("max_grad_norm", self.max_grad_norm, lambda v: v > 0, "a number above 0"),
+            ("--grad-accum", self.accumulation, lambda v: v >= 1 and v == int(v),
+             "an integer >= 1"),
+            ("patience", self.patience, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        )
+        for name, value, ok, wanted in checks:
+            try:
+                good = math.isfinite(float(value)) and ok(float(value))
+            except (TypeError, ValueError):
+                good = False
+            if isinstance(value, bool) or not good:
+                raise PoolkitError(f"{name} {value}: give {wanted}")
+
+
+@dataclass(frozen=True)
 class HeadTask:
     """What the heads of one fold learn: ``labels`` ``(N,)`` label ids of all texts,
     ``splits`` (the fold's train/validation/test index arrays into them), the

@@ -106,6 +106,9 @@ class RunIdentity:
                 "head": asdict(self.options["head"])}
         if self.options.get("protocol", "default") != "default":  # another recipe, other heads
             head["protocol"] = self.options["protocol"]
+        if self.options.get("finetune") is not None:  # (a frozen run's heads keep their key)
+            head["finetune"] = asdict(self.options["finetune"])
+            head["precision"] = self.options.get("precision")
         hashed = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
         hashed.update(np.ascontiguousarray(dataset.labels).tobytes())
         hashed.update(splits_digest(dataset).encode())

@@ -27,7 +27,7 @@ class LinearHeads:
         self.progress = progress
 
     def wants(self, feature_set) -> bool:
-        return not feature_set.trainable
+        return not feature_set.trainable and not feature_set.finetuned
 
     def train(self, task: HeadTask, jobs: list):
         """Feature sets missing the same seeds train as one stack."""

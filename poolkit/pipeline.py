@@ -152,7 +152,7 @@ def load_data(config: RunConfig, log=_silent):
                            split_seed=config.split_seed,
                            validation_size=config.validation_size if protocol.validation else 0.0,
                            test_size=config.test_size, empty_texts=config.empty_texts,
-                           encoding=config.encoding,
+                           encoding=config.encoding, max_train_texts=config.max_train_texts,
                            folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     first = dataset.folds[0]
@@ -162,6 +162,9 @@ def load_data(config: RunConfig, log=_silent):
     else:
         log(f"{folds}-fold cross-fitting: each fold {sizes} (fold 1); every one of the "
             f"{len(dataset.scored)} items scored once, out of fold")
+    if config.max_train_texts is not None:
+        log(f"--max-train-texts {config.max_train_texts}: every head trains on a stratified "
+            "subset of its fold's training part; validation and test items are all kept")
     if protocol.name != "default":
         log(f"protocol {protocol.name}: {protocol.about}")
     return dataset
@@ -179,7 +182,7 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     """
     from .cache import default_cache_dir
     from .encoding import encode_to_cache, pick_device
-    from .features import feature_sets, setup_poolers
+    from .features import feature_sets, finetuned_sets, setup_poolers
     from .layers import parse_layers
     from .model import load_encoder
 
@@ -199,10 +202,13 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
             log(f"note: trainable pooler(s) {', '.join(left_out)} left out: the "
                 f"{protocol.name} protocol trains scikit-learn probes on fixed poolers")
             sets = {key: fs for key, fs in sets.items() if not fs.trainable}
-    if config.baseline is not None:  # a --baseline no feature set answers: an error now
-        _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
     needed = sorted({layer for key, fs in sets.items() if key not in failures
                      for layer in fs.layers}) or [encoder.num_layers]
+    if config.finetune is not None:
+        tuned, tuned_failures = finetuned_sets(sets, failures, encoder.num_layers)
+        sets, failures = {**sets, **tuned}, {**failures, **tuned_failures}
+    if config.baseline is not None:  # a --baseline no feature set answers: an error now
+        _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
     root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
@@ -221,7 +227,7 @@ def pool(config: RunConfig, encoded: Encoded) -> Features:
     from .features import pool_cache
 
     fixed = {key: fs for key, fs in encoded.sets.items()
-             if key not in encoded.failures and not fs.trainable}
+             if key not in encoded.failures and not fs.trainable and not fs.finetuned}
     began = time.perf_counter()
     arrays, failures = pool_cache(encoded.cache, fixed, progress=config.progress,
                                   timeout=config.pooler_timeout)
@@ -256,6 +262,12 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
         log(f"reusing {reused} finished heads from {config.out}")
     kinds = protocol.kinds(features.arrays, encoded.cache, config.pooler_timeout,
                            config.progress, log)
+    if config.finetune is not None:
+        from .finetune import FineTunedHeads
+
+        kinds.append(FineTunedHeads(encoded.encoder, dataset.texts, config.finetune, store,
+                                    config.pooler_timeout, config.precision, config.save_models,
+                                    log))
     began = time.perf_counter()
     for fold, jobs_of_fold in sorted(missing.items()):
         task = HeadTask(dataset.labels, dataset.folds[fold], dataset.num_labels, config.head,
@@ -306,7 +318,7 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
                 combined[position[dataset.folds[fold]["test"]]] = head.probabilities
             probabilities.setdefault(key, []).append(combined)
             one = len(heads) == 1
-            rows.append({"pooler": fs.pooler_name, "layer": fs.layer,
+            rows.append({"pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder,
                          "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
                          # per fold: the mean over folds
                          "best_epoch": heads[0].best_epoch if one else
@@ -315,14 +327,15 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
                          round(float(np.mean([h.epochs for h in heads])), 1),
                          **(heads[0].metrics if one and heads[0].metrics
                             else compute_metrics(y, combined))})
-    results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "plugin", "seed",
-                                                             "dim"])
+    results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "encoder", "plugin",
+                                                             "seed", "dim"])
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
     baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
     comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
                          baseline=baseline)
     summary = summarize(results, {key: (encoded.sets[key].pooler_name, encoded.sets[key].layer,
-                                        reason) for key, reason in training.failures.items()},
+                                        encoded.sets[key].encoder, reason)
+                                  for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)
     return Evaluation(results, probabilities, comparison.pairs, summary)
 
@@ -365,7 +378,10 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "split_sizes": {k: len(v) for k, v in dataset.folds[0].items()},
         "majority_rate": float(np.bincount(y_scored).max() / len(y_scored)),
         "metric": config.metric, "baseline": config.baseline,
-        "head": asdict(config.head), "device": encoded.device, "cache": str(encoded.cache.path),
+        "head": asdict(config.head),
+        "finetune": asdict(config.finetune) if config.finetune is not None else None,
+        "max_train_texts": config.max_train_texts,
+        "device": encoded.device, "cache": str(encoded.cache.path),
         "cache_dtype": config.cache_dtype,
         "precision": config.precision if encoded.device != "cpu" else "fp32",
         "encoder_ran": encoded.ran, "tokens": int(encoded.cache.lengths.sum()),
@@ -430,6 +446,8 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
         "split_sha256": splits_digest(dataset),
         "seeds": config.seed_list(),
         "head": asdict(config.head),
+        "finetune": asdict(config.finetune) if config.finetune is not None else None,
+        "max_train_texts": config.max_train_texts,
         "poolers": {name: {"plugin": poolers.plugins[name],
                            "source_sha256": poolers.fingerprints[name]}
                     for name in poolers.selected},

@@ -93,12 +93,21 @@ def read_summary(run_dir):
     if "pooler" not in summary:
         raise PoolkitError(f"'{path}' has no 'pooler' column; was it written by poolkit run?")
     ok = _ok(summary)
-    keys = summary.loc[ok, ["pooler"]].assign(layer=_layer_text(summary)[ok])
+    keys = summary.loc[ok, ["pooler"]].assign(layer=_layer_text(summary)[ok],
+                                              encoder=_encoder(summary)[ok])
     duplicated = keys[keys.duplicated()]
     if len(duplicated):
-        pooler, layer = duplicated.iloc[0]
-        raise PoolkitError(f"'{path}' has more than one row for pooler '{pooler}' at layer {layer}")
+        pooler, layer, encoder = duplicated.iloc[0]
+        raise PoolkitError(f"'{path}' has more than one row for pooler '{pooler}' at layer {layer}"
+                           f" ({encoder})")
     return summary
+
+
+def _encoder(rows):
+    """The ``encoder`` column (``frozen`` where a run directory has none)."""
+    if "encoder" not in rows:
+        return rows["pooler"].map(lambda _: "frozen")
+    return rows["encoder"].fillna("frozen").astype(str)
 
 
 def dot_chart(summary, metric: str, title: str | None = None, majority: float | None = None):
@@ -292,6 +301,7 @@ def layer_grid(summary, metric: str):
     row at that layer; None when the single-layer rows span fewer than two layers.
     """
     rows = _plot_rows(summary, metric)
+    rows = rows[_encoder(rows) == "frozen"]  # a fine-tuned encoder is pooled at one layer
     layers = _layer_text(rows)
     single = layers.str.fullmatch(r"\d+").fillna(False).astype(bool)
     rows = rows[single].assign(layer=layers[single].astype(int))
@@ -373,9 +383,10 @@ def _layer_text(rows):
 def _row_labels(rows) -> list[str]:
     layers = _layer_text(rows)
     distinct = set(layers.dropna())
-    if len(distinct) <= 1:
-        return list(rows["pooler"].astype(str))
-    return [p if _isna(l) else f"{p} @ {l}" for p, l in zip(rows["pooler"].astype(str), layers)]
+    labels = list(rows["pooler"].astype(str)) if len(distinct) <= 1 else [
+        p if _isna(l) else f"{p} @ {l}" for p, l in zip(rows["pooler"].astype(str), layers)]
+    return [f"{label} (fine-tuned)" if encoder == "finetuned" else label
+            for label, encoder in zip(labels, _encoder(rows))]
 
 
 def _isna(value) -> bool:

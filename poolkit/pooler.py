@@ -49,6 +49,11 @@ class Pooler:
         checkpoint (``None`` when it has none); ``encoder.model`` is the loaded
         ``transformers`` model (eval mode, CPU), loaded on first use;
         ``encoder.config`` and ``encoder.hidden_size`` describe it.
+
+        With ``--finetune``, a copy of the pooler is set up again against the
+        model being trained: there ``encoder.weights(...)`` returns that model's
+        live parameters, so a pooler that uses them as given (``bert_pooler``'s
+        ``pooler.dense``) trains them; one that copies them keeps them fixed.
         """
 
     def pool(self, hidden, mask):

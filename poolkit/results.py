@@ -18,16 +18,21 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     its paired tests (1 = best; see :data:`poolkit.stats.METHODS`); with a
     ``baseline`` feature set, ``vs_baseline`` says instead whether each is
     significantly better or worse than it. ``failures`` maps ids to
-    ``(pooler, layer, reason)``; those get a row with ``status`` 'failed: <reason>'.
+    ``(pooler, layer, encoder, reason)``; those get a row with ``status`` 'failed: <reason>'.
     """
     import pandas as pd
 
+    from .features import feature_id
     from .stats import rank_groups
 
     rows = []
-    for (pooler, layer), group in results.groupby(["pooler", "layer"], sort=False):
-        key = f"{pooler}@{layer}"
-        row = {"pooler": pooler, "layer": layer, "plugin": group["plugin"].iloc[0],
+    if "encoder" not in results:
+        results = results.assign(encoder="frozen")
+    for (pooler, layer, encoder), group in results.groupby(["pooler", "layer", "encoder"],
+                                                           sort=False):
+        key = feature_id(pooler, layer, encoder)
+        row = {"pooler": pooler, "layer": layer, "encoder": encoder,
+               "plugin": group["plugin"].iloc[0],
                "dim": int(group["dim"].iloc[0]), "seeds": len(group)}
         for metric in METRICS:
             values = group[metric].to_numpy(dtype=float)
@@ -43,7 +48,8 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
         column = f"{primary}_mean"
         summary = summary.sort_values(column, ascending=not METRICS[primary].higher_is_better,
                                       kind="stable")
-        ids = summary["pooler"] + "@" + summary["layer"].astype(str)
+        ids = pd.Series([feature_id(*row) for row in summary[["pooler", "layer", "encoder"]]
+                         .itertuples(index=False)], index=summary.index)
         pairs = comparison.pairs if comparison is not None else None
         at = summary.columns.get_loc("status")
         if baseline is not None:
@@ -59,8 +65,8 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
             summary.insert(at, "group", ids.map(groups))
         else:
             summary.insert(at, "group", 1)
-    failed = [{"pooler": pooler, "layer": layer, "status": f"failed: {reason}"}
-              for pooler, layer, reason in (failures or {}).values()]
+    failed = [{"pooler": pooler, "layer": layer, "encoder": encoder, "status": f"failed: {reason}"}
+              for pooler, layer, encoder, reason in (failures or {}).values()]
     if failed:
         summary = pd.concat([summary, pd.DataFrame(failed)], ignore_index=True)
         # keep counts integers (a failed row has none) in summary.csv and exports
@@ -80,6 +86,8 @@ def display_table(summary, primary: str = PRIMARY):
     table = pd.DataFrame({"pooler": summary["pooler"]})
     if "layer" in summary and summary["layer"].astype(str).nunique() > 1:
         table["layer"] = summary["layer"].astype(str)
+    if "encoder" in summary and summary["encoder"].nunique() > 1:
+        table["encoder"] = summary["encoder"]
     if "dim" in summary:
         table["dim"] = summary["dim"].map(lambda d: "" if pd.isna(d) else str(int(d)))
     if "group" in summary:
@@ -117,7 +125,8 @@ def compact_table(table, primary: str, width: int) -> tuple:
         text = table[columns].to_string(index=False)
         return max(map(len, text.splitlines())) <= width
 
-    always = {"pooler", "layer", "group", "vs baseline", "status", f"{primary} (95% CI)"}
+    always = {"pooler", "layer", "encoder", "group", "vs baseline", "status",
+              f"{primary} (95% CI)"}
     chosen = [c for c in table.columns if c in always]
     # the metrics that say most first: precision and recall are near F1 on balanced data
     first = ("f1_macro", "roc_auc", "log_loss", "mcc", "dim")
@@ -127,6 +136,52 @@ def compact_table(table, primary: str, width: int) -> tuple:
             chosen.append(column)
     kept = [c for c in table.columns if c in chosen]
     return table[kept], [c for c in table.columns if c not in chosen]
+
+
+def frozen_vs_finetuned(summary, pairs, primary: str = PRIMARY):
+    """Per pooler run both ways (``--finetune``): its ``primary`` metric with the
+    encoder frozen and fine-tuned (means over seeds), the change with its 95%
+    interval and Holm-corrected p from the paired tests, and its rank among the
+    frozen and among the fine-tuned poolers. ``None`` without fine-tuned rows."""
+    import pandas as pd
+
+    from .features import feature_id
+
+    if "encoder" not in summary:
+        return None
+    ok = summary[summary["status"] == "ok"]
+    tuned = ok[ok["encoder"] == "finetuned"]
+    if not len(tuned):
+        return None
+    sign = 1 if METRICS[primary].higher_is_better else -1
+    ranks = {encoder: {feature_id(r.pooler, r.layer, encoder): rank for rank, r in enumerate(
+        rows.sort_values(f"{primary}_mean", ascending=sign < 0, kind="stable")
+        .itertuples(), start=1)} for encoder, rows in ok.groupby("encoder")}
+    by_pair = {(a, b): row for a, b, row in zip(pairs["a"], pairs["b"], pairs.itertuples())} \
+        if pairs is not None else {}
+    rows = []
+    for row in tuned.itertuples():
+        ft = feature_id(row.pooler, row.layer, "finetuned")
+        frozen = ok[(ok["pooler"] == row.pooler) & (ok["encoder"] == "frozen")
+                    & (ok["layer"].astype(str) == str(row.layer))]
+        if not len(frozen):
+            continue
+        fz = feature_id(row.pooler, row.layer, "frozen")
+        pair, flip = by_pair.get((ft, fz)), 1
+        if pair is None:
+            pair, flip = by_pair.get((fz, ft)), -1
+        change = getattr(row, f"{primary}_mean") - frozen[f"{primary}_mean"].iloc[0]
+        interval, p = "", ""
+        if pair is not None:
+            low, high = sorted(flip * getattr(pair, f"{primary}_{end}") for end in ("low", "high"))
+            interval, p = f"[{low:+.3f}, {high:+.3f}]", _p_value(getattr(pair, f"{primary}_p_holm"))
+        rows.append({"pooler": row.pooler, "layer": row.layer,
+                     "frozen": f"{frozen[f'{primary}_mean'].iloc[0]:.3f}",
+                     "finetuned": f"{getattr(row, f'{primary}_mean'):.3f}",
+                     "change [95% CI]": f"{change:+.3f} {interval}".strip(),
+                     f"p {primary} (Holm)": p,
+                     "rank frozen": ranks["frozen"][fz], "rank finetuned": ranks["finetuned"][ft]})
+    return pd.DataFrame(rows) if rows else None
 
 
 def display_pairs(pairs, primary: str = PRIMARY):
@@ -156,7 +211,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
     """Each scored item's prediction per feature set × seed, long format: the test
     items of a split, or every item out of fold under cross-fitting.
 
-    Columns: pooler, layer, seed, fold (with several folds: the fold that held
+    Columns: pooler, layer, encoder, seed, fold (with several folds: the fold that held
     the item out), file, row (1-based data row in that file), text, label,
     predicted, then ``p_<label>`` per label in ``labels.json`` order (label id
     order).
@@ -173,7 +228,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
         fs = sets[key]
         for seed, p in zip(seeds, probs):
             frame = pd.DataFrame({
-                "pooler": fs.pooler_name, "layer": fs.layer, "seed": seed,
+                "pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder, "seed": seed,
                 **({"fold": fold_of[test]} if len(dataset.folds) > 1 else {}),
                 "file": [dataset.files[i] for i in test], "row": dataset.rows[test],
                 "text": [dataset.texts[i] for i in test],

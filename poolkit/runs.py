@@ -158,6 +158,30 @@ class RunStore:
         part = f"-fold{fold}" if self.folds > 1 else ""
         return self.folder / f"{safe}{part}-seed{seed}.json"
 
+    def checkpoint(self, feature_set: str, seed: int, fold: int = 0) -> Path | None:
+        """Where an unfinished fine-tuning job keeps its end-of-epoch checkpoint."""
+        if self.folder is None:
+            return None
+        return self._path(feature_set, seed, fold).with_suffix(".checkpoint.safetensors")
+
+    def model_saver(self, feature_set: str, seed: int, fold: int = 0):
+        """A function saving a fine-tuned model's state dict to
+        ``models/<set>[-fold<F>]-seed<N>.safetensors`` in the run directory."""
+        path = self.folder.parent / "models" / self._path(feature_set, seed, fold).with_suffix(
+            ".safetensors").name
+
+        def save(state: dict) -> None:
+            from safetensors.torch import save as to_bytes
+
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            try:
+                path.parent.mkdir(exist_ok=True)
+                write_atomic(path, to_bytes(tensors, metadata={"key": self.key}))
+            except OSError as exc:
+                raise PoolkitError(f"cannot write run directory '{self.folder.parent}': "
+                                   f"{exc.strerror or exc}") from None
+        return save
+
     def load(self, feature_set: str, fingerprint: str, seed: int, fold: int = 0):
         """The :class:`~poolkit.heads.TrainedHead` saved for this head, or ``None``."""
         from .heads import TrainedHead

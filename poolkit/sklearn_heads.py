@@ -41,7 +41,7 @@ class SklearnHeads:
         self.inner_folds, self.samples_per_label = inner_folds, samples_per_label
 
     def wants(self, feature_set) -> bool:
-        return not feature_set.trainable
+        return not feature_set.trainable and not feature_set.finetuned
 
     def train(self, task: HeadTask, jobs: list):
         from sklearn.exceptions import ConvergenceWarning

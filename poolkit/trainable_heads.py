@@ -21,7 +21,7 @@ class TrainablePoolerHeads:
         self.cache, self.timeout, self.log = cache, timeout, log
 
     def wants(self, feature_set) -> bool:
-        return feature_set.trainable
+        return feature_set.trainable and not feature_set.finetuned
 
     def train(self, task: HeadTask, jobs: list):
         for feature_set, seeds in jobs:

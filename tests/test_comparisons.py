@@ -216,8 +216,8 @@ def test_predictions_table_layout_and_consistency(main_run, tables, y_test):
     predictions, results, labels = tables["predictions"], tables["results"], tables["labels"]
     names = [labels[str(i)] for i in range(len(labels))]
     assert names == ["neg", "pos"]
-    assert list(predictions.columns) == ["pooler", "layer", "seed", "fold", "file", "row", "text",
-                                         "label", "predicted", *[f"p_{n}" for n in names]]
+    assert list(predictions.columns) == ["pooler", "layer", "encoder", "seed", "fold", "file", "row",
+                                         "text", "label", "predicted", *[f"p_{n}" for n in names]]
     assert len(predictions) == len(y_test) * len(IDS) * SEEDS
     assert not predictions.duplicated(["pooler", "layer", "seed", "row"]).any()
     assert (predictions["file"] == str(main_run["data"])).all()

@@ -141,6 +141,24 @@ def test_stratified_split_sizes(tmp_path, n_rows, n_labels, sizes):
         assert counts.tolist() == [sizes[name] // n_labels] * n_labels, name  # stratified
 
 
+@pytest.mark.parametrize("folds", [1, 4])
+def test_max_train_texts_keeps_a_stratified_subset_of_each_training_part(tmp_path, folds):
+    frame = _frame(300)
+    frame["label"] = [f"l{i % 3}" for i in range(300)]
+    path = _write(frame, tmp_path / "d.csv")
+    whole = load_dataset(path, folds=folds)
+    capped = load_dataset(path, folds=folds, max_train_texts=60)
+    for full, cut in zip(whole.folds, capped.folds):
+        assert len(cut["train"]) == 60 and set(cut["train"]) <= set(full["train"])
+        assert np.bincount(capped.labels[cut["train"]]).tolist() == [20, 20, 20]
+        for name in ("validation", "test"):  # scored and early-stopping items stay whole
+            assert cut[name].tolist() == full[name].tolist()
+    assert load_dataset(path, folds=folds, max_train_texts=60).folds[0]["train"].tolist() == \
+        capped.folds[0]["train"].tolist()
+    assert load_dataset(path, folds=folds, max_train_texts=10_000).folds[0]["train"].tolist() \
+        == whole.folds[0]["train"].tolist()
+
+
 def test_split_is_seeded(tmp_path):
     path = _write(_frame(), tmp_path / "d.csv")
     a, b = load_dataset(path, split_seed=0), load_dataset(path, split_seed=0)
