@@ -84,14 +84,21 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
 
 def run_config(config, log=None):
     """:func:`run` for a :class:`~poolkit.config.RunConfig`, as the CLI calls it."""
-    from . import pipeline
+    from . import distributed, pipeline
     from .isolation import handlers
 
     with handlers():
         try:
+            distributed.init()
+            if distributed.rank() != 0 and log is not None:  # rank 0 speaks for the run
+                log, said = pipeline._silent, log
+                said(f"rank {distributed.rank()} of {distributed.world_size()}: encoding its "
+                     "share; rank 0 runs the comparison")
             return pipeline.run(config, log=log or pipeline._silent)
         except KeyboardInterrupt:
             saved = (f" and the finished heads in {config.out}/heads"
                      if config.out is not None else "")
             raise Interrupted(f"interrupted: the encoder's progress is saved in the cache{saved}; "
                               "run the same command again to resume") from None
+        finally:
+            distributed.shutdown()

@@ -17,8 +17,10 @@ Layout of one cache entry (a folder named by its key and its layers):
 Nothing here is pickled; the token file is read back memory-mapped. An entry
 is written under ``<name>.partial`` and renamed when complete, so a crash never
 leaves a half-written entry that looks valid. Each batch has its rows fixed by
-the plan, so batches may be written in any order; the partial folder records
-which are on disk, and an interrupted encoding resumes with the others.
+the plan, so batches may be written in any order, by any process; the partial
+folder's progress records (``progress.json``, and ``progress-rank<r>.json`` of
+other torchrun ranks) list the batches on disk with each one's CRC-32, and an
+interrupted encoding, with any number of processes, resumes with the others.
 Opening an entry checks every field it relies on against the checksums, the
 entry's folder name (key and layers) and the files: a damaged entry raises
 :class:`CacheDamaged` and is rebuilt, never used.
@@ -250,9 +252,13 @@ class CacheWriter:
     """
 
     def __init__(self, root: Path, name: str, hidden_size: int, dtype: str, meta: dict,
-                 plan, layers):
+                 plan, layers, join=None, rank: int = 0):
+        """``join``: another rank's partial folder to write into (under torchrun: rank
+        0 creates it, the others join it; they take no lock and record their batches
+        in ``progress-rank<r>.json``)."""
         self.final = Path(root) / name
         self.tmp = Path(root) / f"{name}.partial"
+        self.rank = rank
         self.np_dtype = _DTYPES[dtype]
         self.row_bytes = hidden_size * np.dtype(self.np_dtype).itemsize
         self.layers = [int(layer) for layer in layers]
@@ -263,6 +269,13 @@ class CacheWriter:
         self.plan_id = {"entry": name, "dtype": dtype, **plan.describe()}
         #: Batches on disk (those a checkpoint recorded, and those written since).
         self.done: set[int] = set()
+        #: CRC-32 of each batch's bytes (all its layers), as written.
+        self.crcs: dict[int, int] = {}
+        if join is not None:
+            self.tmp, self.lock = Path(join), None
+            self.done, self.crcs = self._read_progress() or (set(), {})
+            self.file = open(self.tmp / "tokens.bin", "r+b")
+            return
         for path in (self.final, self.tmp):  # damage: a file where a folder belongs
             if path.is_symlink() or path.exists() and not path.is_dir():
                 path.unlink()
@@ -281,23 +294,38 @@ class CacheWriter:
                     if stale.name != ".lock":
                         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             else:
-                self.done = progress
+                self.done, self.crcs = progress
         self.file = open(self.tmp / "tokens.bin", "r+b" if progress is not None else "wb")
         # Full size up front: each batch and layer is written at its own offset.
         self.file.truncate(len(self.layers) * self.total * self.row_bytes)
 
-    def _read_progress(self) -> set | None:
+    @property
+    def _progress_file(self) -> str:
+        return "progress.json" if self.rank == 0 else f"progress-rank{self.rank}.json"
+
+    def _read_progress(self) -> tuple | None:
+        """``(done, crcs)``: the batches every progress record in the partial folder
+        (this writer's and other ranks', of any earlier run of the same plan) lists,
+        or ``None`` when there is nothing to continue."""
         try:
-            saved = json.loads((self.tmp / "progress.json").read_text())
             size = (self.tmp / "tokens.bin").stat().st_size
-            if saved.get("plan") != self.plan_id:
-                return None
             if size < len(self.layers) * self.total * self.row_bytes:
                 return None  # (longer is fine: the writer truncates it to size)
-            done = {int(batch) for batch in saved["done"]}
-            if not all(0 <= batch < len(self.plan) for batch in done):
-                return None
-            return done
+            done, crcs = set(), {}
+            for path in sorted(self.tmp.glob("progress*.json")):
+                try:
+                    saved = json.loads(path.read_text())
+                    if saved.get("plan") != self.plan_id:
+                        continue
+                    batches = {int(b): int(c) for b, c in saved["crc"].items()}
+                    if sorted(int(b) for b in saved["done"]) != sorted(batches) or not all(
+                            0 <= b < len(self.plan) for b in batches):
+                        continue
+                except Exception:  # a damaged record: its batches are encoded again
+                    continue
+                done |= set(batches)
+                crcs.update(batches)
+            return (done, crcs) if done or (self.tmp / "progress.json").exists() else None
         except Exception:  # any damage to the progress record: start this entry over
             return None
 
@@ -308,16 +336,44 @@ class CacheWriter:
         if states.shape[:2] != (len(self.layers), end - start):
             raise ValueError(f"batch {batch} has states {states.shape[:2]}, expected "
                              f"({len(self.layers)}, {end - start})")
+        crc = 0
         for block, layer_states in enumerate(states):
+            data = np.ascontiguousarray(layer_states, dtype=self.np_dtype).tobytes()
             self.file.seek((block * self.total + start) * self.row_bytes)
-            self.file.write(np.ascontiguousarray(layer_states, dtype=self.np_dtype).tobytes())
+            self.file.write(data)
+            crc = zlib.crc32(data, crc)
         self.done.add(batch)
+        self.crcs[batch] = crc
 
-    def checkpoint(self) -> None:
-        """Record the batches written so far (a resume continues after them)."""
+    def checkpoint(self, sync: bool = False) -> None:
+        """Record the batches written so far (a resume continues after them);
+        ``sync``: on disk too (another node reads them next)."""
         self.file.flush()
-        record = {"plan": self.plan_id, "done": sorted(self.done)}
-        write_atomic(self.tmp / "progress.json", json.dumps(record))
+        if sync:
+            os.fsync(self.file.fileno())
+        record = {"plan": self.plan_id, "done": sorted(self.done),
+                  "crc": {str(b): self.crcs[b] for b in sorted(self.done)}}
+        write_atomic(self.tmp / self._progress_file, json.dumps(record))
+
+    def batch_crc(self, batch: int) -> int:
+        """CRC-32 of batch ``batch``'s bytes as they are on disk now."""
+        start, end = int(self.plan.offsets[batch]), int(self.plan.offsets[batch + 1])
+        crc = 0
+        with open(self.tmp / "tokens.bin", "rb") as handle:
+            for block in range(len(self.layers)):
+                handle.seek((block * self.total + start) * self.row_bytes)
+                crc = zlib.crc32(handle.read((end - start) * self.row_bytes), crc)
+        return crc
+
+    def collect(self) -> list:
+        """Take in the batches other ranks recorded, checking each one's bytes on disk
+        against its recorded CRC; returns the batches that failed (now not done)."""
+        self.file.flush()
+        done, crcs = self._read_progress() or (set(), {})
+        self.done, self.crcs = self.done | done, {**crcs, **self.crcs}
+        bad = [b for b in sorted(self.done) if self.batch_crc(b) != self.crcs[b]]
+        self.done -= set(bad)
+        return bad
 
     def finish(self) -> HiddenStateCache:
         missing = len(self.plan) - len(self.done)
@@ -331,8 +387,9 @@ class CacheWriter:
         )
         self.meta["checksum"] = _meta_checksum(self.meta)
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
-        for name in ("progress.json", ".lock"):
-            (self.tmp / name).unlink(missing_ok=True)
+        for record in self.tmp.glob("progress*.json"):
+            record.unlink(missing_ok=True)
+        (self.tmp / ".lock").unlink(missing_ok=True)
         # Another writer may have finished first; damage may have left a file there.
         if self.final.is_symlink() or self.final.exists() and not self.final.is_dir():
             self.final.unlink()
@@ -344,7 +401,8 @@ class CacheWriter:
     def close(self) -> None:
         """Stop writing; a shared partial entry stays for a later resume."""
         self.file.close()
-        if self.lock is None and self.tmp.exists() and self.tmp != self.final:
+        if self.lock is None and self.rank == 0 and self.tmp.exists() \
+                and self.tmp != self.final:
             shutil.rmtree(self.tmp, ignore_errors=True)  # a private folder cannot be resumed
         self._unlock()
 

@@ -192,6 +192,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         out = RunIdentity.of(config).folder()
         config = dataclasses.replace(config, out=out)
     result = run_config(config, log=_log)
+    if result is None:  # a torchrun rank other than 0: its share of the encoding is done
+        return
     settings = result.settings
     table, hidden = display_table(result.summary, config.metric), []
     if not wide:

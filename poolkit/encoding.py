@@ -88,12 +88,26 @@ def encode_to_cache(
     encoder always computes in fp32 (a CPU without bf16 matrix units runs
     bf16/fp16 matmuls far slower). Returns ``(cache, ran)`` where ``ran`` says
     whether the encoder ran.
+
+    Under torchrun (several ranks), every rank calls this with the same
+    arguments: rank 0 opens the partial entry, the others join it, each encodes
+    every ``world_size``-th missing batch, and after a barrier rank 0 checks the
+    batches the others wrote (their CRC-32s), finishes the entry and returns it;
+    the other ranks return ``(None, ran)``.
     """
+    from . import distributed
+
     if precision not in PRECISIONS:
         raise PoolkitError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     compute = precision if device.startswith("cuda") else "fp32"
     key, identity = RunIdentity.entry_key(encoder.identity(), texts, compute, dtype)
     layers = sorted({int(x) for x in layers}) if layers else [encoder.num_layers]
+    rank, ranks = distributed.rank(), distributed.world_size()
+    if ranks > 1:
+        try:
+            distributed.check_shared(cache_dir)
+        except OSError as error:
+            raise _cache_error(cache_dir, error) from None
     while (name := find_entry(cache_dir, key, layers)) is not None:
         try:
             return HiddenStateCache(Path(cache_dir) / name), False
@@ -125,17 +139,31 @@ def encode_to_cache(
                         max_texts)
     name = entry_name(key, layers)
     try:
-        writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype,
-                             {"identity": identity, "truncated": int(truncated)}, plan, layers)
+        meta = {"identity": identity, "truncated": int(truncated)}
+        writer = None
+        if rank == 0:
+            writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers)
+            if ranks > 1:
+                writer.checkpoint(sync=True)  # what the other ranks continue from
+        shared = distributed.broadcast(str(writer.tmp) if writer is not None else None)
+        if rank != 0:
+            writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
+                                 join=shared, rank=rank)
         missing = [batch for batch in range(len(plan)) if batch not in writer.done]
         if len(missing) < len(plan):
             log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
+        mine = missing[rank::ranks]
+        if ranks > 1:
+            log(f"encoding on {ranks} ranks: rank {rank} takes {len(mine)} of the "
+                f"{len(missing)} batches left, on {device}")
         began = time.perf_counter()
         try:
-            encode_batches(model, ids, plan, missing, writer, device=device, compute=compute,
+            encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
                            layers=layers, all_layers=layers != [encoder.num_layers],
                            pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
                            log=log)
+            if ranks > 1:
+                writer.checkpoint(sync=True)
         except BaseException:
             try:
                 writer.checkpoint()  # Ctrl-C, an error: keep what is done
@@ -144,6 +172,18 @@ def encode_to_cache(
             finally:
                 writer.close()
             raise
+        if ranks > 1:
+            distributed.barrier()  # every rank's batches are on disk
+            if rank != 0:
+                writer.close()
+                return None, True
+            bad = writer.collect()
+            if bad or len(writer.done) < len(plan):
+                writer.close()
+                raise PoolkitError(
+                    f"cache entry {writer.tmp}: {len(plan) - len(writer.done)} of {len(plan)} "
+                    f"batches missing or failing their checksum after all ranks finished (is "
+                    f"--cache-dir shared?); run the same command again to encode them")
         writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
         return writer.finish(), True
     except OSError as error:

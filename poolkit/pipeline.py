@@ -186,9 +186,13 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     from .layers import parse_layers
     from .model import load_encoder
 
+    from . import distributed
+
     if not len(texts):
         raise PoolkitError("no texts to encode")
     device = pick_device(config.device)
+    if distributed.launched() and device == "cuda":  # torchrun: one GPU per rank
+        device = f"cuda:{distributed.local_rank()}"
     if encoder is None:
         encoder = load_encoder(config.model, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
@@ -213,9 +217,11 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
                                  precision=config.precision, max_texts=max_texts,
-                                 progress=config.progress, layers=needed,
+                                 progress=config.progress and distributed.rank() == 0, layers=needed,
                                  before_encoding=before_encoding, log=log)
     seconds = time.perf_counter() - began
+    if cache is None:  # a torchrun rank other than 0: its share is written
+        return Encoded(encoder, None, ran, device, sets, failures, needed, seconds)
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
         f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
         f"{seconds:.1f}s ({cache.path})")
@@ -465,8 +471,13 @@ def _report_failure(log, feature_set, reason: str) -> None:
         f"{reason}")
 
 
-def run(config: RunConfig, log=_silent) -> RunResult:
-    """The whole comparison, stage by stage (see the module docstring)."""
+def run(config: RunConfig, log=_silent) -> RunResult | None:
+    """The whole comparison, stage by stage (see the module docstring).
+
+    Under torchrun every rank encodes its share of the batches; rank 0 then runs
+    the other stages alone and the others return ``None``.
+    """
+    from . import distributed
     from .model import load_encoder
     from .results import RUN_FILES
     from .runs import RunDirectory, RunStore
@@ -479,10 +490,12 @@ def run(config: RunConfig, log=_silent) -> RunResult:
                            trust_remote_code=config.trust_remote_code)
 
     def claim():  # before the encoder runs, not after; once the model is known to load
-        if config.out is not None:
+        if config.out is not None and distributed.rank() == 0:
             RunDirectory(config.out).claim(RUN_FILES)
 
     encoded = encode(config, poolers.selected, dataset.texts, encoder, claim, log=log)
+    if distributed.rank() != 0:
+        return None
     claim()
     for key, reason in encoded.failures.items():
         _report_failure(log, encoded.sets[key], reason)

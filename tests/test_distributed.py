@@ -1,0 +1,127 @@
+"""Encoding sharded over processes with torchrun (gloo, on this CPU).
+
+A 2-process run writes the same cache entry bytes and results as a 1-process
+run; a rank killed mid-encoding leaves an entry a 1-process re-run completes,
+encoding only the missing batches; a cache dir the ranks do not share is one
+line of error.
+"""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TESTS_DIR, make_rows
+
+FAULT = TESTS_DIR / "helpers" / "rank_fault.py"
+
+
+def torchrun(*args, env):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def poolkit(*args, env):
+    return subprocess.run([sys.executable, "-m", "poolkit", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def entry(cache: Path) -> Path:
+    (found,) = [p for p in cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+    return found
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, tiny_model_dir):
+    """1,000 texts (11 encoder batches) and the 1-process run every other is held to."""
+    root = tmp_path_factory.mktemp("distributed")
+    data = root / "reviews.csv"
+    pd.DataFrame(make_rows(1000), columns=["text", "label"]).to_csv(data, index=False)
+    # one thread per process, in every run: the same kernels, so the same bytes
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POOLKIT_CACHE_DIR": str(root / "unused")}
+    args = ["run", "--data", data, "--model", tiny_model_dir, "--poolers", "cls,mean",
+            "--seeds", "1"]
+    single = poolkit(*args, "--out", root / "one", "--cache-dir", root / "cache-one", env=env)
+    assert single.returncode == 0, single.stderr
+    return {"root": root, "args": args, "env": env,
+            "tokens": sha256(entry(root / "cache-one") / "tokens.bin"),
+            "results": (root / "one" / "results.csv").read_bytes()}
+
+
+def test_two_processes_write_the_entry_and_results_one_process_does(setting):
+    root = setting["root"]
+    done = torchrun("-m", "poolkit", *setting["args"], "--out", root / "two", "--cache-dir",
+                    root / "cache-two", env=setting["env"])
+    assert done.returncode == 0, done.stderr
+    assert "rank 1 of 2" in done.stderr and "encoding on 2 ranks" in done.stderr
+    assert sha256(entry(root / "cache-two") / "tokens.bin") == setting["tokens"]
+    assert (root / "two" / "results.csv").read_bytes() == setting["results"]
+    assert done.stdout.count("Run directory") == 1  # rank 0 alone reports
+
+
+def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
+    root = setting["root"]
+    cache, out = root / "cache-killed", root / "killed"
+    died = torchrun(FAULT, "die", 1, 2, "--", *setting["args"], "--out", out, "--cache-dir",
+                    cache, env=setting["env"])
+    assert died.returncode != 0
+    (partial,) = cache.glob("*.partial")
+    records = [json.loads(p.read_text()) for p in partial.glob("progress*.json")]
+    done = set().union(*({int(b) for b in r["done"]} for r in records))
+    total = records[0]["plan"]["batches"]
+    assert 2 <= len(done) < total
+
+    resumed = poolkit(*setting["args"], "--out", out, "--cache-dir", cache, env=setting["env"])
+    assert resumed.returncode == 0, resumed.stderr
+    left = re.search(r"resuming an interrupted encoding: (\d+) of (\d+) batches left",
+                     resumed.stderr)
+    assert left and (int(left[1]), int(left[2])) == (total - len(done), total)
+    assert sha256(entry(cache) / "tokens.bin") == setting["tokens"]
+    assert (out / "results.csv").read_bytes() == setting["results"]
+
+
+def test_a_cache_dir_the_ranks_do_not_share_is_one_line_of_error(setting):
+    root = setting["root"]
+    done = torchrun(FAULT, "own-cache-dir", root / "split", "--", *setting["args"], "--out",
+                    root / "split-run", env=setting["env"])
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 2 and all("is not shared between the ranks" in e for e in errors)
+    # (torchrun itself prints a traceback of its ChildFailedError; none comes from poolkit)
+    assert "poolkit/" not in done.stderr.replace(str(FAULT), "")
+    assert not [p for p in (root / "split").rglob("tokens.bin")]
+
+
+def test_rank_zero_refuses_a_batch_whose_bytes_fail_their_checksum(tmp_path):
+    from poolkit.batching import plan_batches
+    from poolkit.cache import CacheWriter
+
+    plan = plan_batches([3, 2, 2, 1], max_tokens=4)
+    assert len(plan) == 3
+    first = CacheWriter(tmp_path, "entry-L1", 2, "fp32", {}, plan, [1])
+    first.checkpoint()
+    other = CacheWriter(tmp_path, "entry-L1", 2, "fp32", {}, plan, [1], join=first.tmp, rank=1)
+    for batch in range(3):
+        writer = first if batch == 0 else other
+        rows = int(plan.offsets[batch + 1] - plan.offsets[batch])
+        writer.write(batch, np.full((1, rows, 2), batch + 1, dtype=np.float32))
+    other.checkpoint()
+    other.close()
+    assert first.collect() == [] and first.done == {0, 1, 2}
+    with open(first.tmp / "tokens.bin", "r+b") as handle:  # another rank's bytes change
+        handle.seek(int(plan.offsets[2]) * 2 * 4)
+        handle.write(np.float32(9).tobytes())
+    assert first.collect() == [2] and first.done == {0, 1}
+    first.close()
