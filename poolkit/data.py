@@ -90,7 +90,14 @@ def read_table(path, encoding: str = "utf-8"):
     """
     import pandas as pd
 
+    saved = saved_dataset(path)
+    if saved is not None:
+        return read_saved_dataset(*saved)
     path = Path(path)
+    if path.is_dir():
+        raise PoolkitError(f"data '{path}' is a directory, not a data file nor a datasets "
+                           "folder (save_to_disk writes dataset_info.json or dataset_dict.json "
+                           "there)")
     if not path.is_file():
         raise PoolkitError(f"data file '{path}' does not exist")
     suffixes = [s.lower() for s in path.suffixes]
@@ -128,6 +135,76 @@ def read_table(path, encoding: str = "utf-8"):
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame
+
+
+#: Files that mark a folder written by ``datasets``' ``save_to_disk``.
+_SAVED_DATASET = ("dataset_info.json", "dataset_dict.json", "state.json")
+
+
+def saved_dataset(name):
+    """``(folder, split)`` when ``name`` is a Hugging Face ``datasets`` folder written
+    by ``save_to_disk``, optionally ``folder:split``; else ``None``."""
+    text = str(name)
+    folder, split = Path(text), None
+    if not folder.is_dir() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        folder, split = Path(head), tail
+    if folder.is_dir() and any((folder / marker).is_file() for marker in _SAVED_DATASET):
+        return folder, split
+    return None
+
+
+def read_saved_dataset(folder: Path, split=None):
+    """A ``save_to_disk`` folder (a ``Dataset``, or a ``DatasetDict`` with ``split``)
+    as a DataFrame; ``ClassLabel`` columns become their names, and their declared
+    order is kept in ``frame.attrs["label_names"]`` (``{column: names}``)."""
+    try:
+        import datasets
+    except ImportError:
+        raise PoolkitError(f"'{folder}' is a Hugging Face datasets folder; reading it needs the "
+                           "datasets package: pip install 'poolkit[datasets]'") from None
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as exc:
+        raise PoolkitError(f"datasets folder '{folder}' could not be read: {one_line(exc)}"
+                           ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None and len(loaded) == 1:
+            split = next(iter(loaded))
+        if split not in loaded:
+            raise PoolkitError(f"datasets folder '{folder}' holds splits {', '.join(loaded)}; "
+                               f"name one as '{folder}:{next(iter(loaded))}'")
+        loaded = loaded[split]
+    elif split is not None:
+        raise PoolkitError(f"datasets folder '{folder}' is one dataset, not splits; leave out "
+                           f"':{split}'")
+    frame = loaded.to_pandas()
+    names = {}
+    for column, feature in loaded.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            names[column] = list(feature.names)
+            frame[column] = [feature.int2str(int(v)) if v is not None and v >= 0 else None
+                             for v in frame[column]]
+    frame.attrs["label_names"] = names
+    if len(frame) == 0:
+        raise PoolkitError(f"datasets folder '{folder}' has no rows")
+    return frame
+
+
+def data_digest(name) -> str:
+    """sha256 of a data file, or of a ``datasets`` folder's files (names and bytes)."""
+    import hashlib
+
+    from .files import sha256_file
+
+    saved = saved_dataset(name)
+    if saved is None:
+        return sha256_file(name)
+    digest = hashlib.sha256(f"split {saved[1]}\n".encode())
+    for file in sorted(saved[0].rglob("*")):
+        if file.is_file():
+            digest.update(f"{file.relative_to(saved[0])}\n{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
 
 
 #: Orange's .tab header: a row of types and a row of flags under the names.
@@ -289,8 +366,11 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
             raise PoolkitError(f"data file '{path}' has no non-empty texts in column '{text_col}'")
     kept = sorted(set(range(len(texts))) - set(empty))
     # The labels keep the file's row numbers (the index), for error messages.
-    return [texts[i] for i in kept], pd.Series([labels[i] for i in kept], index=kept,
-                                               dtype=object)
+    raw = pd.Series([labels[i] for i in kept], index=kept, dtype=object)
+    declared = frame.attrs.get("label_names", {}).get(label_col)
+    if declared is not None:  # a datasets ClassLabel: its names in their declared order
+        raw.attrs["label_names"] = declared
+    return [texts[i] for i in kept], raw
 
 
 def load_default_examples():
@@ -452,6 +532,10 @@ def load_dataset(
     else:
         texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding)
         source = f"data file '{data}'"
+    declared = getattr(raw, "attrs", {}).get("label_names")
+    if labels is None and declared is not None:  # ClassLabel order, for the labels present
+        present = set(map(str, raw))
+        labels = [name for name in declared if name in present]
     names = label_names_for(raw, labels)
     if len(set(map(str, raw))) < 2:
         raise PoolkitError(

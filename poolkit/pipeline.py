@@ -416,14 +416,13 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
     import platform
 
     from . import __version__
-    from .data import DEFAULT_DATASET_NAME, default_dataset_path
-    from .files import sha256_file
+    from .data import DEFAULT_DATASET_NAME, data_digest, default_dataset_path
 
     encoder = encoded.encoder
     identity = encoder.identity()
     tokenizer = encoder.describe_tokenizer()
-    data_files = {name: sha256_file(default_dataset_path() if name == DEFAULT_DATASET_NAME
-                                    else Path(name))
+    data_files = {name: data_digest(default_dataset_path() if name == DEFAULT_DATASET_NAME
+                                    else name)
                   for name in dict.fromkeys(dataset.files)}
 
     def version(package):

@@ -92,7 +92,7 @@ CASES = {
     "missing file": Case(lambda tmp, m: ["--data", tmp / "nowhere.csv"],
                          culprits=("nowhere.csv", "does not exist")),
     "data is a directory": Case(lambda tmp, m: ["--data", tmp],
-                                exit_code=USAGE, culprits=("--data", "directory")),
+                                culprits=("directory", "datasets folder")),
     "unreadable file": Case(lambda tmp, m: _unreadable(tmp), exit_code=USAGE,
                             culprits=("--data", "locked.csv", "not readable")),
     "unknown format extension": Case(lambda tmp, m: ["--data", _csv(tmp / "d.xlsx")],
