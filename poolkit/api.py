@@ -1,5 +1,7 @@
 """The Python API: ``pool`` for features, ``run`` for the whole comparison."""
 
+from pathlib import Path
+
 from .errors import Interrupted, PoolkitError
 from .heads import FineTuneConfig, HeadConfig
 from .isolation import DEFAULT_TIMEOUT
@@ -67,7 +69,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
-        labels=tuple(labels) if labels is not None else None, model=model,
+        labels=tuple(labels) if labels is not None else None,
+        model=model if model is None or isinstance(model, (str, Path)) else tuple(model),
         poolers=tuple(poolers) if poolers is not None else None, plugins_dir=plugins_dir,
         seeds=seeds if seeds is None or isinstance(seeds, int) else tuple(seeds), folds=folds,
         protocol=protocol, metric=metric or PRIMARY, baseline=baseline, layers=layers,

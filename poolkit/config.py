@@ -37,7 +37,7 @@ class RunConfig:
     label_col: str = "label"
     test_data: str | Path | None = None
     labels: tuple | None = None
-    model: str | None = None
+    model: str | tuple | None = None
     poolers: tuple | None = None
     plugins_dir: str | Path | None = None
     seeds: int | tuple | None = None
@@ -73,6 +73,17 @@ class RunConfig:
         protocol, folds, _ = resolve(self.protocol, self.folds, self.seeds, self.test_data)
         return protocol, folds
 
+    def model_list(self) -> list:
+        """The models to compare: ``[None]`` (the embedded default), or the names given."""
+        if self.model is None or isinstance(self.model, (str, Path)):
+            return [self.model]
+        models = list(self.model)
+        if not models:
+            raise PoolkitError("--model: give at least one model")
+        if len(set(map(str, models))) != len(models):
+            raise PoolkitError(f"--model lists a model twice: {','.join(map(str, models))}")
+        return models
+
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
         the protocol's)."""
@@ -103,6 +114,7 @@ class RunConfig:
                                ">= 2")
         self.plan()
         self.seed_list()
+        self.model_list()
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()

@@ -36,6 +36,8 @@ class FeatureSet:
     trainable: bool = False
     #: trained end to end with the encoder (``--finetune``), not on the cached states
     finetuned: bool = False
+    #: the encoder's label when a run compares several (``--model a,b``), else ``None``
+    model: str | None = None
 
     @property
     def layer(self) -> str:
@@ -49,13 +51,15 @@ class FeatureSet:
 
     @property
     def id(self) -> str:
-        return feature_id(self.pooler_name, self.layer, self.encoder)
+        return feature_id(self.pooler_name, self.layer, self.encoder, self.model)
 
 
-def feature_id(pooler: str, layer, encoder: str = "frozen") -> str:
-    """A feature set's id from its results columns: ``mean@6``, or ``mean@6-ft``
-    when the encoder was fine-tuned with the pooler."""
-    return f"{pooler}@{layer}" + ("-ft" if encoder == "finetuned" else "")
+def feature_id(pooler: str, layer, encoder: str = "frozen", model=None) -> str:
+    """A feature set's id from its results columns: ``mean@6``, ``mean@6-ft`` when
+    the encoder was fine-tuned with the pooler, ``minilm:mean@6`` when a run
+    compares several models."""
+    prefix = f"{model}:" if isinstance(model, str) and model else ""
+    return f"{prefix}{pooler}@{layer}" + ("-ft" if encoder == "finetuned" else "")
 
 
 def finetuned_sets(sets: dict, failures: dict, num_layers: int) -> tuple:

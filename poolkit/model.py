@@ -149,6 +149,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
     A local folder is read from its files (config.json, tokenizer_config.json);
     anything else is loaded and checked with transformers right away.
     """
+    if model is not None and str(model) == DEFAULT_MODEL_NAME:  # its name, as --model a,b lists it
+        model = None
     name = DEFAULT_MODEL_NAME if model is None else str(model)
     path = str(default_model_path()) if model is None else str(model)
     if model is not None and _looks_like_path(path) and not Path(path).expanduser().exists():

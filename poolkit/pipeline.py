@@ -48,6 +48,9 @@ class Encoded:
     failures: dict
     layers: list
     seconds: float
+    #: several models (``--model a,b``): each one's own pass, by label; its sets are
+    #: in ``sets`` under ids prefixed with the label
+    parts: dict | None = None
 
 
 @dataclass
@@ -324,7 +327,8 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
                 combined[position[dataset.folds[fold]["test"]]] = head.probabilities
             probabilities.setdefault(key, []).append(combined)
             one = len(heads) == 1
-            rows.append({"pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder,
+            rows.append({**({"model": fs.model} if fs.model is not None else {}),
+                         "pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder,
                          "plugin": poolers.plugins[fs.pooler_name], "seed": seed, "dim": fs.dim,
                          # per fold: the mean over folds
                          "best_epoch": heads[0].best_epoch if one else
@@ -339,11 +343,15 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
     comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
                          baseline=baseline)
-    summary = summarize(results, {key: (encoded.sets[key].pooler_name, encoded.sets[key].layer,
-                                        encoded.sets[key].encoder, reason)
+    summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)
     return Evaluation(results, probabilities, comparison.pairs, summary)
+
+
+def _failed_row(fs, reason: str) -> dict:
+    return {**({"model": fs.model} if fs.model is not None else {}), "pooler": fs.pooler_name,
+            "layer": fs.layer, "encoder": fs.encoder, "reason": reason}
 
 
 def _baseline_id(baseline, probabilities: dict, sets: dict):
@@ -397,6 +405,23 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "failures": training.failures, "plugin_errors": poolers.load_errors,
     }
     recipe = recipe_card(config, poolers, dataset, encoded)
+    if encoded.parts is not None:  # several models: what belongs to each, by label
+        about = {label: {"model": part.encoder.name, "max_length": part.encoder.max_length,
+                         "layers": part.layers, "num_layers": part.encoder.num_layers,
+                         "cache": str(part.cache.path), "encoder_ran": part.ran,
+                         "tokens": int(part.cache.lengths.sum()),
+                         "encode_seconds": round(part.seconds, 3)}
+                 for label, part in encoded.parts.items()}
+        for key in ("max_length", "num_layers", "cache", "tokens"):
+            settings.pop(key)
+        settings.update(model=[part["model"] for part in about.values()], models=about)
+        cards = {label: recipe_card(config, poolers, dataset, part)
+                 for label, part in encoded.parts.items()}
+        own = [k for k in ("model", "model_path", "model_revision", "model_fingerprint",
+                           "tokenizer", "tokenizer_sha256", "lowercase", "max_length", "layers",
+                           "num_layers")]
+        recipe = {**{k: v for k, v in recipe.items() if k not in own},
+                  "models": {label: {k: card[k] for k in own} for label, card in cards.items()}}
     if config.out is not None:
         items = None
         if config.predictions:
@@ -473,9 +498,17 @@ def _report_failure(log, feature_set, reason: str) -> None:
 def run(config: RunConfig, log=_silent) -> RunResult | None:
     """The whole comparison, stage by stage (see the module docstring).
 
+    With several models (``--model a,b``) each is encoded, pooled and its heads
+    trained on its own (its own cache entry, its heads in ``heads/<label>/``); their
+    feature sets, prefixed with the model's label, are then evaluated together: one
+    table and one set of paired tests on the same items.
+
     Under torchrun every rank encodes its share of the batches; rank 0 then runs
     the other stages alone and the others return ``None``.
     """
+    import copy
+    from dataclasses import replace
+
     from . import distributed
     from .model import load_encoder
     from .results import RUN_FILES
@@ -485,25 +518,74 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     began = time.perf_counter()
     poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
     dataset = load_data(config, log)
-    encoder = load_encoder(config.model, max_length=config.max_length,
-                           trust_remote_code=config.trust_remote_code)
+    identity = RunIdentity.of(config)
 
     def claim():  # before the encoder runs, not after; once the model is known to load
         if config.out is not None and distributed.rank() == 0:
             RunDirectory(config.out).claim(RUN_FILES)
 
-    encoded = encode(config, poolers.selected, dataset.texts, encoder, claim, log=log)
+    models = config.model_list()
+    labels = model_labels(models) if len(models) > 1 else [None]
+    parts = {}
+    for label, name in zip(labels, models):
+        encoder = load_encoder(name, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
+        one = replace(config, model=name)
+        # each model sets its own copies of the poolers up (bert_pooler takes its weights)
+        selected = poolers.selected if label is None else copy.deepcopy(poolers.selected)
+        if label is not None:
+            log(f"model {label}: {encoder.name}")
+        encoded = encode(one, selected, dataset.texts, encoder, claim, log=log)
+        if distributed.rank() != 0:
+            continue
+        claim()
+        for key, reason in encoded.failures.items():
+            _report_failure(log, encoded.sets[key], reason)
+        features = pool(one, encoded)
+        for key, reason in features.failures.items():
+            _report_failure(log, encoded.sets[key], reason)
+        store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log,
+                         folds=len(dataset.folds), subfolder=label)
+        parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,
+                                                  store, log))
     if distributed.rank() != 0:
         return None
-    claim()
-    for key, reason in encoded.failures.items():
-        _report_failure(log, encoded.sets[key], reason)
-    features = pool(config, encoded)
-    for key, reason in features.failures.items():
-        _report_failure(log, encoded.sets[key], reason)
-    identity = RunIdentity.of(config)
-    store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log,
-                     folds=len(dataset.folds))
-    training = train(config, poolers, dataset, encoded, features, store, log)
+    encoded, features, training = parts[None] if labels == [None] else _together(parts)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
+
+
+def model_labels(models: list) -> list:
+    """Short labels for several models: a hub name's last part or a folder's name
+    (the whole name where those would clash)."""
+    from pathlib import PurePath
+
+    short = [PurePath(str(m).rstrip("/")).name if m is not None else "default" for m in models]
+    if len(set(short)) < len(short):
+        short = [str(m) if m is not None else "default" for m in models]
+    return [label.replace(":", "_") for label in short]
+
+
+def _together(parts: dict) -> tuple:
+    """``(Encoded, Features, Training)`` of several models' passes, their feature
+    sets and heads under ids prefixed with each model's label."""
+    from dataclasses import replace
+
+    sets, heads, failures = {}, {}, {}
+    for label, (encoded, _, training) in parts.items():
+        ids = {}
+        for key, fs in encoded.sets.items():
+            tagged = replace(fs, model=label)
+            sets[tagged.id], ids[key] = tagged, tagged.id
+        heads.update({(ids[key], fold, seed): head
+                      for (key, fold, seed), head in training.heads.items()})
+        failures.update({ids[key]: reason for key, reason in training.failures.items()})
+    passes = [item[0] for item in parts.values()]
+    first = passes[0]
+    encoded = Encoded(first.encoder, first.cache, any(e.ran for e in passes), first.device, sets,
+                      {}, sorted({layer for e in passes for layer in e.layers}),
+                      sum(e.seconds for e in passes), parts={k: v[0] for k, v in parts.items()})
+    features = Features({}, {}, sum(item[1].seconds for item in parts.values()))
+    training = Training(heads, sum(item[2].reused for item in parts.values()), failures,
+                        sum(item[2].seconds for item in parts.values()))
+    return encoded, features, training

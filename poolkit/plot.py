@@ -94,13 +94,21 @@ def read_summary(run_dir):
         raise PoolkitError(f"'{path}' has no 'pooler' column; was it written by poolkit run?")
     ok = _ok(summary)
     keys = summary.loc[ok, ["pooler"]].assign(layer=_layer_text(summary)[ok],
-                                              encoder=_encoder(summary)[ok])
+                                              encoder=_encoder(summary)[ok],
+                                              model=_model(summary)[ok])
     duplicated = keys[keys.duplicated()]
     if len(duplicated):
-        pooler, layer, encoder = duplicated.iloc[0]
+        pooler, layer, encoder, model = duplicated.iloc[0]
         raise PoolkitError(f"'{path}' has more than one row for pooler '{pooler}' at layer {layer}"
-                           f" ({encoder})")
+                           f" ({encoder}{', model ' + model if model else ''})")
     return summary
+
+
+def _model(rows):
+    """The ``model`` column (runs comparing several models), else empty labels."""
+    if "model" not in rows:
+        return rows["pooler"].map(lambda _: "")
+    return rows["model"].fillna("").astype(str)
 
 
 def _encoder(rows):
@@ -302,6 +310,8 @@ def layer_grid(summary, metric: str):
     """
     rows = _plot_rows(summary, metric)
     rows = rows[_encoder(rows) == "frozen"]  # a fine-tuned encoder is pooled at one layer
+    rows = rows.assign(pooler=[f"{m}: {p}" if m else p
+                               for m, p in zip(_model(rows), rows["pooler"].astype(str))])
     layers = _layer_text(rows)
     single = layers.str.fullmatch(r"\d+").fillna(False).astype(bool)
     rows = rows[single].assign(layer=layers[single].astype(int))
@@ -385,8 +395,9 @@ def _row_labels(rows) -> list[str]:
     distinct = set(layers.dropna())
     labels = list(rows["pooler"].astype(str)) if len(distinct) <= 1 else [
         p if _isna(l) else f"{p} @ {l}" for p, l in zip(rows["pooler"].astype(str), layers)]
-    return [f"{label} (fine-tuned)" if encoder == "finetuned" else label
-            for label, encoder in zip(labels, _encoder(rows))]
+    return [(f"{model}: " if model else "") + (f"{label} (fine-tuned)" if encoder == "finetuned"
+                                               else label)
+            for label, encoder, model in zip(labels, _encoder(rows), _model(rows))]
 
 
 def _isna(value) -> bool:

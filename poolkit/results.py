@@ -17,8 +17,10 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     and the seeds; NaN without one). ``group`` is the significance group from
     its paired tests (1 = best; see :data:`poolkit.stats.METHODS`); with a
     ``baseline`` feature set, ``vs_baseline`` says instead whether each is
-    significantly better or worse than it. ``failures`` maps ids to
-    ``(pooler, layer, encoder, reason)``; those get a row with ``status`` 'failed: <reason>'.
+    significantly better or worse than it. ``failures`` maps ids to their rows'
+    ``{"pooler", "layer", "encoder", ("model",) "reason"}``; those get a row with
+    ``status`` 'failed: <reason>'. With a ``model`` column (several models), rows are
+    per model × pooler × layer × encoder.
     """
     import pandas as pd
 
@@ -28,11 +30,11 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     rows = []
     if "encoder" not in results:
         results = results.assign(encoder="frozen")
-    for (pooler, layer, encoder), group in results.groupby(["pooler", "layer", "encoder"],
-                                                           sort=False):
-        key = feature_id(pooler, layer, encoder)
-        row = {"pooler": pooler, "layer": layer, "encoder": encoder,
-               "plugin": group["plugin"].iloc[0],
+    keys = (["model"] if "model" in results else []) + ["pooler", "layer", "encoder"]
+    for values, group in results.groupby(keys, sort=False):
+        named = dict(zip(keys, values))
+        key = feature_id(named["pooler"], named["layer"], named["encoder"], named.get("model"))
+        row = {**named, "plugin": group["plugin"].iloc[0],
                "dim": int(group["dim"].iloc[0]), "seeds": len(group)}
         for metric in METRICS:
             values = group[metric].to_numpy(dtype=float)
@@ -48,8 +50,8 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
         column = f"{primary}_mean"
         summary = summary.sort_values(column, ascending=not METRICS[primary].higher_is_better,
                                       kind="stable")
-        ids = pd.Series([feature_id(*row) for row in summary[["pooler", "layer", "encoder"]]
-                         .itertuples(index=False)], index=summary.index)
+        ids = pd.Series([feature_id(r.pooler, r.layer, r.encoder, getattr(r, "model", None))
+                         for r in summary.itertuples()], index=summary.index)
         pairs = comparison.pairs if comparison is not None else None
         at = summary.columns.get_loc("status")
         if baseline is not None:
@@ -65,8 +67,8 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
             summary.insert(at, "group", ids.map(groups))
         else:
             summary.insert(at, "group", 1)
-    failed = [{"pooler": pooler, "layer": layer, "encoder": encoder, "status": f"failed: {reason}"}
-              for pooler, layer, encoder, reason in (failures or {}).values()]
+    failed = [{**{k: v for k, v in row.items() if k != "reason"},
+               "status": f"failed: {row['reason']}"} for row in (failures or {}).values()]
     if failed:
         summary = pd.concat([summary, pd.DataFrame(failed)], ignore_index=True)
         # keep counts integers (a failed row has none) in summary.csv and exports
@@ -84,6 +86,8 @@ def display_table(summary, primary: str = PRIMARY):
 
     ok = summary[summary["status"] == "ok"]
     table = pd.DataFrame({"pooler": summary["pooler"]})
+    if "model" in summary:
+        table.insert(0, "model", summary["model"])
     if "layer" in summary and summary["layer"].astype(str).nunique() > 1:
         table["layer"] = summary["layer"].astype(str)
     if "encoder" in summary and summary["encoder"].nunique() > 1:
@@ -125,7 +129,7 @@ def compact_table(table, primary: str, width: int) -> tuple:
         text = table[columns].to_string(index=False)
         return max(map(len, text.splitlines())) <= width
 
-    always = {"pooler", "layer", "encoder", "group", "vs baseline", "status",
+    always = {"model", "pooler", "layer", "encoder", "group", "vs baseline", "status",
               f"{primary} (95% CI)"}
     chosen = [c for c in table.columns if c in always]
     # the metrics that say most first: precision and recall are near F1 on balanced data
@@ -154,19 +158,26 @@ def frozen_vs_finetuned(summary, pairs, primary: str = PRIMARY):
     if not len(tuned):
         return None
     sign = 1 if METRICS[primary].higher_is_better else -1
-    ranks = {encoder: {feature_id(r.pooler, r.layer, encoder): rank for rank, r in enumerate(
-        rows.sort_values(f"{primary}_mean", ascending=sign < 0, kind="stable")
-        .itertuples(), start=1)} for encoder, rows in ok.groupby("encoder")}
+    def model(row):
+        return getattr(row, "model", None)
+
+    ranks = {}  # per model and encoder, among its poolers
+    for _, rows in ok.groupby(["model", "encoder"] if "model" in ok else ["encoder"]):
+        ordered = rows.sort_values(f"{primary}_mean", ascending=sign < 0, kind="stable")
+        for rank, r in enumerate(ordered.itertuples(), start=1):
+            ranks[feature_id(r.pooler, r.layer, r.encoder, model(r))] = rank
     by_pair = {(a, b): row for a, b, row in zip(pairs["a"], pairs["b"], pairs.itertuples())} \
         if pairs is not None else {}
     rows = []
     for row in tuned.itertuples():
-        ft = feature_id(row.pooler, row.layer, "finetuned")
+        ft = feature_id(row.pooler, row.layer, "finetuned", model(row))
         frozen = ok[(ok["pooler"] == row.pooler) & (ok["encoder"] == "frozen")
                     & (ok["layer"].astype(str) == str(row.layer))]
+        if "model" in ok:
+            frozen = frozen[frozen["model"] == model(row)]
         if not len(frozen):
             continue
-        fz = feature_id(row.pooler, row.layer, "frozen")
+        fz = feature_id(row.pooler, row.layer, "frozen", model(row))
         pair, flip = by_pair.get((ft, fz)), 1
         if pair is None:
             pair, flip = by_pair.get((fz, ft)), -1
@@ -175,12 +186,13 @@ def frozen_vs_finetuned(summary, pairs, primary: str = PRIMARY):
         if pair is not None:
             low, high = sorted(flip * getattr(pair, f"{primary}_{end}") for end in ("low", "high"))
             interval, p = f"[{low:+.3f}, {high:+.3f}]", _p_value(getattr(pair, f"{primary}_p_holm"))
-        rows.append({"pooler": row.pooler, "layer": row.layer,
+        rows.append({**({"model": model(row)} if "model" in ok else {}),
+                     "pooler": row.pooler, "layer": row.layer,
                      "frozen": f"{frozen[f'{primary}_mean'].iloc[0]:.3f}",
                      "finetuned": f"{getattr(row, f'{primary}_mean'):.3f}",
                      "change [95% CI]": f"{change:+.3f} {interval}".strip(),
                      f"p {primary} (Holm)": p,
-                     "rank frozen": ranks["frozen"][fz], "rank finetuned": ranks["finetuned"][ft]})
+                     "rank frozen": ranks[fz], "rank finetuned": ranks[ft]})
     return pd.DataFrame(rows) if rows else None
 
 
@@ -228,6 +240,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
         fs = sets[key]
         for seed, p in zip(seeds, probs):
             frame = pd.DataFrame({
+                **({"model": fs.model} if fs.model is not None else {}),
                 "pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder, "seed": seed,
                 **({"fold": fold_of[test]} if len(dataset.folds) > 1 else {}),
                 "file": [dataset.files[i] for i in test], "row": dataset.rows[test],

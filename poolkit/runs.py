@@ -145,8 +145,12 @@ class RunStore:
     pickle). A head whose files fail the checksum is damaged and trained again.
     """
 
-    def __init__(self, out, key: str, log=lambda message: None, folds: int = 1):
+    def __init__(self, out, key: str, log=lambda message: None, folds: int = 1,
+                 subfolder: str | None = None):
+        """``subfolder``: the model's label when a run compares several models."""
         self.folder = Path(out) / "heads" if out is not None else None
+        if self.folder is not None and subfolder is not None:
+            self.folder = self.folder / re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
         self.key = key
         self.log = log
         self.folds = folds
@@ -219,6 +223,7 @@ class RunStore:
         buffer = io.BytesIO()
         np.save(buffer, probabilities, allow_pickle=False)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path.with_suffix(".npy"), buffer.getvalue())
             write_atomic(path, json.dumps({
                 "key": self.key, "fingerprint": fingerprint, "head": record,

@@ -1,0 +1,69 @@
+"""Several encoders in one run: ``--model a,b`` gives one table and one set of paired
+tests over (model, pooler, layer) on the same items, each model encoded once."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import invoke
+
+
+@pytest.fixture(scope="module")
+def wide_model_dir(tiny_model_dir, tmp_path_factory):
+    """A second tiny random BERT, 48 wide (the first is 32), with the same tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("wide") / "wide-bert"
+    shutil.copytree(tiny_model_dir, path)
+    for weights in path.glob("*.safetensors"):
+        weights.unlink()
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.intermediate_size = 48, 50
+    torch.manual_seed(1)
+    BertModel(config).eval().save_pretrained(path)
+    return path
+
+
+def test_two_models_one_table_and_paired_tests_across_them(small_csv, tiny_model_dir,
+                                                           wide_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--data", small_csv, "--model", f"{tiny_model_dir},{wide_model_dir}",
+            "--poolers", "cls,bert_pooler", "--seeds", "2", "--folds", "1", "--out", out]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    for model in (tiny_model_dir, wide_model_dir):  # each encoded once, into its own entry
+        assert sum(line.startswith("encoded ") and f"with {model} on" in line
+                   for line in result.output.splitlines()) == 1
+    results = pd.read_csv(out / "results.csv")
+    labels = [tiny_model_dir.name, wide_model_dir.name]
+    assert results.groupby(["model", "pooler"]).size().to_dict() == {
+        (m, p): 2 for m in labels for p in ("cls", "bert_pooler")}
+    assert dict(zip(results["model"], results["dim"])) == dict(zip(labels, (32, 48)))
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert len(pairs) == 6
+    across = [(a, b) for a, b in zip(pairs["a"], pairs["b"])
+              if a.split(":")[0] != b.split(":")[0]]
+    assert len(across) == 4
+    assert {f"{labels[0]}:bert_pooler@2", f"{labels[1]}:bert_pooler@2"} <= set(pairs["a"]) | \
+        set(pairs["b"])
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns[:3]) == ["model", "pooler", "layer"] and len(summary) == 4
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model"] == [str(tiny_model_dir), str(wide_model_dir)]
+    assert [settings["models"][m]["tokens"] > 0 for m in labels] == [True, True]
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["models"][labels[1]]["model_path"] == str(wide_model_dir)
+
+    again = invoke(args)  # both models' heads reused, nothing encoded
+    assert again.exit_code == 0 and "reusing 4 finished heads" in again.output
+    assert again.output.count("reusing 4 finished heads") == 2
+    assert not any(line.startswith("encoded ") for line in again.output.splitlines())
+    assert (out / "results.csv").read_text() == results.to_csv(index=False)
+
+
+def test_a_model_listed_twice_is_an_error(small_csv, tiny_model_dir):
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{tiny_model_dir}"])
+    assert result.exit_code == 1 and "lists a model twice" in result.output
