@@ -103,3 +103,37 @@ def test_readme_parameterized_pooler_passes_the_contract_under_each_name(tmp_pat
 
     for p in (1, 3):
         check_pooler(namespace["GeMPooler"](p))
+
+
+def test_the_packaged_example_installs_in_a_fresh_venv_beside_poolkit(tmp_path):
+    """A new virtual environment that has poolkit (and torch ...) as the README's set-up
+    installs them, here made visible from this environment through a .pth file: the
+    README's `pip install ./examples/poolkit-cls-mean` resolves its `poolkit` dependency
+    to the installed poolkit (offline: no index, no build isolation), and that venv's
+    `poolkit plugins` lists cls_mean."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    venv = tmp_path / "fresh"
+    # (no pip or setuptools of its own: the .pth brings this environment's)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True).stdout
+    # addsitedir, not a plain path: poolkit's editable install works through its own .pth
+    (Path(site.strip()) / "poolkit-env.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
+                                "--no-build-isolation", str(ROOT / "examples/poolkit-cls-mean")],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    listed = subprocess.run([str(python), "-m", "poolkit", "plugins"], capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^cls_mean\s", listed.stdout, re.M), listed.stdout
+    assert list(Path(site.strip()).glob("poolkit_cls_mean*"))  # installed there, not here
+    import importlib.util
+
+    assert importlib.util.find_spec("poolkit_cls_mean") is None
