@@ -93,6 +93,8 @@ def read_table(path, encoding: str = "utf-8"):
     saved = saved_dataset(path)
     if saved is not None:
         return read_saved_dataset(*saved)
+    if _looks_like_hub_dataset(path):
+        return read_hub_dataset(str(path))
     path = Path(path)
     if path.is_dir():
         raise PoolkitError(f"data '{path}' is a directory, not a data file nor a datasets "
@@ -189,6 +191,50 @@ def read_saved_dataset(folder: Path, split=None):
     if len(frame) == 0:
         raise PoolkitError(f"datasets folder '{folder}' has no rows")
     return frame
+
+
+def _looks_like_hub_dataset(name) -> bool:
+    """A name that is no file here and reads as ``name``, ``org/name`` (``[:config][:split]``)."""
+    from .model import _looks_like_path
+
+    text = str(name)
+    base = text.split(":")[0]
+    return (not Path(text).exists() and not _looks_like_path(base)
+            and Path(base).suffix.lower() not in {*_READERS, *_COMPRESSED}
+            and base.count("/") <= 1 and bool(base))
+
+
+def read_hub_dataset(name: str):
+    """``name[:config][:split]`` from the Hugging Face Hub (through ``datasets``; it
+    uses its local cache, and fails at once in offline mode)."""
+    base, *rest = name.split(":")
+    config, split = (rest + [None, None])[:2] if len(rest) != 1 else (None, rest[0])
+    from .model import offline_unless_hub_reachable
+
+    offline = offline_unless_hub_reachable(base)
+    try:
+        import datasets
+    except ImportError:
+        raise PoolkitError(f"data file '{name}' does not exist (as a Hugging Face dataset name "
+                           "it needs the datasets package: pip install 'poolkit[datasets]')"
+                           ) from None
+    try:
+        loaded = datasets.load_dataset(base, config or None, split=split or None)
+    except Exception as exc:
+        where = " (the Hugging Face Hub is out of reach from here)" if offline else ""
+        raise PoolkitError(f"data '{name}' is no file here and could not be loaded as a Hugging "
+                           f"Face dataset{where}: {one_line(exc)}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        raise PoolkitError(f"dataset '{base}' has splits {', '.join(loaded)}; name one as "
+                           f"'{base}{':' + config if config else ''}:{next(iter(loaded))}'")
+    folder_frame = loaded.to_pandas()
+    names = {column: list(feature.names) for column, feature in loaded.features.items()
+             if isinstance(feature, datasets.ClassLabel)}
+    for column, labels in names.items():
+        folder_frame[column] = [labels[int(v)] if v is not None and v >= 0 else None
+                                for v in folder_frame[column]]
+    folder_frame.attrs["label_names"] = names
+    return folder_frame
 
 
 def data_digest(name) -> str:

@@ -201,7 +201,40 @@ def _local_settings(path: str):
     return settings, [settings.get("max_position_embeddings"), tokenizer.get("model_max_length")]
 
 
+def offline_unless_hub_reachable(name: str, timeout: float = 3.0) -> bool:
+    """For a Hub name (not a local folder): unless the Hugging Face Hub answers one TCP
+    connection within ``timeout`` seconds, switch the Hugging Face libraries to
+    offline mode (their cache only), so a machine without network gets one fast error
+    instead of a minute of retries. Returns whether the Hub is out of reach."""
+    import socket
+    from urllib.parse import urlparse
+
+    if Path(str(name)).exists():
+        return False
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    if any(os.environ.get(flag, "").lower() in ("1", "true", "yes", "on") for flag in flags):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (
+            80 if endpoint.scheme == "http" else 443)), timeout=timeout).close()
+        return False
+    except OSError:
+        pass
+    for flag in flags:
+        os.environ[flag] = "1"
+    try:  # (read when huggingface_hub was imported; set it there too)
+        import sys
+
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
+    except AttributeError:
+        pass
+    return True
+
+
 def _load_checked(name: str, path: str, trust_remote_code: bool):
+    offline = offline_unless_hub_reachable(path)
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -210,7 +243,9 @@ def _load_checked(name: str, path: str, trust_remote_code: bool):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise PoolkitError(f"could not load model '{name}': {one_line(exc)}") from None
+        where = (" (the Hugging Face Hub is out of reach from here and it is not in the local "
+                 "Hugging Face cache; give a local model folder)" if offline else "")
+        raise PoolkitError(f"could not load model '{name}'{where}: {one_line(exc)}") from None
     if not _is_encoder(config):
         kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
         raise PoolkitError(

@@ -495,3 +495,18 @@ def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
     assert f"cannot write cache directory '{cache}': No space left on device" in error
     assert len(calls) == 2
     assert list(cache.iterdir()) == []  # the partial entry is gone
+
+
+def test_a_hub_model_name_out_of_reach_is_one_line_naming_the_cause(small_csv, monkeypatch):
+    """No network (offline mode, as poolkit sets it when the Hub does not answer): one line
+    that says the Hub is out of reach and the model not cached, not a minute of retries."""
+    from poolkit.model import offline_unless_hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert offline_unless_hub_reachable("some-org/no-such-model")
+    assert not offline_unless_hub_reachable(str(small_csv))  # a local path is never the Hub
+    result = invoke(["run", "--data", small_csv, "--model", "some-org/no-such-model"])
+    assert result.exit_code == 1
+    assert "the Hugging Face Hub is out of reach from here and it is not in the local " \
+        "Hugging Face cache" in result.output
+    assert "Retry" not in result.output

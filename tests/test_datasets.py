@@ -66,3 +66,12 @@ def test_splits_of_a_dataset_dict(tmp_path):
         load_dataset(tmp_path / "dict")
     with pytest.raises(PoolkitError, match="no text column 'body'"):
         load_dataset(f"{tmp_path / 'dict'}:train", text_col="body")
+
+
+def test_a_hub_dataset_name_out_of_reach_is_one_line(small_csv, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # as when the Hub cannot be reached
+    result = invoke(["run", "--data", "some-org/some-dataset:train", "--model", tiny_model_dir])
+    assert result.exit_code == 1
+    assert "could not be loaded as a Hugging Face dataset (the Hugging Face Hub is out of " \
+        "reach from here)" in result.output
+    assert len(result.output.strip().splitlines()) == 1
