@@ -180,6 +180,17 @@ def read_saved_dataset(folder: Path, split=None):
     elif split is not None:
         raise PoolkitError(f"datasets folder '{folder}' is one dataset, not splits; leave out "
                            f"':{split}'")
+    frame = _frame_of(loaded)
+    if len(frame) == 0:
+        raise PoolkitError(f"datasets folder '{folder}' has no rows")
+    return frame
+
+
+def _frame_of(loaded):
+    """A ``datasets.Dataset`` as a DataFrame: ``ClassLabel`` columns as their names,
+    whose declared order is kept in ``frame.attrs["label_names"]`` (``{column: names}``)."""
+    import datasets
+
     frame = loaded.to_pandas()
     names = {}
     for column, feature in loaded.features.items():
@@ -188,8 +199,6 @@ def read_saved_dataset(folder: Path, split=None):
             frame[column] = [feature.int2str(int(v)) if v is not None and v >= 0 else None
                              for v in frame[column]]
     frame.attrs["label_names"] = names
-    if len(frame) == 0:
-        raise PoolkitError(f"datasets folder '{folder}' has no rows")
     return frame
 
 
@@ -227,14 +236,7 @@ def read_hub_dataset(name: str):
     if isinstance(loaded, datasets.DatasetDict):
         raise PoolkitError(f"dataset '{base}' has splits {', '.join(loaded)}; name one as "
                            f"'{base}{':' + config if config else ''}:{next(iter(loaded))}'")
-    folder_frame = loaded.to_pandas()
-    names = {column: list(feature.names) for column, feature in loaded.features.items()
-             if isinstance(feature, datasets.ClassLabel)}
-    for column, labels in names.items():
-        folder_frame[column] = [labels[int(v)] if v is not None and v >= 0 else None
-                                for v in folder_frame[column]]
-    folder_frame.attrs["label_names"] = names
-    return folder_frame
+    return _frame_of(loaded)
 
 
 def data_digest(name) -> str:
