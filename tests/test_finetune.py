@@ -246,18 +246,22 @@ def test_a_run_killed_while_finetuning_resumes_to_the_same_results(tmp_path, tin
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=env)
+    def unfinished():  # checkpoints of jobs whose head is not saved yet
+        heads = killed / "heads"
+        found = sorted(heads.glob("*.checkpoint.safetensors")) if heads.is_dir() else []
+        return [c for c in found
+                if not c.with_name(c.name.replace(".checkpoint.safetensors", ".npy")).exists()]
+
     deadline = time.monotonic() + 120
-    checkpoint = None
-    while checkpoint is None and process.poll() is None and time.monotonic() < deadline:
-        found = sorted((killed / "heads").glob("*.checkpoint.safetensors")) \
-            if (killed / "heads").is_dir() else []
-        # the second job's checkpoint: one fine-tuned head is finished and saved
-        checkpoint = found[0] if found and len(list((killed / "heads").glob("*-ft-*.npy"))) \
-            else None
+    # wait for a later job's first checkpoint: one fine-tuned head is finished and saved
+    while process.poll() is None and time.monotonic() < deadline and not (
+            unfinished() and list((killed / "heads").glob("*-ft-*.npy"))):
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert checkpoint is not None and checkpoint.exists(), "the run ended before it was killed"
+    left = unfinished()
+    assert left, "the run ended before it was killed"
+    checkpoint = left[0]
     from safetensors import safe_open  # a checkpoint is tensors, no pickle
 
     with safe_open(str(checkpoint), framework="pt") as saved:
