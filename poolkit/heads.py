@@ -32,6 +32,18 @@ from .errors import PoolkitError
 MIN_DELTA = 1e-6
 
 
+def check_ranges(checks) -> None:
+    """Raise :class:`PoolkitError` naming the first of ``checks`` (``(option, value,
+    ok, wanted)``) whose value is not a finite number (nor a bool) with ``ok(value)``."""
+    for name, value, ok, wanted in checks:
+        try:
+            good = math.isfinite(float(value)) and ok(float(value))
+        except (TypeError, ValueError):
+            good = False
+        if isinstance(value, bool) or not good:
+            raise PoolkitError(f"{name} {value}: give {wanted}")
+
+
 @dataclass
 class HeadConfig:
     learning_rate: float = 1e-3
@@ -52,13 +64,7 @@ class HeadConfig:
             ("--epochs", self.max_epochs, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
             ("patience", self.patience, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
         )
-        for name, value, ok, wanted in checks:
-            try:
-                good = math.isfinite(float(value)) and ok(float(value))
-            except (TypeError, ValueError):
-                good = False
-            if isinstance(value, bool) or not good:
-                raise PoolkitError(f"{name} {value}: give {wanted}")
+        check_ranges(checks)
 
 
 @dataclass(frozen=True)
@@ -91,13 +97,7 @@ class FineTuneConfig:
              "an integer >= 1"),
             ("patience", self.patience, lambda v: v >= 1 and v == int(v), "an integer >= 1"),
         )
-        for name, value, ok, wanted in checks:
-            try:
-                good = math.isfinite(float(value)) and ok(float(value))
-            except (TypeError, ValueError):
-                good = False
-            if isinstance(value, bool) or not good:
-                raise PoolkitError(f"{name} {value}: give {wanted}")
+        check_ranges(checks)
 
 
 @dataclass(frozen=True)

@@ -106,16 +106,19 @@ def read_summary(run_dir):
 
 def _model(rows):
     """The ``model`` column (runs comparing several models), else empty labels."""
-    if "model" not in rows:
-        return rows["pooler"].map(lambda _: "")
-    return rows["model"].fillna("").astype(str)
+    return _text_column(rows, "model", "")
 
 
 def _encoder(rows):
     """The ``encoder`` column (``frozen`` where a run directory has none)."""
-    if "encoder" not in rows:
-        return rows["pooler"].map(lambda _: "frozen")
-    return rows["encoder"].fillna("frozen").astype(str)
+    return _text_column(rows, "encoder", "frozen")
+
+
+def _text_column(rows, name: str, default: str):
+    """Column ``name`` as text, ``default`` where it is empty or the table lacks it."""
+    if name not in rows:
+        return rows["pooler"].map(lambda _: default)
+    return rows[name].fillna(default).astype(str)
 
 
 def dot_chart(summary, metric: str, title: str | None = None, majority: float | None = None):
