@@ -67,3 +67,12 @@ def sha256_file(path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_tensors(path, tensors: dict, metadata: dict) -> None:
+    """``tensors`` (name -> torch tensor) as one safetensors file, no pickle, written
+    through :func:`write_atomic`; ``metadata`` string -> string."""
+    from safetensors.torch import save
+
+    write_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                            metadata=metadata))

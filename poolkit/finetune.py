@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import PluginFailure, one_line
-from .heads import FailedHead, FineTuneConfig, HeadTask, TrainedHead, head_seed
+from .heads import MIN_DELTA, FailedHead, FineTuneConfig, HeadTask, TrainedHead, head_seed
 from .isolation import DEFAULT_TIMEOUT, plugin_code
 
 #: Parameters kept out of weight decay, besides those of ``nn.LayerNorm`` modules: names
@@ -200,8 +201,6 @@ def train_step(model, optimizer, ids, rows, labels, pad_id, device, settings: Fi
     """One optimizer step on the texts ``rows`` (in ``settings.accumulation``
     micro-batches): mean cross-entropy over ``rows``, gradients clipped to
     ``max_grad_norm``, every group's rate its peak × ``factor``. Returns the loss."""
-    import torch.nn.functional as F
-
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
     optimizer.zero_grad(set_to_none=True)
@@ -231,20 +230,16 @@ class Checkpoints:
     def save(self, model, best_state, optimizer, record: dict) -> None:
         if self.path is None:
             return
-        from safetensors.torch import save
+        from .files import write_tensors
 
-        from .files import write_atomic
-
-        tensors = {f"model.{k}": v.detach().contiguous().cpu()
-                   for k, v in model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if best_state is not None:
-            tensors.update({f"best.{k}": v.contiguous().cpu() for k, v in best_state.items()})
+            tensors.update({f"best.{k}": v for k, v in best_state.items()})
         for index, state in optimizer.state_dict()["state"].items():
             for name, value in state.items():
-                tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous().cpu()
-        meta = json.dumps({**record, "key": self.key})
+                tensors[f"optimizer.{index}.{name}"] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, save(tensors, metadata={"record": meta}))
+        write_tensors(self.path, tensors, {"record": json.dumps({**record, "key": self.key})})
 
     def load(self):
         """``(tensors, record)`` of a checkpoint saved under this key, else ``None``."""
@@ -287,8 +282,6 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
     fold for ``seed``; returns the :class:`~poolkit.heads.TrainedHead` of the best
     epoch by validation loss, scored on the fold's test items. ``ids`` are the
     token ids of every text. ``save_model(state_dict)`` is given the best weights."""
-    import torch.nn.functional as F
-
     device, config = task.device, task.config
     own = head_seed(seed, feature_set.id)
     train, val, test = task.train, task.validation, task.test
@@ -328,7 +321,7 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
             log(f"  epoch {epoch}/{settings.epochs}: validation loss {loss:.4f} "
                 f"({time.perf_counter() - began:.0f}s)")
             record["epoch"] = epoch
-            if loss < record["best_loss"] - 1e-6:
+            if loss < record["best_loss"] - MIN_DELTA:
                 record.update(best_loss=loss, best_epoch=epoch, stale=0)
                 best_state = None  # the model itself is the best so far
             else:

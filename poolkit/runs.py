@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PoolkitError
-from .files import sha256_file, write_atomic
+from .files import sha256_file, write_atomic, write_tensors
 
 
 #: The file that marks a folder as a poolkit run directory and lists poolkit's
@@ -147,10 +147,14 @@ class RunStore:
 
     def __init__(self, out, key: str, log=lambda message: None, folds: int = 1,
                  subfolder: str | None = None):
-        """``subfolder``: the model's label when a run compares several models."""
-        self.folder = Path(out) / "heads" if out is not None else None
-        if self.folder is not None and subfolder is not None:
-            self.folder = self.folder / re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
+        """``subfolder``: the model's label when a run compares several models (its
+        heads in ``heads/<label>/``, its saved models in ``models/<label>/``)."""
+        self.out = Path(out) if out is not None else None
+        self.folder = self.out / "heads" if out is not None else None
+        self.models = self.out / "models" if out is not None else None
+        if out is not None and subfolder is not None:
+            label = re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
+            self.folder, self.models = self.folder / label, self.models / label
         self.key = key
         self.log = log
         self.folds = folds
@@ -170,19 +174,15 @@ class RunStore:
 
     def model_saver(self, feature_set: str, seed: int, fold: int = 0):
         """A function saving a fine-tuned model's state dict to
-        ``models/<set>[-fold<F>]-seed<N>.safetensors`` in the run directory."""
-        path = self.folder.parent / "models" / self._path(feature_set, seed, fold).with_suffix(
-            ".safetensors").name
+        ``models/[<label>/]<set>[-fold<F>]-seed<N>.safetensors`` in the run directory."""
+        path = self.models / self._path(feature_set, seed, fold).with_suffix(".safetensors").name
 
         def save(state: dict) -> None:
-            from safetensors.torch import save as to_bytes
-
-            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
             try:
-                path.parent.mkdir(exist_ok=True)
-                write_atomic(path, to_bytes(tensors, metadata={"key": self.key}))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_tensors(path, state, {"key": self.key})
             except OSError as exc:
-                raise PoolkitError(f"cannot write run directory '{self.folder.parent}': "
+                raise PoolkitError(f"cannot write run directory '{self.out}': "
                                    f"{exc.strerror or exc}") from None
         return save
 
@@ -230,7 +230,7 @@ class RunStore:
                 "checksum": _head_checksum(self.key, fingerprint, record, probabilities),
             }, indent=1))
         except OSError as exc:
-            raise PoolkitError(f"cannot write run directory '{self.folder.parent}': "
+            raise PoolkitError(f"cannot write run directory '{self.out}': "
                                f"{exc.strerror or exc}") from None
 
 

@@ -67,3 +67,23 @@ def test_two_models_one_table_and_paired_tests_across_them(small_csv, tiny_model
 def test_a_model_listed_twice_is_an_error(small_csv, tiny_model_dir):
     result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{tiny_model_dir}"])
     assert result.exit_code == 1 and "lists a model twice" in result.output
+
+
+def test_each_models_fine_tuned_weights_are_kept_apart(small_csv, tiny_model_dir,
+                                                       wide_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{wide_model_dir}",
+                     "--poolers", "mean", "--seeds", "1", "--folds", "1", "--finetune",
+                     "--finetune-epochs", "1", "--save-models", "--out", out])
+    assert result.exit_code == 0, result.output
+    from safetensors import safe_open
+
+    saved = sorted((out / "models").rglob("*.safetensors"))
+    assert [p.relative_to(out / "models").parts for p in saved] == [
+        (tiny_model_dir.name, "mean@2-ft-seed0.safetensors"),
+        (wide_model_dir.name, "mean@2-ft-seed0.safetensors")]
+    widths = []
+    for path in saved:
+        with safe_open(str(path), framework="pt") as handle:
+            widths.append(handle.get_slice("classifier.weight").get_shape()[1])
+    assert widths == [32, 48]
