@@ -40,8 +40,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
 
 def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
         model=None, poolers=None, seeds=None, folds=None, protocol="default", metric=None,
-        baseline=None, out=None, plugins_dir=None, cache_dir=None,
-        max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
+        baseline=None, out=None, plugins_dir=None, cache_dir=None, cache_mode="auto",
+        cache_budget=None, max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
         finetune=False, max_train_texts=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
         pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
@@ -61,7 +61,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     ``max_train_texts`` caps each fold's training texts; with ``out`` the run
     directory is written there, ``predictions=True`` adds each test item's
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
-    seconds). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
+    seconds; ``cache_mode`` ``"tokens"``, ``"pooled"`` or ``"auto"`` and
+    ``cache_budget``: what the cache keeps, as ``--cache-mode`` and
+    ``--cache-budget``). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
     once what finished is saved; the same call then resumes.
     """
     from .config import RunConfig
@@ -80,8 +82,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         finetune=FineTuneConfig() if finetune is True else (finetune or None),
         max_train_texts=max_train_texts, save_models=save_models,
         trust_remote_code=trust_remote_code,
-        out=out, cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
-        progress=progress)
+        out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
+        predictions=predictions, pooler_timeout=pooler_timeout, progress=progress)
     return run_config(config, log=log)
 
 

@@ -115,6 +115,14 @@ def cli(debug):
               help="Also load every *.py file in this folder as a plugin.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Hidden-state cache. Default: $POOLKIT_CACHE_DIR or ~/.cache/poolkit.")
+@click.option("--cache-mode", type=click.Choice(["auto", "tokens", "pooled"]), default="auto",
+              show_default=True,
+              help="tokens: keep every token's states (any pooler, trainable ones too); pooled: "
+                   "keep only each fixed pooler's features, 4 bytes x texts x width; auto: "
+                   "tokens unless they would exceed --cache-budget.")
+@click.option("--cache-budget",
+              help="auto's limit for the token cache: a share of the free disk (0.5, 50%) or a "
+                   "size (20G, 500M). Default: 0.5.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Tokens per text. Default: model limit.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
 @click.option("--cache-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16",
@@ -166,7 +174,8 @@ def cli(debug):
               help="Most seconds one call into a plugin may take (a batch's pool(), setup(), "
                    "a trainable pooler's forward); a pooler past it fails alone.")
 def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
-        protocol, metric, baseline, out, plugins_dir, cache_dir, max_length, device, cache_dtype,
+        protocol, metric, baseline, out, plugins_dir, cache_dir, cache_mode, cache_budget,
+        max_length, device, cache_dtype,
         precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
         finetune_batch_size, grad_accum, encoder_lr, max_train_texts, save_models, empty_texts,
         encoding, predictions, plot_formats, wide, trust_remote_code, pooler_timeout):
@@ -193,7 +202,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         if finetune else None,
         max_train_texts=max_train_texts, save_models=save_models,
         empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
-        cache_dir=cache_dir, predictions=predictions, pooler_timeout=pooler_timeout,
+        cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
+        predictions=predictions, pooler_timeout=pooler_timeout,
         progress=sys.stderr.isatty() and not os.environ.get("CI"))
     if out is None:
         out = RunIdentity.of(config).folder()

@@ -59,6 +59,10 @@ class RunConfig:
     trust_remote_code: bool = False
     out: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
     cache_dir: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
+    #: what the cache keeps (tokens, pooled, auto) and auto's size limit: where the
+    #: features come from, not what they are (heads are keyed by the entry they used)
+    cache_mode: str = field(default="auto", metadata=OUTPUT_ONLY)
+    cache_budget: str | float | None = field(default=None, metadata=OUTPUT_ONLY)
     predictions: bool = field(default=False, metadata=OUTPUT_ONLY)
     pooler_timeout: float = field(default=DEFAULT_TIMEOUT, metadata=OUTPUT_ONLY)
     progress: bool = field(default=False, metadata=OUTPUT_ONLY)
@@ -123,6 +127,18 @@ class RunConfig:
             if self.plan()[0].name != "default":
                 raise PoolkitError(f"--finetune trains poolkit's heads; the {self.protocol} "
                                    "protocol trains scikit-learn probes (leave out --protocol)")
+        from .encoding import CACHE_MODES
+
+        if self.cache_mode not in CACHE_MODES:
+            raise PoolkitError(f"--cache-mode {self.cache_mode}: use one of "
+                               f"{', '.join(CACHE_MODES)}")
+        if self.cache_budget is not None:
+            from .cache import parse_budget
+
+            try:
+                parse_budget(self.cache_budget)
+            except ValueError as exc:
+                raise PoolkitError(f"--cache-budget {exc}") from None
         if self.save_models and self.finetune is None:
             raise PoolkitError("--save-models keeps fine-tuned weights; add --finetune")
         if self.max_train_texts is not None and (

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .batching import plan_batches
-from .cache import CacheDamaged, CacheWriter, HiddenStateCache, entry_name, find_entry
+from .cache import (CacheDamaged, CacheWriter, PooledWriter, entry_name, find_entry,
+                    find_pooled_entry, free_disk, open_entry, parse_budget, pooled_name)
 from .errors import PoolkitError
-from .identity import RunIdentity
+from .identity import RunIdentity, pooler_fingerprint
+from .isolation import DEFAULT_TIMEOUT
 from .tokenization import tokenize
 
 #: Batches between progress records of an encoding (what a resume restarts from).
@@ -20,6 +22,10 @@ CHECKPOINT_EVERY = 16
 #: (stderr is not a terminal: a batch job's log, CI).
 PROGRESS_EVERY = 10.0
 PRECISIONS = ("bf16", "fp16", "fp32")
+#: ``--cache-mode``: what a cache entry stores (see :func:`encode_to_cache`)
+CACHE_MODES = ("auto", "tokens", "pooled")
+#: ``--cache-budget`` by default: this share of the cache folder's free disk
+DEFAULT_BUDGET = 0.5
 
 
 def pick_device(device=None) -> str:
@@ -75,6 +81,10 @@ def encode_to_cache(
     layers=None,
     before_encoding=None,
     log=lambda message: None,
+    mode: str = "tokens",
+    pool=None,
+    budget=None,
+    timeout=DEFAULT_TIMEOUT,
 ) -> tuple:
     """The cache entry for ``texts`` under ``encoder`` (a :class:`~poolkit.model.Encoder`);
     runs the encoder only on a miss.
@@ -88,6 +98,17 @@ def encode_to_cache(
     encoder always computes in fp32 (a CPU without bf16 matrix units runs
     bf16/fp16 matmuls far slower). Returns ``(cache, ran)`` where ``ran`` says
     whether the encoder ran.
+
+    ``mode`` (``--cache-mode``) says what the entry stores: ``tokens``, every
+    real token's states of ``layers``; ``pooled``, only the features of the
+    feature sets ``pool`` (``{id: FeatureSet}``, fixed poolers already set up),
+    pooled batch by batch as the encoder runs from states rounded to ``dtype``,
+    as a token cache holds them; ``auto``, a complete entry of either kind if
+    there is one, else ``tokens`` unless the token entry (estimated from the
+    tokenized lengths) would take more than ``budget`` (a ``--cache-budget``;
+    default :data:`DEFAULT_BUDGET` of the free disk), then ``pooled``. A pooler
+    that fails while pooling (``timeout``: seconds per call) is named in the
+    entry's ``failed``.
 
     Under torchrun (several ranks), every rank calls this with the same
     arguments: rank 0 opens the partial entry, the others join it, each encodes
@@ -108,16 +129,26 @@ def encode_to_cache(
             distributed.check_shared(cache_dir)
         except OSError as error:
             raise _cache_error(cache_dir, error) from None
-    while (name := find_entry(cache_dir, key, layers)) is not None:
-        try:
-            return HiddenStateCache(Path(cache_dir) / name), False
-        except CacheDamaged as exc:
-            log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
-                "rebuilding it")
-            try:
-                shutil.rmtree(Path(cache_dir) / name)
-            except OSError as error:
-                raise _cache_error(cache_dir, error) from None
+    if mode not in CACHE_MODES:
+        raise PoolkitError(f"--cache-mode {mode}: use one of {', '.join(CACHE_MODES)}")
+    wanted = None
+    if mode != "tokens":
+        pool = dict(sorted((pool or {}).items()))  # the entry's blocks, in id order
+        wanted = {k: pooler_fingerprint(fs.pooler) for k, fs in pool.items()}
+    if mode != "pooled":
+        cache = _reuse(cache_dir, lambda: find_entry(cache_dir, key, layers), log)
+        if cache is not None:
+            return cache, False
+    if mode != "tokens":
+        cache = _reuse(cache_dir, lambda: find_pooled_entry(cache_dir, key, wanted)[0], log)
+        if cache is not None:
+            return cache, False
+        lacking = find_pooled_entry(cache_dir, key, wanted)[1]
+        if lacking:
+            shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more"
+                                             if len(lacking) > 6 else "")
+            log(f"the pooled cache of these texts lacks {shown} (not pooled when it was "
+                "built, or the plugin's code changed since): encoding again")
     # A miss: check and load the model first, then let the caller prepare
     # (e.g. create its run directory) only once the model is known to load.
     encoder.validate()
@@ -135,20 +166,51 @@ def encode_to_cache(
     if truncated:
         log(f"warning: {truncated} of {len(texts)} texts are longer than {encoder.max_length} "
             "tokens and were truncated (--max-length)")
-    plan = plan_batches([len(x) for x in ids], max_batch_tokens or default_batch_tokens(device),
-                        max_texts)
-    name = entry_name(key, layers)
+    plan = plan_batches(ids.lengths, max_batch_tokens or default_batch_tokens(device), max_texts)
+    itemsize = 2 if dtype == "fp16" else 4
+    sizes = {"tokens": plan.total_tokens * encoder.hidden_size * len(layers) * itemsize}
+    if wanted is not None:
+        sizes["pooled"] = 4 * len(texts) * sum(fs.dim for fs in pool.values())
+    if mode == "auto":
+        fraction, limit = parse_budget(budget if budget is not None else DEFAULT_BUDGET)
+        if fraction is not None:
+            limit = int(fraction * free_disk(cache_dir))
+        mode = distributed.broadcast("tokens" if sizes["tokens"] <= limit else "pooled")
+        share = f", {fraction:.0%} of the free disk" if fraction is not None else ""
+        log(f"cache mode auto: {mode} (token cache {_size(sizes['tokens'])}, pooled features "
+            f"{_size(sizes['pooled'])}; --cache-budget {_size(limit)}{share})")
+    elif mode == "pooled":
+        log(f"cache mode pooled: {len(pool)} feature sets' features, {_size(sizes['pooled'])} "
+            f"(the token cache would take {_size(sizes['tokens'])})")
+    meta = {"identity": identity, "truncated": int(truncated)}
+    if mode == "pooled":
+        name = pooled_name(key, wanted)
+        described = [{"id": k, "pooler": fs.pooler_name, "layers": list(fs.layers),
+                      "dim": fs.dim, "fingerprint": wanted[k]} for k, fs in pool.items()]
+        meta.update(states_dtype=dtype, hidden_size=encoder.hidden_size, layers=layers)
+
+        def open_writer(join=None, rank=0):
+            return PooledWriter(cache_dir, name, meta, plan, described, join=join, rank=rank)
+    else:
+        name = entry_name(key, layers)
+
+        def open_writer(join=None, rank=0):
+            return CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
+                               join=join, rank=rank)
     try:
-        meta = {"identity": identity, "truncated": int(truncated)}
         writer = None
         if rank == 0:
-            writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers)
+            writer = open_writer()
             if ranks > 1:
                 writer.checkpoint(sync=True)  # what the other ranks continue from
         shared = distributed.broadcast(str(writer.tmp) if writer is not None else None)
         if rank != 0:
-            writer = CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
-                                 join=shared, rank=rank)
+            writer = open_writer(join=shared, rank=rank)
+        pooling = None
+        if mode == "pooled":
+            from .features import BatchPooling
+
+            pooling = BatchPooling(pool, layers, writer.failed, timeout)
         missing = [batch for batch in range(len(plan)) if batch not in writer.done]
         if len(missing) < len(plan):
             log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
@@ -161,7 +223,7 @@ def encode_to_cache(
             encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
                            layers=layers, all_layers=layers != [encoder.num_layers],
                            pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
-                           log=log)
+                           log=log, pooling=pooling)
             if ranks > 1:
                 writer.checkpoint(sync=True)
         except BaseException:
@@ -195,7 +257,7 @@ def encode_to_cache(
 
 def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
                    all_layers: bool, pad_id: int, progress: bool = False,
-                   log=lambda message: None) -> None:
+                   log=lambda message: None, pooling=None) -> None:
     """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
 
     ``ids`` are the texts' token ids; each batch is padded to its longest text,
@@ -204,7 +266,9 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     ``all_layers``, else ``last_hidden_state``) go to ``writer``, cast to the
     cache's dtype on the device. Checkpoints every :data:`CHECKPOINT_EVERY` batches.
     Without a progress bar, ``log`` gets a progress line every :data:`PROGRESS_EVERY`
-    seconds and one at the end.
+    seconds and one at the end. With ``pooling`` (a
+    :class:`~poolkit.features.BatchPooling`) the writer gets each batch's pooled
+    features instead of its states.
     """
     import torch
     from tqdm.auto import tqdm
@@ -212,7 +276,9 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     model = model.to(device)
     on_cuda = device.startswith("cuda")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
-    store_dtype = torch.from_numpy(np.zeros(0, dtype=writer.np_dtype)).dtype
+    # the token states' storage dtype (a pooled entry pools them rounded to it)
+    store_dtype = torch.float16 if writer.meta.get("states_dtype", writer.meta["dtype"]) \
+        == "fp16" else torch.float32
     lengths = plan.lengths
     todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
     bar = tqdm(total=plan.total_tokens, initial=plan.total_tokens - todo, unit="tok",
@@ -240,8 +306,8 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
                           else [out.last_hidden_state])
                 # Only real tokens go to the cache, cast on the device (half the copy in fp16).
                 real_mask = attention.bool()
-                writer.write(number, torch.stack([h[real_mask] for h in states])
-                             .to(store_dtype).cpu().numpy())
+                real = torch.stack([h[real_mask] for h in states]).to(store_dtype).cpu().numpy()
+                writer.write(number, real if pooling is None else pooling(lengths[batch], real))
                 if count % CHECKPOINT_EVERY == 0:
                     writer.checkpoint()
                 bar.update(int(lengths[batch].sum()))
@@ -273,6 +339,30 @@ class ProgressLines:
         share = (self.total - self.todo + self.done) / max(self.total, 1)
         self.log(f"encoding: {share:.0%} of {self.total:,} tokens ({self.texts:,} texts this "
                  f"run), {rate:,.0f} tokens/s, about {left:.0f} s left")
+
+
+def _reuse(cache_dir, find, log):
+    """The complete entry ``find()`` names, opened and verified; a damaged one is
+    removed (and the next one tried); ``None`` when there is none."""
+    while (name := find()) is not None:
+        try:
+            return open_entry(Path(cache_dir) / name)
+        except CacheDamaged as exc:
+            log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
+                "rebuilding it")
+            try:
+                shutil.rmtree(Path(cache_dir) / name)
+            except OSError as error:
+                raise _cache_error(cache_dir, error) from None
+    return None
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``80.6 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
 
 
 def _cache_error(cache_dir, error: OSError) -> PoolkitError:

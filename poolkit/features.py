@@ -195,7 +195,6 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
     (~6 MiB of fp32 states at hidden size 384) stay in the CPU's caches while
     every pooler reads them.
     """
-    import torch
     from tqdm.auto import tqdm
 
     sets = dict(sets)
@@ -215,47 +214,96 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
             features[key] = np.empty((len(cache), fs.dim), dtype=np.float32)
         except MemoryError:
             failures[key] = f"output_dim() returned {fs.dim}: no memory for its features"
-    # The shipped plugins are poolkit's own code, held to the contract by its tests;
-    # only other plugins' writes are checked for (a read of the batch after each call).
-    checked = {key for key, fs in sets.items()
-               if type(fs.pooler).__module__ not in BUILTIN_PLUGINS}
+    checked = _checked(sets)
     total = int(cache.lengths.sum())
     with tqdm(total=total, unit="tok", unit_scale=True, desc="pooling",
               disable=not progress, leave=False) as bar:
         for indices in cache.batches(max_batch_tokens):
-            states, sums = {}, {}  # layer -> (hidden, mask), its checksum: once per batch
-            for key, fs in sets.items():
-                if key in failures:
-                    continue
-                for layer in fs.layers:
-                    if layer not in states:
-                        states[layer] = cache.padded(indices, layer)
-                if key in checked:
-                    before = [sums.setdefault(layer, _checksum(*states[layer]))
-                              for layer in fs.layers]
-                inputs = [states[layer][0] for layer in fs.layers]
-                mask = states[fs.layers[0]][1]
-                hidden = tuple(inputs) if fs.combines else inputs[0]
-                versions = [t._version for t in (*inputs, mask)]
-                try:
-                    with plugin_code(timeout), torch.no_grad():
-                        out = fs.pooler.pool(hidden, mask)
-                    features[key][indices] = check_output(out, len(indices), fs.dim)
-                except PluginFailure as exc:
-                    failures[key] = exc.reason
-                except ValueError as exc:
-                    failures[key] = str(exc)
-                # The version counters catch in-place ops; the checksums also catch
-                # writes through .data or .numpy(), which leave the counters alone.
-                if [t._version for t in (*inputs, mask)] != versions or key in checked and \
-                        [_checksum(*states[layer]) for layer in fs.layers] != before:
-                    failures[key] = ("wrote into its input tensors (in place, or through .data "
-                                     "or .numpy()), which are read-only")
-                    states, sums = {}, {}  # fresh inputs for the others
+            pooled = pool_batch(sets, lambda layer: cache.padded(indices, layer), len(indices),
+                                failures, checked, timeout)
+            for key, array in pooled.items():
+                features[key][indices] = array
             bar.update(int(cache.lengths[indices].sum()))
     for name in failures:
         features.pop(name, None)
     return features, failures
+
+
+def _checked(sets: dict) -> set:
+    """The feature sets whose pooler's reads are checked for writes: the shipped
+    plugins are poolkit's own code, held to the contract by its tests; only other
+    plugins' writes are checked for (a read of the batch after each call)."""
+    return {key for key, fs in sets.items() if type(fs.pooler).__module__ not in BUILTIN_PLUGINS}
+
+
+def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
+               timeout=DEFAULT_TIMEOUT) -> dict:
+    """Every feature set of ``sets`` not in ``failures`` on one batch of ``size`` texts:
+    ``{id: (size, D) float32}``. ``load(layer)`` gives the batch's ``(hidden, mask)``
+    of a layer (called once per layer, and again after a pooler wrote into them);
+    a feature set that fails goes into ``failures`` with its reason."""
+    import torch
+
+    out = {}
+    states, sums = {}, {}  # layer -> (hidden, mask), its checksum: once per batch
+    for key, fs in sets.items():
+        if key in failures:
+            continue
+        for layer in fs.layers:
+            if layer not in states:
+                states[layer] = load(layer)
+        if key in checked:
+            before = [sums.setdefault(layer, _checksum(*states[layer])) for layer in fs.layers]
+        inputs = [states[layer][0] for layer in fs.layers]
+        mask = states[fs.layers[0]][1]
+        hidden = tuple(inputs) if fs.combines else inputs[0]
+        versions = [t._version for t in (*inputs, mask)]
+        try:
+            with plugin_code(timeout), torch.no_grad():
+                result = fs.pooler.pool(hidden, mask)
+            out[key] = check_output(result, size, fs.dim)
+        except PluginFailure as exc:
+            failures[key] = exc.reason
+        except ValueError as exc:
+            failures[key] = str(exc)
+        # The version counters catch in-place ops; the checksums also catch
+        # writes through .data or .numpy(), which leave the counters alone.
+        if [t._version for t in (*inputs, mask)] != versions or key in checked and \
+                [_checksum(*states[layer]) for layer in fs.layers] != before:
+            failures[key] = ("wrote into its input tensors (in place, or through .data "
+                             "or .numpy()), which are read-only")
+            states, sums = {}, {}  # fresh inputs for the others
+    for key in failures:
+        out.pop(key, None)
+    return out
+
+
+class BatchPooling:
+    """Pools each encoder batch's token states while encoding (``--cache-mode pooled``):
+    called with a batch's real-token ``lengths`` and ``states`` ``(layers, tokens, H)``
+    (rounded to the cache's dtype, as a token cache would hold them), it returns one
+    ``(texts, D)`` block per feature set of ``sets``, zeros for a set in ``failed``
+    (which it adds to)."""
+
+    def __init__(self, sets: dict, layers, failed: dict, timeout=DEFAULT_TIMEOUT):
+        self.sets, self.layers, self.failed, self.timeout = sets, list(layers), failed, timeout
+        self.checked = _checked(sets)
+
+    def __call__(self, lengths, states) -> list:
+        import torch
+
+        from .cache import pad_tokens
+
+        def load(layer):
+            return pad_tokens(torch.from_numpy(states[self.layers.index(layer)]).float(), lengths)
+
+        # (the encoder's loop runs in inference mode, whose tensors have no version
+        # counter: the read-only check needs one)
+        with torch.inference_mode(False):
+            out = pool_batch(self.sets, load, len(lengths), self.failed, self.checked,
+                             self.timeout)
+        return [out.get(key, np.zeros((len(lengths), fs.dim), dtype=np.float32))
+                for key, fs in self.sets.items()]
 
 
 def _checksum(*tensors) -> tuple:

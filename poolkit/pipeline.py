@@ -217,12 +217,24 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     if config.baseline is not None:  # a --baseline no feature set answers: an error now
         _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
     root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+    fixed = {key: fs for key, fs in sets.items()
+             if key not in failures and not fs.trainable and not fs.finetuned}
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
                                  precision=config.precision, max_texts=max_texts,
                                  progress=config.progress and distributed.rank() == 0, layers=needed,
-                                 before_encoding=before_encoding, log=log)
+                                 before_encoding=before_encoding, log=log,
+                                 mode=config.cache_mode, pool=fixed, budget=config.cache_budget,
+                                 timeout=config.pooler_timeout)
     seconds = time.perf_counter() - began
+    if cache is not None and cache.mode == "pooled":
+        left_out = sorted({fs.pooler_name for fs in sets.values()
+                           if fs.trainable and not fs.finetuned})
+        if left_out:
+            log(f"note: trainable pooler(s) {', '.join(left_out)} left out: they read token "
+                "states, which a pooled cache does not keep (use --cache-mode tokens)")
+            sets = {key: fs for key, fs in sets.items() if not fs.trainable or fs.finetuned}
+            failures = {key: reason for key, reason in failures.items() if key in sets}
     if cache is None:  # a torchrun rank other than 0: its share is written
         return Encoded(encoder, None, ran, device, sets, failures, needed, seconds)
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
@@ -232,14 +244,20 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
 
 
 def pool(config: RunConfig, encoded: Encoded) -> Features:
-    """Every fixed feature set's features, in one pass over the cached states."""
+    """Every fixed feature set's features, in one pass over the cached states (or,
+    from a pooled cache, read from it)."""
     from .features import pool_cache
 
     fixed = {key: fs for key, fs in encoded.sets.items()
              if key not in encoded.failures and not fs.trainable and not fs.finetuned}
     began = time.perf_counter()
-    arrays, failures = pool_cache(encoded.cache, fixed, progress=config.progress,
-                                  timeout=config.pooler_timeout)
+    if encoded.cache.mode == "pooled":
+        cache = encoded.cache
+        failures = {key: cache.failed[key] for key in fixed if key in cache.failed}
+        arrays = {key: cache.features(key) for key in fixed if key not in failures}
+    else:
+        arrays, failures = pool_cache(encoded.cache, fixed, progress=config.progress,
+                                      timeout=config.pooler_timeout)
     return Features(arrays, failures, time.perf_counter() - began)
 
 
@@ -396,7 +414,7 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "finetune": asdict(config.finetune) if config.finetune is not None else None,
         "max_train_texts": config.max_train_texts,
         "device": encoded.device, "cache": str(encoded.cache.path),
-        "cache_dtype": config.cache_dtype,
+        "cache_mode": encoded.cache.mode, "cache_dtype": config.cache_dtype,
         "precision": config.precision if encoded.device != "cpu" else "fp32",
         "encoder_ran": encoded.ran, "tokens": int(encoded.cache.lengths.sum()),
         "encode_seconds": round(encoded.seconds, 3), "pool_seconds": round(features.seconds, 3),

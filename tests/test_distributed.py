@@ -52,7 +52,7 @@ def setting(tmp_path_factory, tiny_model_dir):
     # one thread per process, in every run: the same kernels, so the same bytes
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POOLKIT_CACHE_DIR": str(root / "unused")}
     args = ["run", "--data", data, "--model", tiny_model_dir, "--poolers", "cls,mean",
-            "--seeds", "1"]
+            "--seeds", "1", "--cache-mode", "tokens"]
     single = poolkit(*args, "--out", root / "one", "--cache-dir", root / "cache-one", env=env)
     assert single.returncode == 0, single.stderr
     return {"root": root, "args": args, "env": env,
@@ -90,6 +90,33 @@ def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
     assert left and (int(left[1]), int(left[2])) == (total - len(done), total)
     assert sha256(entry(cache) / "tokens.bin") == setting["tokens"]
     assert (out / "results.csv").read_bytes() == setting["results"]
+
+
+def test_a_pooled_cache_is_the_same_on_two_processes_and_after_a_rank_dies(setting):
+    """--cache-mode pooled: each rank pools its own batches into the shared entry."""
+    root, args, env = setting["root"], [*setting["args"], "--cache-mode", "pooled"], setting["env"]
+    one = poolkit(*args, "--out", root / "pooled-one", "--cache-dir", root / "pooled-one-c",
+                  env=env)
+    assert one.returncode == 0, one.stderr
+    features = sha256(entry(root / "pooled-one-c") / "features.bin")
+    results = (root / "pooled-one" / "results.csv").read_bytes()
+    # (a pooled cache's heads are its own: the same results as the token cache's here)
+    assert results == setting["results"]
+
+    two = torchrun("-m", "poolkit", *args, "--out", root / "pooled-two", "--cache-dir",
+                   root / "pooled-two-c", env=env)
+    assert two.returncode == 0, two.stderr
+    assert sha256(entry(root / "pooled-two-c") / "features.bin") == features
+    assert (root / "pooled-two" / "results.csv").read_bytes() == results
+
+    cache, out = root / "pooled-killed-c", root / "pooled-killed"
+    died = torchrun(FAULT, "die", 1, 2, "--", *args, "--out", out, "--cache-dir", cache, env=env)
+    assert died.returncode != 0
+    resumed = poolkit(*args, "--out", out, "--cache-dir", cache, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming an interrupted encoding: \d+ of 11 batches left", resumed.stderr)
+    assert sha256(entry(cache) / "features.bin") == features
+    assert (out / "results.csv").read_bytes() == results
 
 
 def test_a_cache_dir_the_ranks_do_not_share_is_one_line_of_error(setting):
