@@ -41,7 +41,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
 def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
         model=None, poolers=None, seeds=None, folds=None, protocol="default", metric=None,
         baseline=None, out=None, plugins_dir=None, cache_dir=None, cache_mode="auto",
-        cache_budget=None, max_length=None, device=None, cache_dtype="fp16", precision="bf16", split_seed=0,
+        cache_budget=None, max_length=None, device=None, cache_dtype="fp16", precision="bf16",
+        split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
         finetune=False, max_train_texts=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
         pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
