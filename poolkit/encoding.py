@@ -223,7 +223,7 @@ def encode_to_cache(
             encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
                            layers=layers, all_layers=layers != [encoder.num_layers],
                            pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
-                           log=log, pooling=pooling)
+                           log=log, pooling=pooling, shared=ranks > 1)
             if ranks > 1:
                 writer.checkpoint(sync=True)
         except BaseException:
@@ -257,7 +257,7 @@ def encode_to_cache(
 
 def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
                    all_layers: bool, pad_id: int, progress: bool = False,
-                   log=lambda message: None, pooling=None) -> None:
+                   log=lambda message: None, pooling=None, shared: bool = False) -> None:
     """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
 
     ``ids`` are the texts' token ids; each batch is padded to its longest text,
@@ -266,7 +266,8 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     ``all_layers``, else ``last_hidden_state``) go to ``writer``, cast to the
     cache's dtype on the device. Checkpoints every :data:`CHECKPOINT_EVERY` batches.
     Without a progress bar, ``log`` gets a progress line every :data:`PROGRESS_EVERY`
-    seconds and one at the end. With ``pooling`` (a
+    seconds and one at the end (``shared``: other ranks encode the plan's other
+    batches, so progress counts this rank's ``batches`` only). With ``pooling`` (a
     :class:`~poolkit.features.BatchPooling`) the writer gets each batch's pooled
     features instead of its states.
     """
@@ -281,9 +282,10 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
         == "fp16" else torch.float32
     lengths = plan.lengths
     todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
-    bar = tqdm(total=plan.total_tokens, initial=plan.total_tokens - todo, unit="tok",
+    total = todo if shared else plan.total_tokens
+    bar = tqdm(total=total, initial=total - todo, unit="tok",
                unit_scale=True, desc="encoding", disable=not progress, leave=False)
-    lines = None if progress else ProgressLines(plan.total_tokens, todo, log)
+    lines = None if progress else ProgressLines(total, todo, log)
     try:
         with torch.inference_mode():
             for count, number in enumerate(batches, start=1):

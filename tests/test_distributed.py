@@ -66,6 +66,10 @@ def test_two_processes_write_the_entry_and_results_one_process_does(setting):
                     root / "cache-two", env=setting["env"])
     assert done.returncode == 0, done.stderr
     assert "rank 1 of 2" in done.stderr and "encoding on 2 ranks" in done.stderr
+    # rank 0's progress counts its own share of the tokens, not the others' as done
+    share = int(re.search(r"encoding: 100% of ([\d,]+) tokens", done.stderr)[1].replace(",", ""))
+    total = int(re.search(r"encoded 1000 texts, (\d+) tokens", done.stderr)[1])
+    assert 0 < share < total
     assert sha256(entry(root / "cache-two") / "tokens.bin") == setting["tokens"]
     assert (root / "two" / "results.csv").read_bytes() == setting["results"]
     assert done.stdout.count("Run directory") == 1  # rank 0 alone reports
