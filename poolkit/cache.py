@@ -64,6 +64,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "poolkit"
 
 
+def token_cache_bytes(tokens: int, hidden_size: int, layers: int, dtype: str) -> int:
+    """Bytes of a token entry's ``tokens.bin``: every real token's states of ``layers``
+    layers, stored as ``dtype``."""
+    return tokens * hidden_size * layers * np.dtype(_DTYPES[dtype]).itemsize
+
+
 def entry_name(key: str, layers) -> str:
     """Folder name of the entry for ``key`` holding ``layers``: ``<key>-L3-6``."""
     return f"{key}-L" + "-".join(str(int(layer)) for layer in sorted(layers))
@@ -109,7 +115,8 @@ class HiddenStateCache:
             dtype = _DTYPES[self.meta["dtype"]]
             total = self.meta["total_tokens"]
             tokens_path = self.path / "tokens.bin"
-            expected = len(self.layers) * total * self.hidden_size * np.dtype(dtype).itemsize
+            expected = token_cache_bytes(total, self.hidden_size, len(self.layers),
+                                         self.meta["dtype"])
             if tokens_path.stat().st_size != expected:
                 raise CacheDamaged(
                     f"tokens.bin has {tokens_path.stat().st_size} bytes, expected {expected}"
@@ -170,7 +177,7 @@ class HiddenStateCache:
         first, last = self.starts[indices[0]], self.starts[indices[-1]] + lengths[-1]
         # torch converts fp16 to fp32 several times faster than numpy does.
         flat = torch.from_numpy(self.states(layer)[first:last]).float()
-        return self._pad(flat, lengths)
+        return pad_tokens(flat, lengths)
 
     def gather(self, indices, layer: int | None = None, standardize=None):
         """Like :meth:`padded` for any texts ``indices``, in that order (used by
@@ -183,7 +190,7 @@ class HiddenStateCache:
         flat = torch.from_numpy(self.states(layer)[self.token_rows(indices)]).float()
         if standardize is not None:
             flat = standardize.apply(flat)
-        return self._pad(flat, self.lengths[indices])
+        return pad_tokens(flat, self.lengths[indices])
 
     def token_rows(self, indices) -> np.ndarray:
         """The rows of texts ``indices``' real tokens in a layer's block
@@ -193,8 +200,6 @@ class HiddenStateCache:
         firsts = self.starts[indices] - np.concatenate([[0], np.cumsum(lengths)[:-1]])
         return np.repeat(firsts, lengths) + np.arange(int(lengths.sum()))
 
-    def _pad(self, flat, lengths):
-        return pad_tokens(flat, lengths)
 
 
 def pad_tokens(flat, lengths):
@@ -287,6 +292,9 @@ class CacheWriter:
         self.tmp = Path(root) / f"{name}.partial"
         self.rank = rank
         self.np_dtype = _DTYPES[dtype]
+        #: the dtype of the token states this entry is written from (stored, or pooled
+        #: after rounding to it)
+        self.states_dtype = self.np_dtype
         itemsize = np.dtype(self.np_dtype).itemsize
         self.plan, self.offsets, self.index = plan, offsets, index
         self.total = int(offsets[-1])
@@ -587,6 +595,7 @@ class PooledWriter(CacheWriter):
         self._open(root, name, "fp32", meta, plan, plan.bounds,
                    [fs["dim"] for fs in feature_sets],
                    {"order": plan.order, "lengths": plan.lengths}, join, rank)
+        self.states_dtype = _DTYPES[meta["states_dtype"]]
 
     def finish(self):
         self.meta["failed"] = dict(sorted(self.failed.items()))

@@ -10,7 +10,8 @@ import numpy as np
 
 from .batching import plan_batches
 from .cache import (CacheDamaged, CacheWriter, PooledWriter, entry_name, find_entry,
-                    find_pooled_entry, free_disk, open_entry, parse_budget, pooled_name)
+                    find_pooled_entry, free_disk, open_entry, parse_budget, pooled_name,
+                    token_cache_bytes)
 from .errors import PoolkitError
 from .identity import RunIdentity, pooler_fingerprint
 from .isolation import DEFAULT_TIMEOUT
@@ -167,8 +168,8 @@ def encode_to_cache(
         log(f"warning: {truncated} of {len(texts)} texts are longer than {encoder.max_length} "
             "tokens and were truncated (--max-length)")
     plan = plan_batches(ids.lengths, max_batch_tokens or default_batch_tokens(device), max_texts)
-    itemsize = 2 if dtype == "fp16" else 4
-    sizes = {"tokens": plan.total_tokens * encoder.hidden_size * len(layers) * itemsize}
+    sizes = {"tokens": token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers),
+                                         dtype)}
     if wanted is not None:
         sizes["pooled"] = 4 * len(texts) * sum(fs.dim for fs in pool.values())
     if mode == "auto":
@@ -277,9 +278,7 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     model = model.to(device)
     on_cuda = device.startswith("cuda")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
-    # the token states' storage dtype (a pooled entry pools them rounded to it)
-    store_dtype = torch.float16 if writer.meta.get("states_dtype", writer.meta["dtype"]) \
-        == "fp16" else torch.float32
+    store_dtype = torch.from_numpy(np.zeros(0, dtype=writer.states_dtype)).dtype
     lengths = plan.lengths
     todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
     total = todo if shared else plan.total_tokens

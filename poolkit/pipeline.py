@@ -204,11 +204,8 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
                                   encoder.num_layers, failed=setup_failed)
     protocol, _ = config.plan()
     if not protocol.trainable:
-        left_out = sorted({fs.pooler_name for fs in sets.values() if fs.trainable})
-        if left_out:
-            log(f"note: trainable pooler(s) {', '.join(left_out)} left out: the "
-                f"{protocol.name} protocol trains scikit-learn probes on fixed poolers")
-            sets = {key: fs for key, fs in sets.items() if not fs.trainable}
+        sets = _without_trainable(sets, f"the {protocol.name} protocol trains scikit-learn "
+                                  "probes on fixed poolers", log)
     needed = sorted({layer for key, fs in sets.items() if key not in failures
                      for layer in fs.layers}) or [encoder.num_layers]
     if config.finetune is not None:
@@ -217,24 +214,18 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     if config.baseline is not None:  # a --baseline no feature set answers: an error now
         _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
     root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
-    fixed = {key: fs for key, fs in sets.items()
-             if key not in failures and not fs.trainable and not fs.finetuned}
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
                                  precision=config.precision, max_texts=max_texts,
                                  progress=config.progress and distributed.rank() == 0, layers=needed,
                                  before_encoding=before_encoding, log=log,
-                                 mode=config.cache_mode, pool=fixed, budget=config.cache_budget,
+                                 mode=config.cache_mode, pool=_fixed(sets, failures),
+                                 budget=config.cache_budget,
                                  timeout=config.pooler_timeout)
     seconds = time.perf_counter() - began
     if cache is not None and cache.mode == "pooled":
-        left_out = sorted({fs.pooler_name for fs in sets.values()
-                           if fs.trainable and not fs.finetuned})
-        if left_out:
-            log(f"note: trainable pooler(s) {', '.join(left_out)} left out: they read token "
-                "states, which a pooled cache does not keep (use --cache-mode tokens)")
-            sets = {key: fs for key, fs in sets.items() if not fs.trainable or fs.finetuned}
-            failures = {key: reason for key, reason in failures.items() if key in sets}
+        sets = _without_trainable(sets, "they read token states, which a pooled cache does "
+                                  "not keep (use --cache-mode tokens)", log)
     if cache is None:  # a torchrun rank other than 0: its share is written
         return Encoded(encoder, None, ran, device, sets, failures, needed, seconds)
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
@@ -243,13 +234,29 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     return Encoded(encoder, cache, ran, device, sets, failures, needed, seconds)
 
 
+def _fixed(sets: dict, failures: dict) -> dict:
+    """The feature sets whose features come from the cache: fixed poolers on the frozen
+    encoder, not failed."""
+    return {key: fs for key, fs in sets.items()
+            if key not in failures and not fs.trainable and not fs.finetuned}
+
+
+def _without_trainable(sets: dict, why: str, log) -> dict:
+    """``sets`` without the trainable poolers' frozen feature sets, which this run
+    cannot train (``why``, said in one note naming them). (A pooler that failed its
+    setup has no trainable feature set: its failure stays.)"""
+    left_out = sorted({fs.pooler_name for fs in sets.values() if fs.trainable and not fs.finetuned})
+    if left_out:
+        log(f"note: trainable pooler(s) {', '.join(left_out)} left out: {why}")
+    return {key: fs for key, fs in sets.items() if not fs.trainable or fs.finetuned}
+
+
 def pool(config: RunConfig, encoded: Encoded) -> Features:
     """Every fixed feature set's features, in one pass over the cached states (or,
     from a pooled cache, read from it)."""
     from .features import pool_cache
 
-    fixed = {key: fs for key, fs in encoded.sets.items()
-             if key not in encoded.failures and not fs.trainable and not fs.finetuned}
+    fixed = _fixed(encoded.sets, encoded.failures)
     began = time.perf_counter()
     if encoded.cache.mode == "pooled":
         cache = encoded.cache
