@@ -1,13 +1,13 @@
 """poolkit: which way of pooling a BERT encoder's token states works best for my task?"""
 
-from .api import pool, run
+from .api import pool, run, suite
 from .errors import PoolkitError
 from .hookspecs import hookimpl
 from .pooler import Pooler
 
 __version__ = "0.3.0"
 __all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "ops", "pool", "run",
-           "__version__"]
+           "suite", "__version__"]
 
 
 def __getattr__(name):

@@ -44,8 +44,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         cache_budget=None, max_length=None, device=None, cache_dtype="fp16", precision="bf16",
         split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
-        finetune=False, max_train_texts=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8", trust_remote_code=False,
-        pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
+        finetune=False, max_train_texts=None, max_texts=None, label_pattern=None,
+        save_models=False, predictions=False, empty_texts="skip", encoding="utf-8",
+        trust_remote_code=False, pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
     Its ``results`` has a row per pooler × layer × seed and a column per
@@ -59,7 +60,10 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; ``finetune``: ``True`` or a
     :class:`~poolkit.heads.FineTuneConfig` adds every pooler fine-tuned with the
     encoder (``encoder`` column ``finetuned``), ``save_models`` keeps their weights;
-    ``max_train_texts`` caps each fold's training texts; with ``out`` the run
+    ``max_train_texts`` caps each fold's training texts, ``max_texts`` the data
+    (a stratified subset before any split); ``label_pattern`` derives each label
+    from its cell (a regular expression: its first group, rows without a match
+    left out); with ``out`` the run
     directory is written there, ``predictions=True`` adds each test item's
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
     seconds; ``cache_mode`` ``"tokens"``, ``"pooled"`` or ``"auto"`` and
@@ -81,7 +85,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         split_seed=split_seed, validation_size=validation_size, test_size=test_size,
         head=head or HeadConfig(), empty_texts=empty_texts, encoding=encoding,
         finetune=FineTuneConfig() if finetune is True else (finetune or None),
-        max_train_texts=max_train_texts, save_models=save_models,
+        max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
+        save_models=save_models,
         trust_remote_code=trust_remote_code,
         out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout, progress=progress)
@@ -108,3 +113,23 @@ def run_config(config, log=None):
                               "run the same command again to resume") from None
         finally:
             distributed.shutdown()
+
+
+def suite(suite=None, *, out=None, log=None, **options):
+    """Run a suite of tasks and the verdict across them; return a
+    :class:`~poolkit.suite.SuiteResult`.
+
+    ``suite`` is a suite file (TOML; ``None``: the embedded default suite) or a
+    :class:`~poolkit.suite.Suite`. ``options`` are the suite-wide options
+    (:data:`~poolkit.suite.SUITE_OPTIONS`: ``model``, ``poolers``, ``seeds``,
+    ``folds``, ``protocol``, ``finetune``, ``metric``, ``baseline``, cache
+    options, ...), over the file's ``[defaults]``. Each task's run directory is
+    ``out/<task>``; the verdict's files (suite.csv, ranks.csv, across_pairs.csv,
+    task_pairs.csv, suite.json) are written into ``out`` (default
+    ``poolkit-runs/suite-<name>-<hash>``). A task that fails is in ``missing``
+    with its reason, and the verdict covers the others.
+    """
+    from .suite import Suite, read_suite, run_suite
+
+    chosen = suite if isinstance(suite, Suite) else read_suite(suite)
+    return run_suite(chosen, options, out=out, log=log)

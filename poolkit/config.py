@@ -16,6 +16,9 @@ MAX_SEEDS = 1000
 #: Marks a field that changes where and how results are written, never the results:
 #: it takes no part in the run's identity (the default run folder, what is reused).
 OUTPUT_ONLY = {"output_only": True}
+#: Marks a field added after run folders existed: it joins the run's identity only when
+#: set, so the commands that leave it out keep their folders (and finished heads).
+WHEN_SET = {"when_set": True}
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,10 @@ class RunConfig:
     (``pooler@layer``, or a pooler name) every other is compared with;
     ``finetune`` (a :class:`~poolkit.finetune.FineTuneConfig`) adds each pooler
     fine-tuned with the encoder; ``max_train_texts`` caps each fold's training
-    part (a stratified subset, for every head)."""
+    part (a stratified subset, for every head); ``max_texts`` caps the data
+    itself (a stratified subset, before any split); ``label_pattern`` derives
+    the labels from their cells (a regular expression; rows it does not match
+    are left out)."""
 
     data: str | Path | None = None
     text_col: str = "text"
@@ -54,6 +60,8 @@ class RunConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FineTuneConfig | None = None
     max_train_texts: int | None = None
+    max_texts: int | None = field(default=None, metadata=WHEN_SET)
+    label_pattern: str | None = field(default=None, metadata=WHEN_SET)
     empty_texts: str = "skip"
     encoding: str = "utf-8"
     trust_remote_code: bool = False
@@ -141,11 +149,19 @@ class RunConfig:
                 raise PoolkitError(f"--cache-budget {exc}") from None
         if self.save_models and self.finetune is None:
             raise PoolkitError("--save-models keeps fine-tuned weights; add --finetune")
-        if self.max_train_texts is not None and (
-                isinstance(self.max_train_texts, bool)
-                or not isinstance(self.max_train_texts, (int, np.integer))
-                or self.max_train_texts < 2):
-            raise PoolkitError(f"--max-train-texts {self.max_train_texts}: give an integer >= 2")
+        for option, value in (("--max-train-texts", self.max_train_texts),
+                              ("--max-texts", self.max_texts)):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, np.integer)) or value < 2):
+                raise PoolkitError(f"{option} {value}: give an integer >= 2")
+        if self.label_pattern is not None:
+            import re
+
+            try:
+                re.compile(str(self.label_pattern))
+            except re.error as exc:
+                raise PoolkitError(f"--label-pattern {self.label_pattern!r} is not a regular "
+                                   f"expression: {exc}") from None
         import codecs
 
         try:
@@ -168,4 +184,5 @@ class RunConfig:
     def results_options(self) -> dict:
         """The options the results depend on (every field not marked output-only)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if not f.metadata.get("output_only")}
+                if not f.metadata.get("output_only")
+                and not (f.metadata.get("when_set") and getattr(self, f.name) is None)}

@@ -104,7 +104,7 @@ def read_table(path, encoding: str = "utf-8"):
         raise PoolkitError(f"data file '{path}' does not exist")
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED:
-        suffixes = suffixes[:-1]
+        suffixes = suffixes[:-1] or _zip_member_suffixes(path)
     kind = _READERS.get(suffixes[-1] if suffixes else "")
     if kind is None:
         raise PoolkitError(
@@ -137,6 +137,19 @@ def read_table(path, encoding: str = "utf-8"):
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame
+
+
+def _zip_member_suffixes(path: Path) -> list:
+    """The suffixes of the one file a ``.zip`` archive holds (``data.zip`` holding
+    ``data.csv`` reads as CSV), or ``[]``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+    except (OSError, zipfile.BadZipFile):
+        return []
+    return [s.lower() for s in Path(names[0]).suffixes] if len(names) == 1 else []
 
 
 #: Files that mark a folder written by ``datasets``' ``save_to_disk``.
@@ -550,6 +563,8 @@ def load_dataset(
     log=None,
     encoding: str = "utf-8",
     max_train_texts: int | None = None,
+    label_pattern: str | None = None,
+    max_texts: int | None = None,
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
@@ -560,6 +575,11 @@ def load_dataset(
     With ``test_data`` the test split is that file and ``data`` is split into
     train/validation. ``max_train_texts`` caps each fold's train part with a
     stratified, seeded subset (validation and test parts are kept whole).
+    ``label_pattern`` (a regular expression) derives each label from its cell:
+    the first group of its first match (the whole match without a group); rows
+    whose label does not match are left out, with a count through ``log``.
+    ``max_texts`` keeps a stratified, seeded subset of ``data``'s rows (drawn
+    with ``split_seed``) before any split.
     """
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
         raise PoolkitError(f"--folds {folds}: give 1 (one split) or a number of folds >= 2")
@@ -580,6 +600,8 @@ def load_dataset(
     else:
         texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding)
         source = f"data file '{data}'"
+    if label_pattern is not None:
+        texts, raw = relabel(texts, raw, label_pattern, f"{source}, column '{label_col}'", log)
     declared = getattr(raw, "attrs", {}).get("label_names")
     if labels is None and declared is not None:  # ClassLabel order, for the labels present
         present = set(map(str, raw))
@@ -593,8 +615,15 @@ def load_dataset(
     ids = encode_labels(raw, names, source)
     file_name = str(data) if data is not None else DEFAULT_DATASET_NAME
     rows = _rows(raw)
-    files = [file_name] * len(texts)
     by_name = np.asarray(names, dtype=object)[ids].astype(str)  # ids depend on --labels order
+    if max_texts is not None and len(texts) > max_texts:
+        kept = stratified_subset(np.arange(len(texts)), by_name, max_texts, split_seed,
+                                 option="--max-texts")
+        texts, ids, rows, by_name = [texts[i] for i in kept], ids[kept], rows[kept], by_name[kept]
+        if log:
+            log(f"--max-texts {max_texts}: a stratified subset of {len(kept)} of the {len(raw)} "
+                f"rows of {source}")
+    files = [file_name] * len(texts)
     if folds > 1:
         splits = None
         fold_list = cross_folds(by_name, folds, split_seed, validation_size, source)
@@ -603,6 +632,9 @@ def load_dataset(
     else:
         test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log,
                                              encoding)
+        if label_pattern is not None:
+            test_texts, test_raw = relabel(test_texts, test_raw, label_pattern,
+                                           f"test file '{test_data}', column '{label_col}'", log)
         test_ids = encode_labels(test_raw, names, f"test file '{test_data}'")
         splits = split_indices(by_name, split_seed, validation_size, 0.0, source)
         splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))
@@ -618,7 +650,8 @@ def load_dataset(
                    rows=rows, files=files)
 
 
-def stratified_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+def stratified_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int,
+                      option: str = "--max-train-texts") -> np.ndarray:
     """At most ``size`` of ``rows``, sorted, with the label proportions of ``rows``
     (``labels`` the label names of all items), drawn with ``seed``."""
     from sklearn.model_selection import train_test_split
@@ -629,9 +662,38 @@ def stratified_subset(rows: np.ndarray, labels: np.ndarray, size: int, seed: int
         kept, _ = train_test_split(rows, train_size=size, random_state=seed,
                                    stratify=labels[rows])
     except ValueError as exc:
-        raise PoolkitError(f"--max-train-texts {size}: too few for a stratified subset of "
+        raise PoolkitError(f"{option} {size}: too few for a stratified subset of "
                            f"{len(np.unique(labels[rows]))} labels: {exc}") from None
     return np.sort(kept)
+
+
+def relabel(texts: list, raw, pattern: str, source: str, log=None) -> tuple:
+    """``(texts, raw)`` with each label replaced by what ``pattern`` finds in it (its
+    first group, or the whole match), the rows it finds nothing in left out."""
+    import pandas as pd
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise PoolkitError(f"--label-pattern {pattern!r} is not a regular expression: "
+                           f"{exc}") from None
+    if not hasattr(raw, "index"):  # the default data's labels: a list
+        raw = pd.Series(list(raw), dtype=object)
+    kept, labels = [], []
+    for position, value in enumerate(raw.tolist()):
+        found = compiled.search(str(value))
+        label = (found.group(1) if compiled.groups else found.group(0)) if found else None
+        if label:
+            kept.append(position)
+            labels.append(label)
+    if not kept:
+        raise PoolkitError(f"{source}: --label-pattern {pattern!r} matches no label "
+                           f"(e.g. {str(raw.iloc[0])!r})")
+    if len(kept) < len(raw) and log:
+        log(f"note: {source}: --label-pattern {pattern!r} left out {len(raw) - len(kept)} of "
+            f"{len(raw)} rows whose label it does not match")
+    relabelled = pd.Series(labels, index=raw.index[kept], dtype=object)
+    return [texts[i] for i in kept], relabelled
 
 
 def _rows(raw) -> np.ndarray:

@@ -156,6 +156,7 @@ def load_data(config: RunConfig, log=_silent):
                            validation_size=config.validation_size if protocol.validation else 0.0,
                            test_size=config.test_size, empty_texts=config.empty_texts,
                            encoding=config.encoding, max_train_texts=config.max_train_texts,
+                           label_pattern=config.label_pattern, max_texts=config.max_texts,
                            folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     first = dataset.folds[0]
@@ -409,7 +410,8 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
     settings = {
         "data": str(config.data) if config.data is not None else DEFAULT_DATASET_NAME,
         "test_data": str(config.test_data) if config.test_data is not None else None,
-        "text_col": config.text_col, "label_col": config.label_col, "model": encoder.name,
+        "text_col": config.text_col, "label_col": config.label_col,
+        **_given(config, "label_pattern", "max_texts"), "model": encoder.name,
         "max_length": encoder.max_length, "poolers": list(poolers.selected), "seeds": seeds,
         "layers": encoded.layers, "num_layers": encoder.num_layers,
         "split_seed": config.split_seed,
@@ -494,6 +496,7 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
         "num_layers": encoder.num_layers,
         "data_sha256": data_files,
         "text_col": config.text_col, "label_col": config.label_col,
+        **_given(config, "label_pattern", "max_texts"),
         "labels": dataset.label_names,
         "split_seed": config.split_seed,
         "protocol": config.plan()[0].name, "folds": len(dataset.folds),
@@ -513,6 +516,12 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
                      **{p: version(p) for p in ("torch", "transformers", "tokenizers",
                                                  "scikit-learn", "scipy", "numpy", "pandas")}},
     }
+
+
+def _given(config: RunConfig, *names) -> dict:
+    """The options ``names`` that were given (not ``None``): settings and recipe name
+    them only then, so a run without them writes the files it wrote before they existed."""
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
 def _report_failure(log, feature_set, reason: str) -> None:

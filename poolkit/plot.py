@@ -64,19 +64,7 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
                            "(failed rows are skipped)")
 
     contents = {f"{stem}.{fmt}": _saver(figure, fmt) for stem, figure in figures for fmt in formats}
-    run = RunDirectory(run_dir)
-    if out_dir is None and run.files() is not None:
-        # Into the run directory, recorded as its files: the next run removes them as stale.
-        run.write({f"plots/{name}": save for name, save in contents.items()}, replace=False)
-        return [run_dir / "plots" / name for name in contents]
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, save in contents.items():
-            write_atomic(out_dir / name, save)
-    except OSError as exc:
-        raise PoolkitError(f"cannot write plots to '{out_dir}': {exc.strerror or exc}") from None
-    return [out_dir / name for name in contents]
+    return _write_charts(run_dir, contents, out_dir)
 
 
 def read_summary(run_dir):
@@ -480,3 +468,150 @@ def _short_name(name: str) -> str:
     if name.startswith(("/", ".", "~")) or os.sep != "/" and os.sep in name or Path(name).exists():
         return Path(name).name or name
     return name
+
+
+def plot_suite(suite_dir, formats=("png", "svg"), out_dir=None) -> list[Path]:
+    """Write a suite directory's charts and return the paths written: ``cd.<fmt>``, the
+    critical-difference diagram of the feature sets' mean ranks, and ``forest.<fmt>``,
+    each chosen pair's per-task differences with their intervals and the pooled one
+    (see :func:`poolkit.across.chosen_pairs`). Files go to ``out_dir``, default
+    ``SUITE_DIR/plots``."""
+    from .suite import read_verdict
+
+    formats = _check_formats(formats)
+    suite_dir = Path(suite_dir)
+    verdict = read_verdict(suite_dir)
+    if len(verdict.ranks) < 2:
+        raise PoolkitError(f"nothing to plot in '{suite_dir}': fewer than two feature sets "
+                           "finished on every task")
+    figures = [("cd", critical_difference_diagram(verdict)), ("forest", forest_plot(verdict))]
+    contents = {f"{stem}.{fmt}": _saver(figure, fmt) for stem, figure in figures for fmt in formats}
+    return _write_charts(suite_dir, contents, out_dir)
+
+
+def _write_charts(run_dir: Path, contents: dict, out_dir) -> list[Path]:
+    """``contents`` into ``out_dir``, or into ``run_dir/plots`` recorded as the run
+    directory's own files (the next run removes them as stale)."""
+    run = RunDirectory(run_dir)
+    if out_dir is None and run.files() is not None:
+        run.write({f"plots/{name}": save for name, save in contents.items()}, replace=False)
+        return [run_dir / "plots" / name for name in contents]
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, save in contents.items():
+            write_atomic(out_dir / name, save)
+    except OSError as exc:
+        raise PoolkitError(f"cannot write plots to '{out_dir}': {exc.strerror or exc}") from None
+    return [out_dir / name for name in contents]
+
+
+def critical_difference_diagram(verdict):
+    """A ``Figure``: Demšar's critical-difference diagram. Each feature set sits at its
+    mean rank over the tasks (1 = best, on the left); a thick bar joins sets whose mean
+    ranks differ by less than Nemenyi's critical difference (drawn above the axis):
+    those are not significantly different."""
+    from matplotlib.figure import Figure
+
+    from .across import format_p
+
+    ranks = verdict.ranks
+    names, means = list(ranks["set"]), ranks["mean_rank"].to_numpy(float)
+    k, cd = len(names), verdict.friedman.get("cd", math.nan)
+    half = (k + 1) // 2
+    fig = Figure(figsize=(8.0, 2.2 + 0.28 * half), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlim(0.5, k + 0.5)
+    rows = half + 1
+    ax.set_ylim(rows + 0.6, -1.6)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="black", linewidth=1.0)
+    for tick in range(1, k + 1):
+        ax.vlines(tick, -0.15, 0, color="black", linewidth=1.0)
+        ax.text(tick, -0.3, str(tick), ha="center", va="bottom", fontsize=9)
+    if math.isfinite(cd):
+        ax.hlines(-1.1, 1, 1 + cd, color="black", linewidth=1.5, gid="cd")
+        ax.vlines([1, 1 + cd], -1.2, -1.0, color="black", linewidth=1.0)
+        ax.text(1 + cd / 2, -1.25, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
+    for i, (name, mean) in enumerate(zip(names, means)):
+        left = i < half
+        depth = (i if left else k - 1 - i) + 1
+        edge = 0.6 if left else k + 0.4
+        ax.plot([mean, mean, edge], [0, depth, depth], color="#333333", linewidth=0.9)
+        ax.text(edge + (-0.05 if left else 0.05), depth,
+                f"{name} ({mean:.2f})", ha="right" if left else "left", va="center",
+                fontsize=9)
+    cliques = []
+    if math.isfinite(cd):
+        for i in range(k):
+            j = max(j for j in range(i, k) if means[j] - means[i] < cd)
+            if j > i and not any(a <= i and j <= b for a, b in cliques):
+                cliques.append((i, j))
+    for level, (i, j) in enumerate(cliques):
+        y = 0.35 + 0.22 * level
+        ax.hlines(y, means[i] - 0.03, means[j] + 0.03, color="#d62728", linewidth=3.0,
+                  gid="clique")
+    tasks = verdict.friedman.get("tasks")
+    ax.set_title(textwrap.fill(
+        f"Mean rank of {verdict.metric} over {tasks} tasks (1 = best); bars join sets not "
+        f"significantly different (Nemenyi, alpha {verdict.friedman.get('alpha')}; Friedman "
+        f"p = {format_p(verdict.friedman.get('p'))})", 100), fontsize=9)
+    return fig
+
+
+def forest_plot(verdict):
+    """A ``Figure``: for each pair :func:`~poolkit.across.chosen_pairs` picks, its
+    difference a − b on every task (dot, the task's 95% paired-bootstrap interval) and
+    the pooled random-effects difference (diamond, its Hartung–Knapp 95% interval)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Polygon
+
+    from .across import chosen_pairs, format_p
+
+    metric = verdict.metric
+    scale = 1.0 if metric == "log_loss" else 100.0
+    per_task = verdict.task_pairs
+    chosen = chosen_pairs(verdict)
+    labels, y = [], 0
+    height = sum(len(verdict.tasks) + 2 for _ in chosen)
+    fig = Figure(figsize=(8.0, 1.2 + 0.22 * height), layout="constrained")
+    ax = fig.add_subplot()
+    ticks = []
+    for prefix, row in chosen:
+        labels.append((y, f"{prefix}{row.a} − {row.b}", True))
+        ticks.append(y)
+        y += 1
+        rows = per_task[(per_task["a"] == row.a) & (per_task["b"] == row.b)]
+        for task in rows.itertuples(index=False):
+            task = task._asdict()
+            diff = scale * task[f"{metric}_diff"]
+            ax.hlines(y, scale * task[f"{metric}_low"], scale * task[f"{metric}_high"],
+                      color="#4d4d4d", linewidth=1.2, gid="task-interval")
+            ax.scatter([diff], [y], s=18, color="#4d4d4d", zorder=3)
+            labels.append((y, f"    {task['task']}", False))
+            ticks.append(y)
+            y += 1
+        pooled = getattr(row, f"{metric}_diff") * scale
+        low, high = getattr(row, f"{metric}_low") * scale, getattr(row, f"{metric}_high") * scale
+        color = BEST_GROUP_COLOR if row.significant else OTHER_GROUP_COLOR
+        ax.add_patch(Polygon([(low, y), (pooled, y - 0.35), (high, y), (pooled, y + 0.35)],
+                             closed=True, color=color, gid="pooled"))
+        labels.append((y, f"    pooled (Holm p {format_p(getattr(row, f'{metric}_p_holm'))}, "
+                          f"I² {100 * row.i2:.0f}%)", False))
+        ticks.append(y)
+        y += 1
+    ax.axvline(0, color="#9a9a9a", linewidth=1.0, linestyle="--")
+    ax.set_yticks([t for t, _, _ in labels], [text for _, text, _ in labels], fontsize=8)
+    for tick, (_, _, header) in zip(ax.get_yticklabels(), labels):
+        tick.set_fontweight("bold" if header else "normal")
+    ax.set_ylim(y - 0.5, -0.5)
+    ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    unit = "" if metric == "log_loss" else " (points)"
+    better = "higher" if METRICS[metric].higher_is_better else "lower"
+    ax.set_xlabel(textwrap.fill(
+        f"difference in {metric}{unit}, a − b ({better} is better for a): dots per task with "
+        "95% intervals; diamonds pooled over tasks (random effects, Hartung–Knapp 95%), blue "
+        "where significant after Holm", 110), fontsize=8)
+    return fig
+

@@ -48,9 +48,10 @@ class RunDirectory:
             return None
         return files
 
-    def claim(self, names=()) -> None:
-        """Create the run directory, or check that the existing folder is one, and
-        that poolkit may write ``names`` there; fail with one line before any work."""
+    def claim(self, names=(), subfolders=("heads",)) -> None:
+        """Create the run directory (with ``subfolders``), or check that the existing
+        folder is one, and that poolkit may write ``names`` there; fail with one line
+        before any work."""
         try:
             if self.path.exists() and not self.path.is_dir():
                 raise PoolkitError(f"--out '{self.path}' is a file, not a folder; "
@@ -63,7 +64,9 @@ class RunDirectory:
                         f"--out '{self.path}' is a folder poolkit did not create (it holds "
                         f"{shown}); poolkit writes only into new, empty or its own run "
                         "folders: choose another --out")
-            (self.path / "heads").mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            for folder in subfolders:
+                (self.path / folder).mkdir(exist_ok=True)
             if self.files() is None:
                 write_atomic(self.path / MARKER, _marker({}))
         except OSError as exc:

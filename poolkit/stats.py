@@ -24,9 +24,10 @@ ALPHA = 0.05
 
 def pair_columns(metrics=METRICS) -> tuple:
     """Columns of a pairs frame, in order: per metric the two values, their
-    difference with its interval, and the raw and Holm-corrected p-values."""
+    difference with its interval and bootstrap standard error, and the raw and
+    Holm-corrected p-values."""
     per_metric = [f"{m}_{part}" for m in metrics
-                  for part in ("a", "b", "diff", "low", "high", "p", "p_holm")]
+                  for part in ("a", "b", "diff", "low", "high", "se", "p", "p_holm")]
     return ("a", "b", *per_metric, "mcnemar_b", "mcnemar_c", "p_mcnemar", "p_mcnemar_holm",
             "significant")
 
@@ -186,9 +187,9 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
         diff = a_values - b_values
         d = means[:, ia, m_index] - means[:, ib, m_index]  # (B, pairs)
         low, high = _quantiles(d, alpha)
-        p = _p_values(d, diff)
+        p, se = _p_values(d, diff)
         columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
-                        f"{m}_low": low, f"{m}_high": high, f"{m}_p": p,
+                        f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
                         f"{m}_p_holm": holm(p)})
     b, c, p_mcnemar = _mcnemar(np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y
                                                 for n in names]), ia, ib)
@@ -302,8 +303,9 @@ def _quantiles(samples: np.ndarray, alpha: float) -> tuple:
     return low, high
 
 
-def _p_values(d: np.ndarray, diff: np.ndarray) -> np.ndarray:
-    """Two-sided p of each observed difference from its bootstrap standard error.
+def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
+    """``(p, se)``: two-sided p of each observed difference from its bootstrap
+    standard error ``se``.
 
     Normal approximation with the bootstrap standard error: unlike counting
     resamples, it can go below 1/(B + 1), which a Holm correction over many pairs
@@ -319,7 +321,7 @@ def _p_values(d: np.ndarray, diff: np.ndarray) -> np.ndarray:
         observed = np.abs(diff)
         z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
         p = np.minimum(1.0, 2 * stats.norm.sf(z))
-    return np.where(np.isnan(diff) | np.isnan(se), np.nan, p)
+    return np.where(np.isnan(diff) | np.isnan(se), np.nan, p), se
 
 
 def _mcnemar(ensemble, ia, ib):
