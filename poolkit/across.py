@@ -320,10 +320,13 @@ def _sentence(row, metric: str, alpha: float) -> str:
     numbers = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
                f"{points(metric, high).replace(' points', '')}], Holm p = "
                f"{format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%")
+    ranks = (f"mean ranks {row['rank_a']:.2f} vs {row['rank_b']:.2f}, Nemenyi p = "
+             f"{format_p(row['nemenyi_p'])}"
+             + (" (apart by more than the CD)" if row["nemenyi_significant"] else ""))
     if row["significant"]:
-        return f"{winner} beats {loser} on {wins} of {row['tasks']} tasks: {numbers}"
-    return (f"{row['a']} vs {row['b']}: not established ({winner} better on {wins} of "
-            f"{row['tasks']} tasks; {numbers})")
+        return f"{winner} beats {loser} on {wins} of {row['tasks']} tasks: {numbers}; {ranks}"
+    return (f"{row['a']} vs {row['b']} not established: {winner} better on {wins} of "
+            f"{row['tasks']} tasks, {numbers}; {ranks}")
 
 
 def format_p(p: float) -> str:

@@ -117,11 +117,11 @@ def run_config(config, log=None):
 
 def suite(suite=None, *, out=None, log=None, **options):
     """Run a suite of tasks and the verdict across them; return a
-    :class:`~poolkit.suite.SuiteResult`.
+    :class:`~poolkit.suites.SuiteResult`.
 
     ``suite`` is a suite file (TOML; ``None``: the embedded default suite) or a
-    :class:`~poolkit.suite.Suite`. ``options`` are the suite-wide options
-    (:data:`~poolkit.suite.SUITE_OPTIONS`: ``model``, ``poolers``, ``seeds``,
+    :class:`~poolkit.suites.Suite`. ``options`` are the suite-wide options
+    (:data:`~poolkit.suites.SUITE_OPTIONS`: ``model``, ``poolers``, ``seeds``,
     ``folds``, ``protocol``, ``finetune``, ``metric``, ``baseline``, cache
     options, ...), over the file's ``[defaults]``. Each task's run directory is
     ``out/<task>``; the verdict's files (suite.csv, ranks.csv, across_pairs.csv,
@@ -129,7 +129,7 @@ def suite(suite=None, *, out=None, log=None, **options):
     ``poolkit-runs/suite-<name>-<hash>``). A task that fails is in ``missing``
     with its reason, and the verdict covers the others.
     """
-    from .suite import Suite, read_suite, run_suite
+    from .suites import Suite, read_suite, run_suite
 
     chosen = suite if isinstance(suite, Suite) else read_suite(suite)
     return run_suite(chosen, options, out=out, log=log)

@@ -159,7 +159,7 @@ def cli(debug):
 @click.option("--label-pattern",
               help="Derive each label from its cell with this regular expression (its first "
                    "group, else the whole match); rows it does not match are left out. E.g. "
-                   "'^(Con|Lab)$' keeps two labels, '^(\w+)-' takes a prefix.")
+                   "'^(Con|Lab)$' keeps two labels, '^([a-z]+)-' takes a prefix.")
 @click.option("--save-models", is_flag=True,
               help="Keep each fine-tuned model's weights (RUN_DIR/models/*.safetensors).")
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",

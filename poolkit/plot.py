@@ -476,7 +476,7 @@ def plot_suite(suite_dir, formats=("png", "svg"), out_dir=None) -> list[Path]:
     each chosen pair's per-task differences with their intervals and the pooled one
     (see :func:`poolkit.across.chosen_pairs`). Files go to ``out_dir``, default
     ``SUITE_DIR/plots``."""
-    from .suite import read_verdict
+    from .suites import read_verdict
 
     formats = _check_formats(formats)
     suite_dir = Path(suite_dir)

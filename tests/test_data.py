@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_rows
 from poolkit import PoolkitError
-from poolkit.data import load_dataset
+from poolkit.data import load_dataset, read_table
 
 TRICKY_TEXTS = ['a "quoted" film, with commas', "tab\tinside", "line\nbreak", "ünïcode é"]
 
@@ -295,3 +295,65 @@ def test_orange_tab_files_lose_their_types_and_flags_rows(tmp_path):
     (tmp_path / "plain.tab").write_text("text\tlabel\nstring\tpos\nmeta\tneg\n")
     texts, labels = read_examples(tmp_path / "plain.tab", "text", "label")
     assert list(texts) == ["string", "meta"] and list(labels) == ["pos", "neg"]
+
+
+def test_label_pattern_derives_labels_and_leaves_out_rows_it_does_not_match(tmp_path):
+    path = tmp_path / "tweets.csv"
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h", "i j", "k l"],
+                  "source": ["bbc-101", "cnn-7", "bbc-9", "plain", "cnn-33", "bbc-5"]}
+                 ).to_csv(path, index=False)
+    said = []
+    dataset = load_dataset(path, label_col="source", label_pattern=r"^(\w+)-\d+$",
+                           validation_size=0.0, test_size=0.34, log=said.append)
+    assert dataset.label_names == ["bbc", "cnn"]
+    assert len(dataset.texts) == 5 and "g h" not in dataset.texts
+    # the rows keep their file row numbers (for errors and predictions)
+    assert dataset.rows.tolist() == [1, 2, 3, 5, 6]
+    assert any("left out 1 of 6 rows" in line and "source" in line for line in said)
+    whole = load_dataset(path, label_col="source", label_pattern=r"^(bbc|cnn)",
+                         validation_size=0.0, test_size=0.34)
+    assert whole.label_names == ["bbc", "cnn"]
+
+
+def test_label_pattern_errors_name_the_pattern(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}).to_csv(path, index=False)
+    with pytest.raises(PoolkitError, match=r"--label-pattern '\^z\$' matches no label"):
+        load_dataset(path, label_pattern="^z$")
+    with pytest.raises(PoolkitError, match="is not a regular expression"):
+        load_dataset(path, label_pattern="(")
+    from poolkit.config import RunConfig
+
+    with pytest.raises(PoolkitError, match="--label-pattern '\\[' is not a regular expression"):
+        RunConfig(label_pattern="[").validate()
+
+
+def test_max_texts_keeps_a_stratified_seeded_subset_before_any_split(tmp_path):
+    path = tmp_path / "d.csv"
+    labels = ["a"] * 300 + ["b"] * 100
+    pd.DataFrame({"text": [f"text {i}" for i in range(400)], "label": labels}).to_csv(
+        path, index=False)
+    one = load_dataset(path, max_texts=80, folds=4)
+    assert len(one.texts) == 80 and np.bincount(one.labels).tolist() == [60, 20]
+    assert sorted(np.concatenate([f["test"] for f in one.folds]).tolist()) == list(range(80))
+    assert load_dataset(path, max_texts=80, folds=4).texts == one.texts  # seeded
+    assert load_dataset(path, max_texts=80, folds=4, split_seed=1).texts != one.texts
+    assert len(load_dataset(path, max_texts=1000, folds=4).texts) == 400
+    from poolkit.config import RunConfig
+
+    with pytest.raises(PoolkitError, match="--max-texts 1: give an integer >= 2"):
+        RunConfig(max_texts=1).validate()
+
+
+def test_a_zip_holding_one_csv_reads_as_that_csv(tmp_path):
+    import zipfile
+
+    frame = pd.DataFrame({"text": ["good film", "bad film"], "label": ["pos", "neg"]})
+    with zipfile.ZipFile(tmp_path / "corpus.zip", "w") as archive:
+        archive.writestr("inner.csv", frame.to_csv(index=False))
+    assert read_table(tmp_path / "corpus.zip").equals(frame)
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        archive.writestr("a.csv", "x")
+        archive.writestr("b.csv", "y")
+    with pytest.raises(PoolkitError, match="unknown format"):
+        read_table(tmp_path / "two.zip")

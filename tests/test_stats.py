@@ -184,6 +184,7 @@ def test_bootstrap_matches_a_loop_over_resampled_items():
         assert (row.accuracy_low, row.accuracy_high) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
         p = 2 * scipy.stats.norm.sf(abs(observed) / d.std(ddof=1))
         assert row.accuracy_p == pytest.approx(p)
+        assert row.accuracy_se == pytest.approx(d.std(ddof=1))  # what a suite pools by
     np.testing.assert_allclose(frame["accuracy_p_holm"], holm(frame["accuracy_p"]))
     np.testing.assert_allclose(frame["p_mcnemar_holm"], holm(frame["p_mcnemar"]))
 

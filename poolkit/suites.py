@@ -26,7 +26,7 @@ SUITE_OPTIONS = ("model", "poolers", "layers", "seeds", "folds", "protocol", "fi
 #: What a task table may hold besides its options: where its data is, and what it is.
 TASK_FIELDS = ("name", "package", "about")
 #: The embedded default suite's file, inside the installed package.
-DEFAULT_SUITE = Path(__file__).parent / "suites" / "default.toml"
+DEFAULT_SUITE = Path(__file__).parent / "default_suite.toml"
 #: Files the verdict writes into the suite directory.
 SUITE_FILES = ("suite.csv", "ranks.csv", "across_pairs.csv", "task_pairs.csv", "suite.json")
 

