@@ -21,6 +21,13 @@ assembled, and :func:`poolkit.stats.compare` with Holm's correction.
 Each rate comes with its exact (Clopper-Pearson) 95% binomial interval.
 
     python benchmarks/calibration.py [--datasets 400] [--null-noise 0.01] [--planted-noise 0.7]
+
+``--across`` calibrates the cross-task verdict of ``poolkit suite`` instead
+(:func:`simulate_across`): simulated suites of ``--tasks`` tasks, each task's
+paired tests by :func:`poolkit.stats.compare`, the verdict by
+:func:`poolkit.across.verdict` exactly as a suite computes it.
+
+    python benchmarks/calibration.py --across [--suites 1000] [--tasks 4] [--items 500]
 """
 
 import argparse
@@ -39,21 +46,26 @@ def noisy(x: np.ndarray, scale: float, seed) -> np.ndarray:
     return x + noise * (scale * x.std(axis=0, keepdims=True))
 
 
-def cross_fitted(sets: dict, labels: np.ndarray, folds: int, seed: int, head=None) -> dict:
+def cross_fitted(sets: dict, labels: np.ndarray, folds: int, seed: int, head=None) -> tuple:
     """Out-of-fold probabilities ``{name: (1, n, C)}`` of poolkit's linear heads
     (one seed; ``head`` a :class:`~poolkit.heads.HeadConfig`, default poolkit's) on
-    ``sets`` ``{name: (n, D)}``, as ``poolkit run --folds`` makes them."""
+    ``sets`` ``{name: (n, D)}``, as ``poolkit run --folds`` makes them, and what
+    :func:`poolkit.stats.compare` needs to know of the folds (as a run passes it)."""
     from poolkit.data import cross_folds
     from poolkit.heads import HeadConfig, HeadTask
     from poolkit.linear_heads import train_heads
 
     num_labels = int(labels.max()) + 1
     out = {name: np.empty((1, len(labels), num_labels)) for name in sets}
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    ratios = []
     for fold, splits in enumerate(cross_folds(labels, folds, seed, 0.1, "simulated data")):
         task = HeadTask(labels, splits, num_labels, head or HeadConfig(), fold=fold, folds=folds)
         for trained in train_heads(sets, task, [0]):
             out[trained.feature_set][0, splits["test"]] = trained.probabilities
-    return out
+        fold_of[splits["test"]] = fold
+        ratios.append(len(splits["test"]) / len(splits["train"]))
+    return out, {"folds": fold_of, "test_train_ratio": float(np.mean(ratios))}
 
 
 def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, folds: int,
@@ -79,11 +91,11 @@ def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, fo
         sets = {"base": xd, "planted": noisy(xd, planted_noise, seed=[seed, d, 0])}
         for c in range(1, copies + 1):  # exchangeable: none is truly better
             sets[f"copy{c}"] = noisy(xd, null_noise, seed=[seed, d, c])
-        probs = cross_fitted(sets, yd, folds, seed=d, head=head)
+        probs, fitted = cross_fitted(sets, yd, folds, seed=d, head=head)
         nulls = compare({k: v for k, v in probs.items() if k.startswith("copy")}, yd,
-                        n_boot=n_boot, seed=d).pairs
+                        n_boot=n_boot, seed=d, **fitted).pairs
         power = compare({"base": probs["base"], "planted": probs["planted"]}, yd,
-                        n_boot=n_boot, seed=d).pairs
+                        n_boot=n_boot, seed=d, **fitted).pairs
         for m in METRICS:
             null[m] += bool((nulls[f"{m}_p_holm"] < alpha).any())
             planted[m] += bool((power[f"{m}_p_holm"] < alpha).any())
@@ -93,6 +105,93 @@ def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, fo
         gaps.append(row["accuracy_diff"] if row["a"] == "base" else -row["accuracy_diff"])
     return {"null": null, "planted": planted, "datasets": datasets,
             "planted_gap": float(np.mean(gaps)), "pairs": copies * (copies - 1) // 2}
+
+
+def simulated_task(rng, items: int, noise: dict, signal: float = 1.0) -> tuple:
+    """``(probabilities {name: (1, n, 2)}, labels (n,))`` of one simulated binary task:
+    every name scores the same latent item score plus its own Gaussian noise of
+    ``noise[name]`` (equal noise: exchangeable, none truly better on the task)."""
+    y = rng.integers(0, 2, size=items)
+    latent = (2 * y - 1) * signal + rng.standard_normal(items)
+    probs = {}
+    for name, scale in noise.items():
+        logit = latent + scale * rng.standard_normal(items)
+        p1 = 1 / (1 + np.exp(-logit))
+        probs[name] = np.stack([1 - p1, p1], axis=1)[None]
+    return probs, y
+
+
+#: The cross-task scenarios: per task t, each name's noise (see :func:`simulated_task`).
+ACROSS_SCENARIOS = {
+    # three exchangeable names on every task: no pair differs, nor do their ranks
+    "null: exchangeable": lambda t, gap: {"a": 1.0, "b": 1.0, "c": 1.0},
+    # a real gap on every task, drawn for each task around zero, so a's way on some
+    # tasks and b's on others: no difference on average over tasks (the pooled null,
+    # a random-effects mean of 0), with heterogeneity between them
+    "null: random gaps": "random",
+    # a better than b and c (exchangeable) on every task
+    "planted: consistent gap": lambda t, gap: {"a": 1.0 - gap, "b": 1.0, "c": 1.0},
+}
+
+
+def simulate_across(*, suites: int, tasks: int, items: int, gap: float, n_boot: int,
+                    seed: int = 0, alpha: float = 0.05) -> dict:
+    """Per scenario of :data:`ACROSS_SCENARIOS`, how many of ``suites`` simulated suites
+    each cross-task test rejected: the pooled effect (any pair after Holm; Hartung–Knapp,
+    and the plain DerSimonian–Laird z-test for contrast), Nemenyi (any pair) and Friedman;
+    under the planted scenario, a vs b alone. Also the mean accuracy gap planted."""
+    import pandas as pd
+
+    from poolkit.across import random_effects, verdict
+    from poolkit.metrics import METRICS
+    from poolkit.stats import compare, holm
+
+    accuracy = {"accuracy": METRICS["accuracy"]}
+    found = {}
+    for scenario, noise_of in ACROSS_SCENARIOS.items():
+        counts = dict.fromkeys(("pooled (Hartung-Knapp)", "pooled (DerSimonian-Laird z)",
+                                "Nemenyi", "Friedman"), 0)
+        gaps = []
+        for s in range(suites):
+            rng = np.random.default_rng([seed, zlib_key(scenario), s])
+            runs = {}
+            for t in range(tasks):
+                if noise_of == "random":
+                    drawn = rng.normal(0, gap)
+                    noise = {"a": 1.0 - max(drawn, 0.0), "b": 1.0 - max(-drawn, 0.0)}
+                else:
+                    noise = noise_of(t, gap)
+                probs, y = simulated_task(rng, items, noise)
+                pairs = compare(probs, y, n_boot=n_boot, seed=s * tasks + t,
+                                metrics=accuracy).pairs
+                values = {n: float(np.mean(p[0].argmax(axis=1) == y)) for n, p in probs.items()}
+                summary = pd.DataFrame({"pooler": list(values), "layer": "6", "encoder": "frozen",
+                                        "accuracy_mean": list(values.values()), "status": "ok"})
+                runs[f"t{t}"] = (summary, pairs.assign(a=pairs["a"] + "@6", b=pairs["b"] + "@6"))
+                gaps.append(values["a"] - values["b"])
+            result = verdict(runs, alpha=alpha)
+            pairs = result.pairs
+            if scenario.startswith("planted"):  # power: a vs b
+                pairs = pairs[pairs["a"].isin(["a@6", "b@6"]) & pairs["b"].isin(["a@6", "b@6"])]
+            per_pair = result.task_pairs
+            z_p = [random_effects(group["accuracy_diff"], group["accuracy_se"], alpha,
+                                  hartung_knapp=False)["p"]
+                   for _, group in per_pair.groupby(["a", "b"], sort=False)]
+            z_holm = dict(zip(result.pairs[["a", "b"]].itertuples(index=False, name=None),
+                              holm(z_p)))
+            counts["pooled (Hartung-Knapp)"] += bool(pairs["significant"].any())
+            counts["pooled (DerSimonian-Laird z)"] += any(
+                z_holm[a, b] < alpha for a, b in zip(pairs["a"], pairs["b"]))
+            counts["Nemenyi"] += bool(pairs["nemenyi_significant"].any())
+            counts["Friedman"] += bool(result.friedman["p"] < alpha)
+        found[scenario] = {"counts": counts, "gap": float(np.mean(gaps))}
+    return {"suites": suites, "tasks": tasks, "items": items, "scenarios": found}
+
+
+def zlib_key(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())
 
 
 def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple:
@@ -131,9 +230,19 @@ def main():
     parser.add_argument("--planted-noise", type=float, default=0.7)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--pooler", default="mean")
+    parser.add_argument("--across", action="store_true",
+                        help="calibrate the cross-task verdict of poolkit suite instead")
+    parser.add_argument("--suites", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--gap", type=float, default=0.25,
+                        help="noise taken off the better name (cross-task; the null's random "
+                             "gaps have this sd)")
     args = parser.parse_args()
 
     import pandas as pd
+
+    if args.across:
+        return across_main(args)
 
     x, labels = default_features(args.pooler)
     began = time.perf_counter()
@@ -161,6 +270,42 @@ def main():
         "pair is significant (family-wise)",
         f"planted: the features against a copy with {args.planted_noise} x std noise; mean "
         f"accuracy gap {found['planted_gap']:.4f}",
+        f"simulation took {seconds:.0f} s",
+    ])
+
+
+def across_main(args) -> None:
+    import pandas as pd
+
+    from common import save
+
+    items = 500 if args.items == 2000 else args.items  # --items' per-task default
+    n_boot = min(args.n_boot, 1000)
+    began = time.perf_counter()
+    found = simulate_across(suites=args.suites, tasks=args.tasks, items=items, gap=args.gap,
+                            n_boot=n_boot)
+    seconds = time.perf_counter() - began
+    n = found["suites"]
+    rows = []
+    for scenario, result in found["scenarios"].items():
+        for test, k in result["counts"].items():
+            low, high = binomial_interval(k, n)
+            rows.append({"scenario": scenario, "test": test, "suites rejecting": f"{k}/{n}",
+                         "rate [95% CI]": f"{k / n:.3f} [{low:.3f}, {high:.3f}]",
+                         "mean gap a - b": f"{result['gap']:+.4f}"})
+    save(f"calibration-across-{args.tasks}-tasks", pd.DataFrame(rows), [
+        f"{n} simulated suites per scenario, each of {args.tasks} binary tasks of {items} items; "
+        "each name's probabilities are the items' shared latent score plus its own Gaussian "
+        f"noise (sd 1, or 1 - {args.gap} for the better name), so equal noise is exchangeable",
+        f"each task: poolkit.stats.compare (paired bootstrap, B = {n_boot}); the suite: "
+        "poolkit.across.verdict, as poolkit suite computes it; alpha 0.05",
+        "null rows: a suite counts once if any pair (3 pairs, Holm) or Friedman rejects, "
+        "the family-wise rate; 'random gaps' has one pair, a's noise 1 - g and b's 1 on a "
+        f"task where g ~ N(0, {args.gap}) is positive, the other way round where negative: a "
+        "real gap on every task, zero on average over tasks",
+        "planted row: power of a vs b (a less noisy on every task)",
+        "'DerSimonian-Laird z' is the textbook random-effects test (normal, no Hartung-Knapp), "
+        "shown for contrast; poolkit reports the Hartung-Knapp one",
         f"simulation took {seconds:.0f} s",
     ])
 

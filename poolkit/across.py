@@ -13,9 +13,10 @@ stage found (its summary and its paired tests) and pools it:
 - per pair, a **pooled effect**: a random-effects meta-analysis of the per-task paired
   differences, each weighted by its own task's paired-bootstrap variance
   (DerSimonian–Laird τ²; the Hartung–Knapp–Sidik–Jonkman interval, t with k − 1
-  degrees of freedom and its scale floored at 1, which holds alpha with few tasks
-  where the normal interval runs hot), Holm-corrected over the pairs, with the
-  between-task heterogeneity τ² and I².
+  degrees of freedom, which holds alpha with few tasks where the normal interval
+  runs hot: 0.05 where the normal one gave 0.11–0.13, and its variant floored at the
+  fixed-effect scale was conservative at a cost in power, by simulation), Holm-corrected
+  over the pairs, with the between-task heterogeneity τ² and I².
 
 See :data:`METHODS`; ``benchmarks/calibration.py --across`` measures the error rates.
 """
@@ -38,7 +39,7 @@ METHODS = (
     "pair is a random-effects meta-analysis of its per-task paired differences a - b, each "
     "weighted by 1 / (se^2 + tau^2), se its task's paired-bootstrap standard error: tau^2 by "
     "DerSimonian-Laird, the 95% interval and p-value by Hartung-Knapp-Sidik-Jonkman (t with "
-    "k - 1 degrees of freedom, the scale max(1, q)), Holm-corrected over the pairs; I^2 is "
+    "k - 1 degrees of freedom), Holm-corrected over the pairs; I^2 is "
     "the share of the differences' spread that is between tasks rather than within them."
 )
 
@@ -66,13 +67,16 @@ class Verdict:
     left_out: list = field(default_factory=list)
 
 
-def random_effects(diffs, ses, alpha: float = ALPHA) -> dict:
+def random_effects(diffs, ses, alpha: float = ALPHA, hartung_knapp: bool = True) -> dict:
     """Pool per-task differences ``diffs`` with standard errors ``ses`` (both ``(k,)``).
 
     Returns ``estimate``, ``se``, ``low``, ``high``, ``p`` (two-sided), ``tau2``,
     ``i2`` and ``q`` (Cochran's Q). τ² by DerSimonian–Laird; with k ≥ 2 tasks the
-    interval and p are Hartung–Knapp–Sidik–Jonkman's (t, k − 1 df, the scale
-    ``max(1, q_HK)``); one task is its own test (normal, its own se).
+    interval and p are Hartung–Knapp–Sidik–Jonkman's (t, k − 1 df, the variance
+    scaled by ``q_HK``, the weighted spread of the differences); one task is its own
+    test (normal, its own se).
+    ``hartung_knapp=False`` gives the textbook DerSimonian–Laird z-test instead (it
+    runs hot with few tasks: benchmarks/calibration.py --across measures both).
     """
     from scipy import stats
 
@@ -86,11 +90,12 @@ def random_effects(diffs, ses, alpha: float = ALPHA) -> dict:
     tau2 = max(0.0, (q - (k - 1)) / scale) if k > 1 and scale > 0 else 0.0
     ws = 1 / (v + tau2)
     estimate = float(np.sum(ws * d) / np.sum(ws))
-    if k > 1:
+    if k > 1 and hartung_knapp:
         spread = float(np.sum(ws * (d - estimate) ** 2) / (k - 1))
-        se = math.sqrt(max(1.0, spread) / float(np.sum(ws)))
+        se = math.sqrt(spread / float(np.sum(ws)))
         quantile = float(stats.t.ppf(1 - alpha / 2, k - 1))
-        p = float(2 * stats.t.sf(abs(estimate) / se, k - 1)) if se > 0 else float(estimate == 0)
+        p = (float(2 * stats.t.sf(abs(estimate) / se, k - 1)) if se > 0
+             else float(estimate == 0))  # every task the same difference: no spread
     else:
         se = math.sqrt(1 / float(np.sum(ws)))
         quantile = float(stats.norm.ppf(1 - alpha / 2))

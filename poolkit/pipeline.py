@@ -367,8 +367,12 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
                                                              "seed", "dim"])
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
     baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
+    fold_of = np.empty(len(scored), dtype=np.int64)  # the fold that scored each item
+    for fold in folds:
+        fold_of[position[dataset.folds[fold]["test"]]] = fold
+    ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
     comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
-                         baseline=baseline)
+                         baseline=baseline, folds=fold_of, test_train_ratio=ratio)
     summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)

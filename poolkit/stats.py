@@ -116,7 +116,7 @@ class Comparison:
 
 def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
             seed: int = 0, primary: str = PRIMARY, baseline: str | None = None,
-            metrics=None) -> Comparison:
+            metrics=None, folds=None, test_train_ratio: float | None = None) -> Comparison:
     """Every feature set's metrics with intervals, and pairs of them compared on the
     same items, for every metric.
 
@@ -131,6 +131,12 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     corrected p below ``alpha``. Rows: names ranked by the primary metric (best
     first, ties in the order given), ``a`` ranked above ``b`` (with a baseline:
     ``a`` each other name, ``b`` the baseline). See :data:`METHODS`.
+
+    ``folds`` ``(n,)`` (the cross-fitted fold that scored each item) adds what the
+    item bootstrap cannot see, the variance of the heads' own fits: from the
+    spread of each pair's difference between folds beyond what the items explain
+    (:func:`refit_variance`; ``test_train_ratio``: a fold's test items over its
+    training items). Its standard errors, p-values and intervals widen to match.
     """
     import pandas as pd
 
@@ -144,12 +150,15 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     names = list(probabilities)
     y = _labels(y_true)
     probs = _checked(probabilities, y)
-    per_seed = {}  # name -> (S, M): what results.csv holds
-    for name in names:
-        scores = [compute_metrics(y, p) for p in probs[name]]
-        per_seed[name] = np.array([[score.get(m, np.nan) if m in score else
-                                    float(metrics[m].compute(Scored(y, p)))
-                                    for m in metrics] for score, p in zip(scores, probs[name])])
+
+    def scores(items, p) -> list:  # every metric of one seed's predictions on ``items``
+        score = compute_metrics(y[items], p[items])
+        return [score.get(m, np.nan) if m in score else
+                float(metrics[m].compute(Scored(y[items], p[items]))) for m in metrics]
+
+    everything = np.arange(y.size)
+    per_seed = {name: np.array([scores(everything, p) for p in probs[name]])
+                for name in names}  # name -> (S, M): what results.csv holds
     values = {name: dict(zip(metrics, np.nanmean(per_seed[name], axis=0))) for name in names}
     boot = _bootstrap(probs, y, metrics, n_boot, seed)  # name -> (B, S, M)
     intervals = {}
@@ -181,6 +190,13 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
         means = np.stack([np.nanmean(boot[name], axis=1) for name in names], axis=1)  # (B, K, M)
+    fold_ids = np.unique(folds) if folds is not None else np.zeros(1)
+    if fold_ids.size > 1:  # name -> (F, M): each fold's metrics, mean over seeds
+        parts = [np.flatnonzero(np.asarray(folds) == f) for f in fold_ids]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a fold
+            per_fold = {name: np.nanmean([[scores(part, p) for part in parts]
+                                          for p in probs[name]], axis=0) for name in names}
     for m_index, m in enumerate(metrics):
         a_values = np.array([values[names[i]][m] for i in ia])
         b_values = np.array([values[names[i]][m] for i in ib])
@@ -188,6 +204,16 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
         d = means[:, ia, m_index] - means[:, ib, m_index]  # (B, pairs)
         low, high = _quantiles(d, alpha)
         p, se = _p_values(d, diff)
+        if fold_ids.size > 1:
+            by_fold = np.stack([per_fold[names[i]][:, m_index] - per_fold[names[j]][:, m_index]
+                                for i, j in zip(ia, ib)], axis=1)  # (F, pairs)
+            sizes = np.array([part.size for part in parts])
+            widened = np.sqrt(se ** 2 + refit_variance(by_fold, se, sizes, test_train_ratio))
+            with np.errstate(all="ignore"):
+                stretch = np.where(se > 0, widened / se, 1.0)
+            low, high = diff - stretch * (diff - low), diff + stretch * (high - diff)
+            se = widened
+            p = _normal_p(diff, se)
         columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
                         f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
                         f"{m}_p_holm": holm(p)})
@@ -303,6 +329,42 @@ def _quantiles(samples: np.ndarray, alpha: float) -> tuple:
     return low, high
 
 
+def refit_variance(by_fold, se, sizes, test_train_ratio=None) -> np.ndarray:
+    """The variance the heads' fits add to each pair's difference under cross-fitting,
+    which the item bootstrap (heads held fixed) leaves out; ``(pairs,)``.
+
+    ``by_fold`` ``(F, pairs)`` is each fold's difference on its own test items,
+    ``se`` the bootstrap standard error of the whole difference, ``sizes`` the folds'
+    test items. The folds' spread holds the items' variance (``se² · n / n_f`` for a
+    fold of ``n_f`` of the ``n`` items) and the fits'; what the items do not explain
+    (floored at 0) is the fits' variance per fold, which the mean over F folds keeps
+    scaled by ``1 / F + n_test / n_train`` (Nadeau and Bengio's correction: the folds'
+    training sets overlap, so their fits are not independent).
+    """
+    by_fold = np.asarray(by_fold, dtype=float)
+    folds = by_fold.shape[0]
+    sizes = np.asarray(sizes, dtype=float)
+    ratio = test_train_ratio if test_train_ratio is not None else 1 / (folds - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanvar(by_fold, axis=0, ddof=1)
+    items = np.asarray(se, dtype=float) ** 2 * sizes.sum() * np.mean(1 / sizes)
+    fits = np.maximum(np.nan_to_num(spread - items, nan=0.0), 0.0)
+    return (1 / folds + ratio) * fits
+
+
+def _normal_p(diff: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """Two-sided normal p of ``diff`` given its standard error (0 when certain and
+    not 0, 1 when certain and 0)."""
+    from scipy import stats
+
+    with np.errstate(all="ignore"):
+        observed = np.abs(diff)
+        z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
+        p = np.minimum(1.0, 2 * stats.norm.sf(z))
+    return np.where(np.isnan(diff) | np.isnan(se), np.nan, p)
+
+
 def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
     """``(p, se)``: two-sided p of each observed difference from its bootstrap
     standard error ``se``.
@@ -311,17 +373,11 @@ def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
     resamples, it can go below 1/(B + 1), which a Holm correction over many pairs
     needs. A difference that never varies is certain (p 0) unless it is 0 (p 1).
     """
-    from scipy import stats
-
     n_boot = d.shape[0]
-    with np.errstate(all="ignore"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            se = np.nanstd(d, axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
-        observed = np.abs(diff)
-        z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
-        p = np.minimum(1.0, 2 * stats.norm.sf(z))
-    return np.where(np.isnan(diff) | np.isnan(se), np.nan, p), se
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        se = np.nanstd(d, axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
+    return _normal_p(diff, se), se
 
 
 def _mcnemar(ensemble, ia, ib):

@@ -37,13 +37,17 @@ def test_nemenyi_critical_difference_matches_demsars_table(k, q):
 
 
 def test_random_effects_two_tasks_worked_by_hand():
-    # w = [1, 1]; fixed 0.5; Q = 0.5 < k - 1, so tau2 = 0; q_HK = 0.5 floored at 1
+    # w = [1, 1]; fixed 0.5; Q = 0.5 < k - 1, so tau2 = 0; q_HK = 0.5: se = sqrt(0.5 / 2)
     found = random_effects([0.0, 1.0], [1.0, 1.0])
     assert found["estimate"] == pytest.approx(0.5) and found["tau2"] == 0.0
-    assert found["se"] == pytest.approx(math.sqrt(0.5))
-    assert found["p"] == pytest.approx(2 * stats.t.sf(0.5 / math.sqrt(0.5), 1))
-    assert found["high"] == pytest.approx(0.5 + stats.t.ppf(0.975, 1) * math.sqrt(0.5))
+    assert found["se"] == pytest.approx(0.5)
+    assert found["p"] == pytest.approx(2 * stats.t.sf(0.5 / 0.5, 1))
+    assert found["high"] == pytest.approx(0.5 + stats.t.ppf(0.975, 1) * 0.5)
     assert found["i2"] == 0.0
+    # the textbook DerSimonian-Laird z-test: the fixed-effect se, the normal quantile
+    plain = random_effects([0.0, 1.0], [1.0, 1.0], hartung_knapp=False)
+    assert plain["se"] == pytest.approx(math.sqrt(0.5))
+    assert plain["p"] == pytest.approx(2 * stats.norm.sf(0.5 / math.sqrt(0.5)))
 
 
 def test_random_effects_heterogeneous_tasks_worked_by_hand():
@@ -66,6 +70,7 @@ def test_random_effects_is_symmetric_and_order_free():
     same = random_effects([0.02] * 4, [0.01] * 4)
     assert same["estimate"] == pytest.approx(0.02) and same["tau2"] == 0 and same["i2"] == 0
     assert random_effects([0.0, 0.0], [0.0, 0.0])["p"] == 1.0
+    assert random_effects([0.02, 0.02], [0.01, 0.01])["p"] == 0.0  # no spread at all
 
 
 def _task(values: dict, diffs: dict, se=0.01):

@@ -440,3 +440,43 @@ def test_the_primary_metric_ranks_and_decides_significance():
     by_loss = compare(probs, y, n_boot=500, primary="log_loss").pairs
     assert by_loss["a"].iloc[0] == "calibrated"  # lower log-loss ranks first
     assert by_loss["significant"].iloc[0] == (by_loss["log_loss_p_holm"].iloc[0] < 0.05)
+
+
+def test_refit_variance_is_the_folds_spread_beyond_the_items_scaled_for_overlap():
+    from poolkit.stats import refit_variance
+
+    by_fold = np.array([[0.1], [-0.1], [0.1], [-0.1], [0.0]])  # variance 0.01 (ddof 1)
+    sizes = np.full(5, 100)
+    # the items explain se^2 * n * mean(1 / n_f) = 1e-4 * 500 / 100 = 5e-4 of it
+    expected = (1 / 5 + 1 / 4) * (0.01 - 5e-4)
+    assert refit_variance(by_fold, [0.01], sizes)[0] == pytest.approx(expected)
+    assert refit_variance(by_fold, [0.01], sizes, test_train_ratio=0.5)[0] == pytest.approx(
+        (1 / 5 + 0.5) * (0.01 - 5e-4))
+    # a spread the items explain adds nothing
+    assert refit_variance(by_fold, [0.1], sizes)[0] == 0.0
+
+
+def test_cross_fitted_pairs_widen_by_the_fits_variance_and_only_then():
+    rng = np.random.default_rng(3)
+    n, folds = 600, np.repeat(np.arange(5), 120)
+    y = rng.integers(0, 2, size=n)
+    base = np.clip(0.5 + 0.3 * (2 * y - 1) + 0.2 * rng.standard_normal(n), 0.01, 0.99)
+    # b better than a on some folds and worse on others: what refitting the heads does
+    shift = np.where(folds % 2 == 0, 0.15, -0.15) * (2 * y - 1)
+    other = np.clip(base + shift, 0.01, 0.99)
+    probs = {name: np.stack([1 - p, p], axis=1)[None] for name, p in
+             (("a", base), ("b", other), ("c", np.clip(base + 0.01, 0.01, 0.99)))}
+    plain = compare(probs, y, n_boot=500).pairs.set_index(["a", "b"])
+    fitted = compare(probs, y, n_boot=500, folds=folds).pairs.set_index(["a", "b"])
+    for metric in ("accuracy", "roc_auc", "log_loss"):
+        assert (fitted[f"{metric}_se"] >= plain[f"{metric}_se"] - 1e-12).all()
+        pd.testing.assert_series_equal(fitted[f"{metric}_diff"], plain[f"{metric}_diff"])
+    swinging = [key for key in fitted.index if set(key) == {"a", "b"}][0]
+    assert fitted.loc[swinging, "log_loss_se"] > 2 * plain.loc[swinging, "log_loss_se"]
+    widened = fitted.loc[swinging]
+    # the interval widens with the standard error, around the same difference
+    ratio = widened["log_loss_se"] / plain.loc[swinging, "log_loss_se"]
+    assert widened["log_loss_high"] - widened["log_loss_diff"] == pytest.approx(
+        ratio * (plain.loc[swinging, "log_loss_high"] - plain.loc[swinging, "log_loss_diff"]))
+    assert widened["log_loss_p"] == pytest.approx(
+        2 * scipy.stats.norm.sf(abs(widened["log_loss_diff"]) / widened["log_loss_se"]))
