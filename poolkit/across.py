@@ -6,10 +6,12 @@ stage found (its summary and its paired tests) and pools it:
 - **ranks**: each feature set's primary metric on every task, its rank there
   (1 = best, ties share their mean rank), its mean rank and its average;
 - **Friedman's test** over the tasks, and **Nemenyi's** post-hoc with its critical
-  difference (all pairs at once, single-step: it holds the family-wise error by
-  construction, and it is what a critical-difference diagram draws). Wilcoxon's
-  signed-rank test with Holm was the alternative; with five tasks its smallest
-  two-sided p is 0.0625, so no pair could ever be significant;
+  difference (all pairs at once, single-step on the largest mean-rank gap: it holds
+  the family-wise error by construction, and it is what a critical-difference
+  diagram draws), both by permuting the ranks within each task, since their
+  asymptotic approximations run hot with a handful of tasks. Wilcoxon's signed-rank
+  test with Holm was the alternative; with five tasks its smallest two-sided p is
+  0.0625, so no pair could ever be significant;
 - per pair, a **pooled effect**: a random-effects meta-analysis of the per-task paired
   differences, each weighted by its own task's paired-bootstrap variance
   (DerSimonian–Laird τ²; the Hartung–Knapp–Sidik–Jonkman interval, t with k − 1
@@ -32,10 +34,12 @@ from .stats import ALPHA, holm
 METHODS = (
     "Per task, each feature set's primary metric (its mean over seeds) is ranked among the "
     "feature sets every task finished (1 = best; ties share the mean rank). Friedman's "
-    "chi-squared test (tie-corrected) asks whether any feature set ranks differently from "
-    "the others across tasks; Nemenyi's post-hoc compares every pair's mean ranks against the "
-    "critical difference CD = q(alpha, k) * sqrt(k (k + 1) / (6 N)) (q: the studentized range "
-    "over sqrt 2), which holds the family-wise error over all pairs. The pooled effect of a "
+    "test asks whether any feature set ranks differently from the others across tasks; "
+    "Nemenyi's post-hoc compares every pair's mean ranks against the critical difference, "
+    "the 1 - alpha quantile of the largest gap between two mean ranks, which holds the "
+    "family-wise error over all pairs. Both take their p-values from 10,000 permutations of "
+    "the ranks within each task (exact where the chi-squared and studentized-range "
+    "approximations run hot with few tasks). The pooled effect of a "
     "pair is a random-effects meta-analysis of its per-task paired differences a - b, each "
     "weighted by 1 / (se^2 + tau^2), se its task's paired-bootstrap standard error: tau^2 by "
     "DerSimonian-Laird, the 95% interval and p-value by Hartung-Knapp-Sidik-Jonkman (t with "
@@ -114,45 +118,65 @@ def task_ranks(values, higher_is_better: bool = True) -> np.ndarray:
     return np.vstack([stats.rankdata(sign * np.asarray(row, float)) for row in values])
 
 
-def friedman(ranks, alpha: float = ALPHA) -> dict:
-    """Friedman's test over ``ranks`` ``(N tasks, k sets)``: ``statistic`` (tie-corrected
-    chi-squared), ``df``, ``p``, and Nemenyi's critical difference ``cd`` at ``alpha``
-    (NaN below 2 tasks or 2 sets)."""
+#: Permutations of the ranks within each task behind Friedman's and Nemenyi's p-values.
+PERMUTATIONS = 10_000
+
+
+def rank_tests(ranks, alpha: float = ALPHA, permutations: int = PERMUTATIONS,
+               seed: int = 0) -> tuple:
+    """Friedman's test and Nemenyi's critical difference over ``ranks`` ``(N tasks, k
+    sets)``, by permuting the ranks within each task (what the null says is
+    exchangeable), so they hold alpha with few tasks, where their chi-squared and
+    studentized-range approximations do not (with 4 tasks and 2 sets the
+    approximations reject 4 wins of 4, which has chance 1/8).
+
+    Returns ``(test, ranges)``: ``test`` has ``statistic`` (the tie-corrected
+    chi-squared), ``p`` (by permutation), ``p_chi2`` (its chi-squared
+    approximation, for reference), ``cd`` (the critical difference: the ``1 - alpha``
+    quantile of the largest mean-rank gap under permutation: a pair further apart has
+    Nemenyi p < alpha), ``tasks``, ``sets``,
+    ``df`` and ``alpha``; ``ranges`` is that largest gap under each permutation, for
+    :func:`nemenyi_p`. NaNs below 2 tasks or 2 sets.
+    """
     from scipy import stats
 
     r = np.asarray(ranks, dtype=float)
-    n, k = r.shape
+    n, k = r.shape if r.ndim == 2 else (0, 0)
     out = {"tasks": int(n), "sets": int(k), "df": int(k - 1), "alpha": alpha}
     if n < 2 or k < 2:
-        return {**out, "statistic": math.nan, "p": math.nan, "cd": math.nan}
-    mean = r.mean(axis=0)
-    chi2 = 12 * n / (k * (k + 1)) * float(np.sum((mean - (k + 1) / 2) ** 2))
+        return {**out, "statistic": math.nan, "p": math.nan, "p_chi2": math.nan,
+                "cd": math.nan}, np.zeros(0)
+    spread = float(np.sum((r.mean(axis=0) - (k + 1) / 2) ** 2))
     ties = sum(float(np.sum(c ** 3 - c)) for c in
                (np.unique(row, return_counts=True)[1] for row in r))
     correction = 1 - ties / (n * k * (k * k - 1))
-    statistic = chi2 / correction if correction > 0 else math.nan
-    p = float(stats.chi2.sf(statistic, k - 1)) if correction > 0 else 1.0
-    return {**out, "statistic": statistic, "p": p, "cd": nemenyi_cd(k, n, alpha)}
+    statistic = 12 * n / (k * (k + 1)) * spread / correction if correction > 0 else math.nan
+    rng = np.random.default_rng(seed)
+    spreads, ranges = [], []
+    for start in range(0, permutations, 1000):  # chunks bound the memory
+        size = min(1000, permutations - start)
+        order = np.argsort(rng.random((size, n, k)), axis=2)
+        means = np.take_along_axis(np.broadcast_to(r, (size, n, k)), order, axis=2).mean(axis=1)
+        spreads.append(np.sum((means - (k + 1) / 2) ** 2, axis=1))
+        ranges.append(means.max(axis=1) - means.min(axis=1))
+    spreads, ranges = np.concatenate(spreads), np.sort(np.concatenate(ranges))
+    p = (1 + np.sum(spreads >= spread - 1e-9)) / (permutations + 1) if correction > 0 else 1.0
+    # the CD: a gap above it reaches p < alpha in nemenyi_p (at most `beyond` ranges reach it)
+    beyond = math.floor(alpha * (permutations + 1)) - 1
+    cd = float(ranges[permutations - beyond - 1]) if beyond >= 0 else math.inf
+    return {**out, "statistic": statistic, "p": float(p),
+            "p_chi2": float(stats.chi2.sf(statistic, k - 1)) if correction > 0 else 1.0,
+            "cd": cd}, ranges
 
 
-def _range_quantile(k: int, alpha: float) -> float:
-    from scipy import stats
-
-    return float(stats.studentized_range.ppf(1 - alpha, k, np.inf))
-
-
-def nemenyi_cd(k: int, n: int, alpha: float = ALPHA) -> float:
-    """Nemenyi's critical difference of mean ranks for ``k`` sets over ``n`` tasks."""
-    return _range_quantile(k, alpha) / math.sqrt(2) * math.sqrt(k * (k + 1) / (6 * n))
-
-
-def nemenyi_p(rank_diff, k: int, n: int) -> np.ndarray:
-    """Nemenyi's family-wise p of mean-rank differences (the studentized range of k
-    sets; a pair is significant at alpha exactly when its difference exceeds the CD)."""
-    from scipy import stats
-
-    z = np.abs(np.asarray(rank_diff, float)) / math.sqrt(k * (k + 1) / (6 * n))
-    return np.asarray(stats.studentized_range.sf(z * math.sqrt(2), k, np.inf), dtype=float)
+def nemenyi_p(rank_diff, ranges) -> np.ndarray:
+    """Nemenyi's family-wise p of mean-rank differences: how often the largest gap
+    between any two sets' mean ranks reaches it under permutation (``ranges`` from
+    :func:`rank_tests`); a pair is significant at alpha when it exceeds the CD."""
+    diffs = np.abs(np.asarray(rank_diff, float))
+    ranges = np.sort(np.asarray(ranges, float))
+    reached = ranges.size - np.searchsorted(ranges, diffs - 1e-9, side="left")
+    return (1 + reached) / (ranges.size + 1)
 
 
 #: Columns of ranks.csv that are not task names (a task may not be named so).
@@ -191,7 +215,7 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
     scores = np.array([[values[task, key] for key in sets] for task in names]).reshape(
         len(names), len(sets))
     ranks = task_ranks(scores, higher) if scores.size else scores
-    test = friedman(ranks, alpha) if scores.size else friedman(np.zeros((0, 0)), alpha)
+    test, ranges = rank_tests(ranks, alpha)
     mean_rank = ranks.mean(axis=0) if scores.size else np.zeros(0)
 
     table = pd.DataFrame([{"task": task, **about[key], metric: values[task, key],
@@ -233,8 +257,8 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
     if len(across):
         across[f"{metric}_p_holm"] = holm(across[f"{metric}_p"])
         across["significant"] = across[f"{metric}_p_holm"] < alpha
-        across["nemenyi_p"] = (nemenyi_p(across["rank_a"] - across["rank_b"], len(sets),
-                                         len(names)) if len(names) > 1 else np.nan)
+        across["nemenyi_p"] = (nemenyi_p(across["rank_a"] - across["rank_b"], ranges)
+                               if ranges.size else np.nan)
         across["nemenyi_significant"] = across["nemenyi_p"] < alpha
     across = across.reindex(columns=across_columns(metric))
     return Verdict(table, ranks_frame, across, pd.DataFrame(per_task), test, metric, names,
@@ -276,8 +300,8 @@ def points(metric: str, value: float) -> str:
 def chosen_pairs(verdict: Verdict) -> list:
     """The comparisons worth a sentence (and a forest plot), as ``(prefix, row)``: each
     against the baseline when there is one; else the best feature set by mean rank
-    against each other one, and with several models, within each model and then each
-    pooler across models."""
+    against each other one and every pair either test establishes, and with several
+    models, so within each model and then each pooler across models."""
     pairs = list(verdict.pairs.itertuples(index=False))
     ranks = verdict.ranks
     if verdict.baseline is not None:
@@ -285,13 +309,14 @@ def chosen_pairs(verdict: Verdict) -> list:
     models = ranks["model"].dropna().unique().tolist() if "model" in ranks else []
     if len(models) < 2:
         best = ranks["set"].iloc[0] if len(ranks) else None
-        return [("", row) for row in pairs if best in (row.a, row.b)]
+        return [("", row) for row in pairs if best in (row.a, row.b) or _established(row)]
     model_of = dict(zip(ranks["set"], ranks["model"]))
     chosen = []
     for model in models:
         best = ranks[ranks["model"] == model]["set"].iloc[0]
         chosen += [(f"{model}: ", row) for row in pairs
-                   if best in (row.a, row.b) and model_of[row.a] == model_of[row.b] == model]
+                   if (best in (row.a, row.b) or _established(row))
+                   and model_of[row.a] == model_of[row.b] == model]
     return chosen + [("across models: ", row) for row in pairs
                      if model_of[row.a] != model_of[row.b] and _same_but_model(ranks, row.a, row.b)]
 
@@ -305,10 +330,14 @@ def sentences(verdict: Verdict, alpha: float = ALPHA) -> list[str]:
     test = verdict.friedman
     if not math.isnan(test["statistic"]):
         lines.append(f"Friedman over {test['tasks']} tasks and {test['sets']} feature sets: "
-                     f"chi2 = {test['statistic']:.1f}, p = {format_p(test['p'])}; Nemenyi critical "
+                     f"chi2 = {test['statistic']:.1f}, {format_p(test['p'])} (by permutation); Nemenyi critical "
                      f"difference {test['cd']:.2f} ranks at {alpha}")
     return lines + [prefix + _sentence(row, verdict.metric, alpha)
                     for prefix, row in chosen_pairs(verdict)]
+
+
+def _established(row) -> bool:
+    return bool(row.significant) or bool(row.nemenyi_significant)
 
 
 def _same_but_model(ranks, a: str, b: str) -> bool:
@@ -323,9 +352,9 @@ def _sentence(row, metric: str, alpha: float) -> str:
     winner, loser = (row["a"], row["b"]) if (diff > 0) == higher else (row["b"], row["a"])
     wins = row["a_better_on"] if winner == row["a"] else row["tasks"] - row["a_better_on"]
     numbers = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
-               f"{points(metric, high).replace(' points', '')}], Holm p = "
+               f"{points(metric, high).replace(' points', '')}], Holm "
                f"{format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%")
-    ranks = (f"mean ranks {row['rank_a']:.2f} vs {row['rank_b']:.2f}, Nemenyi p = "
+    ranks = (f"mean ranks {row['rank_a']:.2f} vs {row['rank_b']:.2f}, Nemenyi "
              f"{format_p(row['nemenyi_p'])}"
              + (" (apart by more than the CD)" if row["nemenyi_significant"] else ""))
     if row["significant"]:
@@ -335,7 +364,7 @@ def _sentence(row, metric: str, alpha: float) -> str:
 
 
 def format_p(p: float) -> str:
-    """A p-value as the verdict prints it: three decimals, ``< 0.001``, ``n/a``."""
-    if isinstance(p, float) and math.isnan(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    """A p-value as the verdict says it: ``p = 0.012``, ``p < 0.001``, ``p n/a``."""
+    if not isinstance(p, (int, float)) or math.isnan(p):
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

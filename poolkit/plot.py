@@ -544,7 +544,7 @@ def critical_difference_diagram(verdict):
     cliques = []
     if math.isfinite(cd):
         for i in range(k):
-            j = max(j for j in range(i, k) if means[j] - means[i] < cd)
+            j = max(j for j in range(i, k) if means[j] - means[i] <= cd)
             if j > i and not any(a <= i and j <= b for a, b in cliques):
                 cliques.append((i, j))
     for level, (i, j) in enumerate(cliques):
@@ -555,7 +555,7 @@ def critical_difference_diagram(verdict):
     ax.set_title(textwrap.fill(
         f"Mean rank of {verdict.metric} over {tasks} tasks (1 = best); bars join sets not "
         f"significantly different (Nemenyi, alpha {verdict.friedman.get('alpha')}; Friedman "
-        f"p = {format_p(verdict.friedman.get('p'))})", 100), fontsize=9)
+        f"{format_p(verdict.friedman.get('p'))})", 100), fontsize=9)
     return fig
 
 
@@ -596,7 +596,7 @@ def forest_plot(verdict):
         color = BEST_GROUP_COLOR if row.significant else OTHER_GROUP_COLOR
         ax.add_patch(Polygon([(low, y), (pooled, y - 0.35), (high, y), (pooled, y + 0.35)],
                              closed=True, color=color, gid="pooled"))
-        labels.append((y, f"    pooled (Holm p {format_p(getattr(row, f'{metric}_p_holm'))}, "
+        labels.append((y, f"    pooled (Holm {format_p(getattr(row, f'{metric}_p_holm'))}, "
                           f"I² {100 * row.i2:.0f}%)", False))
         ticks.append(y)
         y += 1
@@ -612,6 +612,6 @@ def forest_plot(verdict):
     ax.set_xlabel(textwrap.fill(
         f"difference in {metric}{unit}, a − b ({better} is better for a): dots per task with "
         "95% intervals; diamonds pooled over tasks (random effects, Hartung–Knapp 95%), blue "
-        "where significant after Holm", 110), fontsize=8)
+        "where significant after Holm", 95), fontsize=8)
     return fig
 

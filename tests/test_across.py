@@ -8,17 +8,32 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from poolkit.across import (friedman, nemenyi_cd, nemenyi_p, random_effects, sentences,
-                            task_ranks, verdict)
+from poolkit.across import nemenyi_p, random_effects, rank_tests, sentences, task_ranks, verdict
 
 
-def test_friedman_matches_scipy_with_and_without_ties():
+def test_friedmans_statistic_matches_scipy_with_and_without_ties():
     rng = np.random.default_rng(0)
     for scores in (rng.random((6, 4)), np.round(rng.random((5, 5)), 1)):
-        found = friedman(task_ranks(scores))
+        found, _ = rank_tests(task_ranks(scores))
         expected = stats.friedmanchisquare(*scores.T)
         assert found["statistic"] == pytest.approx(expected.statistic)
-        assert found["p"] == pytest.approx(expected.pvalue)
+        assert found["p_chi2"] == pytest.approx(expected.pvalue)
+
+
+def test_many_tasks_bring_the_permutation_p_to_the_chi_squared_one():
+    rng = np.random.default_rng(1)
+    scores = rng.random((40, 4)) + np.array([0.0, 0.05, 0.1, 0.12])
+    found, _ = rank_tests(task_ranks(scores))
+    assert found["p"] == pytest.approx(found["p_chi2"], abs=0.03)
+
+
+def test_four_wins_of_four_is_no_evidence_for_two_sets():
+    """A sign test's 4 of 4 has chance 2/16 under the null: no test at 0.05 may reject it
+    (the chi-squared approximation does: p 0.046)."""
+    found, ranges = rank_tests(task_ranks([[0.9, 0.8]] * 4))
+    assert found["p_chi2"] < 0.05
+    assert found["p"] == pytest.approx(0.125, abs=0.01)
+    assert nemenyi_p([1.0], ranges)[0] == pytest.approx(0.125, abs=0.01)
 
 
 def test_ranks_put_the_best_first_and_share_ties():
@@ -26,14 +41,17 @@ def test_ranks_put_the_best_first_and_share_ties():
     assert task_ranks([[0.9, 0.7, 0.8]], higher_is_better=False).tolist() == [[3.0, 1.0, 2.0]]
 
 
-@pytest.mark.parametrize("k, q", [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728), (6, 2.850),
-                                  (8, 3.031), (10, 3.164)])
-def test_nemenyi_critical_difference_matches_demsars_table(k, q):
-    """Demšar (2006), Table 5(a): q_0.05 for k classifiers; CD = q sqrt(k(k+1)/6N)."""
-    for n in (4, 10):
-        assert nemenyi_cd(k, n) == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), abs=2e-3)
-        # a rank difference of exactly the CD has p 0.05
-        assert nemenyi_p([nemenyi_cd(k, n)], k, n)[0] == pytest.approx(0.05, abs=1e-6)
+@pytest.mark.parametrize("k, q", [(3, 2.343), (5, 2.728), (8, 3.031)])
+def test_the_critical_difference_with_many_tasks_is_demsars(k, q):
+    """Demšar (2006), Table 5(a): q_0.05 for k classifiers; CD = q sqrt(k(k+1)/6N), the
+    asymptotic value that the permutation CD approaches as the tasks grow."""
+    n = 60
+    ranks = task_ranks(np.random.default_rng(k).random((n, k)))
+    found, ranges = rank_tests(ranks)
+    assert found["cd"] == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), rel=0.05)
+    # a gap just above the CD is significant, one just below is not
+    assert nemenyi_p([found["cd"] + 1e-6], ranges)[0] < 0.05 <= nemenyi_p(
+        [found["cd"] - 0.05], ranges)[0]
 
 
 def test_random_effects_two_tasks_worked_by_hand():
