@@ -165,7 +165,7 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
     unknown = sorted(set(chosen) - set(SUITE_OPTIONS) - {f.name for f in fields(RunConfig)})
     if unknown:
         raise PoolkitError(f"unknown suite option(s) {', '.join(unknown)}")
-    for key in ("poolers", "model", "seeds", "labels"):
+    for key in ("poolers", "model", "seeds"):
         if isinstance(chosen.get(key), list):
             chosen[key] = tuple(chosen[key])
     if isinstance(chosen.get("model"), tuple) and len(chosen["model"]) == 1:
@@ -189,7 +189,7 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
 def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> SuiteResult:
     """Run every task of ``suite`` (each as :func:`poolkit.run` would, into
     ``out/<task>``), then the verdict across them, written into ``out``."""
-    from . import across
+    from . import across, distributed
     from .api import run_config
     from .runs import RunDirectory
 
@@ -212,12 +212,12 @@ def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> 
         if result is None:  # a torchrun rank other than 0: its share is written
             continue
         runs[name] = result
-    from . import distributed
-
     if distributed.rank() != 0:
         return SuiteResult(None, runs, missing, [], out)
     first = next(iter(configs.values()))
-    baseline = _baseline(first.baseline, runs)
+    # with --baseline every task's pairs are against it, under the id its run resolved
+    compared = [r.pairs["b"].iloc[0] for r in runs.values() if len(r.pairs)]
+    baseline = compared[0] if first.baseline is not None and compared else None
     verdict = across.verdict({name: (r.summary, r.pairs) for name, r in runs.items()},
                              metric=first.metric, baseline=baseline, missing=missing)
     lines = across.sentences(verdict) if runs else []
@@ -229,19 +229,6 @@ def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> 
         lines.append(f"left out (not finished on every task): {', '.join(verdict.left_out)}")
     write_suite_dir(out, suite, verdict, configs, lines)
     return SuiteResult(verdict, runs, missing, lines, out)
-
-
-def _baseline(baseline, runs: dict):
-    """The feature set id ``--baseline`` names in the tasks' pairs (a pooler name
-    stands for its one feature set)."""
-    if baseline is None or not runs:
-        return baseline
-    pairs = next(iter(runs.values())).pairs
-    named = set(pairs["a"]) | set(pairs["b"])
-    if baseline in named:
-        return baseline
-    matches = sorted(key for key in named if key.split("@")[0].split(":")[-1] == baseline)
-    return matches[0] if len(matches) == 1 else baseline
 
 
 def write_suite_dir(out: Path, suite: Suite, verdict, configs: dict, lines: list) -> None:

@@ -286,3 +286,11 @@ def test_names_like_na_survive_the_suite_files(tmp_path):
     assert sorted(back.ranks["pooler"]) == sorted(["NA", "null", "1e3"])
     assert set(back.task_pairs["task"]) == {"NA", "001", "True"}
     assert set(back.pairs["a"]) | set(back.pairs["b"]) == set(ids)
+
+
+def test_a_baseline_named_by_its_pooler_is_what_every_pair_is_against(tiny_model_dir, tmp_path):
+    result = poolkit.suite(write_suite(tmp_path / "files"), model=str(tiny_model_dir),
+                           out=tmp_path / "out", baseline="cls")
+    assert result.verdict.baseline == "cls@2"
+    assert set(result.verdict.pairs["b"]) == {"cls@2"} and len(result.verdict.pairs) == 2
+    assert sum("cls@2" in line for line in result.lines) == 2
