@@ -271,8 +271,7 @@ def read_verdict(out) -> object:
     except (OSError, ValueError):
         raise PoolkitError(f"'{out}' is not a poolkit suite directory (no readable "
                            "suite.json)") from None
-    tables = {name: _read_csv(out / f"{name}.csv")
-              for name in ("suite", "ranks", "across_pairs", "task_pairs")}
+    tables = {name: _read_csv(out / f"{name}.csv", text) for name, text in _TEXT_COLUMNS.items()}
     tasks = [name for name, task in settings["tasks"].items() if task["status"] == "ok"]
     missing = {name: task["status"].removeprefix("failed: ")
                for name, task in settings["tasks"].items() if task["status"] != "ok"}
@@ -281,11 +280,14 @@ def read_verdict(out) -> object:
                    settings["metric"], tasks, settings["baseline"], missing, settings["left_out"])
 
 
-#: Columns poolkit writes as names: read back as the text they are.
-_TEXT_COLUMNS = {"task", "model", "pooler", "layer", "encoder", "set", "a", "b"}
+#: Each verdict file's columns that hold names: read back as the text they are (the
+#: rest are numbers; ranks.csv has a column per task, whatever the task is called).
+_SET = ("model", "pooler", "layer", "encoder", "set")
+_TEXT_COLUMNS = {"suite": ("task", *_SET), "ranks": _SET, "across_pairs": ("a", "b"),
+                 "task_pairs": ("a", "b", "task")}
 
 
-def _read_csv(path: Path):
+def _read_csv(path: Path, text_columns):
     import pandas as pd
 
     try:
@@ -293,7 +295,7 @@ def _read_csv(path: Path):
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PoolkitError(f"cannot read '{path}': {exc}") from None
     for column in frame.columns:
-        if column in _TEXT_COLUMNS:
+        if column in text_columns:
             continue
         values = frame[column]
         if values.isin(["True", "False"]).all() and len(values):

@@ -268,7 +268,7 @@ def test_names_like_na_survive_the_suite_files(tmp_path):
 
     rng = np.random.default_rng(0)
     tasks = {}
-    for task in ("NA", "001", "True"):
+    for task in ("NA", "001", "True", "a"):
         summary = pd.DataFrame({"pooler": ["NA", "null", "1e3"], "layer": ["6", "6", "6"],
                                 "encoder": "frozen", "accuracy_mean": rng.random(3),
                                 "accuracy_ci_low": 0.1, "accuracy_ci_high": 0.9,
@@ -284,7 +284,9 @@ def test_names_like_na_survive_the_suite_files(tmp_path):
     back = read_verdict(tmp_path / "suite")
     assert sorted(back.ranks["set"]) == sorted(ids)
     assert sorted(back.ranks["pooler"]) == sorted(["NA", "null", "1e3"])
-    assert set(back.task_pairs["task"]) == {"NA", "001", "True"}
+    assert set(back.task_pairs["task"]) == {"NA", "001", "True", "a"}
+    # a task named like a text column of another file still reads back as numbers
+    assert back.ranks["a"].dtype.kind == "f" and back.ranks["001"].dtype.kind == "f"
     assert set(back.pairs["a"]) | set(back.pairs["b"]) == set(ids)
 
 
