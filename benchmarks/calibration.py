@@ -277,7 +277,8 @@ def main():
         f"{len(labels)}; features: {args.pooler} of the default model's last layer",
         f"{args.folds}-fold cross-fitting, poolkit's linear heads (1 seed), paired bootstrap "
         f"B = {args.n_boot}, alpha 0.05; the first two columns are poolkit's tests (the "
-        "heads' refit variance added under cross-fitting), the last two the item bootstrap "
+        "heads' refit variance added under cross-fitting, Student's t with Welch-Satterthwaite's "
+        "df), the last two the item bootstrap "
         "alone on the same datasets, as poolkit tested before",
         f"null: {args.copies} copies of the features, each with its own {args.null_noise} x std "
         f"seeded noise, {found['pairs']} pairs Holm-corrected; a dataset counts once if any "

@@ -12,6 +12,7 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,7 +51,9 @@ METHODS = (
     "heads' own fits, which the item bootstrap holds fixed: the spread of the pair's "
     "difference between folds beyond what their items explain, scaled by 1/K + n_test/n_train "
     "(Nadeau and Bengio's correction for overlapping training sets), widens the standard "
-    "error, the p-value and the interval. McNemar's exact (binomial) test is run on the seed-ensemble "
+    "error, and as that part is estimated from K folds the p-value and the interval take "
+    "Student's t with Welch–Satterthwaite's degrees of freedom, (K − 1)·(V / V_fits)² "
+    "(about K − 1 when the fits dominate, the normal when they add nothing). McNemar's exact (binomial) test is run on the seed-ensemble "
     "predictions (argmax of the probabilities averaged over seeds). Each metric's p-values are "
     "Holm–Bonferroni corrected over all pairs (or, with a baseline, over the comparisons with "
     f"it); a difference is significant when its corrected p on the primary metric is below "
@@ -143,6 +146,7 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     training items). Its standard errors, p-values and intervals widen to match.
     """
     import pandas as pd
+    from scipy import stats
 
     from .metrics import Scored, compute_metrics
 
@@ -212,12 +216,15 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
             by_fold = np.stack([per_fold[names[i]][:, m_index] - per_fold[names[j]][:, m_index]
                                 for i, j in zip(ia, ib)], axis=1)  # (F, pairs)
             sizes = np.array([part.size for part in parts])
-            widened = np.sqrt(se ** 2 + refit_variance(by_fold, se, sizes, test_train_ratio))
+            refit = refit_variance(by_fold, se, sizes, test_train_ratio)
+            widened = np.sqrt(se ** 2 + refit.variance)
+            # the t quantile over the normal one: the fits' variance is estimated from F folds
+            tails = stats.t.ppf(1 - alpha / 2, refit.df) / stats.norm.ppf(1 - alpha / 2)
             with np.errstate(all="ignore"):
-                stretch = np.where(se > 0, widened / se, 1.0)
+                stretch = np.where(se > 0, tails * widened / se, 1.0)
             low, high = diff - stretch * (diff - low), diff + stretch * (high - diff)
             se = widened
-            p = _normal_p(diff, se)
+            p = _t_p(diff, se, refit.df)
         columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
                         f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
                         f"{m}_p_holm": holm(p)})
@@ -333,39 +340,59 @@ def _quantiles(samples: np.ndarray, alpha: float) -> tuple:
     return low, high
 
 
-def refit_variance(by_fold, se, sizes, test_train_ratio=None) -> np.ndarray:
+class Refit(NamedTuple):
+    """What the heads' fits add to each pair's difference: ``variance`` ``(pairs,)``
+    and the degrees of freedom ``df`` ``(pairs,)`` of the whole variance's estimate."""
+
+    variance: np.ndarray
+    df: np.ndarray
+
+
+def refit_variance(by_fold, se, sizes, test_train_ratio=None) -> Refit:
     """The variance the heads' fits add to each pair's difference under cross-fitting,
-    which the item bootstrap (heads held fixed) leaves out; ``(pairs,)``.
+    which the item bootstrap (heads held fixed) leaves out, and its degrees of freedom.
 
     ``by_fold`` ``(F, pairs)`` is each fold's difference on its own test items,
     ``se`` the bootstrap standard error of the whole difference, ``sizes`` the folds'
     test items. The folds' spread holds the items' variance (``se² · n / n_f`` for a
     fold of ``n_f`` of the ``n`` items) and the fits'; what the items do not explain
     (floored at 0) is the fits' variance per fold, which the mean over F folds keeps
-    scaled by ``1 / F + n_test / n_train`` (Nadeau and Bengio's correction: the folds'
-    training sets overlap, so their fits are not independent).
+    scaled by ``c = 1 / F + n_test / n_train`` (Nadeau and Bengio's correction: the
+    folds' training sets overlap, so their fits are not independent).
+
+    That part is estimated from F folds, so the whole variance ``V = se² + c · fits``
+    has Welch-Satterthwaite's ``df = (F - 1) · (V / (c · fits))²`` (the items' part
+    taken as known from the bootstrap's many resamples, the fits' part as F - 1
+    degrees of freedom; infinite when the fits add nothing): about F - 1 when the fits
+    dominate, many when the items do.
     """
     by_fold = np.asarray(by_fold, dtype=float)
     folds = by_fold.shape[0]
     sizes = np.asarray(sizes, dtype=float)
+    se = np.asarray(se, dtype=float)
     ratio = test_train_ratio if test_train_ratio is not None else 1 / (folds - 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        spread = np.nanvar(by_fold, axis=0, ddof=1)
-    items = np.asarray(se, dtype=float) ** 2 * sizes.sum() * np.mean(1 / sizes)
-    fits = np.maximum(np.nan_to_num(spread - items, nan=0.0), 0.0)
-    return (1 / folds + ratio) * fits
+        spread = np.nan_to_num(np.nanvar(by_fold, axis=0, ddof=1), nan=0.0)
+    items = se ** 2 * sizes.sum() * np.mean(1 / sizes)
+    fits = np.maximum(spread - items, 0.0)
+    scale = 1 / folds + ratio
+    with np.errstate(all="ignore"):
+        df = np.where(fits > 0, (folds - 1) * ((se ** 2 + scale * fits) / (scale * fits)) ** 2,
+                      np.inf)
+    return Refit(scale * fits, df)
 
 
-def _normal_p(diff: np.ndarray, se: np.ndarray) -> np.ndarray:
-    """Two-sided normal p of ``diff`` given its standard error (0 when certain and
-    not 0, 1 when certain and 0)."""
+def _t_p(diff: np.ndarray, se: np.ndarray, df) -> np.ndarray:
+    """Two-sided p of ``diff`` given its standard error, Student's t with ``df``
+    degrees of freedom (the normal where ``df`` is infinite; 0 when certain and not
+    0, 1 when certain and 0)."""
     from scipy import stats
 
     with np.errstate(all="ignore"):
         observed = np.abs(diff)
         z = np.where(se > 0, observed / se, np.where(observed > 0, np.inf, 0.0))
-        p = np.minimum(1.0, 2 * stats.norm.sf(z))
+        p = np.minimum(1.0, 2 * stats.t.sf(z, df))
     return np.where(np.isnan(diff) | np.isnan(se), np.nan, p)
 
 
@@ -381,7 +408,7 @@ def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         se = np.nanstd(d, axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
-    return _normal_p(diff, se), se
+    return _t_p(diff, se, np.inf), se
 
 
 def _mcnemar(ensemble, ia, ib):

@@ -449,11 +449,18 @@ def test_refit_variance_is_the_folds_spread_beyond_the_items_scaled_for_overlap(
     sizes = np.full(5, 100)
     # the items explain se^2 * n * mean(1 / n_f) = 1e-4 * 500 / 100 = 5e-4 of it
     expected = (1 / 5 + 1 / 4) * (0.01 - 5e-4)
-    assert refit_variance(by_fold, [0.01], sizes)[0] == pytest.approx(expected)
-    assert refit_variance(by_fold, [0.01], sizes, test_train_ratio=0.5)[0] == pytest.approx(
-        (1 / 5 + 0.5) * (0.01 - 5e-4))
-    # a spread the items explain adds nothing
-    assert refit_variance(by_fold, [0.1], sizes)[0] == 0.0
+    refit = refit_variance(by_fold, [0.01], sizes)
+    assert refit.variance[0] == pytest.approx(expected)
+    # Welch-Satterthwaite: (F - 1) * ((se^2 + c * fits) / (c * fits))^2
+    assert refit.df[0] == pytest.approx(4 * ((1e-4 + expected) / expected) ** 2)
+    assert 3 < refit.df[0] < 5  # the fits dominate: about F - 1
+    assert refit_variance(by_fold, [0.01], sizes, test_train_ratio=0.5).variance[0] == \
+        pytest.approx((1 / 5 + 0.5) * (0.01 - 5e-4))
+    # a spread the items explain adds nothing, and the normal reference stays
+    explained = refit_variance(by_fold, [0.1], sizes)
+    assert explained.variance[0] == 0.0 and explained.df[0] == np.inf
+    # items dominating the spread: many degrees of freedom
+    assert refit_variance(by_fold, [0.04], sizes).df[0] > 20
 
 
 def test_cross_fitted_pairs_widen_by_the_fits_variance_and_only_then():
@@ -476,7 +483,20 @@ def test_cross_fitted_pairs_widen_by_the_fits_variance_and_only_then():
     widened = fitted.loc[swinging]
     # the interval widens with the standard error, around the same difference
     ratio = widened["log_loss_se"] / plain.loc[swinging, "log_loss_se"]
+    # the fits' variance is estimated from 5 folds: t with Satterthwaite's df, not normal
+    from sklearn.metrics import log_loss
+    from poolkit.stats import refit_variance
+
+    by_fold = [log_loss(y[folds == f], probs["a"][0][folds == f], labels=[0, 1])
+               - log_loss(y[folds == f], probs["b"][0][folds == f], labels=[0, 1])
+               for f in range(5)]
+    sign = 1 if swinging == ("a", "b") else -1
+    df = refit_variance(sign * np.array(by_fold)[:, None], [plain.loc[swinging, "log_loss_se"]],
+                        np.full(5, 120)).df[0]
+    assert 1 < df < 20
+    tails = scipy.stats.t.ppf(0.975, df) / scipy.stats.norm.ppf(0.975)
     assert widened["log_loss_high"] - widened["log_loss_diff"] == pytest.approx(
-        ratio * (plain.loc[swinging, "log_loss_high"] - plain.loc[swinging, "log_loss_diff"]))
-    assert widened["log_loss_p"] == pytest.approx(
-        2 * scipy.stats.norm.sf(abs(widened["log_loss_diff"]) / widened["log_loss_se"]))
+        tails * ratio * (plain.loc[swinging, "log_loss_high"] - plain.loc[swinging, "log_loss_diff"]))
+    z = abs(widened["log_loss_diff"]) / widened["log_loss_se"]
+    assert widened["log_loss_p"] == pytest.approx(2 * scipy.stats.t.sf(z, df))
+    assert widened["log_loss_p"] > 2 * scipy.stats.norm.sf(z)
