@@ -45,7 +45,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
         finetune=False, max_train_texts=None, max_texts=None, label_pattern=None,
-        save_models=False, predictions=False, empty_texts="skip", encoding="utf-8",
+        text_pair_col=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8",
         trust_remote_code=False, pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
@@ -63,7 +63,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     ``max_train_texts`` caps each fold's training texts, ``max_texts`` the data
     (a stratified subset before any split); ``label_pattern`` derives each label
     from its cell (a regular expression: its first group, rows without a match
-    left out); with ``out`` the run
+    left out); ``text_pair_col`` makes each item a pair of texts (this column the
+    second, tokenized as the model's tokenizer joins pairs); with ``out`` the run
     directory is written there, ``predictions=True`` adds each test item's
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
     seconds; ``cache_mode`` ``"tokens"``, ``"pooled"`` or ``"auto"`` and
@@ -86,7 +87,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         head=head or HeadConfig(), empty_texts=empty_texts, encoding=encoding,
         finetune=FineTuneConfig() if finetune is True else (finetune or None),
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
-        save_models=save_models,
+        text_pair_col=text_pair_col, save_models=save_models,
         trust_remote_code=trust_remote_code,
         out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout, progress=progress)

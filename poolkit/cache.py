@@ -127,7 +127,14 @@ class HiddenStateCache:
             with np.load(self.path / "index.npz", allow_pickle=False) as index:
                 self.starts = index["starts"]
                 self.lengths = index["lengths"]
+                #: pairs of texts: ``(N,)`` each one's first token of its second text
+                self.pair_starts = index["pair_starts"] if "pair_starts" in index else None
             _check_index(self.starts, self.lengths, self.meta["num_texts"], total)
+            if self.pair_starts is not None and (
+                    self.pair_starts.shape != self.lengths.shape
+                    or self.pair_starts.dtype != np.int64 or (self.pair_starts < 1).any()
+                    or (self.pair_starts > self.lengths).any()):
+                raise CacheDamaged("index.npz: pair_starts do not fit the texts")
         except CacheDamaged:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -178,6 +185,17 @@ class HiddenStateCache:
         # torch converts fp16 to fp32 several times faster than numpy does.
         flat = torch.from_numpy(self.states(layer)[first:last]).float()
         return pad_tokens(flat, lengths)
+
+    def segments(self, indices):
+        """``(batch, seq)`` int64 segment ids of texts ``indices``, as :meth:`padded`
+        and :meth:`gather` pad them (0: the first text and padding, 1: the second;
+        see :func:`~poolkit.tokenization.segments`), or ``None`` for single texts."""
+        from .tokenization import segments
+
+        if self.pair_starts is None:
+            return None
+        lengths = self.lengths[indices]
+        return segments(self.pair_starts[indices], lengths, int(lengths.max()))
 
     def gather(self, indices, layer: int | None = None, standardize=None):
         """Like :meth:`padded` for any texts ``indices``, in that order (used by
@@ -277,15 +295,19 @@ class CacheWriter:
     data_file = "tokens.bin"
 
     def __init__(self, root: Path, name: str, hidden_size: int, dtype: str, meta: dict,
-                 plan, layers, join=None, rank: int = 0):
+                 plan, layers, join=None, rank: int = 0, pair_starts=None):
         """``join``: another rank's partial folder to write into (under torchrun: rank
         0 creates it, the others join it; they take no lock and record their batches
-        in ``progress-rank<r>.json``)."""
+        in ``progress-rank<r>.json``). ``pair_starts``: pairs of texts, each one's
+        first token of the second text (kept in ``index.npz``)."""
         self.layers = [int(layer) for layer in layers]
         meta = {**meta, "format": FORMAT_VERSION, "dtype": dtype, "hidden_size": hidden_size,
                 "layers": self.layers}
+        index = {"starts": plan.starts, "lengths": plan.lengths}
+        if pair_starts is not None:
+            index["pair_starts"] = np.asarray(pair_starts, dtype=np.int64)
         self._open(root, name, dtype, meta, plan, plan.offsets, [hidden_size] * len(self.layers),
-                   {"starts": plan.starts, "lengths": plan.lengths}, join, rank)
+                   index, join, rank)
 
     def _open(self, root, name, dtype, meta, plan, offsets, widths, index, join, rank) -> None:
         self.final = Path(root) / name

@@ -160,6 +160,10 @@ def cli(debug):
               help="Derive each label from its cell with this regular expression (its first "
                    "group, else the whole match); rows it does not match are left out. E.g. "
                    "'^(Con|Lab)$' keeps two labels, '^([a-z]+)-' takes a prefix.")
+@click.option("--text-pair-col",
+              help="Each item is a pair of texts: this column's cell is the second text "
+                   "(tokenized as [CLS] text [SEP] pair [SEP], with token_type_ids where the "
+                   "model has them).")
 @click.option("--save-models", is_flag=True,
               help="Keep each fine-tuned model's weights (RUN_DIR/models/*.safetensors).")
 @click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
@@ -185,7 +189,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         max_length, device, cache_dtype,
         precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
         finetune_batch_size, grad_accum, encoder_lr, max_train_texts, max_texts, label_pattern,
-        save_models, empty_texts,
+        text_pair_col, save_models, empty_texts,
         encoding, predictions, plot_formats, wide, trust_remote_code, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
@@ -209,7 +213,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
                                 accumulation=grad_accum, encoder_lr=encoder_lr)
         if finetune else None,
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
-        save_models=save_models,
+        text_pair_col=text_pair_col, save_models=save_models,
         empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
         cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout,

@@ -36,7 +36,8 @@ class RunConfig:
     part (a stratified subset, for every head); ``max_texts`` caps the data
     itself (a stratified subset, before any split); ``label_pattern`` derives
     the labels from their cells (a regular expression; rows it does not match
-    are left out)."""
+    are left out); ``text_pair_col`` makes each item a pair of texts (that column
+    the second text)."""
 
     data: str | Path | None = None
     text_col: str = "text"
@@ -62,6 +63,7 @@ class RunConfig:
     max_train_texts: int | None = None
     max_texts: int | None = field(default=None, metadata=WHEN_SET)
     label_pattern: str | None = field(default=None, metadata=WHEN_SET)
+    text_pair_col: str | None = field(default=None, metadata=WHEN_SET)
     empty_texts: str = "skip"
     encoding: str = "utf-8"
     trust_remote_code: bool = False

@@ -36,6 +36,7 @@ class Dataset:
     (:attr:`scored`): all of them under cross-fitting, the test split otherwise.
     """
 
+    #: each item's text, or with ``--text-pair-col`` its ``(text, text_pair)``
     texts: list
     labels: np.ndarray  # (N,) int64 label ids
     label_names: list
@@ -45,6 +46,11 @@ class Dataset:
     rows: np.ndarray = None
     #: (N,) that file's name ("data" file, or the --test-data file for test texts)
     files: list = None
+
+    @property
+    def pairs(self) -> bool:
+        """Whether each item is a pair of texts."""
+        return is_pairs(self.texts)
 
     @property
     def num_labels(self) -> int:
@@ -61,6 +67,11 @@ class Dataset:
     def scored(self) -> np.ndarray:
         """The items with a prediction per head, sorted: the folds' test parts together."""
         return np.sort(np.concatenate([fold["test"] for fold in self.folds]))
+
+
+def is_pairs(texts) -> bool:
+    """Whether ``texts`` are pairs ``(text, text_pair)`` rather than single texts."""
+    return len(texts) > 0 and isinstance(texts[0], tuple)
 
 
 def default_dataset_path() -> Path:
@@ -388,26 +399,35 @@ def _column_text(frame, column: str, role: str, path) -> list:
 
 
 def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error", log=None,
-                  encoding: str = "utf-8"):
+                  encoding: str = "utf-8", text_pair_col: str | None = None):
     """``(texts, raw_labels)`` from a file; errors name the file and column.
 
-    Texts and labels are the text of the cells as the file has them. Rows
-    whose text is missing (null), empty or whitespace are skipped (with a
-    warning through ``log``) when ``empty_texts`` is ``"skip"``, else an error.
-    A label that is missing, empty or whitespace is an error. ``raw_labels``
-    is a Series of label strings indexed by 0-based data row.
+    Texts and labels are the text of the cells as the file has them; with
+    ``text_pair_col`` each item is a pair ``(text, text_pair)`` of two columns'
+    cells. Rows whose text (or pair text) is missing (null), empty or whitespace
+    are skipped (with a warning through ``log``) when ``empty_texts`` is
+    ``"skip"``, else an error. A label that is missing, empty or whitespace is an
+    error. ``raw_labels`` is a Series of label strings indexed by 0-based data row.
     """
     import pandas as pd
 
     frame = read_table(path, encoding)
-    for role, col in (("text", text_col), ("label", label_col)):
+    roles = [("text", text_col), ("label", label_col)]
+    if text_pair_col is not None:
+        if text_pair_col == text_col:
+            raise PoolkitError(f"data file '{path}': --text-pair-col '{text_pair_col}' is the "
+                               "text column too; a pair needs two columns")
+        roles.append(("text-pair", text_pair_col))
+    for role, col in roles:
         if col not in frame.columns:
             columns = ", ".join(map(str, frame.columns))
             raise PoolkitError(
-                f"data file '{path}' has no {role} column '{col}' (columns: {columns}); "
-                f"use --{role}-col"
+                f"data file '{path}' has no {role.replace('-', ' ')} column '{col}' (columns: "
+                f"{columns}); use --{role}-col"
             )
-    texts = _column_text(frame, text_col, "text", path)
+    columns = {text_col: _column_text(frame, text_col, "text", path)}
+    if text_pair_col is not None:
+        columns[text_pair_col] = _column_text(frame, text_pair_col, "text", path)
     labels = _column_text(frame, label_col, "label", path)
     missing = [row for row, label in enumerate(labels) if label is None or not label.strip()]
     if missing:
@@ -415,17 +435,23 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
             f"data file '{path}': column '{label_col}' has {len(missing)} missing "
             f"label(s), first at row {missing[0] + 1}"
         )
-    empty = [row for row, text in enumerate(texts) if text is None or not text.strip()]
-    if empty:
-        where = (f"{len(empty)} empty or whitespace-only text(s) in column '{text_col}', "
-                 f"first at row {empty[0] + 1}")
+    empty = set()
+    for column, texts in columns.items():
+        blank = [row for row, text in enumerate(texts) if text is None or not text.strip()]
+        if not blank:
+            continue
+        where = (f"{len(blank)} empty or whitespace-only text(s) in column '{column}', "
+                 f"first at row {blank[0] + 1}")
         if empty_texts != "skip":
             raise PoolkitError(f"data file '{path}': {where}; fix them or use --empty-texts skip")
         if log:
             log(f"warning: data file '{path}': skipped {where}")
-        if len(empty) == len(texts):
-            raise PoolkitError(f"data file '{path}' has no non-empty texts in column '{text_col}'")
-    kept = sorted(set(range(len(texts))) - set(empty))
+        empty.update(blank)
+    if len(empty) == len(labels):
+        raise PoolkitError(f"data file '{path}' has no non-empty texts in column "
+                           f"'{' and '.join(columns)}'")
+    texts = list(zip(*columns.values())) if text_pair_col is not None else columns[text_col]
+    kept = sorted(set(range(len(texts))) - empty)
     # The labels keep the file's row numbers (the index), for error messages.
     raw = pd.Series([labels[i] for i in kept], index=kept, dtype=object)
     declared = frame.attrs.get("label_names", {}).get(label_col)
@@ -565,6 +591,7 @@ def load_dataset(
     max_train_texts: int | None = None,
     label_pattern: str | None = None,
     max_texts: int | None = None,
+    text_pair_col: str | None = None,
 ) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
@@ -579,7 +606,8 @@ def load_dataset(
     the first group of its first match (the whole match without a group); rows
     whose label does not match are left out, with a count through ``log``.
     ``max_texts`` keeps a stratified, seeded subset of ``data``'s rows (drawn
-    with ``split_seed``) before any split.
+    with ``split_seed``) before any split. ``text_pair_col``: each item is a pair
+    ``(text, text_pair)`` of the two columns (in ``data`` and ``test_data``).
     """
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
         raise PoolkitError(f"--folds {folds}: give 1 (one split) or a number of folds >= 2")
@@ -594,11 +622,15 @@ def load_dataset(
                            "leaves no training data; keep their sum below 1")
     if empty_texts not in ("skip", "error"):
         raise PoolkitError(f"--empty-texts {empty_texts!r}: use skip or error")
+    if data is None and text_pair_col is not None:
+        raise PoolkitError(f"--text-pair-col {text_pair_col}: the default data are single "
+                           "texts; give --data with a pair column")
     if data is None:
         texts, raw = load_default_examples()
         source = DEFAULT_DATASET_NAME
     else:
-        texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding)
+        texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding,
+                                   text_pair_col)
         source = f"data file '{data}'"
     if label_pattern is not None:
         texts, raw = relabel(texts, raw, label_pattern, f"{source}, column '{label_col}'", log)
@@ -631,7 +663,7 @@ def load_dataset(
         splits = split_indices(by_name, split_seed, validation_size, test_size, source)
     else:
         test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log,
-                                             encoding)
+                                             encoding, text_pair_col)
         if label_pattern is not None:
             test_texts, test_raw = relabel(test_texts, test_raw, label_pattern,
                                            f"test file '{test_data}', column '{label_col}'", log)

@@ -197,7 +197,7 @@ def encode_to_cache(
 
         def open_writer(join=None, rank=0):
             return CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
-                               join=join, rank=rank)
+                               join=join, rank=rank, pair_starts=ids.pair_starts)
     try:
         writer = None
         if rank == 0:
@@ -224,7 +224,8 @@ def encode_to_cache(
             encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
                            layers=layers, all_layers=layers != [encoder.num_layers],
                            pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
-                           log=log, pooling=pooling, shared=ranks > 1)
+                           log=log, pooling=pooling, shared=ranks > 1,
+                           token_types=ids.pair_starts is not None and encoder.token_types)
             if ranks > 1:
                 writer.checkpoint(sync=True)
         except BaseException:
@@ -258,7 +259,8 @@ def encode_to_cache(
 
 def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
                    all_layers: bool, pad_id: int, progress: bool = False,
-                   log=lambda message: None, pooling=None, shared: bool = False) -> None:
+                   log=lambda message: None, pooling=None, shared: bool = False,
+                   token_types: bool = False) -> None:
     """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
 
     ``ids`` are the texts' token ids; each batch is padded to its longest text,
@@ -270,8 +272,11 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     seconds and one at the end (``shared``: other ranks encode the plan's other
     batches, so progress counts this rank's ``batches`` only). With ``pooling`` (a
     :class:`~poolkit.features.BatchPooling`) the writer gets each batch's pooled
-    features instead of its states.
+    features instead of its states. Pairs of texts (``ids.pair_starts``): the model
+    gets each batch's segment ids as ``token_type_ids`` when ``token_types`` (BERT),
+    and ``pooling`` gets them too.
     """
+    from .tokenization import segments
     import torch
     from tqdm.auto import tqdm
 
@@ -295,20 +300,27 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
                     input_ids[row, : lengths[i]] = ids[i]
                 input_ids = torch.from_numpy(input_ids)
                 attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
+                segs = (segments(ids.pair_starts[batch], lengths[batch], width)
+                        if ids.pair_starts is not None else None)
+                extra = {}
+                if token_types:
+                    extra["token_type_ids"] = segs.pin_memory() if on_cuda else segs
                 if on_cuda:  # pinned host memory lets the copies run asynchronously
                     input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
                 input_ids = input_ids.to(device, non_blocking=True)
                 attention = attention.to(device, non_blocking=True)
+                extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
                 with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
                                     enabled=on_cuda and autocast_dtype is not None):
                     out = model(input_ids=input_ids, attention_mask=attention,
-                                output_hidden_states=all_layers)
+                                output_hidden_states=all_layers, **extra)
                 states = ([out.hidden_states[i] for i in layers] if all_layers
                           else [out.last_hidden_state])
                 # Only real tokens go to the cache, cast on the device (half the copy in fp16).
                 real_mask = attention.bool()
                 real = torch.stack([h[real_mask] for h in states]).to(store_dtype).cpu().numpy()
-                writer.write(number, real if pooling is None else pooling(lengths[batch], real))
+                writer.write(number, real if pooling is None else
+                             pooling(lengths[batch], real, segs))
                 if count % CHECKPOINT_EVERY == 0:
                     writer.checkpoint()
                 bar.update(int(lengths[batch].sum()))

@@ -33,3 +33,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, (PoolkitError, PluginFailure)) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+#: Why a pooler that asks for segments (``segments = True``) fails on single texts.
+NEEDS_PAIRS = ("pools pairs of texts (segments = True), but these items are single texts; "
+               "give --text-pair-col")

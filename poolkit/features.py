@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import PluginFailure, one_line
+from .errors import NEEDS_PAIRS, PluginFailure, one_line
 from .isolation import DEFAULT_TIMEOUT, plugin_code
 from .manager import DEFAULT_PLUGINS as BUILTIN_PLUGINS
 
@@ -38,6 +38,8 @@ class FeatureSet:
     finetuned: bool = False
     #: the encoder's label when a run compares several (``--model a,b``), else ``None``
     model: str | None = None
+    #: the pooler pools pairs of texts: its ``pool`` gets their segment ids too
+    segments: bool = False
 
     @property
     def layer(self) -> str:
@@ -84,6 +86,7 @@ class PoolerSpec:
     layers: tuple | None
     trainable: bool
     dim: int
+    segments: bool = False
 
 
 def setup_poolers(poolers: dict, encoder, num_texts: int = 0, timeout=DEFAULT_TIMEOUT):
@@ -111,10 +114,11 @@ def read_spec(pooler, hidden_size: int, num_texts: int = 0, timeout=DEFAULT_TIME
         dim = pooler.output_dim(hidden_size)
         layers = getattr(pooler, "layers", None)
         trainable = bool(getattr(pooler, "trainable", False))
+        segments = getattr(pooler, "segments", False) is True
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
         raise PluginFailure(f"output_dim() returned {dim!r}, not a positive int")
     _check_fits(int(dim), num_texts)
-    return PoolerSpec(layers, trainable, int(dim))
+    return PoolerSpec(layers, trainable, int(dim), segments)
 
 
 def _check_fits(dim: int, num_texts: int) -> None:
@@ -164,7 +168,8 @@ def feature_sets(poolers: dict, specs: dict, layers, num_layers: int, failed=Non
         own = spec.layers
         if own is None:
             for layer in layers:
-                fs = FeatureSet(name, pooler, (layer,), False, spec.dim, spec.trainable)
+                fs = FeatureSet(name, pooler, (layer,), False, spec.dim, spec.trainable,
+                                segments=spec.segments)
                 sets[fs.id] = fs
             continue
         try:
@@ -177,7 +182,8 @@ def feature_sets(poolers: dict, specs: dict, layers, num_layers: int, failed=Non
             sets[fs.id] = fs
             failures[fs.id] = f"asks for layers {own!r}: {one_line(exc)}"
             continue
-        fs = FeatureSet(name, pooler, combined, True, spec.dim, spec.trainable)
+        fs = FeatureSet(name, pooler, combined, True, spec.dim, spec.trainable,
+                        segments=spec.segments)
         sets[fs.id] = fs
     return sets, failures
 
@@ -202,12 +208,13 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
     for key, fs in list(sets.items()):
         if not isinstance(fs, FeatureSet):  # a pooler, already set up
             try:
-                dim = read_spec(fs, cache.hidden_size, len(cache), timeout).dim
+                spec = read_spec(fs, cache.hidden_size, len(cache), timeout)
             except PluginFailure as exc:
                 failures[key] = exc.reason
                 del sets[key]
                 continue
-            sets[key] = FeatureSet(key, fs, (cache.layers[-1],), dim=dim)
+            sets[key] = FeatureSet(key, fs, (cache.layers[-1],), dim=spec.dim,
+                                   segments=spec.segments)
     features = {}
     for key, fs in sets.items():
         try:
@@ -220,7 +227,7 @@ def pool_cache(cache, sets: dict, max_batch_tokens: int = 4096, progress: bool =
               disable=not progress, leave=False) as bar:
         for indices in cache.batches(max_batch_tokens):
             pooled = pool_batch(sets, lambda layer: cache.padded(indices, layer), len(indices),
-                                failures, checked, timeout)
+                                failures, checked, timeout, cache.segments(indices))
             for key, array in pooled.items():
                 features[key][indices] = array
             bar.update(int(cache.lengths[indices].sum()))
@@ -237,11 +244,13 @@ def _checked(sets: dict) -> set:
 
 
 def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
-               timeout=DEFAULT_TIMEOUT) -> dict:
+               timeout=DEFAULT_TIMEOUT, segments=None) -> dict:
     """Every feature set of ``sets`` not in ``failures`` on one batch of ``size`` texts:
     ``{id: (size, D) float32}``. ``load(layer)`` gives the batch's ``(hidden, mask)``
     of a layer (called once per layer, and again after a pooler wrote into them);
-    a feature set that fails goes into ``failures`` with its reason."""
+    ``segments`` the batch's segment ids when its items are pairs of texts (a copy
+    goes to each pooler that asks for them, ``pool(hidden, mask, segments)``); a
+    feature set that fails goes into ``failures`` with its reason."""
     import torch
 
     out = {}
@@ -258,9 +267,13 @@ def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
         mask = states[fs.layers[0]][1]
         hidden = tuple(inputs) if fs.combines else inputs[0]
         versions = [t._version for t in (*inputs, mask)]
+        if fs.segments and segments is None:
+            failures[key] = NEEDS_PAIRS
+            continue
+        extra = (segments.clone(),) if fs.segments else ()
         try:
             with plugin_code(timeout), torch.no_grad():
-                result = fs.pooler.pool(hidden, mask)
+                result = fs.pooler.pool(hidden, mask, *extra)
             out[key] = check_output(result, size, fs.dim)
         except PluginFailure as exc:
             failures[key] = exc.reason
@@ -281,7 +294,8 @@ def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
 class BatchPooling:
     """Pools each encoder batch's token states while encoding (``--cache-mode pooled``):
     called with a batch's real-token ``lengths`` and ``states`` ``(layers, tokens, H)``
-    (rounded to the cache's dtype, as a token cache would hold them), it returns one
+    (rounded to the cache's dtype, as a token cache would hold them), and for pairs of
+    texts their ``segments``, it returns one
     ``(texts, D)`` block per feature set of ``sets``, zeros for a set in ``failed``
     (which it adds to)."""
 
@@ -289,7 +303,7 @@ class BatchPooling:
         self.sets, self.layers, self.failed, self.timeout = sets, list(layers), failed, timeout
         self.checked = _checked(sets)
 
-    def __call__(self, lengths, states) -> list:
+    def __call__(self, lengths, states, segments=None) -> list:
         import torch
 
         from .cache import pad_tokens
@@ -301,7 +315,7 @@ class BatchPooling:
         # counter: the read-only check needs one)
         with torch.inference_mode(False):
             out = pool_batch(self.sets, load, len(lengths), self.failed, self.checked,
-                             self.timeout)
+                             self.timeout, segments)
         return [out.get(key, np.zeros((len(lengths), fs.dim), dtype=np.float32))
                 for key, fs in self.sets.items()]
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PluginFailure, one_line
+from .errors import NEEDS_PAIRS, PluginFailure, one_line
 from .heads import MIN_DELTA, FailedHead, FineTuneConfig, HeadTask, TrainedHead, head_seed
 from .isolation import DEFAULT_TIMEOUT, plugin_code
 
@@ -76,19 +76,28 @@ class FineTuneModel(torch.nn.Module):
         self.classifier = torch.nn.Linear(feature_set.dim, num_labels)
         self.pooler, self.timeout = pooler, timeout
         self.layers, self.combines = tuple(feature_set.layers), feature_set.combines
+        self.segments = feature_set.segments
         self.last = encoder_model.config.num_hidden_layers
+        #: the encoder takes pairs' segment ids as ``token_type_ids`` (BERT)
+        self.token_types = False
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, segments=None):
+        """Logits of a batch; ``segments`` ``(batch, seq)`` for pairs of texts (the
+        encoder's ``token_type_ids`` where it takes them, and the pooler's if it asks)."""
         every = self.layers != (self.last,)
+        extra = {"token_type_ids": segments} if self.token_types and segments is not None else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=every)
+                           output_hidden_states=every, **extra)
         states = [out.hidden_states[i] for i in self.layers] if every else [out.last_hidden_state]
         hidden = tuple(states) if self.combines else states[0]
+        if self.segments and segments is None:
+            raise PluginFailure(NEEDS_PAIRS)
+        pair = (segments,) if self.segments else ()
         with plugin_code(self.timeout):
             if self.pooler_module is not None:
-                pooled = self.pooler_module(hidden, attention_mask)
+                pooled = self.pooler_module(hidden, attention_mask, *pair)
             else:
-                pooled = self.pooler.pool(hidden, attention_mask)
+                pooled = self.pooler.pool(hidden, attention_mask, *pair)
         return self.classifier(self.dropout(pooled.float())).float()
 
 
@@ -116,6 +125,7 @@ def build_model(encoder, feature_set, num_labels: int, seed: int, device: str = 
             with plugin_code(timeout):
                 module = pooler.module(encoder.hidden_size)
         built = FineTuneModel(model, feature_set, pooler, num_labels, dropout, timeout, module)
+        built.token_types = encoder.token_types
         with torch.no_grad():
             built.classifier.weight.normal_(0.0, getattr(settings, "initializer_range", 0.02))
             built.classifier.bias.zero_()
@@ -162,15 +172,22 @@ def train_batches(lengths: np.ndarray, size: int, rng) -> list:
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(ids: list, rows, pad_id: int, device: str):
-    """``(input_ids, attention_mask)`` int64 tensors of the texts ``rows``, padded to the longest."""
+def collate(ids, rows, pad_id: int, device: str):
+    """``(input_ids, attention_mask, segments)`` int64 tensors of the texts ``rows``
+    (a :class:`~poolkit.tokenization.TokenIds`), padded to the longest; ``segments``
+    is ``None`` for single texts (see :func:`~poolkit.tokenization.segments`)."""
+    from .tokenization import segments
+
+    rows = np.asarray(rows)
     lengths = np.array([len(ids[i]) for i in rows])
     width = int(lengths.max())
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     for r, i in enumerate(rows):
         input_ids[r, : lengths[r]] = ids[i]
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
+    pairs = getattr(ids, "pair_starts", None)
+    segs = segments(pairs[rows], lengths, width).to(device) if pairs is not None else None
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device), segs
 
 
 def _autocast(device: str, precision: str):

@@ -32,12 +32,18 @@ def digest(value) -> str:
 
 
 def texts_digest(texts) -> str:
-    """sha256 over the texts in order (length-prefixed, so boundaries count)."""
+    """sha256 over the texts in order (length-prefixed, so boundaries count). A pair
+    ``(text, text_pair)`` hashes as a marker and its two texts: pairs never hash as
+    the single texts they are made of, nor as the same pairs joined otherwise."""
     hashed = hashlib.sha256()
     for text in texts:
-        data = text.encode("utf-8")
-        hashed.update(len(data).to_bytes(8, "little"))
-        hashed.update(data)
+        parts = text if isinstance(text, tuple) else (text,)
+        if isinstance(text, tuple):
+            hashed.update(b"\xffpair")
+        for part in parts:
+            data = part.encode("utf-8")
+            hashed.update(len(data).to_bytes(8, "little"))
+            hashed.update(data)
     return hashed.hexdigest()
 
 

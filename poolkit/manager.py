@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "poolkit.plugins.last_token",
     "poolkit.plugins.first_last_avg",
     "poolkit.plugins.attention",
+    "poolkit.plugins.pairs",
 )
 
 

@@ -78,6 +78,13 @@ class Encoder:
         return int(self.settings["hidden_size"])
 
     @property
+    def token_types(self) -> bool:
+        """Whether the model takes ``token_type_ids`` (segment A 0, segment B 1), as
+        BERT does; RoBERTa-style models have one type only and take none."""
+        return int(self.settings.get("type_vocab_size", 0) or 0) > 1 and \
+            "token_type_ids" in self.tokenizer.model_input_names
+
+    @property
     def num_layers(self) -> int:
         """Transformer layers L: hidden-state indices run 0 (embeddings) .. L."""
         return int(self.settings["num_hidden_layers"])

@@ -157,7 +157,7 @@ def load_data(config: RunConfig, log=_silent):
                            test_size=config.test_size, empty_texts=config.empty_texts,
                            encoding=config.encoding, max_train_texts=config.max_train_texts,
                            label_pattern=config.label_pattern, max_texts=config.max_texts,
-                           folds=folds, log=log)
+                           text_pair_col=config.text_pair_col, folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     first = dataset.folds[0]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in first.items())
@@ -415,7 +415,7 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "data": str(config.data) if config.data is not None else DEFAULT_DATASET_NAME,
         "test_data": str(config.test_data) if config.test_data is not None else None,
         "text_col": config.text_col, "label_col": config.label_col,
-        **_given(config, "label_pattern", "max_texts"), "model": encoder.name,
+        **_given(config, "label_pattern", "max_texts", "text_pair_col"), "model": encoder.name,
         "max_length": encoder.max_length, "poolers": list(poolers.selected), "seeds": seeds,
         "layers": encoded.layers, "num_layers": encoder.num_layers,
         "split_seed": config.split_seed,
@@ -500,7 +500,7 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
         "num_layers": encoder.num_layers,
         "data_sha256": data_files,
         "text_col": config.text_col, "label_col": config.label_col,
-        **_given(config, "label_pattern", "max_texts"),
+        **_given(config, "label_pattern", "max_texts", "text_pair_col"),
         "labels": dataset.label_names,
         "split_seed": config.split_seed,
         "protocol": config.plan()[0].name, "folds": len(dataset.folds),
@@ -556,6 +556,8 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     began = time.perf_counter()
     poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
     dataset = load_data(config, log)
+    if config.poolers is None and not dataset.pairs:
+        poolers = _single_text_poolers(poolers)
     identity = RunIdentity.of(config)
 
     def claim():  # before the encoder runs, not after; once the model is known to load
@@ -591,6 +593,18 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     encoded, features, training = parts[None] if labels == [None] else _together(parts)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
+
+
+def _single_text_poolers(poolers: Poolers) -> Poolers:
+    """``poolers`` without those that pool pairs of texts only (``segments = True``):
+    every registered pooler, on single texts, means those that pool them."""
+    from dataclasses import replace
+
+    kept = [name for name, p in poolers.selected.items()
+            if getattr(type(p), "segments", False) is not True]
+    return replace(poolers, selected={n: poolers.selected[n] for n in kept},
+                   plugins={n: poolers.plugins[n] for n in kept},
+                   fingerprints={n: poolers.fingerprints[n] for n in kept})
 
 
 def model_labels(models: list) -> list:

@@ -25,6 +25,15 @@ class Pooler:
     its ``pool`` receives ``hidden`` as a tuple of ``(batch, seq, H)``
     tensors in that order.
 
+    Pairs of texts (``--text-pair-col``): every pooler pools the joined sequence
+    (``[CLS] a [SEP] b [SEP]``) as it pools a single text. A pooler that needs to
+    know where the second text begins sets ``segments = True``: its ``pool`` is
+    then called as ``pool(hidden, mask, segments)`` with ``segments`` ``(batch,
+    seq)`` int64, 1 on the second text's tokens (and the special tokens after
+    them: BERT's ``token_type_ids``), 0 on the first's and on padding. Such a
+    pooler pools pairs only: runs on single texts leave it out unless it is
+    named, and then it fails alone.
+
     Trainable poolers set ``trainable = True`` and implement :meth:`module`
     instead of :meth:`pool`: a fresh ``torch.nn.Module`` per head, whose
     ``forward(hidden, mask)`` follows the same contract and whose parameters
@@ -37,6 +46,8 @@ class Pooler:
     layers: tuple | None = None
     #: ``True``: :meth:`module` gives parameters trained with each head.
     trainable: bool = False
+    #: ``True``: pools pairs of texts, ``pool(hidden, mask, segments)`` (see above).
+    segments: bool = False
 
     def output_dim(self, hidden_size: int) -> int:
         """Width ``D`` of the pooled vector for an encoder of ``hidden_size``."""

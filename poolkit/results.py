@@ -226,7 +226,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
     Columns: pooler, layer, encoder, seed, fold (with several folds: the fold that held
     the item out), file, row (1-based data row in that file), text, label,
     predicted, then ``p_<label>`` per label in ``labels.json`` order (label id
-    order).
+    order). Pairs of texts: ``text`` and ``text_pair``.
     """
     import pandas as pd
 
@@ -244,7 +244,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
                 "pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder, "seed": seed,
                 **({"fold": fold_of[test]} if len(dataset.folds) > 1 else {}),
                 "file": [dataset.files[i] for i in test], "row": dataset.rows[test],
-                "text": [dataset.texts[i] for i in test],
+                **_texts_columns([dataset.texts[i] for i in test]),
                 "label": [names[i] for i in dataset.labels[test]],
                 "predicted": [names[i] for i in np.argmax(p, axis=1)],
             })
@@ -252,6 +252,15 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
                 frame[f"p_{name}"] = p[:, j]
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _texts_columns(texts: list) -> dict:
+    """``{"text": ...}``, or for pairs of texts ``{"text": ..., "text_pair": ...}``."""
+    from .data import is_pairs
+
+    if not is_pairs(texts):
+        return {"text": texts}
+    return {"text": [a for a, _ in texts], "text_pair": [b for _, b in texts]}
 
 
 #: The tables and records a run writes into its run directory.

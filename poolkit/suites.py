@@ -17,7 +17,7 @@ from .errors import Interrupted, PoolkitError
 
 #: The options a task takes for its data (RunConfig fields).
 TASK_OPTIONS = ("data", "text_col", "label_col", "test_data", "labels", "encoding",
-                "label_pattern", "max_texts", "empty_texts")
+                "label_pattern", "max_texts", "empty_texts", "text_pair_col")
 #: The suite-wide options a ``[defaults]`` table (or the command line) may set.
 SUITE_OPTIONS = ("model", "poolers", "layers", "seeds", "folds", "protocol", "finetune", "metric",
                  "baseline", "max_length", "split_seed", "max_train_texts", "cache_dir",

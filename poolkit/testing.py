@@ -33,6 +33,8 @@ The checks (their names start the lines of the message):
 - ``backward`` (trainable poolers): a backward pass gives every parameter a
   finite gradient and leaves the inputs alone.
 
+Poolers of pairs of texts (``segments = True``) get ``pool(hidden, mask,
+segments)`` in every check, each text's second half as its second text.
 Multi-layer poolers (``layers`` a tuple) get ``hidden`` as a tuple of
 ``len(layers)`` tensors in every check. Trainable poolers are checked through
 ``module(H).forward`` (eval mode, no grad, except for ``backward``).
@@ -110,11 +112,14 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
 
         def pool_without_grad(hidden, mask):
             with torch.no_grad():
-                return module(hidden, mask)
+                return module(hidden, mask, *_pair_segments(pooler, mask))
 
         ctx.pool = pool_without_grad
     else:
-        ctx.pool = pooler.pool
+        def pool(hidden, mask):
+            return pooler.pool(hidden, mask, *_pair_segments(pooler, mask))
+
+        ctx.pool = pool
 
     check("output", _check_output, ctx)
     check("padding invariance", _check_padding_invariance, ctx)
@@ -124,7 +129,7 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
     check("fp16", _check_fp16, ctx)
     check("bool mask", _check_bool_mask, ctx)
     if module is not None:
-        check("backward", _check_backward, ctx, module)
+        check("backward", _check_backward, ctx, module, pooler)
     _raise(pooler, problems)
 
 
@@ -268,7 +273,7 @@ def _check_bool_mask(ctx):
     return None
 
 
-def _check_backward(ctx, module):
+def _check_backward(ctx, module, module_owner=None):
     import torch
 
     if not any(p.requires_grad for p in module.parameters()):
@@ -280,7 +285,7 @@ def _check_backward(ctx, module):
     module.train()
     try:
         module.zero_grad(set_to_none=True)
-        out = module(inputs, mask)
+        out = module(inputs, mask, *_pair_segments(module_owner, mask))
         if not isinstance(out, torch.Tensor):
             return f"forward returned {type(out).__name__}, not a torch.Tensor"
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(ctx.seed))
@@ -301,6 +306,18 @@ def _check_backward(ctx, module):
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+def _pair_segments(pooler, mask) -> tuple:
+    """``(segments,)`` for a pooler of pairs of texts (``segments = True``), else ``()``:
+    each text's second half (from token ``ceil(n / 2)`` of its ``n``) is its second text."""
+    import torch
+
+    if getattr(pooler, "segments", False) is not True:
+        return ()
+    lengths = mask.bool().sum(dim=1, keepdim=True)
+    positions = torch.arange(mask.shape[1]).unsqueeze(0)
+    return (((positions >= (lengths + 1) // 2) & (positions < lengths)).long(),)
 
 
 def _equal(a, b):

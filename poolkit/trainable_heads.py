@@ -6,7 +6,7 @@ states, early-stopped on the validation loss like the fixed poolers' heads.
 Every call into the plugin runs under :class:`~poolkit.isolation.plugin_code`.
 """
 
-from .errors import PluginFailure
+from .errors import NEEDS_PAIRS, PluginFailure
 from .heads import AdamW, EarlyStopping, FailedHead, HeadTask, Standardization, TrainedHead, head_seed
 from .isolation import DEFAULT_TIMEOUT, plugin_code
 
@@ -63,13 +63,18 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
     }
     y_all = torch.from_numpy(task.labels)
 
+    if feature_set.segments and cache.pair_starts is None:
+        raise PluginFailure(NEEDS_PAIRS)
+
     def inputs(rows):
+        """The pooler's arguments for texts ``rows``: hidden, mask (and segments)."""
         parts, mask = [], None
         for layer in feature_set.layers:
             hidden, mask = cache.gather(rows, layer, standardize[layer])
             parts.append(hidden.to(device))
         mask = mask.to(device)
-        return (tuple(parts) if feature_set.combines else parts[0]), mask
+        pair = (cache.segments(rows).to(device),) if feature_set.segments else ()
+        return ((tuple(parts) if feature_set.combines else parts[0]), mask, *pair)
 
     def predict(model, rows):
         model.eval()
@@ -78,9 +83,9 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
             # Training-sized batches: larger ones got fresh pages from the OS on
             # every call, a large share of a training run's time.
             for start in range(0, len(rows), config.batch_size):
-                hidden, mask = inputs(rows[start : start + config.batch_size])
+                args = inputs(rows[start : start + config.batch_size])
                 with plugin_code(timeout):
-                    pooled = model["pooler"](hidden, mask)
+                    pooled = model["pooler"](*args)
                 out.append(model["head"](pooled.float()))
         return torch.cat(out)
 
@@ -107,9 +112,9 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
             perm = torch.randperm(len(train), generator=order).numpy()
             for start in range(0, len(train), config.batch_size):
                 rows = train[perm[start : start + config.batch_size]]
-                hidden, mask = inputs(rows)
+                args = inputs(rows)
                 with plugin_code(timeout):
-                    pooled = model["pooler"](hidden, mask)
+                    pooled = model["pooler"](*args)
                 pooled = pooled.float()
                 if config.dropout > 0:
                     keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
