@@ -17,10 +17,18 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     a trainable pooler has no features before training); ``model`` a Hugging
     Face name or local path (``None``: the embedded default); ``batch_size``
     caps the texts per encoder batch. Single-layer poolers pool the last
-    layer. A pooler that fails raises :class:`PoolkitError` naming it.
+    layer. A pooler that fails raises :class:`PoolkitError` naming it. Pairs of
+    texts: ``texts`` a list of ``(text, text_pair)`` tuples.
     """
     from . import pipeline
     from .config import RunConfig
+
+    texts = list(texts)
+    def is_pair(item):
+        return isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)
+
+    if any(isinstance(t, tuple) for t in texts) and not all(map(is_pair, texts)):
+        raise PoolkitError("texts: give all strings, or all (text, text_pair) pairs of strings")
 
     chosen = pipeline.resolve_poolers(list(poolers), plugins_dir=plugins_dir)
     for name, pooler in chosen.selected.items():
@@ -29,7 +37,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
                                "'poolkit run', trained with each head")
     config = RunConfig(model=model, max_length=max_length, device=device, cache_dir=cache_dir,
                        cache_dtype=cache_dtype, precision=precision)
-    encoded = pipeline.encode(config, chosen.selected, list(texts), max_texts=batch_size)
+    encoded = pipeline.encode(config, chosen.selected, texts, max_texts=batch_size)
     features = pipeline.pool(config, encoded)
     failures = {**encoded.failures, **features.failures}
     if failures:

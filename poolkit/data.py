@@ -469,6 +469,30 @@ def load_default_examples():
     return frame["text"].tolist(), frame["category"].tolist()
 
 
+def polarity_pairs(seed: int = 0):
+    """A constructed pair task from the default data (no pair dataset ships offline):
+    each pair is one fresh and one rotten Rotten Tomatoes snippet, in a random order,
+    labelled by which of the two is the fresh one (``first`` or ``second``). The
+    fresh and the rotten snippets are each shuffled with ``seed`` and paired in turn
+    (the larger side's leftovers left out), the order drawn with ``seed`` too. A
+    DataFrame with columns ``text``, ``text_pair``, ``label``.
+
+    A pooler answers it by telling the two texts apart: a symmetric one (a mean over
+    both) sees the same tokens in either order."""
+    import pandas as pd
+
+    texts, labels = load_default_examples()
+    rng = np.random.default_rng(seed)
+    fresh = rng.permutation([i for i, label in enumerate(labels) if label == "fresh"])
+    rotten = rng.permutation([i for i, label in enumerate(labels) if label == "rotten"])
+    size = min(len(fresh), len(rotten))
+    first = rng.random(size) < 0.5  # the fresh one comes first
+    a = np.where(first, fresh[:size], rotten[:size])
+    b = np.where(first, rotten[:size], fresh[:size])
+    return pd.DataFrame({"text": [texts[i] for i in a], "text_pair": [texts[i] for i in b],
+                         "label": np.where(first, "first", "second")})
+
+
 def _label_order(name: str):
     """Sort key for label names: integers by value ("2" before "10"), else as text."""
     return (0, int(name), name) if _INTEGER.fullmatch(name) else (1, 0, name)

