@@ -379,3 +379,48 @@ def test_a_run_warns_with_the_count_of_pairs_cut_to_max_length(pairs_csv, tiny_m
     assert result.exit_code == 0, result.output
     assert (f"warning: {longer} of {len(frame)} pairs of texts are longer than 16 tokens "
             "together and were truncated, longest first") in result.output
+
+
+def test_two_torchrun_processes_write_the_pair_entry_and_results_one_process_does(
+        tmp_path, tiny_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame(pair_rows(600), columns=["premise", "hypothesis", "label"]).to_csv(data,
+                                                                                   index=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["run", "--data", data, "--text-col", "premise", "--text-pair-col", "hypothesis",
+            "--model", tiny_model_dir, "--poolers", "cls,mean_a_b", "--cache-mode", "tokens",
+            "--folds", "2"]
+    runs = {}
+    for name, launcher in (("one", [sys.executable, "-m", "poolkit"]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run",
+                                    "--standalone", "--nproc_per_node", "2", "-m", "poolkit"])):
+        done = subprocess.run([*launcher, *map(str, args), "--out", tmp_path / name,
+                               "--cache-dir", tmp_path / f"cache-{name}"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        runs[name] = done
+    assert "encoding on 2 ranks" in runs["two"].stderr
+    for name in ("results.csv", "pairs.csv"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    entries = [next(p for p in (tmp_path / f"cache-{n}").iterdir() if p.is_dir())
+               for n in ("one", "two")]
+    for name in ("tokens.bin", "index.npz"):
+        assert (entries[0] / name).read_bytes() == (entries[1] / name).read_bytes()
+
+
+def test_pairs_through_several_models(pairs_csv, tiny_model_dir,
+                                                               tmp_path):
+    import shutil
+
+    import poolkit
+
+    other = tmp_path / "copy-of-tiny"
+    shutil.copytree(tiny_model_dir, other)
+    both = poolkit.run(pairs_csv, text_col="premise", text_pair_col="hypothesis",
+                       model=[str(tiny_model_dir), str(other)], folds=2,
+                       poolers=["cls", "mean_a_b"])
+    assert both.failures == {} and len(both.results) == 4
