@@ -53,7 +53,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         split_seed=0,
         validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
         finetune=False, max_train_texts=None, max_texts=None, label_pattern=None,
-        text_pair_col=None, save_models=False, predictions=False, empty_texts="skip", encoding="utf-8",
+        text_pair_col=None, save_models=False, predictions=False, empty_texts="skip",
+        encoding="utf-8",
         trust_remote_code=False, pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
