@@ -258,6 +258,9 @@ def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
     for key, fs in sets.items():
         if key in failures:
             continue
+        if fs.segments and segments is None:
+            failures[key] = NEEDS_PAIRS
+            continue
         for layer in fs.layers:
             if layer not in states:
                 states[layer] = load(layer)
@@ -267,9 +270,6 @@ def pool_batch(sets: dict, load, size: int, failures: dict, checked: set,
         mask = states[fs.layers[0]][1]
         hidden = tuple(inputs) if fs.combines else inputs[0]
         versions = [t._version for t in (*inputs, mask)]
-        if fs.segments and segments is None:
-            failures[key] = NEEDS_PAIRS
-            continue
         extra = (segments.clone(),) if fs.segments else ()
         try:
             with plugin_code(timeout), torch.no_grad():

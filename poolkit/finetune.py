@@ -84,14 +84,14 @@ class FineTuneModel(torch.nn.Module):
     def forward(self, input_ids, attention_mask, segments=None):
         """Logits of a batch; ``segments`` ``(batch, seq)`` for pairs of texts (the
         encoder's ``token_type_ids`` where it takes them, and the pooler's if it asks)."""
+        if self.segments and segments is None:
+            raise PluginFailure(NEEDS_PAIRS)
         every = self.layers != (self.last,)
         extra = {"token_type_ids": segments} if self.token_types and segments is not None else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=every, **extra)
         states = [out.hidden_states[i] for i in self.layers] if every else [out.last_hidden_state]
         hidden = tuple(states) if self.combines else states[0]
-        if self.segments and segments is None:
-            raise PluginFailure(NEEDS_PAIRS)
         pair = (segments,) if self.segments else ()
         with plugin_code(self.timeout):
             if self.pooler_module is not None:

@@ -311,13 +311,12 @@ def _check_backward(ctx, module, module_owner=None):
 def _pair_segments(pooler, mask) -> tuple:
     """``(segments,)`` for a pooler of pairs of texts (``segments = True``), else ``()``:
     each text's second half (from token ``ceil(n / 2)`` of its ``n``) is its second text."""
-    import torch
+    from .tokenization import segments
 
     if getattr(pooler, "segments", False) is not True:
         return ()
-    lengths = mask.bool().sum(dim=1, keepdim=True)
-    positions = torch.arange(mask.shape[1]).unsqueeze(0)
-    return (((positions >= (lengths + 1) // 2) & (positions < lengths)).long(),)
+    lengths = mask.bool().sum(dim=1).numpy()
+    return (segments((lengths + 1) // 2, lengths, mask.shape[1]),)
 
 
 def _equal(a, b):

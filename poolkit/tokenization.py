@@ -40,7 +40,9 @@ def tokenize(encoder, texts, chunk: int = 4096) -> tuple:
     (offsets, token strings, ...) for a large dataset takes far more memory
     than the ids themselves.
     """
-    pairs = len(texts) > 0 and isinstance(texts[0], tuple)
+    from .data import is_pairs
+
+    pairs = is_pairs(texts)
     kwargs = dict(return_attention_mask=False, return_token_type_ids=False)
     parts, lengths, starts, truncated = [], [], [], 0
 
