@@ -70,21 +70,23 @@ def cross_fitted(sets: dict, labels: np.ndarray, folds: int, seed: int, head=Non
 
 def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, folds: int,
              copies: int, null_noise: float, planted_noise: float, n_boot: int, seed: int = 0,
-             alpha: float = 0.05, head=None) -> dict:
+             alpha: float = 0.05, head=None, metrics=None) -> dict:
     """Run the null and the planted simulations; return counts and rates.
 
     ``x`` ``(N, D)`` features and ``labels`` ``(N,)`` label ids of the pool the
-    datasets are drawn from; ``head`` the heads' settings (default poolkit's). Returns ``{"null": {...}, "planted": {...}}`` with,
+    datasets are drawn from; ``head`` the heads' settings (default poolkit's); ``metrics``
+    the names of the metrics to test (default all of them). Returns ``{"null": {...}, "planted": {...}}`` with,
     per test, how many datasets rejected (any pair, after Holm).
     """
     from poolkit.metrics import METRICS
     from poolkit.stats import compare
 
-    tests = [*METRICS, "mcnemar"]
+    chosen = {m: METRICS[m] for m in (metrics or METRICS)}
+    tests = [*chosen, "mcnemar"]
     null = dict.fromkeys(tests, 0)
     planted = dict.fromkeys(tests, 0)
     # the same tests with the item bootstrap alone (the heads held fixed), side by side
-    null_items, planted_items = dict.fromkeys(METRICS, 0), dict.fromkeys(METRICS, 0)
+    null_items, planted_items = dict.fromkeys(chosen, 0), dict.fromkeys(chosen, 0)
     gaps = []
     for d in range(datasets):
         rng = np.random.default_rng([seed, d])
@@ -96,11 +98,12 @@ def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, fo
         probs, fitted = cross_fitted(sets, yd, folds, seed=d, head=head)
         copies_only = {k: v for k, v in probs.items() if k.startswith("copy")}
         against = {"base": probs["base"], "planted": probs["planted"]}
-        nulls = compare(copies_only, yd, n_boot=n_boot, seed=d, **fitted).pairs
-        power = compare(against, yd, n_boot=n_boot, seed=d, **fitted).pairs
-        nulls_items = compare(copies_only, yd, n_boot=n_boot, seed=d).pairs
-        power_items = compare(against, yd, n_boot=n_boot, seed=d).pairs
-        for m in METRICS:
+        options = dict(n_boot=n_boot, seed=d, metrics=chosen)
+        nulls = compare(copies_only, yd, **options, **fitted).pairs
+        power = compare(against, yd, **options, **fitted).pairs
+        nulls_items = compare(copies_only, yd, **options).pairs
+        power_items = compare(against, yd, **options).pairs
+        for m in chosen:
             null[m] += bool((nulls[f"{m}_p_holm"] < alpha).any())
             planted[m] += bool((power[f"{m}_p_holm"] < alpha).any())
             null_items[m] += bool((nulls_items[f"{m}_p_holm"] < alpha).any())
@@ -237,6 +240,8 @@ def main():
     parser.add_argument("--planted-noise", type=float, default=0.7)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--pooler", default="mean")
+    parser.add_argument("--metrics", help="comma-separated metrics to test (default: all; "
+                        "the first is the primary one)")
     parser.add_argument("--across", action="store_true",
                         help="calibrate the cross-task verdict of poolkit suite instead")
     parser.add_argument("--suites", type=int, default=1000)
@@ -255,7 +260,8 @@ def main():
     began = time.perf_counter()
     found = simulate(x, labels, datasets=args.datasets, items=args.items, folds=args.folds,
                      copies=args.copies, null_noise=args.null_noise,
-                     planted_noise=args.planted_noise, n_boot=args.n_boot)
+                     planted_noise=args.planted_noise, n_boot=args.n_boot,
+                     metrics=args.metrics.split(",") if args.metrics else None)
     seconds = time.perf_counter() - began
     n = found["datasets"]
     rows = []
@@ -272,7 +278,10 @@ def main():
                      if items_only else "",
                      "item bootstrap alone: power": rate(found["planted_items"][test])
                      if items_only else ""})
-    save(f"calibration-null-noise-{args.null_noise:g}", pd.DataFrame(rows), [
+    name = f"calibration-null-noise-{args.null_noise:g}"
+    if args.metrics:
+        name += "-" + args.metrics.replace(",", "-")
+    save(name, pd.DataFrame(rows), [
         f"{n} datasets of {args.items} items drawn without replacement from the default data's "
         f"{len(labels)}; features: {args.pooler} of the default model's last layer",
         f"{args.folds}-fold cross-fitting, poolkit's linear heads (1 seed), paired bootstrap "

@@ -147,6 +147,12 @@ class Metric:
     #: the metric of many weighted resamples at once, ``(B,)`` from a :class:`Weighted`;
     #: ``None``: the bootstrap scores resamples one by one with ``compute`` (slower)
     weighted: Callable[[Weighted], np.ndarray] | None = None
+    #: under cross-fitting, scored on each fold's items and averaged over the folds, not
+    #: on all items at once: a ranking metric of items scored by different folds' heads
+    #: would rank one head's scores against another's (whose offsets differ), which
+    #: measures neither head (Forman and Scholz, 2010, "Apples-to-apples in
+    #: cross-validation studies": average AUC over folds, pool the counts of the others)
+    per_fold: bool = False
 
 
 def _roc_auc(s: Scored) -> float:
@@ -173,8 +179,8 @@ METRICS = {m.name: m for m in (
            lambda w: _macro(w.per_label[0], w.per_label[2])),
     Metric("mcc", True, lambda s: s.sk.matthews_corrcoef(s.y_true, s.predicted),
            "Matthews correlation coefficient", _mcc),
-    Metric("roc_auc", True, _roc_auc, "ROC AUC (one-vs-rest macro for more than two labels)",
-           lambda w: w.roc_auc()),
+    Metric("roc_auc", True, _roc_auc, "ROC AUC (one-vs-rest macro for more than two labels; "
+           "cross-fitted: the mean over folds)", lambda w: w.roc_auc(), per_fold=True),
     Metric("log_loss", False,
            lambda s: s.sk.log_loss(s.y_true, s.probabilities, labels=s.labels),
            "cross-entropy of the predicted probabilities", lambda w: w.log_loss()),
@@ -182,13 +188,30 @@ METRICS = {m.name: m for m in (
 PRIMARY = next(iter(METRICS))
 
 
-def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
-    """Every metric of :data:`METRICS` for ``y_true`` ``(n,)`` label ids and
-    ``probabilities`` ``(n, C)``, as floats in declaration order."""
+def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, folds=None,
+                    metrics=None) -> dict:
+    """Every metric of ``metrics`` (default :data:`METRICS`) for ``y_true`` ``(n,)`` label
+    ids and ``probabilities`` ``(n, C)``, as floats in declaration order. ``folds``
+    ``(n,)``: the cross-fitted fold that scored each item; a :attr:`Metric.per_fold`
+    metric is then the mean of its value on each fold's items."""
     import sklearn
 
+    metrics = metrics or METRICS
     scored = Scored(y_true, probabilities)
+    parts = fold_parts(folds)
     # The inputs are poolkit's own (label ids, softmax rows): skipping sklearn's
     # argument and finiteness checks takes a good part off each head's scoring.
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        return {name: float(metric.compute(scored)) for name, metric in METRICS.items()}
+        return {name: float(np.mean([metric.compute(Scored(y_true[q], probabilities[q]))
+                                     for q in parts])
+                            if metric.per_fold and parts else metric.compute(scored))
+                for name, metric in metrics.items()}
+
+
+def fold_parts(folds) -> list:
+    """Each fold's item positions, for two folds or more; else ``[]``."""
+    if folds is None:
+        return []
+    folds = np.asarray(folds)
+    ids = np.unique(folds)
+    return [np.flatnonzero(folds == f) for f in ids] if ids.size > 1 else []

@@ -149,7 +149,7 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     import pandas as pd
     from scipy import stats
 
-    from .metrics import Scored, compute_metrics
+    from .metrics import compute_metrics, fold_parts
 
     metrics = dict(metrics or METRICS)
     if n_boot < 1:
@@ -160,16 +160,14 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     y = _labels(y_true)
     probs = _checked(probabilities, y)
 
-    def scores(items, p) -> list:  # every metric of one seed's predictions on ``items``
-        score = compute_metrics(y[items], p[items])
-        return [score.get(m, np.nan) if m in score else
-                float(metrics[m].compute(Scored(y[items], p[items]))) for m in metrics]
+    def scores(items, p, folds=None) -> list:  # every metric of one seed's predictions
+        return list(compute_metrics(y[items], p[items], folds, metrics).values())
 
     everything = np.arange(y.size)
-    per_seed = {name: np.array([scores(everything, p) for p in probs[name]])
+    per_seed = {name: np.array([scores(everything, p, folds) for p in probs[name]])
                 for name in names}  # name -> (S, M): what results.csv holds
     values = {name: dict(zip(metrics, np.nanmean(per_seed[name], axis=0))) for name in names}
-    boot = _bootstrap(probs, y, metrics, n_boot, seed)  # name -> (B, S, M)
+    boot = _bootstrap(probs, y, metrics, n_boot, seed, fold_parts(folds))  # name -> (B, S, M)
     intervals = {}
     for name in names:
         seeds = boot[name].shape[1]
@@ -299,10 +297,12 @@ def _checked(probabilities: dict, y: np.ndarray) -> dict:
     return out
 
 
-def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int) -> dict:
+def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int,
+               parts=()) -> dict:
     """``{name: (n_boot, seeds, metrics)}``: each metric of each seed's predictions on
-    ``n_boot`` resamples of the items, the same resamples for every name."""
-    from .metrics import Scored, Weighted
+    ``n_boot`` resamples of the items, the same resamples for every name. ``parts``:
+    the cross-fitted folds' items, over which a per-fold metric is averaged."""
+    from .metrics import Weighted
 
     n = y.size
     rng = np.random.default_rng(seed)
@@ -320,13 +320,26 @@ def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int
             for s, p in enumerate(seeds):
                 weighted = Weighted(y, p, counts, by_item)
                 for m, metric in enumerate(metrics.values()):
-                    if metric.weighted is not None:
-                        value = metric.weighted(weighted)
-                    else:  # one resample at a time, as the metric's own function scores it
-                        value = [metric.compute(Scored(y[i], p[i])) for i in
-                                 (np.repeat(np.arange(n), row.astype(int)) for row in counts)]
+                    if metric.per_fold and parts:  # the mean over folds of each fold's
+                        value = np.mean([_resampled(metric, y[q], p[q], counts[:, q],
+                                                    np.ascontiguousarray(by_item[q]))
+                                         for q in parts], axis=0)
+                    else:
+                        value = _resampled(metric, y, p, counts, by_item, weighted)
                     out[name][start : start + rows, s, m] = value
     return out
+
+
+def _resampled(metric, y, p, counts, by_item, weighted=None) -> np.ndarray:
+    """``metric`` of the predictions ``p`` of items ``y`` under the resamples ``counts``
+    (``weighted``: their :class:`~poolkit.metrics.Weighted`, shared between metrics)."""
+    from .metrics import Scored, Weighted
+
+    if metric.weighted is not None:
+        return metric.weighted(weighted or Weighted(y, p, counts, by_item))
+    # one resample at a time, as the metric's own function scores it
+    return np.array([metric.compute(Scored(y[i], p[i])) for i in
+                     (np.repeat(np.arange(len(y)), row.astype(int)) for row in counts)])
 
 
 def _quantiles(samples: np.ndarray, alpha: float) -> tuple:

@@ -101,7 +101,8 @@ def test_summary_means_and_stds_are_over_seeds_and_intervals_over_items_and_seed
         for (pooler, layer), items in predictions.groupby(["pooler", "layer"])}
     order = predictions[predictions["seed"] == 0].drop_duplicates("row").sort_values("row")
     y = order["label"].map(names.index).to_numpy()
-    intervals = compare(probabilities, y, seed=0).intervals  # what the run computed, again
+    folds = order["fold"].to_numpy() if "fold" in order else None
+    intervals = compare(probabilities, y, seed=0, folds=folds).intervals  # the run's, again
     for _, row in summary.iterrows():
         per_seed = results[(results["pooler"] == row["pooler"]) & (results["layer"] == row["layer"])]
         assert sorted(per_seed["seed"]) == list(range(SEEDS))
