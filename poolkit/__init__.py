@@ -1,12 +1,12 @@
 """poolkit: which way of pooling a BERT encoder's token states works best for my task?"""
 
-from .api import pool, run, suite
+from .api import load, pool, run, suite
 from .errors import PoolkitError
 from .hookspecs import hookimpl
 from .pooler import Pooler
 
 __version__ = "0.3.0"
-__all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "ops", "pool", "run",
+__all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "load", "ops", "pool", "run",
            "suite", "__version__"]
 
 

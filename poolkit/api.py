@@ -143,3 +143,20 @@ def suite(suite=None, *, out=None, log=None, **options):
 
     chosen = suite if isinstance(suite, Suite) else read_suite(suite)
     return run_suite(chosen, options, out=out, log=log)
+
+
+def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=None):
+    """The final model of one feature set of a finished run, for labelling new texts: a
+    :class:`~poolkit.final.Classifier` with ``predict(texts)`` (label names) and
+    ``predict_proba(texts)`` (columns in ``classes_`` order, the run's labels.json).
+
+    ``set`` is a feature set id (``mean@6``) or a pooler with one finished set; default
+    the run's best by its primary metric. Its final head (trained on every labelled
+    item, for the median best epoch of the run's heads) is trained on first use and
+    kept in ``run_dir/heads``. ``force``: use a pooler whose plugin changed since the
+    run (with a warning) instead of refusing it.
+    """
+    from .final import load as load_final
+
+    return load_final(run_dir, set, cache_dir=cache_dir, device=device, force=force,
+                      log=log or (lambda message: None))

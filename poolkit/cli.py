@@ -382,6 +382,72 @@ def export(run_dir, fmt, table, output):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--set", "set_id", help="Feature set to predict with: an id as results name it "
+              "(mean@6, mean@6-ft), or a pooler with one finished set. Default: the run's "
+              "best by its primary metric.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Texts to label: CSV, TSV, JSONL or Parquet (or a datasets folder).")
+@click.option("--text-col", help="Column with the texts. Default: the run's.")
+@click.option("--text-pair-col", help="Column with the second texts, for a run on pairs. "
+              "Default: the run's.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of --data.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV file to write. Default: standard output.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The cache the run used, if not the default one.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
+@click.option("--force", is_flag=True,
+              help="Use a pooler whose plugin changed since the run (default: refuse).")
+def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, cache_dir,
+            device, force):
+    """Label new texts with a finished run's feature set and its final head (trained on
+    all the run's items on first use, then kept in RUN_DIR/heads): each text's
+    predicted label and p_<label> columns in labels.json order."""
+    from .data import read_texts
+    from .final import load, predictions_frame, read_run
+    from .files import write_output
+
+    options = read_run(run_dir).settings["options"]
+    texts, rows = read_texts(data, text_col or options.get("text_col", "text"), encoding,
+                             text_pair_col or options.get("text_pair_col"))
+    classifier = load(run_dir, set_id, cache_dir=cache_dir, device=device, force=force,
+                      log=_log)
+    frame = predictions_frame(classifier, texts, rows)
+    _log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(classifier.classes_)))
+    text = frame.to_csv(index=False)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_output(output, text)
+    _log(f"wrote {len(frame)} predictions of {classifier.set_id} to {output}")
+
+
+@cli.command("export-model")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--set", "set_id", help="Feature set to export (mean@6, bert_pooler@6-ft, or a "
+              "pooler with one finished set). Default: the run's best by its primary metric.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
+              help="New (or empty) folder to write the model into.")
+@click.option("--format", "fmt", type=click.Choice(["hf", "sentence-transformers"]),
+              default="hf", show_default=True,
+              help="hf: a transformers folder (bert_pooler on a BERT's last layer is "
+                   "BertForSequenceClassification); sentence-transformers: Transformer, "
+                   "Pooling and a Dense head, for cls, mean, max, mean_sqrt_len, "
+                   "weighted_mean, last_token on the last layer.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The cache the run used, if not the default one.")
+@click.option("--force", is_flag=True,
+              help="Use a pooler whose plugin changed since the run (default: refuse).")
+def export_model(run_dir, set_id, out, fmt, cache_dir, force):
+    """Write a finished run's feature set (encoder, pooler, final head) as a model that
+    transformers or sentence-transformers load without poolkit, its label names inside."""
+    from .export_model import export_model as write
+
+    write(run_dir, set_id, out, fmt, cache_dir=cache_dir, force=force, log=_log)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--metric", default=PRIMARY, show_default=True,
               help=f"{', '.join(METRICS)}, or all (one chart each).")
 @click.option("--format", "formats", default="png,svg", show_default=True,

@@ -183,6 +183,45 @@ class RunConfig:
             raise PoolkitError(f"--pooler-timeout {self.pooler_timeout}: give a number of "
                                "seconds above 0")
 
+    def saved(self) -> dict:
+        """The options as JSON values, for the run directory's settings.json; with
+        :meth:`from_saved` they rebuild the run's stages later (``poolkit predict``).
+        Local paths are kept as given and the working folder is recorded beside them
+        (``cwd``), since a model's name as given is part of its cache key."""
+        import os
+        from dataclasses import asdict, is_dataclass
+
+        from .pooler import Pooler
+
+        out = {"cwd": os.getcwd()}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "poolers" and value is not None:
+                value = [p.name if isinstance(p, Pooler) else p for p in value]
+            elif is_dataclass(value):
+                value = asdict(value)
+            elif isinstance(value, (tuple, list)):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_saved(cls, saved: dict, **changes) -> "RunConfig":
+        """The :class:`RunConfig` :meth:`saved` wrote (lists back to tuples, the head and
+        fine-tuning settings back to their classes; unknown keys, from a later poolkit,
+        left out), with ``changes`` applied."""
+        known = {f.name for f in fields(cls)}
+        options = {k: v for k, v in saved.items() if k in known}
+        for name in ("labels", "model", "poolers", "seeds", "layers"):
+            if isinstance(options.get(name), list):
+                options[name] = tuple(options[name])
+        options["head"] = HeadConfig(**options.get("head", {}))
+        if options.get("finetune") is not None:
+            options["finetune"] = FineTuneConfig(**options["finetune"])
+        return cls(**{**options, **changes})
+
     def results_options(self) -> dict:
         """The options the results depend on (every field not marked output-only)."""
         return {f.name: getattr(self, f.name) for f in fields(self)

@@ -460,6 +460,32 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
     return [texts[i] for i in kept], raw
 
 
+def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str | None = None):
+    """``(texts, rows)``: every row's text (a ``(text, text_pair)`` pair with
+    ``text_pair_col``) of a file of texts to label, and the rows' 1-based numbers. No
+    row is skipped, so each output row answers one input row: a missing, empty or
+    whitespace-only text is an error naming the file, the column and the row."""
+    frame = read_table(path, encoding)
+    columns = [text_col] + ([text_pair_col] if text_pair_col is not None else [])
+    values = []
+    for role, column in zip(("text", "text-pair"), columns):
+        if column not in frame.columns:
+            raise PoolkitError(f"data file '{path}' has no {role.replace('-', ' ')} column "
+                               f"'{column}' (columns: {', '.join(map(str, frame.columns))}); "
+                               f"use --{role}-col")
+        texts = _column_text(frame, column, "text", path)
+        blank = [row for row, text in enumerate(texts) if text is None or not text.strip()]
+        if blank:
+            raise PoolkitError(f"data file '{path}': {len(blank)} empty or whitespace-only "
+                               f"text(s) in column '{column}', first at row {blank[0] + 1}; "
+                               "there is nothing to predict from")
+        values.append(texts)
+    if not values[0]:
+        raise PoolkitError(f"data file '{path}' has no rows to predict")
+    texts = list(zip(*values)) if text_pair_col is not None else values[0]
+    return texts, np.arange(1, len(texts) + 1)
+
+
 def load_default_examples():
     """Rotten Tomatoes fresh/rotten review snippets (the 'plot' rows dropped)."""
     import pandas as pd

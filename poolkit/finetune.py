@@ -80,6 +80,9 @@ class FineTuneModel(torch.nn.Module):
         self.last = encoder_model.config.num_hidden_layers
         #: the encoder takes pairs' segment ids as ``token_type_ids`` (BERT)
         self.token_types = False
+        #: ``[(shift, scale)]`` per layer: real tokens' states standardized before the
+        #: pooler, padding zero (a final trainable pooler's, :mod:`poolkit.final`)
+        self.standardize = None
 
     def forward(self, input_ids, attention_mask, segments=None):
         """Logits of a batch; ``segments`` ``(batch, seq)`` for pairs of texts (the
@@ -91,6 +94,9 @@ class FineTuneModel(torch.nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=every, **extra)
         states = [out.hidden_states[i] for i in self.layers] if every else [out.last_hidden_state]
+        if self.standardize is not None:
+            real = attention_mask.unsqueeze(-1).to(states[0].dtype)
+            states = [(s - shift) / scale * real for s, (shift, scale) in zip(states, self.standardize)]
         hidden = tuple(states) if self.combines else states[0]
         pair = (segments,) if self.segments else ()
         with plugin_code(self.timeout):

@@ -113,6 +113,9 @@ class HeadTask:
     device: str = "cpu"
     fold: int = 0
     folds: int = 1
+    #: a final head (:mod:`poolkit.final`): ``config.max_epochs`` epochs on the training
+    #: rows, no validation and no early stopping, the last weights kept and returned
+    final: bool = False
 
     @property
     def train(self) -> np.ndarray:
@@ -141,6 +144,8 @@ class TrainedHead:
     #: re-run that reuses it scores nothing)
     metrics: dict | None = None
     fold: int = 0
+    #: a final head's parameters ``{name: tensor}`` (only for :attr:`HeadTask.final`)
+    weights: dict | None = None
 
 
 @dataclass

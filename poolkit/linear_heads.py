@@ -173,13 +173,15 @@ def _train_stack(features, width, task, seeds, progress):
             weight.grad.copy_(_per_head(torch.bmm, grad, x))  # (live, C, width)
             torch.sum(grad, dim=2, keepdim=True, out=bias.grad)
             optimizer.step()
+        bar.update(1)
+        if task.final:  # a fixed number of epochs: nothing to stop on
+            continue
         with torch.no_grad():
             logits = _logits(x_val, pooler_of_head[live_dev], weight, bias)[:, : len(val)]
             improved = stopping.update(live, _mean_losses(logits, y_val).cpu(), epoch)
             better = live[improved]
             best_weight[better.to(device)] = weight[improved.to(device)]
             best_bias[better.to(device)] = bias[improved.to(device)]
-        bar.update(1)
         still = stopping.going(live)
         if not still.any():
             break
@@ -187,13 +189,26 @@ def _train_stack(features, width, task, seeds, progress):
             live = live[still]
             weight, bias = optimizer.keep(still.to(device))
     bar.close()
+    if task.final:
+        best_weight, best_bias = weight, bias
+        stopping.best_epoch[:] = stopping.epochs[:] = config.max_epochs
 
     logits = _logits(x_test, pooler_of_head, best_weight, best_bias)[:, : len(test)]
     # Softmax in float64 so each row sums to 1 within sklearn's tolerance.
     probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
+    def weights(h, name):  # a final head's own parameters, and its standardization
+        d = head_dims[h]
+        scale = standardize.get(name)
+        return {"weight": best_weight[h, :, :d].cpu().clone(),
+                "bias": best_bias[h, :, 0].cpu().clone(),
+                "shift": torch.as_tensor(scale.shift if scale else np.zeros(d, np.float32)),
+                "scale": torch.as_tensor(scale.scale if scale else np.ones(d, np.float32))}
+
     return [
         TrainedHead(name, seed, probs[h], int(stopping.best_epoch[h]), int(stopping.epochs[h]),
-                    float(stopping.best_loss[h]), fold=task.fold)
+                    float(stopping.best_loss[h]), fold=task.fold,
+                    weights=weights(h, name) if task.final else None)
         for h, (name, seed) in enumerate(heads)
     ]
 

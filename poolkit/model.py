@@ -281,7 +281,9 @@ def _is_encoder(config) -> bool:
 def _load_model(encoder: Encoder):
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # poolkit says what it loads itself
     try:
         model, info = AutoModel.from_pretrained(
             encoder.path,

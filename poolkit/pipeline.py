@@ -71,6 +71,9 @@ class Training:
     reused: int
     failures: dict
     seconds: float
+    #: the key the heads are saved under (:meth:`~poolkit.identity.RunIdentity.heads_key`);
+    #: with several models, ``{label: key}``
+    heads_key: str | dict | None = None
 
 
 @dataclass
@@ -323,7 +326,7 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
     for key in failures:  # a feature set that failed in one fold has no out-of-fold scores
         for item in [item for item in heads if item[0] == key]:
             del heads[item]
-    return Training(heads, reused, failures, time.perf_counter() - began)
+    return Training(heads, reused, failures, time.perf_counter() - began, store.key)
 
 
 def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
@@ -342,6 +345,9 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     position = np.empty(len(dataset.labels), dtype=np.int64)
     position[scored] = np.arange(len(scored))
     folds = range(len(dataset.folds))
+    fold_of = np.empty(len(scored), dtype=np.int64)  # the fold that scored each item
+    for fold in folds:
+        fold_of[position[dataset.folds[fold]["test"]]] = fold
     rows, probabilities = [], {}
     for key, fs in encoded.sets.items():
         for seed in config.seed_list():
@@ -362,14 +368,11 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
                          "epochs": heads[0].epochs if one else
                          round(float(np.mean([h.epochs for h in heads])), 1),
                          **(heads[0].metrics if one and heads[0].metrics
-                            else compute_metrics(y, combined))})
+                            else compute_metrics(y, combined, fold_of))})
     results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "encoder", "plugin",
                                                              "seed", "dim"])
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
     baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
-    fold_of = np.empty(len(scored), dtype=np.int64)  # the fold that scored each item
-    for fold in folds:
-        fold_of[position[dataset.folds[fold]["test"]]] = fold
     ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
     comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
                          baseline=baseline, folds=fold_of, test_train_ratio=ratio)
@@ -434,6 +437,8 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         "train_seconds": round(training.seconds, 3),
         "total_seconds": round(time.perf_counter() - began, 3),
         "failures": training.failures, "plugin_errors": poolers.load_errors,
+        # what rebuilds the run's stages later (poolkit predict, export-model)
+        "options": config.saved(), "heads_key": training.heads_key,
     }
     recipe = recipe_card(config, poolers, dataset, encoded)
     if encoded.parts is not None:  # several models: what belongs to each, by label
@@ -639,5 +644,6 @@ def _together(parts: dict) -> tuple:
                       sum(e.seconds for e in passes), parts={k: v[0] for k, v in parts.items()})
     features = Features({}, {}, sum(item[1].seconds for item in parts.values()))
     training = Training(heads, sum(item[2].reused for item in parts.values()), failures,
-                        sum(item[2].seconds for item in parts.values()))
+                        sum(item[2].seconds for item in parts.values()),
+                        {label: item[2].heads_key for label, item in parts.items()})
     return encoded, features, training

@@ -244,7 +244,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
                 "pooler": fs.pooler_name, "layer": fs.layer, "encoder": fs.encoder, "seed": seed,
                 **({"fold": fold_of[test]} if len(dataset.folds) > 1 else {}),
                 "file": [dataset.files[i] for i in test], "row": dataset.rows[test],
-                **_texts_columns([dataset.texts[i] for i in test]),
+                **texts_columns([dataset.texts[i] for i in test]),
                 "label": [names[i] for i in dataset.labels[test]],
                 "predicted": [names[i] for i in np.argmax(p, axis=1)],
             })
@@ -254,7 +254,7 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _texts_columns(texts: list) -> dict:
+def texts_columns(texts: list) -> dict:
     """``{"text": ...}``, or for pairs of texts ``{"text": ..., "text_pair": ...}``."""
     from .data import is_pairs
 

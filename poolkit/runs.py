@@ -162,11 +162,12 @@ class RunStore:
         self.log = log
         self.folds = folds
 
-    def _path(self, feature_set: str, seed: int, fold: int = 0) -> Path:
+    def _path(self, feature_set: str, seed: int, fold: int | str = 0) -> Path:
+        """``<set>[-fold<F>]-seed<N>.json``; ``fold="final"``: ``<set>-final-seed<N>.json``."""
         safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", feature_set)
         if safe != feature_set:
             safe += "-" + hashlib.sha256(feature_set.encode()).hexdigest()[:8]
-        part = f"-fold{fold}" if self.folds > 1 else ""
+        part = f"-{fold}" if fold == "final" else f"-fold{fold}" if self.folds > 1 else ""
         return self.folder / f"{safe}{part}-seed{seed}.json"
 
     def checkpoint(self, feature_set: str, seed: int, fold: int = 0) -> Path | None:
@@ -189,8 +190,9 @@ class RunStore:
                                    f"{exc.strerror or exc}") from None
         return save
 
-    def load(self, feature_set: str, fingerprint: str, seed: int, fold: int = 0):
-        """The :class:`~poolkit.heads.TrainedHead` saved for this head, or ``None``."""
+    def load(self, feature_set: str, fingerprint: str, seed: int, fold: int | str = 0):
+        """The :class:`~poolkit.heads.TrainedHead` saved for this head, or ``None``;
+        ``fold="final"``: the feature set's final head, with its ``weights``."""
         from .heads import TrainedHead
 
         if self.folder is None:
@@ -198,11 +200,18 @@ class RunStore:
         path = self._path(feature_set, seed, fold)
         if not path.exists():
             return None
+        weights = None
         try:
             saved = json.loads(path.read_text())
             probabilities = np.load(path.with_suffix(".npy"), allow_pickle=False)
             intact = saved["checksum"] == _head_checksum(
                 saved["key"], saved["fingerprint"], saved["head"], probabilities)
+            if intact and fold == "final":
+                from safetensors.torch import load
+
+                data = path.with_suffix(".safetensors").read_bytes()
+                intact = hashlib.sha256(data).hexdigest() == saved["head"]["weights_sha256"]
+                weights = load(data) if intact else None
         except (OSError, ValueError, KeyError, TypeError):
             intact = False
         if not intact:
@@ -211,11 +220,13 @@ class RunStore:
             return None
         if saved["key"] != self.key or saved["fingerprint"] != fingerprint:
             return None
-        return TrainedHead(probabilities=probabilities, **saved["head"])
+        record = {k: v for k, v in saved["head"].items() if k != "weights_sha256"}
+        return TrainedHead(probabilities=probabilities, weights=weights, **record)
 
     def save(self, head, fingerprint: str) -> None:
         """Save a finished :class:`~poolkit.heads.TrainedHead`: how it trained and its
-        test probabilities (``.npy``, no pickle)."""
+        test probabilities (``.npy``, no pickle); a final head's ``weights`` too
+        (``.safetensors``, their sha256 in the checksummed record)."""
         if self.folder is None:
             return
         path = self._path(head.feature_set, head.seed, head.fold)
@@ -223,11 +234,19 @@ class RunStore:
         record = {"feature_set": head.feature_set, "seed": head.seed, "fold": head.fold,
                   "best_epoch": head.best_epoch, "epochs": head.epochs,
                   "validation_loss": head.validation_loss, "metrics": head.metrics}
+        weights = None
+        if head.weights is not None:
+            from safetensors.torch import save
+
+            weights = save({k: v.detach().contiguous().cpu() for k, v in head.weights.items()})
+            record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
         buffer = io.BytesIO()
         np.save(buffer, probabilities, allow_pickle=False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path.with_suffix(".npy"), buffer.getvalue())
+            if weights is not None:
+                write_atomic(path.with_suffix(".safetensors"), weights)
             write_atomic(path, json.dumps({
                 "key": self.key, "fingerprint": fingerprint, "head": record,
                 "checksum": _head_checksum(self.key, fingerprint, record, probabilities),

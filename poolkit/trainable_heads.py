@@ -123,15 +123,27 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
                 model.zero_grad()
                 loss.backward()
                 optimizer.step()
+            if task.final:  # a fixed number of epochs: nothing to stop on
+                continue
             val_loss = float(F.cross_entropy(predict(model, val), y_all[val].to(device)))
             if stopping.update(only, torch.tensor([val_loss], dtype=torch.float64), epoch)[0]:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if not stopping.going(only)[0]:
                 break
-        model.load_state_dict(best_state)
+        weights = None
+        if task.final:  # the last weights, and the token states' standardization
+            stopping.best_epoch[:] = stopping.epochs[:] = config.max_epochs
+            weights = {name: value.detach().cpu().clone()
+                       for name, value in model.state_dict().items()}
+            for layer, scale in standardize.items():
+                weights[f"shift.{layer}"] = torch.as_tensor(scale.shift).float()
+                weights[f"scale.{layer}"] = torch.as_tensor(scale.scale).float()
+        else:
+            model.load_state_dict(best_state)
         probs = torch.softmax(predict(model, test).double(), dim=-1).cpu().numpy()
         yield TrainedHead(feature_set.id, seed, probs, int(stopping.best_epoch[0]),
-                          int(stopping.epochs[0]), float(stopping.best_loss[0]), fold=task.fold)
+                          int(stopping.epochs[0]), float(stopping.best_loss[0]), fold=task.fold,
+                          weights=weights)
 
 
 def token_standardization(cache, rows, layer, chunk: int = 1024) -> Standardization:
