@@ -296,3 +296,15 @@ def test_a_finetuned_set_predicts_and_exports_with_its_kept_model(tmp_path, tiny
     shutil.rmtree(run / "models")
     result = invoke(["predict", run, "--set", "bert_pooler@2-ft", "--data", data])
     assert result.exit_code == 1 and "--save-models" in result.output
+
+
+def test_a_run_without_a_finished_set_is_one_line(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    summary = pd.read_csv(run / "summary.csv", dtype=str, keep_default_na=False)
+    summary.assign(status="failed: broken").to_csv(run / "summary.csv", index=False)
+    result = invoke(["predict", run, "--data", finished[1]])
+    assert result.exit_code == 1 and "has no finished feature set" in result.output
+    (run / "settings.json").write_text(json.dumps({"data": None}))  # an older poolkit's
+    result = invoke(["export-model", run, "-o", tmp_path / "m"])
+    assert result.exit_code == 1 and "written by an older poolkit" in result.output
