@@ -6,8 +6,8 @@ from .hookspecs import hookimpl
 from .pooler import Pooler
 
 __version__ = "0.3.0"
-__all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "load", "ops", "pool", "run",
-           "suite", "__version__"]
+__all__ = ["Pooler", "PoolkitError", "RunConfig", "RunResult", "hookimpl", "load", "ops", "pool",
+           "run", "suite", "__version__"]
 
 
 def __getattr__(name):

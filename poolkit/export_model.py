@@ -160,7 +160,7 @@ def _write_sentence_transformers(classifier, out: Path, mode: str) -> None:
 def _write_about(classifier, out: Path, fmt: str, run_dir: Path, name: str) -> None:
     """``poolkit.json`` and a README: the label of each logit, the set, the run."""
     labels = _labels(classifier)
-    about = {"labels": {str(i): name for i, name in labels.items()}, "set": classifier.set_id,
+    about = {"labels": {str(i): label for i, label in labels.items()}, "set": classifier.set_id,
              "format": fmt, "run": str(run_dir.resolve()),
              "max_length": classifier.encoder.max_length}
     (out / "poolkit.json").write_text(json.dumps(about, indent=2) + "\n")

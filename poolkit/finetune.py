@@ -96,7 +96,8 @@ class FineTuneModel(torch.nn.Module):
         states = [out.hidden_states[i] for i in self.layers] if every else [out.last_hidden_state]
         if self.standardize is not None:
             real = attention_mask.unsqueeze(-1).to(states[0].dtype)
-            states = [(s - shift) / scale * real for s, (shift, scale) in zip(states, self.standardize)]
+            states = [(s - shift) / scale * real
+                      for s, (shift, scale) in zip(states, self.standardize)]
         hidden = tuple(states) if self.combines else states[0]
         pair = (segments,) if self.segments else ()
         with plugin_code(self.timeout):

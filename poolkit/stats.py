@@ -38,12 +38,13 @@ PAIR_COLUMNS = pair_columns()
 
 #: How the numbers are computed, for exports/README (states the defaults above).
 METHODS = (
-    f"Each metric is scored per seed on the items every feature set predicts (under "
+    "Each metric is scored per seed on the items every feature set predicts (under "
     "cross-fitting ROC-AUC as the mean of the folds' AUCs, the others on all items at once), "
-    f"and averaged over seeds. One paired bootstrap over those items (B = {N_BOOT:,} resamples of the items, "
-    "the same for every feature set; each resample's metric computed from its weighted "
-    "confusion counts, per-item losses and ranks, as scikit-learn computes it on the items "
-    "drawn; ROC-AUC's within each fold) gives: each feature set's 95% interval (percentiles of the metric over resamples "
+    f"and averaged over seeds. One paired bootstrap over those items (B = {N_BOOT:,} "
+    "resamples of the items, the same for every feature set; each resample's metric computed "
+    "from its weighted confusion counts, per-item losses and ranks, as scikit-learn computes "
+    "it on the items drawn; ROC-AUC's within each fold) gives: each feature set's 95% "
+    "interval (percentiles of the metric over resamples "
     "of the items and of its seeds, so it covers both and stays in the metric's range), and "
     "for each pair and metric the difference a - b with a 95% percentile interval and a "
     "two-sided p-value from its bootstrap standard error, p = 2·Φ(−|d| / sd(d*)) (a normal "

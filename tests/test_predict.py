@@ -79,7 +79,8 @@ def test_final_epochs_is_the_median_rounded_half_up():
     assert final_epochs([0, 0]) == 1
 
 
-def test_the_final_head_trains_on_every_item_for_the_median_best_epoch_once(finished, forward_calls):
+def test_the_final_head_trains_on_every_item_for_the_median_best_epoch_once(finished,
+                                                                           forward_calls):
     run, _ = finished
     logged = []
     classifier = poolkit.load(run, "mean", log=logged.append)
@@ -164,12 +165,14 @@ def test_hf_export_is_bert_for_sequence_classification_with_the_heads_logits(fin
     assert model.config.id2label == {0: "neg", 1: "pos"}
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
-        logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits.double().numpy()
+        batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        logits = model(**batch).logits.double().numpy()
     _, _, weights = _final(run, "bert_pooler@2")
     expected, x, tolerance = _reference_logits("bert_pooler@2", tiny_model_dir, weights)
     _assert_close(logits, expected, tolerance, x, weights)
     classify = pipeline("text-classification", model=str(out))
-    assert [r["label"] for r in classify(TEXTS)] == list(np.array(["neg", "pos"])[expected.argmax(1)])
+    expected_labels = np.array(["neg", "pos"])[expected.argmax(1)]
+    assert [r["label"] for r in classify(TEXTS)] == list(expected_labels)
     assert json.loads((out / "poolkit.json").read_text())["labels"] == {"0": "neg", "1": "pos"}
 
 
@@ -256,7 +259,8 @@ def test_a_changed_plugin_or_model_is_refused(tmp_path, tiny_model_dir):
     source.write_text(source.read_text() + "\n# edited\n")
     result = invoke(["predict", run, "--set", set_id, "--data", data])
     assert result.exit_code == 1
-    assert "pooler 'first_last' changed since the run" in result.output and "--force" in result.output
+    assert "pooler 'first_last' changed since the run" in result.output
+    assert "--force" in result.output
     forced = invoke(["predict", run, "--set", set_id, "--data", data, "--force"])
     assert forced.exit_code == 0, forced.output
     assert "warning: pooler 'first_last' changed since the run" in forced.output
