@@ -206,6 +206,7 @@ def _run(data, model, cache_dir, **kwargs):
     return poolkit.run(data, model=str(model), cache_dir=cache_dir, **kwargs)
 
 
+@pytest.mark.slow
 def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
     run = _run(small_csv, tiny_model_dir, tmp_path / "c")  # every registered pooler
     assert isinstance(run, poolkit.RunResult)
@@ -228,6 +229,7 @@ def test_run_returns_one_row_per_pooler_and_seed(small_csv, tiny_model_dir, tmp_
         assert row["accuracy_std"] == pytest.approx(group["accuracy"].std(ddof=1))
 
 
+@pytest.mark.slow
 def test_run_is_deterministic_and_the_second_run_hits_the_cache(small_csv, tiny_model_dir,
                                                                tmp_path, forward_calls):
     first = _run(small_csv, tiny_model_dir, tmp_path / "c")
@@ -258,6 +260,7 @@ def test_run_settings_time_the_pooling(small_csv, tiny_model_dir, tmp_path):
     assert parts <= settings["total_seconds"]
 
 
+@pytest.mark.slow
 def test_run_head_depends_only_on_its_pooler_and_seed(small_csv, tiny_model_dir, tmp_path):
     """Dropping other poolers and seeds does not change a pooler's result for a seed."""
     everything = _run(small_csv, tiny_model_dir, tmp_path / "c", seeds=[0, 1]).results

@@ -5,6 +5,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "ARCHITECTURE.md").read_text()
 
@@ -23,6 +25,7 @@ def _defined_names(path: Path) -> set:
     return names
 
 
+@pytest.mark.slow
 def test_every_module_and_name_in_architecture_md_exists():
     quoted = re.findall(r"`([^`]+)`", TEXT)
     paths = [q for q in quoted if "/" in q]

@@ -409,6 +409,7 @@ def _poolkit(*args, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     done = _poolkit("--debug", "run", "--data", "missing.csv", cwd=tmp_path)
     assert done.returncode != 0

@@ -31,6 +31,7 @@ def entries(root):
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
+@pytest.mark.slow
 def test_pooled_and_tokens_modes_give_the_same_features_and_results(data, tiny_model_dir,
                                                                     tmp_path):
     from poolkit.cache import HiddenStateCache
@@ -66,6 +67,7 @@ def test_pooled_and_tokens_modes_give_the_same_features_and_results(data, tiny_m
         np.testing.assert_allclose(stored.features(key), array, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_auto_picks_tokens_within_the_budget_and_pooled_beyond_it(data, tiny_model_dir,
                                                                    tmp_path):
     said = []
@@ -92,6 +94,7 @@ def test_auto_picks_tokens_within_the_budget_and_pooled_beyond_it(data, tiny_mod
     assert list(small.results["pooler"].unique()) == ["mean"]
 
 
+@pytest.mark.slow
 def test_a_pooled_cache_serves_its_poolers_and_re_encodes_for_one_it_lacks(
         data, tiny_model_dir, tmp_path, forward_calls):
     cache = tmp_path / "c"
@@ -115,6 +118,7 @@ def test_a_pooled_cache_serves_its_poolers_and_re_encodes_for_one_it_lacks(
     assert len(forward_calls) == encoded
 
 
+@pytest.mark.slow
 def test_failing_poolers_fail_alone_in_a_pooled_cache_and_again_on_a_hit(
         data, tiny_model_dir, tmp_path, forward_calls):
     cache = tmp_path / "c"
@@ -133,6 +137,7 @@ def test_failing_poolers_fail_alone_in_a_pooled_cache_and_again_on_a_hit(
     assert sorted(failed) == ["explodes@2", "writes_through_data@2"]
 
 
+@pytest.mark.slow
 def test_a_damaged_pooled_entry_is_rebuilt(data, tiny_model_dir, tmp_path):
     cache = tmp_path / "c"
     first = run(data, tiny_model_dir, cache, cache_mode="pooled", poolers=("mean",), seeds=1)
@@ -148,6 +153,7 @@ def test_a_damaged_pooled_entry_is_rebuilt(data, tiny_model_dir, tmp_path):
     pd.testing.assert_frame_equal(first.results, again.results)
 
 
+@pytest.mark.slow
 def test_an_interrupted_pooled_encoding_resumes(data, tiny_model_dir, tmp_path, monkeypatch):
     import functools
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -29,6 +30,7 @@ def test_noisy_copies_differ_by_the_asked_scale_and_are_seeded():
     np.testing.assert_allclose(np.std(a - x, axis=0) / np.std(x, axis=0), 0.5, rtol=0.1)
 
 
+@pytest.mark.slow
 def test_null_pairs_rarely_reject_and_a_planted_difference_is_found():
     x, y = synthetic()
     from poolkit.heads import HeadConfig

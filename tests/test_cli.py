@@ -239,6 +239,7 @@ def test_run_with_explicit_label_order_and_test_file(small_csv, tiny_model_dir, 
     assert settings["split_sizes"]["train"] + settings["split_sizes"]["validation"] == 120
 
 
+@pytest.mark.slow
 def test_run_uses_cache_dir_option(small_csv, tiny_model_dir, tmp_path):
     cache = tmp_path / "my-cache"
     args = ["run", "--data", small_csv, "--model", tiny_model_dir, "--poolers", "cls",
@@ -251,6 +252,7 @@ def test_run_uses_cache_dir_option(small_csv, tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "b" / "settings.json").read_text())["encoder_ran"] is False
 
 
+@pytest.mark.slow
 def test_run_default_out_dir_is_named_by_the_command_and_reused(small_csv, tiny_model_dir, tmp_path,
                                                                 monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -273,6 +275,7 @@ def test_run_default_out_dir_is_named_by_the_command_and_reused(small_csv, tiny_
     assert len(list((tmp_path / "poolkit-runs").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_output_only_options_reuse_the_run_folder_and_train_nothing(small_csv, tiny_model_dir,
                                                                     tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -87,6 +87,7 @@ def y_test(dataset):
 
 # ---------------------------------------------------------------- summary.csv
 
+@pytest.mark.slow
 def test_summary_means_and_stds_are_over_seeds_and_intervals_over_items_and_seeds(tables,
                                                                                   y_test):
     from poolkit.stats import compare
@@ -375,6 +376,7 @@ def test_export_predictions_of_a_run_without_them(main_run, tiny_model_dir):
 
 # ---------------------------------------------------------------- resume
 
+@pytest.mark.slow
 def test_a_resumed_run_reproduces_its_tables_byte_for_byte(main_run, tmp_path):
     copy = tmp_path / "resumed"
     shutil.copytree(main_run["out"], copy)

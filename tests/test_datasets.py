@@ -29,6 +29,7 @@ def default_frame():
     return pd.DataFrame({"text": texts, "label": labels})
 
 
+@pytest.mark.slow
 def test_the_default_data_as_a_datasets_folder_gives_the_csvs_results(
         default_frame, tiny_model_dir, tmp_path):
     csv = tmp_path / "rt.csv"

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import invoke
 
 FILES = ("results.csv", "summary.csv", "labels.json")
@@ -20,6 +21,7 @@ def _settings(out):
     return json.loads((out / "settings.json").read_text())
 
 
+@pytest.mark.slow
 def test_identical_runs_write_byte_identical_tables(small_csv, tiny_model_dir, tmp_path,
                                                    monkeypatch):
     # A separate process with a fresh cache and another hash seed, running meanwhile.

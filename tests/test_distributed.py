@@ -60,6 +60,7 @@ def setting(tmp_path_factory, tiny_model_dir):
             "results": (root / "one" / "results.csv").read_bytes()}
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_entry_and_results_one_process_does(setting):
     root = setting["root"]
     done = torchrun("-m", "poolkit", *setting["args"], "--out", root / "two", "--cache-dir",
@@ -75,6 +76,7 @@ def test_two_processes_write_the_entry_and_results_one_process_does(setting):
     assert done.stdout.count("Run directory") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
     root = setting["root"]
     cache, out = root / "cache-killed", root / "killed"
@@ -96,6 +98,7 @@ def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
     assert (out / "results.csv").read_bytes() == setting["results"]
 
 
+@pytest.mark.slow
 def test_a_pooled_cache_is_the_same_on_two_processes_and_after_a_rank_dies(setting):
     """--cache-mode pooled: each rank pools its own batches into the shared entry."""
     root, args, env = setting["root"], [*setting["args"], "--cache-mode", "pooled"], setting["env"]
@@ -123,6 +126,7 @@ def test_a_pooled_cache_is_the_same_on_two_processes_and_after_a_rank_dies(setti
     assert (out / "results.csv").read_bytes() == results
 
 
+@pytest.mark.slow
 def test_a_cache_dir_the_ranks_do_not_share_is_one_line_of_error(setting):
     root = setting["root"]
     done = torchrun(FAULT, "own-cache-dir", root / "split", "--", *setting["args"], "--out",

@@ -174,6 +174,7 @@ def data_csv(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_run_shows_frozen_and_finetuned_side_by_side(data_csv, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     args = ["run", "--data", data_csv, "--model", tiny_model_dir, "--poolers",
@@ -230,6 +231,7 @@ poolkit.run(sys.argv[1], model=sys.argv[2], poolers=["mean", "bert_pooler"], see
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_finetuning_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     data = tmp_path / "reviews.csv"
     pd.DataFrame(make_rows(200), columns=["text", "label"]).to_csv(data, index=False)

@@ -71,6 +71,7 @@ IN_RUN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(IN_RUN))
 def test_a_broken_pooler_fails_alone(case, clean, tiny_model_dir, tmp_path):
     plugin, name, reason = IN_RUN[case]
@@ -98,6 +99,7 @@ def test_a_broken_pooler_fails_alone(case, clean, tiny_model_dir, tmp_path):
     _assert_others_unharmed(out, clean_results, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugin", ["writes_through_data", "writes_through_numpy"])
 def test_writes_into_the_inputs_do_not_reach_the_other_poolers(plugin, clean, tiny_model_dir,
                                                                tmp_path):
@@ -113,6 +115,7 @@ def test_writes_into_the_inputs_do_not_reach_the_other_poolers(plugin, clean, ti
     _assert_others_unharmed(out, clean_results, plugin)
 
 
+@pytest.mark.slow
 def test_a_plugin_that_exits_at_import_is_named(clean, tiny_model_dir, tmp_path):
     data, clean_results = clean
     out = tmp_path / "run"
@@ -127,6 +130,7 @@ def test_a_plugin_that_exits_at_import_is_named(clean, tiny_model_dir, tmp_path)
     assert "mean" in listed.stdout and "exits_at_import" in listed.stderr
 
 
+@pytest.mark.slow
 def test_torch_default_dtype_changed_at_import_is_restored(clean, tiny_model_dir, tmp_path):
     """float64 at import would break every pooler, selected or not; poolkit puts float32
     back and names the plugin."""
@@ -181,6 +185,7 @@ def _swallowing_sleep():
             pass
 
 
+@pytest.mark.slow
 def test_users_ctrl_c_stops_the_run_saves_finished_heads_and_says_how_to_resume(
         clean, tiny_model_dir, tmp_path):
     """SIGINT while a trainable pooler hangs: exit 130 and one line; the fixed heads

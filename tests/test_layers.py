@@ -292,6 +292,7 @@ def sweep_runs(tiny_model_dir, tmp_path_factory):
                 texts=texts)
 
 
+@pytest.mark.slow
 def test_a_layer_sweep_with_every_pooler_runs_the_encoder_once(sweep_runs):
     calls, single = sweep_runs["sweep_calls"], sweep_runs["single_calls"]
     assert calls, "the encoder never ran on a cold cache"
@@ -306,6 +307,7 @@ def test_a_layer_sweep_with_every_pooler_runs_the_encoder_once(sweep_runs):
     assert settings["layers"] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_last_layer_run_after_a_sweep_reuses_its_entry(sweep_runs):
     assert sweep_runs["last_calls"] == []
     settings = sweep_runs["last"].settings
@@ -314,6 +316,7 @@ def test_a_last_layer_run_after_a_sweep_reuses_its_entry(sweep_runs):
     assert sweep_runs["entries"] == sweep_runs["sweep_entries"]  # no new entry
 
 
+@pytest.mark.slow
 def test_a_run_needing_an_uncached_layer_encodes_again(small_csv, tiny_model_dir, tmp_path,
                                                        forward_calls):
     kwargs = dict(model=str(tiny_model_dir), poolers=["mean"], seeds=1,
@@ -330,6 +333,7 @@ def test_a_run_needing_an_uncached_layer_encodes_again(small_csv, tiny_model_dir
     assert len(forward_calls) == 2 * ran
 
 
+@pytest.mark.slow
 def test_sweep_results_have_a_row_per_pooler_layer_and_seed(sweep_runs):
     results = sweep_runs["sweep"].results
     expected = sorted([(p, str(layer), seed) for p in SINGLE_LAYER for layer in (0, 1, 2)
@@ -350,6 +354,7 @@ def test_sweep_results_have_a_row_per_pooler_layer_and_seed(sweep_runs):
         (p, TINY_LAYER[p]) for p in LAST_POOLERS for _ in (0, 1))
 
 
+@pytest.mark.slow
 def test_layer_2_rows_of_a_sweep_equal_a_last_layer_run(sweep_runs):
     sweep, last = sweep_runs["sweep"].results, sweep_runs["last"].results
     columns = ["pooler", "layer", "seed", "dim", "best_epoch", "epochs", *METRICS]
@@ -361,6 +366,7 @@ def test_layer_2_rows_of_a_sweep_equal_a_last_layer_run(sweep_runs):
 
 # ---------------------------------------------------------------- heads reused when adding layers
 
+@pytest.mark.slow
 def test_adding_layers_trains_only_the_new_heads(small_csv, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     kwargs = dict(model=str(tiny_model_dir), poolers=["mean", "first_last_avg", "attention"],
@@ -395,6 +401,7 @@ def test_adding_layers_trains_only_the_new_heads(small_csv, tiny_model_dir, tmp_
 
 # ---------------------------------------------------------------- the trainable attention pooler
 
+@pytest.mark.slow
 def test_attention_is_trained_from_the_cache_and_deterministic(small_csv, tiny_model_dir, tmp_path,
                                                                forward_calls):
     kwargs = dict(model=str(tiny_model_dir), poolers=["attention", "mean"], seeds=2, head=HEAD,
@@ -420,6 +427,7 @@ def test_attention_is_trained_from_the_cache_and_deterministic(small_csv, tiny_m
 
 # ---------------------------------------------------------------- the CLI
 
+@pytest.mark.slow
 def test_cli_run_with_layers_all(small_csv, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir,

@@ -27,6 +27,7 @@ def wide_model_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_two_models_one_table_and_paired_tests_across_them(small_csv, tiny_model_dir,
                                                            wide_model_dir, tmp_path):
     out = tmp_path / "run"
@@ -69,6 +70,7 @@ def test_a_model_listed_twice_is_an_error(small_csv, tiny_model_dir):
     assert result.exit_code == 1 and "lists a model twice" in result.output
 
 
+@pytest.mark.slow
 def test_each_models_fine_tuned_weights_are_kept_apart(small_csv, tiny_model_dir,
                                                        wide_model_dir, tmp_path):
     out = tmp_path / "run"

@@ -248,6 +248,7 @@ def test_check_pooler_fails_a_pair_pooler_that_lets_padding_in():
 # -- runs -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_pair_run_compares_every_pooler_and_writes_both_texts(pairs_csv, tiny_model_dir,
                                                                 tmp_path):
     out = tmp_path / "run"
@@ -269,6 +270,7 @@ def test_a_pair_run_compares_every_pooler_and_writes_both_texts(pairs_csv, tiny_
     assert settings["text_pair_col"] == "hypothesis"
 
 
+@pytest.mark.slow
 def test_on_single_texts_pair_poolers_are_left_out_or_fail_alone(small_csv, tiny_model_dir,
                                                                 tmp_path):
     import poolkit
@@ -282,6 +284,7 @@ def test_on_single_texts_pair_poolers_are_left_out_or_fail_alone(small_csv, tiny
     assert set(pd.read_csv(tmp_path / "named" / "results.csv")["pooler"]) == {"mean"}
 
 
+@pytest.mark.slow
 def test_a_pair_run_under_a_pooled_cache_gives_the_token_caches_features(pairs_csv,
                                                                          tiny_model_dir,
                                                                          tmp_path):
@@ -381,6 +384,7 @@ def test_a_run_warns_with_the_count_of_pairs_cut_to_max_length(pairs_csv, tiny_m
             "together and were truncated, longest first") in result.output
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_write_the_pair_entry_and_results_one_process_does(
         tmp_path, tiny_model_dir):
     import os
@@ -412,6 +416,7 @@ def test_two_torchrun_processes_write_the_pair_entry_and_results_one_process_doe
         assert (entries[0] / name).read_bytes() == (entries[1] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_pairs_through_several_models(pairs_csv, tiny_model_dir,
                                                                tmp_path):
     import shutil

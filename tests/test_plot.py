@@ -156,6 +156,7 @@ def test_cli_plot_single_layer_writes_valid_png_and_svg(single_run):
     assert "0.850  [g1]" in texts
 
 
+@pytest.mark.slow
 def test_cli_plot_layer_sweep_writes_heat_map_to_out_dir(sweep_run, tmp_path):
     out = tmp_path / "charts" / "nested"
     result = invoke(["plot", sweep_run, "--metric", "f1_macro", "--format", "png", "-o", out])
@@ -172,6 +173,7 @@ def test_cli_plot_layer_sweep_writes_heat_map_to_out_dir(sweep_run, tmp_path):
     assert dot_height > assert_png(small_png)[0]
 
 
+@pytest.mark.slow
 def test_plot_all_metrics_writes_one_chart_set_per_metric(sweep_run):
     written = plot_run(sweep_run, "all", formats=("svg",))
     names = sorted(p.name for p in written)
@@ -181,6 +183,7 @@ def test_plot_all_metrics_writes_one_chart_set_per_metric(sweep_run):
         assert_svg(path)
 
 
+@pytest.mark.slow
 def test_svg_output_is_byte_identical_across_calls(sweep_run, tmp_path):
     first = plot_run(sweep_run, "accuracy", formats=("svg",), out_dir=tmp_path / "a")
     second = plot_run(sweep_run, "accuracy", formats=("svg",), out_dir=tmp_path / "b")
@@ -197,6 +200,7 @@ def test_plot_does_not_change_matplotlib_global_state(single_run):
     assert (matplotlib.get_backend(), dict(matplotlib.rcParams)) == before
 
 
+@pytest.mark.slow
 def test_plot_runs_without_pyplot_or_a_display(single_run):
     code = ("import sys; from poolkit.plot import plot_run; "
             f"plot_run({str(single_run)!r}, 'accuracy'); "
@@ -234,6 +238,7 @@ def notes(fig):
     return [t.get_text().replace("\n", " ") for t in texts if t.get_gid() == "note"]
 
 
+@pytest.mark.slow
 def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
     settings = json.loads((single_run / "settings.json").read_text())
     (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": 0.625}))

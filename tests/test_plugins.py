@@ -65,6 +65,7 @@ def test_user_plugin_pools_like_its_reference(tiny_model_dir, tmp_path, hf_model
     assert_close(torch.from_numpy(features["first_last"]), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_user_plugin_appears_in_run_results(small_csv, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir,
@@ -209,6 +210,7 @@ def test_missing_plugins_dir_is_an_error(tmp_path):
     assert_clean_failure(result, "Error:", "nowhere")
 
 
+@pytest.mark.slow
 def test_pooler_that_raises_during_run(small_csv, tiny_model_dir, tmp_path):
     folder = plugins_dir_with(tmp_path, broken("explodes"))
     out = tmp_path / "run"
@@ -274,6 +276,7 @@ def test_wrong_shape_in_run_is_reported(small_csv, tiny_model_dir, tmp_path):
     assert set(results["pooler"]) == {"cls"}
 
 
+@pytest.mark.slow
 def test_trainable_pooler_that_raises_during_run(small_csv, tiny_model_dir, tmp_path):
     folder = plugins_dir_with(tmp_path, broken("trainable_explodes"))
     out = tmp_path / "run"

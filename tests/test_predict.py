@@ -176,6 +176,7 @@ def test_hf_export_is_bert_for_sequence_classification_with_the_heads_logits(fin
     assert json.loads((out / "poolkit.json").read_text())["labels"] == {"0": "neg", "1": "pos"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("set_id", ["mean@2", "cls@2"])
 def test_sentence_transformers_export_encodes_the_heads_logits(finished, tmp_path, set_id,
                                                                tiny_model_dir):
@@ -194,6 +195,7 @@ def test_sentence_transformers_export_encodes_the_heads_logits(finished, tmp_pat
     assert "| 1 | pos |" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_label_order_given_is_the_exported_one(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
@@ -247,6 +249,7 @@ def test_texts_past_the_length_limit_are_truncated_and_counted(finished, tmp_pat
         in result.output
 
 
+@pytest.mark.slow
 def test_a_changed_plugin_or_model_is_refused(tmp_path, tiny_model_dir):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

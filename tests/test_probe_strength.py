@@ -50,6 +50,7 @@ def tuned_logistic_regression(labels):
     return fit_predict
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooler", ["cls", "mean"])
 def test_poolkit_heads_score_within_two_points_of_a_tuned_logistic_regression(pooler):
     from poolkit.data import cross_folds

@@ -29,6 +29,7 @@ def _run(data, model, out, *extra, poolers="cls,mean,attention"):
     return result
 
 
+@pytest.mark.slow
 def test_cross_fitting_scores_every_item_once_per_feature_set_and_seed(data, tiny_model_dir,
                                                                        tmp_path):
     out = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_one_fold_is_the_single_split(data, tiny_model_dir, tmp_path):
     assert len(pd.read_csv(out / "predictions.csv")) == 15 * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol, seeds, train_rows", [("senteval", 1, None), ("mteb", 10, 16)])
 def test_published_protocols_run_scikit_learn_probes(data, tiny_model_dir, tmp_path, protocol,
                                                      seeds, train_rows):
@@ -94,6 +96,7 @@ def test_mteb_probe_is_sklearn_logistic_regression_on_eight_items_per_label(tiny
     np.testing.assert_allclose(head.probabilities, expected.predict_proba(x[170:]))
 
 
+@pytest.mark.slow
 def test_baseline_compares_every_pooler_with_one(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = _run(data, tiny_model_dir, out, "--baseline", "cls", "--folds", 3)
@@ -106,6 +109,7 @@ def test_baseline_compares_every_pooler_with_one(data, tiny_model_dir, tmp_path)
     assert "vs baseline" in result.stdout
 
 
+@pytest.mark.slow
 def test_metric_chooses_the_ranking_and_the_groups(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = _run(data, tiny_model_dir, out, "--metric", "log_loss", "--folds", 3)

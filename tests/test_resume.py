@@ -150,6 +150,7 @@ def reference(interrupted_runs, tiny_model_dir):
     return dict(results=pd.read_csv(out / "results.csv"), entry=entry, command=command)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_killed_run_resumes_to_the_uninterrupted_result(interrupted_runs, reference, scenario,
                                                         tmp_path, monkeypatch):
@@ -307,6 +308,7 @@ def _api_run(data, model, out, **kwargs):
     return poolkit.run(data, model=str(model), out=out, **kwargs).results
 
 
+@pytest.mark.slow
 def test_more_seeds_trains_only_the_new_seed(small_csv, tiny_model_dir, tmp_path, trained):
     out = tmp_path / "run"
     first = _api_run(small_csv, tiny_model_dir, out, seeds=2)
@@ -332,6 +334,7 @@ def test_more_seeds_trains_only_the_new_seed(small_csv, tiny_model_dir, tmp_path
     assert (out / "results.csv").read_bytes() == (tmp_path / "scratch" / "results.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_editing_a_plugin_retrains_only_its_heads(small_csv, tiny_model_dir, tmp_path, trained):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -364,6 +367,7 @@ def test_editing_a_plugin_retrains_only_its_heads(small_csv, tiny_model_dir, tmp
     pd.testing.assert_frame_equal(mean(changed), mean(before), check_exact=True)
 
 
+@pytest.mark.slow
 def test_resuming_with_more_seeds_is_byte_identical_to_a_fresh_run(small_csv, tiny_model_dir,
                                                                    tmp_path):
     """``--seeds 1`` then ``--seeds 2`` into one run directory gives the results.csv of a

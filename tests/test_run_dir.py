@@ -63,6 +63,7 @@ def test_a_users_results_csv_in_an_existing_folder_is_kept(data, tiny_model_dir,
     assert (folder / "results.csv").read_text() == "my,own\n1,2\n"
 
 
+@pytest.mark.slow
 def test_an_empty_folder_becomes_a_run_directory(data, tiny_model_dir, tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -71,6 +72,7 @@ def test_an_empty_folder_becomes_a_run_directory(data, tiny_model_dir, tmp_path)
     assert _run(data, tiny_model_dir, folder).exit_code == 0  # and is reused
 
 
+@pytest.mark.slow
 def test_a_file_changed_in_a_run_directory_is_not_overwritten(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _run(data, tiny_model_dir, out).exit_code == 0
@@ -119,6 +121,7 @@ def test_export_to_a_directory_is_one_line(finished, tmp_path):
     assert "is a directory" in _one_error(result)
 
 
+@pytest.mark.slow
 def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _run(data, tiny_model_dir, out, "--predictions", "--plot", "svg").exit_code == 0
@@ -138,6 +141,7 @@ def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, t
                               "settings.json", "summary.csv"]
 
 
+@pytest.mark.slow
 def test_an_edited_head_is_trained_again_not_trusted(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _run(data, tiny_model_dir, out).exit_code == 0

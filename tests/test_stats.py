@@ -203,6 +203,7 @@ def test_bootstrap_interval_width_matches_the_analytic_standard_error():
     assert row["accuracy_low"] < abs(row["accuracy_diff"]) < row["accuracy_high"]
 
 
+@pytest.mark.slow
 def test_bootstrap_p_under_the_null_is_rarely_significant():
     n = 200
     p_values = []
@@ -269,6 +270,7 @@ def test_a_shape_mismatch_names_the_feature_set(bad_shape, message):
         paired_comparisons(probs, y)
 
 
+@pytest.mark.slow
 def test_same_seed_same_frame_other_seed_other_frame():
     rng = np.random.default_rng(8)
     y = rng.integers(0, 3, size=150)
@@ -340,6 +342,7 @@ def test_methods_text_states_the_methods():
         assert phrase in METHODS
 
 
+@pytest.mark.slow
 def test_a_large_gap_survives_holm_over_thousands_of_pairs():
     """With 64 feature sets (2,016 pairs) a 25-point gap on 487 items must stay
     significant: a p-value floored at 1/(B + 1) would be ~0.2 after Holm."""
@@ -364,6 +367,7 @@ def test_a_large_gap_survives_holm_over_thousands_of_pairs():
 # --- every metric, intervals, baselines ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_metrics_bootstrap_matches_sklearn_on_the_drawn_items():
     """The weighted resample metrics equal sklearn's on the expanded items, for each metric:
     the pairs' intervals and p-values come from exactly those."""
@@ -463,6 +467,7 @@ def test_refit_variance_is_the_folds_spread_beyond_the_items_scaled_for_overlap(
     assert refit_variance(by_fold, [0.04], sizes).df[0] > 20
 
 
+@pytest.mark.slow
 def test_cross_fitted_pairs_widen_by_the_fits_variance_and_only_then():
     rng = np.random.default_rng(3)
     n, folds = 600, np.repeat(np.arange(5), 120)

