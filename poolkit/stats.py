@@ -318,14 +318,15 @@ def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int
         drawn += np.arange(rows)[:, None] * n
         counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
         by_item = np.ascontiguousarray(counts.T, dtype=np.float32)
+        # each fold's share of the resamples, cut once for every name and seed
+        folds = [(q, y[q], counts[:, q], np.ascontiguousarray(by_item[q])) for q in parts]
         for name, seeds in probs.items():
             for s, p in enumerate(seeds):
                 weighted = Weighted(y, p, counts, by_item)
                 for m, metric in enumerate(metrics.values()):
-                    if metric.per_fold and parts:  # the mean over folds of each fold's
-                        value = np.mean([_resampled(metric, y[q], p[q], counts[:, q],
-                                                    np.ascontiguousarray(by_item[q]))
-                                         for q in parts], axis=0)
+                    if metric.per_fold and folds:  # the mean over folds of each fold's
+                        value = np.mean([_resampled(metric, yq, p[q], cq, bq)
+                                         for q, yq, cq, bq in folds], axis=0)
                     else:
                         value = _resampled(metric, y, p, counts, by_item, weighted)
                     out[name][start : start + rows, s, m] = value
