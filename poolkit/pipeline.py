@@ -374,12 +374,89 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
     baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
     ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
-    comparison = compare(probabilities, y, seed=config.split_seed, primary=config.metric,
-                         baseline=baseline, folds=fold_of, test_train_ratio=ratio)
+    options = dict(seed=config.split_seed, primary=config.metric, baseline=baseline,
+                   folds=fold_of, test_train_ratio=ratio)
+    saved = Path(config.out) / "heads" / "comparison.json" if config.out is not None else None
+    key = comparison_key(probabilities, y, options)
+    comparison = read_comparison(saved, key)
+    if comparison is None:
+        comparison = compare(probabilities, y, **options)
+        write_comparison(saved, key, comparison)
     summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)
     return Evaluation(results, probabilities, comparison.pairs, summary)
+
+
+def comparison_key(probabilities: dict, y, options: dict) -> str:
+    """sha256 of what :func:`~poolkit.stats.compare` computes from: every feature set's
+    probabilities (by name, in order), the labels, its options and poolkit's version."""
+    import hashlib
+    import json
+
+    from . import __version__
+    from .metrics import METRICS
+    from .stats import N_BOOT
+
+    hashed = hashlib.sha256(json.dumps(
+        [__version__, N_BOOT, list(METRICS), {k: v for k, v in options.items() if k != "folds"}],
+        default=str).encode())
+    for part in (y, options["folds"]):
+        hashed.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    for name, probs in probabilities.items():
+        hashed.update(name.encode() + b"\0")
+        hashed.update(np.ascontiguousarray(probs, dtype=np.float64).tobytes())
+    return hashed.hexdigest()
+
+
+def read_comparison(path, key: str):
+    """The :class:`~poolkit.stats.Comparison` saved at ``path`` under ``key``, or ``None``
+    (missing, another key, or unreadable: then it is computed again)."""
+    import json
+
+    import pandas as pd
+
+    from .stats import Comparison
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] != key:
+            return None
+        frame = saved["pairs"]
+        pairs = pd.DataFrame({c: pd.Series(frame["data"][c], dtype=frame["dtypes"][c])
+                              for c in frame["columns"]})
+        intervals = {name: {m: tuple(v) for m, v in metrics.items()}
+                     for name, metrics in saved["intervals"].items()}
+        return Comparison(pairs, saved["values"], intervals)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_comparison(path, key: str, comparison) -> None:
+    """Save ``comparison`` at ``path`` (JSON, floats exact) for a re-run that trains
+    nothing: it then computes nothing either."""
+    import json
+
+    from .files import write_atomic
+
+    if path is None:
+        return
+    pairs = comparison.pairs
+    frame = {"columns": list(pairs.columns), "dtypes": {c: str(pairs[c].dtype) for c in pairs},
+             "data": {c: pairs[c].tolist() for c in pairs}}
+    values = {name: {m: float(v) for m, v in metrics.items()}
+              for name, metrics in comparison.values.items()}
+    intervals = {name: {m: [float(x) for x in v] for m, v in metrics.items()}
+                 for name, metrics in comparison.intervals.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"key": key, "pairs": frame, "values": values,
+                                       "intervals": intervals}))
+    except OSError as exc:
+        raise PoolkitError(f"cannot write run directory '{path.parent.parent}': "
+                           f"{exc.strerror or exc}") from None
 
 
 def _failed_row(fs, reason: str) -> dict:

@@ -389,3 +389,33 @@ def test_a_resumed_run_reproduces_its_tables_byte_for_byte(main_run, tmp_path):
         assert (copy / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
     heads = sorted(p.name for p in (copy / "heads").iterdir())
     assert heads == sorted(p.name for p in (main_run["out"] / "heads").iterdir())
+
+
+@pytest.mark.slow
+def test_a_rerun_that_trains_nothing_compares_nothing_and_writes_the_same_bytes(
+        tmp_path, tiny_model_dir, small_csv, monkeypatch):
+    import poolkit
+    import poolkit.stats
+    from poolkit.heads import HeadConfig
+
+    calls = []
+    original = poolkit.stats.compare
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(poolkit.stats, "compare", counting)
+    out = tmp_path / "run"
+    options = dict(model=str(tiny_model_dir), poolers=("cls", "mean"), folds=3, seeds=2, out=out,
+                   head=HeadConfig(max_epochs=5))
+    poolkit.run(small_csv, **options)
+    first = {name: (out / name).read_bytes() for name in ("pairs.csv", "summary.csv")}
+    poolkit.run(small_csv, **options)
+    assert len(calls) == 1  # the second run read the comparison of the same heads
+    assert {name: (out / name).read_bytes() for name in first} == first
+    (out / "heads" / "comparison.json").write_text("{damaged")
+    poolkit.run(small_csv, **options)
+    assert len(calls) == 2 and (out / "pairs.csv").read_bytes() == first["pairs.csv"]
+    poolkit.run(small_csv, **{**options, "seeds": 3})  # other heads: compared again
+    assert len(calls) == 3
