@@ -86,6 +86,8 @@ class Evaluation:
     probabilities: dict
     pairs: object
     summary: object
+    #: the comparison as comparison.json keeps it (:func:`comparison_json`)
+    comparison: str | None = None
 
 
 @dataclass
@@ -376,16 +378,16 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
     options = dict(seed=config.split_seed, primary=config.metric, baseline=baseline,
                    folds=fold_of, test_train_ratio=ratio)
-    saved = Path(config.out) / "heads" / "comparison.json" if config.out is not None else None
+    saved = Path(config.out) / "comparison.json" if config.out is not None else None
     key = comparison_key(probabilities, y, options)
     comparison = read_comparison(saved, key)
     if comparison is None:
         comparison = compare(probabilities, y, **options)
-        write_comparison(saved, key, comparison)
     summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)
-    return Evaluation(results, probabilities, comparison.pairs, summary)
+    return Evaluation(results, probabilities, comparison.pairs, summary,
+                      comparison_json(key, comparison))
 
 
 def comparison_key(probabilities: dict, y, options: dict) -> str:
@@ -434,15 +436,11 @@ def read_comparison(path, key: str):
         return None
 
 
-def write_comparison(path, key: str, comparison) -> None:
-    """Save ``comparison`` at ``path`` (JSON, floats exact) for a re-run that trains
-    nothing: it then computes nothing either."""
+def comparison_json(key: str, comparison) -> str:
+    """``comparison`` as comparison.json keeps it (floats exact), under ``key``: a re-run
+    whose heads predict the same reads it back and computes nothing."""
     import json
 
-    from .files import write_atomic
-
-    if path is None:
-        return
     pairs = comparison.pairs
     frame = {"columns": list(pairs.columns), "dtypes": {c: str(pairs[c].dtype) for c in pairs},
              "data": {c: pairs[c].tolist() for c in pairs}}
@@ -450,13 +448,7 @@ def write_comparison(path, key: str, comparison) -> None:
               for name, metrics in comparison.values.items()}
     intervals = {name: {m: [float(x) for x in v] for m, v in metrics.items()}
                  for name, metrics in comparison.intervals.items()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"key": key, "pairs": frame, "values": values,
-                                       "intervals": intervals}))
-    except OSError as exc:
-        raise PoolkitError(f"cannot write run directory '{path.parent.parent}': "
-                           f"{exc.strerror or exc}") from None
+    return json.dumps({"key": key, "pairs": frame, "values": values, "intervals": intervals})
 
 
 def _failed_row(fs, reason: str) -> dict:
@@ -541,7 +533,7 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
             items = predictions_table(dataset, evaluation.probabilities, encoded.sets, seeds)
         write_run_dir(Path(config.out), evaluation.results, evaluation.summary,
                       dataset.label_names, settings, pairs=evaluation.pairs, recipe=recipe,
-                      predictions=items)
+                      predictions=items, comparison=evaluation.comparison)
     return RunResult(evaluation.results, evaluation.summary, evaluation.pairs,
                      training.failures, dataset.label_names, settings, recipe,
                      poolers.load_errors, Path(config.out) if config.out is not None else None)

@@ -265,11 +265,11 @@ def texts_columns(texts: list) -> dict:
 
 #: The tables and records a run writes into its run directory.
 RUN_FILES = ("results.csv", "summary.csv", "pairs.csv", "labels.json", "settings.json",
-             "recipe.json", "predictions.csv")
+             "recipe.json", "predictions.csv", "comparison.json")
 
 
 def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, pairs=None,
-                  recipe: dict | None = None, predictions=None) -> None:
+                  recipe: dict | None = None, predictions=None, comparison=None) -> None:
     """Write results.csv, summary.csv, pairs.csv, labels.json, settings.json,
     recipe.json (and predictions.csv when given) into the run directory ``out``
     (claimed by :meth:`~poolkit.runs.RunDirectory.claim`); files an earlier
@@ -286,5 +286,6 @@ def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, p
         "settings.json": json.dumps(settings, indent=2, default=str) + "\n",
         "recipe.json": json.dumps(recipe, indent=2, default=str) + "\n" if recipe else None,
         "predictions.csv": predictions.to_csv(index=False) if predictions is not None else None,
+        "comparison.json": comparison,
     }
     RunDirectory(out).write({k: v for k, v in contents.items() if v is not None}, replace=True)

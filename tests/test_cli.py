@@ -50,8 +50,8 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert "labels: 0=neg, 1=pos" in result.stderr
 
     assert sorted(p.name for p in out.iterdir()) == [
-        ".poolkit-run.json", ".poolkit-run.lock", "heads", "labels.json", "pairs.csv", "recipe.json", "results.csv", "settings.json",
-        "summary.csv"]
+        ".poolkit-run.json", ".poolkit-run.lock", "comparison.json", "heads", "labels.json",
+        "pairs.csv", "recipe.json", "results.csv", "settings.json", "summary.csv"]
     # the default protocol: 5-fold cross-fitting, a head per pooler x fold x seed
     assert len(list((out / "heads").glob("*.json"))) == len(ALL_POOLERS) * 5 * 2
     assert len(list((out / "heads").glob("*.npy"))) == len(ALL_POOLERS) * 5 * 2

@@ -137,8 +137,8 @@ def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, t
     assert stale.exit_code == 1
     assert "has no predictions.csv from its last run" in _one_error(stale)
     listed = json.loads((out / ".poolkit-run.json").read_text())["files"]
-    assert sorted(listed) == ["labels.json", "pairs.csv", "recipe.json", "results.csv",
-                              "settings.json", "summary.csv"]
+    assert sorted(listed) == ["comparison.json", "labels.json", "pairs.csv", "recipe.json",
+                              "results.csv", "settings.json", "summary.csv"]
 
 
 @pytest.mark.slow
