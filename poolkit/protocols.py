@@ -31,7 +31,7 @@ class Protocol:
     #: whether trainable poolers take part
     trainable: bool
     #: the head kind for fixed poolers: ``"linear"`` (poolkit's heads) or a
-    #: :mod:`~poolkit.sklearn_heads` recipe
+    #: :mod:`~poolkit.probe_heads` recipe
     heads: str = "linear"
 
     def kinds(self, features: dict, cache, timeout, progress: bool, log) -> list:
@@ -42,9 +42,9 @@ class Protocol:
 
             return [LinearHeads(features, progress=progress),
                     TrainablePoolerHeads(cache, timeout, log)]
-        from .sklearn_heads import SklearnHeads
+        from .probe_heads import ProbeHeads
 
-        return [SklearnHeads(features, self.heads)]
+        return [ProbeHeads(features, self.heads)]
 
 
 #: Protocol name -> :class:`Protocol`.

@@ -77,7 +77,7 @@ def test_mteb_probe_is_sklearn_logistic_regression_on_eight_items_per_label(tiny
     from sklearn.linear_model import LogisticRegression
 
     from poolkit.heads import HeadConfig, HeadTask
-    from poolkit.sklearn_heads import SklearnHeads, undersample
+    from poolkit.probe_heads import ProbeHeads, undersample
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
@@ -89,7 +89,7 @@ def test_mteb_probe_is_sklearn_logistic_regression_on_eight_items_per_label(tiny
     class Set:
         id, trainable = "f@1", False
 
-    (head,) = SklearnHeads({"f@1": x}, "mteb").train(task, [(Set, [4])])
+    (head,) = ProbeHeads({"f@1": x}, "mteb").train(task, [(Set, [4])])
     rows = undersample(y, np.arange(170), 8, 4)
     assert len(rows) == 24 and all((y[rows] == label).sum() == 8 for label in range(3))
     expected = LogisticRegression(max_iter=100, random_state=4).fit(x[rows], y[rows])

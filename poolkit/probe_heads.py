@@ -1,4 +1,4 @@
-"""Published probes on fixed features: scikit-learn's ``LogisticRegression``.
+"""Published probes on fixed features: logistic regression as SentEval and MTEB fit it.
 
 Two recipes, for the ``senteval`` and ``mteb`` protocols
 (:mod:`poolkit.protocols`), so poolkit's numbers can be set beside the ones
@@ -7,14 +7,18 @@ researchers know; poolkit adds the intervals and the paired tests:
 - ``senteval``: SentEval's ``InnerKFoldClassifier`` (sklearn branch): within
   each outer training fold, an inner stratified k-fold over the regularization
   grid ``C`` in ``2**-2 .. 2**3`` picks ``C`` by mean inner accuracy; the probe
-  is refitted with it on the whole training fold.
-- ``mteb``: MTEB's classification evaluator: ``LogisticRegression(max_iter=100)``
-  fitted on ``samples_per_label`` items per label drawn from the training split,
-  one experiment per seed (the seed draws the items), the test split fixed.
+  is refitted with it on the whole training fold. The 66 logistic regressions
+  of a fold (6 values of ``C`` on 10 inner folds, and the 6 refits) are solved
+  at once by :mod:`poolkit.logistic`, to their optimum: scikit-learn's
+  ``LogisticRegression(C)`` objective, which SentEval fits with lbfgs (stopped
+  there at 100 iterations, before the optimum on some features).
+- ``mteb``: MTEB's classification evaluator: scikit-learn's
+  ``LogisticRegression(max_iter=100)`` fitted on ``samples_per_label`` items per
+  label drawn from the training split, one experiment per seed (the seed draws
+  the items), the test split fixed; lbfgs stops at its 100 iterations as in
+  MTEB (its convergence warnings are silenced).
 
-Features go in as they are (neither recipe standardizes them), and lbfgs stops at
-its default 100 iterations as in both originals (its convergence warnings are
-silenced).
+Features go in as they are: neither recipe standardizes them.
 """
 
 import warnings
@@ -30,7 +34,7 @@ SENTEVAL_C = tuple(2.0**t for t in range(-2, 4))
 MTEB_SAMPLES_PER_LABEL = 8
 
 
-class SklearnHeads:
+class ProbeHeads:
     """The :class:`~poolkit.heads.HeadKind` of the published probes, on fixed
     ``features`` (``{feature set id: (N, D)}``); ``recipe`` is ``"senteval"``
     (with ``inner_folds``) or ``"mteb"`` (with ``samples_per_label``)."""
@@ -62,28 +66,55 @@ class SklearnHeads:
                                   fold=task.fold)
 
     def _fit(self, x, task: HeadTask, seed: int):
+        if self.recipe == "senteval":
+            return senteval_probe(x, task.labels, task.train, SENTEVAL_C, self.inner_folds, seed)
         from sklearn.linear_model import LogisticRegression
 
         y = task.labels
-        rows = task.train
-        if self.recipe == "mteb":
-            rows = undersample(y, np.concatenate([task.train, task.validation]),
-                               self.samples_per_label, seed)
-            return LogisticRegression(max_iter=100, random_state=seed).fit(x[rows], y[rows])
-        c = inner_cv_choice(x[rows], y[rows], SENTEVAL_C, self.inner_folds, seed)
-        return LogisticRegression(C=c, random_state=seed).fit(x[rows], y[rows])
+        rows = undersample(y, np.concatenate([task.train, task.validation]),
+                           self.samples_per_label, seed)
+        return LogisticRegression(max_iter=100, random_state=seed).fit(x[rows], y[rows])
 
 
-def inner_cv_choice(x, y, grid, folds: int, seed: int) -> float:
-    """The ``C`` of ``grid`` with the best mean accuracy over a stratified ``folds``-fold
-    split of ``(x, y)`` (ties: the first), as SentEval's inner cross-validation."""
-    from sklearn.linear_model import LogisticRegression
+class SentEvalProbe:
+    """The refitted probe of :func:`senteval_probe`: ``C`` (the inner folds' choice),
+    ``classes_`` (the label ids it was fitted on), ``predict_proba``, and
+    ``scores`` (mean inner accuracy per ``C`` of the grid)."""
+
+    def __init__(self, fitted, index: int, classes, c: float, scores):
+        self.fitted, self.index, self.classes_, self.C, self.scores = \
+            fitted, index, classes, c, scores
+
+    def predict_proba(self, x) -> np.ndarray:
+        return self.fitted.predict_proba(x)[self.index]
+
+
+def senteval_probe(x, y, rows, grid, folds: int, seed: int) -> SentEvalProbe:
+    """SentEval's inner cross-validation on ``(x[rows], y[rows])``: the ``C`` of
+    ``grid`` with the best mean accuracy over a stratified ``folds``-fold split
+    (ties: the first), refitted on all of ``rows``. Every ``(inner fold, C)`` fit
+    and every refit is one problem of a single :func:`poolkit.logistic.fit`."""
     from sklearn.model_selection import StratifiedKFold
 
+    from . import logistic
+
+    x, y = x[rows], y[rows]
+    classes, ids = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"the training part has one label only (label id {classes[0]})")
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y))
-    scores = [np.mean([LogisticRegression(C=c, random_state=seed).fit(x[a], y[a]).score(x[b], y[b])
-                       for a, b in splits]) for c in grid]
-    return grid[int(np.argmax(scores))]
+    grid = np.asarray(grid, dtype=np.float64)
+    weights = np.zeros(((len(splits) + 1) * len(grid), len(y)))
+    for f, (train, _) in enumerate(splits):
+        weights[f * len(grid):(f + 1) * len(grid), train] = 1.0
+    weights[len(splits) * len(grid):] = 1.0  # the refits, one per C
+    fitted = logistic.fit(x, ids, weights, np.tile(grid, len(splits) + 1), len(classes))
+    predicted = fitted.logits(x).argmax(axis=2)  # (problems, N), ties: the first label
+    accuracy = np.array([[np.mean(predicted[f * len(grid) + j, test] == ids[test])
+                          for j in range(len(grid))] for f, (_, test) in enumerate(splits)])
+    scores = [np.mean(accuracy[:, j]) for j in range(len(grid))]
+    best = int(np.argmax(scores))
+    return SentEvalProbe(fitted, len(splits) * len(grid) + best, classes, grid[best], scores)
 
 
 def undersample(y, rows, per_label: int, seed: int) -> np.ndarray:

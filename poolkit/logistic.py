@@ -1,0 +1,215 @@
+"""Many L2-regularized logistic regressions on one feature matrix, solved at once.
+
+SentEval's probe fits 66 logistic regressions per pooler and fold (6 values of
+``C`` times 10 inner folds, and the refits), each on most of the same rows.
+Here they are one batched problem: every problem sees all rows of ``x``, with
+its own 0/1 (or any non-negative) sample weights and its own ``C``, and all are
+solved together by a truncated Newton method (preconditioned conjugate
+gradients on Hessian-vector products, then a backtracking line search), so each
+step is two matrix products over the whole batch.
+
+The objective of problem ``p`` is scikit-learn's ``LogisticRegression(C=c[p])``
+with sample weights ``s[p]``::
+
+    sum_i s[p, i] * logloss_i / sum_i s[p, i] + |W_p|^2 / (2 * c[p] * sum_i s[p, i])
+
+with the intercept unpenalized; the binomial loss on one coefficient row for two
+labels, the multinomial (softmax) loss on one row per label otherwise, as
+scikit-learn's lbfgs. Its minimizer is reached to ``tol`` in the maximum
+absolute gradient of that objective (scikit-learn's lbfgs stops at ``1e-4`` or
+after 100 iterations, whichever comes first), in float64.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Default stopping point: the largest gradient entry of the scaled objective (about 100
+#: times above float64's rounding of it on 5k items, so a line search still sees descent).
+TOL = 1e-8
+
+
+@dataclass
+class Fit:
+    #: (P, K', D) coefficients, K' = 1 for two labels (the row of label 1), else K
+    coef: np.ndarray
+    #: (P, K') intercepts
+    intercept: np.ndarray
+    #: Newton steps taken (the most over the problems)
+    iterations: int
+    #: (P,) largest absolute gradient entry at the end
+    gradient: np.ndarray
+
+    def logits(self, x) -> np.ndarray:
+        """(P, N, K) label scores of ``x`` (for two labels, column 0 is zero)."""
+        p, k, d = self.coef.shape
+        z = np.asarray(x, dtype=np.float64) @ self.coef.reshape(p * k, d).T  # (N, P K')
+        z = z.reshape(len(z), p, k).transpose(1, 0, 2) + self.intercept[:, None, :]
+        return _full(z, self.coef.shape[1], np)
+
+    def predict_proba(self, x) -> np.ndarray:
+        """(P, N, K) probabilities, as scikit-learn's ``predict_proba``."""
+        z = self.logits(x)
+        z = np.exp(z - z.max(axis=2, keepdims=True))
+        return z / z.sum(axis=2, keepdims=True)
+
+
+def _full(z, k, xp):
+    """Binomial scores (one column) as two softmax columns ``[0, z]``."""
+    if k != 1:
+        return z
+    return xp.concatenate([xp.zeros_like(z), z], axis=-1) if xp is np \
+        else xp.cat([xp.zeros_like(z), z], dim=-1)
+
+
+def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100,
+        max_cg: int = 250) -> Fit:
+    """Fit ``P = len(c)`` problems on ``x`` (N, D) with labels ``y`` (N,) in
+    ``range(num_labels)``: problem ``p`` weighs row ``i`` by ``weights[p, i]`` and
+    has inverse regularization ``c[p]``. Each problem must see every label (a
+    ``ValueError`` otherwise, as scikit-learn would fit a smaller model)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    s = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+    c = torch.as_tensor(np.asarray(c), dtype=torch.float64)
+    n, d = x.shape
+    p = len(c)
+    if s.shape != (p, n):
+        raise ValueError(f"weights: shape {tuple(s.shape)}, expected {(p, n)}")
+    onehot = torch.nn.functional.one_hot(y, num_labels).to(torch.float64)  # (N, K)
+    seen = (s @ onehot) > 0  # (P, K)
+    if not bool(seen.all()):
+        problem, label = (~seen).nonzero()[0].tolist()
+        raise ValueError(f"problem {problem} has no item of label {label} to learn from")
+    k = 1 if num_labels == 2 else num_labels
+    x1 = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
+    scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
+    reg = 1.0 / (c * s.sum(dim=1))  # (P,)
+    penalized = torch.ones(d + 1, dtype=x.dtype)
+    penalized[-1] = 0.0  # the intercept
+    target = onehot[:, None, -k:]  # (N, 1, K')
+
+    def scores(w):  # (P, K', D+1) -> (N, P, K) softmax scores
+        z = (x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
+        return _full(z, k, torch)
+
+    def back(g):  # (N, P, K') per-row gradients -> (P, K', D+1)
+        return (g.reshape(n, p * k).T @ x1).view(p, k, d + 1)
+
+    def objective(w):
+        z = scores(w)
+        loss = torch.logsumexp(z, dim=2) - (z[..., -k:] * target).sum(dim=2) if k > 1 \
+            else torch.nn.functional.softplus(z[..., 1]) - z[..., 1] * target[..., 0]
+        return (scale * loss).sum(dim=0) + 0.5 * reg * ((w * w) * penalized).sum(dim=(1, 2))
+
+    w = torch.zeros(p, k, d + 1, dtype=torch.float64)
+    stalled = torch.zeros(p, dtype=torch.bool)  # no descent left within rounding
+    steps = 0
+    for steps in range(max_iter + 1):
+        z = scores(w)
+        prob = torch.softmax(z, dim=2)[..., -k:]  # (N, P, K')
+        grad = back(scale[..., None] * (prob - target)) + reg[:, None, None] * w * penalized
+        largest = grad.abs().amax(dim=(1, 2))
+        active = (largest > tol) & ~stalled
+        if steps == max_iter or not bool(active.any()):
+            break
+
+        def hess(v):  # Hessian-vector products, one per problem
+            u = (x1 @ v.reshape(p * k, d + 1).T).view(n, p, k)
+            hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
+                else prob * (1 - prob) * u
+            return back(scale[..., None] * hu) + reg[:, None, None] * v * penalized
+
+        curvature = scale[..., None] * prob * (1 - prob)  # (N, P, K')
+        step = _conjugate_gradients(hess, -grad, _preconditioner(x1, curvature, reg), active,
+                                    max_cg)
+        length = _backtrack(objective, w, step, grad, active)
+        stalled = stalled | (active & (length == 0))
+        w = w + length[:, None, None] * step
+    coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
+    return Fit(coef, intercept, steps, largest.numpy())
+
+
+def _dot(a, b):
+    return (a * b).sum(dim=(1, 2))
+
+
+def _preconditioner(x1, curvature, reg):
+    """``r -> M_p^-1 r`` for every problem ``p``, with ``M_p = a_p G + reg_p I``:
+    ``G = X^T diag(h) X`` on the rows' curvature ``h`` averaged over the problems
+    (one per label), scaled by each problem's total curvature ``a_p``. The
+    problems share ``G`` (their rows and iterates are alike), so one
+    eigendecomposition per label inverts all of them; ``M_p`` catches the
+    correlations between raw features that make plain conjugate gradients slow.
+
+    With more than two labels the steps keep the intercepts' sum where it starts
+    (0, as scikit-learn's lbfgs does): adding one number to every intercept
+    changes neither the loss nor the penalty."""
+    import torch
+
+    mean = curvature.mean(dim=1)  # (N, K')
+    gram = torch.stack([(x1 * mean[:, j, None]).T @ x1 for j in range(mean.shape[1])])
+    eigenvalues, vectors = torch.linalg.eigh(gram)  # (K', D+1), (K', D+1, D+1)
+    share = curvature.sum(dim=0) / mean.sum(dim=0)  # (P, K')
+    denominator = share[..., None] * eigenvalues.clamp(min=0) + reg[:, None, None]
+
+    def apply(r):  # (P, K', D+1)
+        rotated = torch.einsum("kde,pkd->pke", vectors, r) / denominator
+        out = torch.einsum("kde,pke->pkd", vectors, rotated)
+        if out.shape[1] > 1:  # the softmax's flat direction: intercepts all moved alike
+            out[..., -1] -= out[..., -1].mean(dim=1, keepdim=True)
+        return out
+
+    return apply
+
+
+def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
+    """Approximate Newton steps: ``hess(step) = rhs`` per problem, by
+    preconditioned conjugate gradients, each problem stopped once its residual
+    is below ``min(0.5, sqrt(|rhs|)) * |rhs|`` (the usual forcing sequence of
+    truncated Newton methods)."""
+    import torch
+
+    norm = rhs.flatten(1).norm(dim=1)
+    bound = torch.clamp(norm.sqrt(), max=0.5) * norm
+    step = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    z = precondition(residual)
+    direction = z.clone()
+    rz = _dot(residual, z)
+    going = active.clone()
+    for _ in range(max_cg):
+        going = going & (residual.flatten(1).norm(dim=1) > bound)
+        if not bool(going.any()):
+            break
+        hd = hess(direction)
+        alpha = torch.where(going, rz / _dot(direction, hd), torch.zeros_like(rz))
+        step = step + alpha[:, None, None] * direction
+        residual = residual - alpha[:, None, None] * hd
+        z = precondition(residual)
+        rz_next = _dot(residual, z)
+        beta = torch.where(going, rz_next / rz, torch.zeros_like(rz))
+        direction = z + beta[:, None, None] * direction
+        rz = torch.where(going, rz_next, rz)
+    return step
+
+
+def _backtrack(objective, w, step, grad, active, shrink: float = 0.5, tries: int = 40):
+    """Step lengths (P,) meeting Armijo's condition, halved from 1 per problem
+    (0 for problems already converged, and for those that found none)."""
+    import torch
+
+    now = objective(w)
+    slope = _dot(grad, step)
+    length = active.to(w.dtype)
+    for _ in range(tries):
+        done = objective(w + length[:, None, None] * step) <= now + 1e-4 * length * slope
+        done = done | ~active
+        if bool(done.all()):
+            break
+        length = torch.where(done, length, length * shrink)
+    else:
+        length = torch.where(done, length, torch.zeros_like(length))
+    return length
