@@ -254,10 +254,18 @@ def test_a_run_killed_while_finetuning_resumes_to_the_same_results(tmp_path, tin
         return [c for c in found
                 if not c.with_name(c.name.replace(".checkpoint.safetensors", ".npy")).exists()]
 
+    def ready():  # a later job's checkpoint while one fine-tuned head is finished and saved
+        return unfinished() and list((killed / "heads").glob("*-ft-*.npy"))
+
     deadline = time.monotonic() + 120
-    # wait for a later job's first checkpoint: one fine-tuned head is finished and saved
-    while process.poll() is None and time.monotonic() < deadline and not (
-            unfinished() and list((killed / "heads").glob("*-ft-*.npy"))):
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            # freeze the run before checking again: a job can finish its head (and drop its
+            # checkpoint) in the moment between the look and the kill
+            process.send_signal(signal.SIGSTOP)
+            if ready():
+                break
+            process.send_signal(signal.SIGCONT)
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
