@@ -51,6 +51,11 @@ class Scored:
         return precision, recall, f1
 
 
+#: Negatives x positives up to which :meth:`Weighted._auc` takes the pairwise matmul
+#: (faster to about 500 of each; beyond it the cumulative sums are).
+_PAIRWISE_AUC = 1 << 18
+
+
 class Weighted:
     """One head's test predictions under ``B`` resamples of the items at once:
     ``weights`` ``(B, n)`` is how often each resample draws each item (a row of
@@ -101,9 +106,10 @@ class Weighted:
                        axis=0)
 
     def _auc(self, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-        negatives = np.flatnonzero(~positive)
+        negatives, positives = np.flatnonzero(~positive), np.flatnonzero(positive)
+        if len(negatives) * len(positives) <= _PAIRWISE_AUC:
+            return self._auc_pairwise(scores, negatives, positives)
         negatives = negatives[np.argsort(scores[negatives], kind="stable")]
-        positives = np.flatnonzero(positive)
         ranked = scores[negatives]
         # Per positive: the negatives ranked strictly lower, and those tied with it.
         lower = np.searchsorted(ranked, scores[positives], side="left")
@@ -116,6 +122,19 @@ class Weighted:
         drawn = self.by_item[positives]
         hits = (drawn * credit).sum(axis=0, dtype=np.float64)
         pairs = drawn.sum(axis=0, dtype=np.float64) * cumulative[-1].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(pairs > 0, hits / pairs, np.nan)
+
+    def _auc_pairwise(self, scores, negatives, positives) -> np.ndarray:
+        """:meth:`_auc` from every (negative, positive) pair's credit (1 ranked right,
+        1/2 tied) as one matmul: faster on a few hundred items, the same bits, since every
+        sum is of integers and halves far below float32's 2**24."""
+        below, above = scores[negatives][:, None], scores[positives][None, :]
+        credit = (below < above).astype(np.float32) + np.float32(0.5) * (below == above)
+        drawn = self.by_item[negatives]
+        hits = (drawn * (credit @ self.by_item[positives])).sum(axis=0, dtype=np.float64)
+        pairs = (drawn.sum(axis=0, dtype=np.float64)
+                 * self.by_item[positives].sum(axis=0, dtype=np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(pairs > 0, hits / pairs, np.nan)
 

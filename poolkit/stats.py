@@ -210,7 +210,8 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
         a_values = np.array([values[names[i]][m] for i in ia])
         b_values = np.array([values[names[i]][m] for i in ib])
         diff = a_values - b_values
-        d = means[:, ia, m_index] - means[:, ib, m_index]  # (B, pairs)
+        metric_means = np.ascontiguousarray(means[:, :, m_index])  # (B, K): gathers by row
+        d = metric_means[:, ia] - metric_means[:, ib]  # (B, pairs)
         low, high = _quantiles(d, alpha)
         p, se = _p_values(d, diff)
         if fold_ids.size > 1:
@@ -346,15 +347,28 @@ def _resampled(metric, y, p, counts, by_item, weighted=None) -> np.ndarray:
 
 
 def _quantiles(samples: np.ndarray, alpha: float) -> tuple:
-    """The ``alpha / 2`` and ``1 - alpha / 2`` percentiles over dim 0, ignoring NaNs."""
-    levels = [alpha / 2, 1 - alpha / 2]
-    gaps = np.isnan(samples).any(axis=0)
-    low, high = np.quantile(samples, levels, axis=0)  # vectorized; NaN columns redone below
-    if gaps.any():
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-            low[gaps], high[gaps] = np.nanquantile(samples[:, gaps], levels, axis=0)
-    return low, high
+    """The ``alpha / 2`` and ``1 - alpha / 2`` percentiles of each column of ``samples``
+    ``(B, columns)``, ignoring NaNs:
+    ``np.nanquantile``'s values to the bit (its linear method on each column's
+    values that are not NaN), from one sort (several times faster than numpy's
+    partition along dim 0 on these shapes)."""
+    ordered = np.sort(samples, axis=0)  # NaNs sort last
+    valid = samples.shape[0] - np.isnan(samples).sum(axis=0)  # (columns,)
+    columns = np.arange(samples.shape[1])
+    out = []
+    for level in (alpha / 2, 1 - alpha / 2):
+        index = (valid - 1) * np.float64(level)
+        previous = np.floor(index)
+        gamma = index - previous
+        below = np.clip(previous, 0, None).astype(np.intp)
+        above = np.minimum(below + 1, np.maximum(valid - 1, 0))
+        a, b = ordered[below, columns], ordered[above, columns]
+        with np.errstate(all="ignore"):
+            diff = b - a  # numpy's _lerp, so the bits are numpy's
+            value = a + diff * gamma
+            value = np.where(gamma >= 0.5, b - diff * (1 - gamma), value)
+        out.append(np.where(valid > 0, value, np.nan))
+    return out[0], out[1]
 
 
 class Refit(NamedTuple):
@@ -424,7 +438,13 @@ def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
     n_boot = d.shape[0]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        se = np.nanstd(d, axis=0, ddof=1) if n_boot > 1 else np.zeros(d.shape[1])
+        if n_boot == 1:
+            se = np.zeros(d.shape[1])
+        else:  # np.std's bits where no resample is NaN (most columns), nanstd's elsewhere
+            gaps = np.isnan(d).any(axis=0)
+            se = np.std(d, axis=0, ddof=1)
+            if gaps.any():
+                se[gaps] = np.nanstd(d[:, gaps], axis=0, ddof=1)
     return _t_p(diff, se, np.inf), se
 
 

@@ -530,3 +530,39 @@ def test_cross_fitted_roc_auc_is_the_mean_of_the_folds_and_the_others_pool_the_i
     assert result.values["a"]["roc_auc"] == pytest.approx(np.mean(by_fold))
     low, high = result.intervals["a"]["roc_auc"]
     assert low < np.mean(by_fold) < high and not low < pooled < high
+
+
+@pytest.mark.parametrize("shape", [(10_000, 7), (7, 30), (1, 5), (2, 4), (1001, 3)])
+def test_quantiles_are_nanquantiles_bits_with_nan_and_all_nan_columns(shape):
+    rng = np.random.default_rng(shape[0])
+    samples = rng.normal(size=shape)
+    samples[rng.random(shape) < 0.2] = np.nan  # gaps in some resamples
+    samples[:, 0] = np.nan  # a metric undefined on every resample
+    samples[:, -1] = np.round(samples[:, -1], 1)  # ties
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanquantile(samples, [0.025, 0.975], axis=0)
+    low, high = stats._quantiles(samples, 0.05)
+    np.testing.assert_array_equal(low, expected[0])
+    np.testing.assert_array_equal(high, expected[1])
+
+
+@pytest.mark.parametrize("n, ties", [(487, False), (487, True), (40, True), (3, False)])
+def test_the_pairwise_auc_gives_the_cumulative_sums_bits(n, ties, monkeypatch):
+    from poolkit import metrics
+    from poolkit.metrics import Weighted
+
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    score = rng.random(n)
+    if ties:
+        score = np.round(score * 10) / 10
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=500).astype(float)
+    counts[0] = 0
+    counts[0, y == 0] = 1  # a resample with no positives: NaN on both paths
+    weighted = Weighted(y, np.column_stack([1 - score, score]), counts)
+    pairwise = weighted._auc(score, y == 1)
+    monkeypatch.setattr(metrics, "_PAIRWISE_AUC", -1)
+    cumulative = weighted._auc(score, y == 1)
+    assert np.isnan(pairwise[0])
+    np.testing.assert_array_equal(pairwise, cumulative)
