@@ -140,6 +140,7 @@ def read_table(path, encoding: str = "utf-8"):
     except Exception as exc:
         raise PoolkitError(f"data file '{path}' could not be read as {kind}: {one_line(exc)}"
                            f"{_tab_hint(path, kind)}") from None
+    _refuse_repeated_columns(path, _header_names(path, kind, encoding, frame))
     if kind == "tsv" and suffixes[-1] == ".tab":
         frame = _without_orange_header(frame)
     if kind == "csv" and len(frame.columns) == 1 and "\t" in str(frame.columns[0]):
@@ -148,6 +149,33 @@ def read_table(path, encoding: str = "utf-8"):
     if len(frame) == 0:
         raise PoolkitError(f"data file '{path}' has no rows")
     return frame
+
+
+def _header_names(path, kind: str, encoding: str, frame) -> list:
+    """The column names as the file writes them: pandas renames a CSV header's second
+    ``text`` to ``text.1``, so a CSV/TSV header is read again as a plain row."""
+    if kind not in ("csv", "tsv"):
+        return list(frame.columns)
+    import pandas as pd
+
+    header = pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding=encoding,
+                         header=None, nrows=1, dtype=str, keep_default_na=False,
+                         na_filter=False)
+    return list(header.iloc[0])
+
+
+def _refuse_repeated_columns(path, names) -> None:
+    """A column named twice is ambiguous: which one is the text? One line, both places."""
+    places = {}
+    for number, name in enumerate(names, start=1):
+        if str(name).strip():  # unnamed columns (an index written twice) are never asked for
+            places.setdefault(name, []).append(number)
+    repeated = {name: where for name, where in places.items() if len(where) > 1}
+    if repeated:
+        name, where = next(iter(repeated.items()))
+        raise PoolkitError(f"data file '{path}': its header names column '{name}' "
+                           f"{len(where)} times (columns {', '.join(map(str, where))}); "
+                           "rename all but one so the column asked for is unambiguous")
 
 
 def _zip_member_suffixes(path: Path) -> list:
@@ -345,7 +373,12 @@ def _read_jsonl(path, encoding: str = "utf-8"):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line, parse_int=str, parse_float=str)
+                record = json.loads(line, parse_int=str, parse_float=str,
+                                    object_pairs_hook=_pairs_once)
+            except _RepeatedKey as exc:
+                raise PoolkitError(f"data file '{path}': line {number} names key '{exc}' "
+                                   "twice; JSON keeps only the last, so which one is meant "
+                                   "is ambiguous") from None
             except ValueError as exc:
                 raise PoolkitError(f"data file '{path}' could not be read as jsonl: line "
                                    f"{number} is not valid JSON ({exc.msg})") from None
@@ -356,6 +389,38 @@ def _read_jsonl(path, encoding: str = "utf-8"):
     columns = list(dict.fromkeys(key for record in records for key in record))
     return pd.DataFrame({column: pd.Series([record.get(column) for record in records],
                                            dtype=object) for column in columns})
+
+
+class _RepeatedKey(Exception):
+    """A JSON object naming one key twice (``json`` would keep the last silently)."""
+
+
+def _pairs_once(pairs):
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def _check_columns(frame, path, roles) -> None:
+    """Each ``(role, column)`` names a column of ``frame``, exactly as written, and no
+    two roles name the same one. A column missing only by case or surrounding spaces
+    is named in the error (poolkit never picks it on its own)."""
+    taken = {}
+    for role, column in roles:
+        if column in taken:
+            raise PoolkitError(f"data file '{path}': --{role}-col and --{taken[column]}-col "
+                               f"both name column '{column}'; each needs its own column")
+        taken[column] = role
+        if column in frame.columns:
+            continue
+        near = [str(c) for c in frame.columns
+                if str(c).strip().casefold() == str(column).strip().casefold()]
+        hint = (f"; column '{near[0]}' differs only in case or spaces: give --{role}-col "
+                f"'{near[0]}' to use it" if near else f"; use --{role}-col")
+        raise PoolkitError(f"data file '{path}' has no {role.replace('-', ' ')} column "
+                           f"'{column}' (columns: {', '.join(map(str, frame.columns))}){hint}")
 
 
 def _cell_text(value):
@@ -412,19 +477,8 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
     import pandas as pd
 
     frame = read_table(path, encoding)
-    roles = [("text", text_col), ("label", label_col)]
-    if text_pair_col is not None:
-        if text_pair_col == text_col:
-            raise PoolkitError(f"data file '{path}': --text-pair-col '{text_pair_col}' is the "
-                               "text column too; a pair needs two columns")
-        roles.append(("text-pair", text_pair_col))
-    for role, col in roles:
-        if col not in frame.columns:
-            columns = ", ".join(map(str, frame.columns))
-            raise PoolkitError(
-                f"data file '{path}' has no {role.replace('-', ' ')} column '{col}' (columns: "
-                f"{columns}); use --{role}-col"
-            )
+    roles = [("text", text_col)] + ([("text-pair", text_pair_col)] if text_pair_col else [])
+    _check_columns(frame, path, roles + [("label", label_col)])
     columns = {text_col: _column_text(frame, text_col, "text", path)}
     if text_pair_col is not None:
         columns[text_pair_col] = _column_text(frame, text_pair_col, "text", path)
@@ -467,12 +521,9 @@ def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str 
     whitespace-only text is an error naming the file, the column and the row."""
     frame = read_table(path, encoding)
     columns = [text_col] + ([text_pair_col] if text_pair_col is not None else [])
+    _check_columns(frame, path, list(zip(("text", "text-pair"), columns)))
     values = []
-    for role, column in zip(("text", "text-pair"), columns):
-        if column not in frame.columns:
-            raise PoolkitError(f"data file '{path}' has no {role.replace('-', ' ')} column "
-                               f"'{column}' (columns: {', '.join(map(str, frame.columns))}); "
-                               f"use --{role}-col")
+    for column in columns:
         texts = _column_text(frame, column, "text", path)
         blank = [row for row, text in enumerate(texts) if text is None or not text.strip()]
         if blank:

@@ -102,6 +102,41 @@ CASES = {
     "wrong label column": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--label-col", "sentiment"],
         culprits=("d.csv", "label column 'sentiment'", "--label-col")),
+    "a csv header naming the text column twice": Case(
+        lambda tmp, m: ["--data", _text(tmp / "twice.csv", "text,label,text\n" + "".join(
+            f"{t},{l},other {t}\n" for t, l in _rows()))],
+        culprits=("twice.csv", "column 'text' 2 times", "columns 1, 3")),
+    "a tsv header naming the label column twice": Case(
+        lambda tmp, m: ["--data", _text(tmp / "twice.tsv", "label\ttext\tlabel\n" + "".join(
+            f"{l}\t{t}\t{l}\n" for t, l in _rows()))],
+        culprits=("twice.tsv", "column 'label' 2 times", "columns 1, 3")),
+    "a gzipped csv header naming a column twice": Case(
+        lambda tmp, m: ["--data", _gzip(tmp / "twice.csv.gz", ("text,label,label\n" + "".join(
+            f"{t},{l},{l}\n" for t, l in _rows())).encode())],
+        culprits=("twice.csv.gz", "column 'label' 2 times", "columns 2, 3")),
+    "a jsonl object naming a key twice": Case(
+        lambda tmp, m: ["--data", _text(tmp / "twice.jsonl", '{"text": "good", "label": "pos"}\n'
+                                        '{"text": "bad", "label": "neg", "text": "fun"}\n')],
+        culprits=("twice.jsonl", "line 2", "key 'text' twice")),
+    "--text-col equal to --label-col": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--text-col", "label"],
+        culprits=("d.csv", "--label-col and --text-col both name column 'label'")),
+    "--label-col equal to --text-col": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--label-col", "text"],
+        culprits=("d.csv", "--label-col and --text-col both name column 'text'")),
+    "--text-pair-col equal to --label-col": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", [(t, t, l) for t, l in _rows()],
+                                       ("text", "other", "label")),
+                        "--text-pair-col", "label"],
+        culprits=("d.csv", "--label-col and --text-pair-col both name column 'label'")),
+    "a column asked for that differs only in case": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", columns=("Text", "label"))],
+        culprits=("d.csv", "no text column 'text'", "column 'Text' differs only in case",
+                  "--text-col 'Text'")),
+    "a column asked for that differs only in surrounding spaces": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv", columns=("text", " label "))],
+        culprits=("d.csv", "no label column 'label'", "column ' label ' differs only",
+                  "--label-col ' label '")),
     "empty file (0 bytes)": Case(lambda tmp, m: ["--data", _text(tmp / "zero.csv", b"")],
                                  culprits=("zero.csv", "empty")),
     "header only": Case(lambda tmp, m: ["--data", _text(tmp / "header.csv", "text,label\n")],

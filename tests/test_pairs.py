@@ -58,7 +58,7 @@ def test_pairs_are_read_as_written_and_bad_columns_are_one_line(tmp_path):
     with pytest.raises(PoolkitError, match=r"'.*p\.csv' has no text pair column 'c' .*"
                                            r"--text-pair-col"):
         load_dataset(path, text_col="a", text_pair_col="c")
-    with pytest.raises(PoolkitError, match="--text-pair-col 'a' is the text column too"):
+    with pytest.raises(PoolkitError, match="--text-pair-col and --text-col both name column .a."):
         load_dataset(path, text_col="a", text_pair_col="a")
     with pytest.raises(PoolkitError, match="the default data are single texts"):
         load_dataset(None, text_pair_col="b")
