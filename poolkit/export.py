@@ -67,7 +67,7 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
     """
     import pandas as pd
 
-    from .results import display_pairs, display_table
+    from .results import NAME_COLUMNS, display_pairs, display_table, read_table_back
     from .runs import RunDirectory
 
     exporter = EXPORTERS.get(fmt)
@@ -96,7 +96,7 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
                                   "value": [v if isinstance(v, str) else json.dumps(v)
                                             for v in recipe.values()]})
         else:
-            frame = pd.read_csv(path, keep_default_na=table != "predictions")
+            frame = read_table_back(path, NAME_COLUMNS[table])
         if exporter.display and table in ("summary", "pairs"):
             frame = display_table(frame) if table == "summary" else display_pairs(frame)
         return exporter.write(frame)

@@ -68,14 +68,16 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
 
 
 def read_summary(run_dir):
-    """``RUN_DIR/summary.csv`` as a DataFrame, ``layer`` read as text ("6", "1+6")."""
+    """``RUN_DIR/summary.csv`` as a DataFrame, names (pooler, layer, model) as written."""
     import pandas as pd
+
+    from .results import NAME_COLUMNS, read_table_back
 
     path = Path(run_dir) / "summary.csv"
     if not path.is_file():
         raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
     try:
-        summary = pd.read_csv(path, dtype={"layer": str, "pooler": str})
+        summary = read_table_back(path, NAME_COLUMNS["summary"])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise PoolkitError(f"cannot read '{path}': {one_line(exc)}") from None
     if "pooler" not in summary:

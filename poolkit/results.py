@@ -289,3 +289,36 @@ def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, p
         "comparison.json": comparison,
     }
     RunDirectory(out).write({k: v for k, v in contents.items() if v is not None}, replace=True)
+
+
+#: The columns of each table in a run directory that hold names: read back as the
+#: text written, whatever it looks like (a pooler ``001``, a label ``NA``, a model
+#: ``1e3``). A layer is a name too ("6", "1+6").
+SET_COLUMNS = ("model", "pooler", "layer", "encoder")
+NAME_COLUMNS = {"results": (*SET_COLUMNS, "plugin", "status"),
+                "summary": (*SET_COLUMNS, "plugin", "status", "vs_baseline"),
+                "pairs": ("a", "b"),
+                "predictions": (*SET_COLUMNS, "file", "text", "text_pair", "label",
+                                "predicted")}
+
+
+def read_table_back(path, names):
+    """One of poolkit's own CSV tables as written: the ``names`` columns as text (an
+    empty cell is ""), ``True``/``False`` columns as booleans, every other column as
+    numbers (an empty cell is NaN); a column that is not all numbers stays text.
+    Nothing is inferred from how a name looks."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    for column in frame.columns:
+        values = frame[column]
+        if column in names:
+            continue
+        if len(values) and values.isin(["True", "False"]).all():
+            frame[column] = values.eq("True")
+            continue
+        try:
+            frame[column] = pd.to_numeric(values.astype(object).where(values.ne(""), np.nan))
+        except (ValueError, TypeError):
+            pass
+    return frame

@@ -290,16 +290,9 @@ _TEXT_COLUMNS = {"suite": ("task", *_SET), "ranks": _SET, "across_pairs": ("a", 
 def _read_csv(path: Path, text_columns):
     import pandas as pd
 
+    from .results import read_table_back
+
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return read_table_back(path, text_columns)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PoolkitError(f"cannot read '{path}': {exc}") from None
-    for column in frame.columns:
-        if column in text_columns:
-            continue
-        values = frame[column]
-        if values.isin(["True", "False"]).all() and len(values):
-            frame[column] = values.eq("True")
-        else:
-            frame[column] = pd.to_numeric(values.replace("", "nan"), errors="coerce")
-    return frame
