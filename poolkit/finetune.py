@@ -243,6 +243,19 @@ def train_step(model, optimizer, ids, rows, labels, pad_id, device, settings: Fi
     return total
 
 
+NO_GRADIENT = ("under --finetune its output carried no gradient to the encoder (it is "
+               "detached from the token states, or not differentiable): the encoder would "
+               "not be fine-tuned")
+
+
+def _encoder_has_gradient(model) -> bool:
+    """Whether the last backward pass reached the encoder: some encoder weight has a
+    non-zero gradient. A pooler returning ``hidden[:, 0].detach()`` trains only the
+    head, and its row would be a frozen result labelled ``finetuned``."""
+    return any(p.grad is not None and bool(p.grad.ne(0).any())
+               for p in model.encoder.parameters())
+
+
 class Checkpoints:
     """A job's end-of-epoch checkpoint: one safetensors file of the model, the best
     epoch's weights (when not the last), the optimizer's state, and a JSON record
@@ -339,6 +352,8 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
                 factor = lr_factor(record["step"], warmup_steps, total_steps)
                 train_step(model, optimizer, ids, train[batch], labels, pad_id, device,
                            settings, factor, precision)
+                if record["step"] == 0 and not _encoder_has_gradient(model):
+                    raise PluginFailure(NO_GRADIENT)
                 record["step"] += 1
             logits = predict(model, ids, val, pad_id, device, 2 * settings.batch_size, precision)
             loss = float(F.cross_entropy(logits.double(), torch.from_numpy(labels[val])))

@@ -212,6 +212,45 @@ def test_run_shows_frozen_and_finetuned_side_by_side(data_csv, tiny_model_dir, t
     assert "reusing 16 finished heads" in again.output
 
 
+DETACHED = """
+from poolkit import Pooler, hookimpl
+
+
+class Detached(Pooler):
+    name = "detached_cls"
+
+    def pool(self, hidden, mask):
+        return hidden[:, 0].detach()
+
+
+@hookimpl
+def register_poolers(register):
+    register(Detached())
+"""
+
+
+@pytest.mark.slow
+def test_a_pooler_detached_from_the_encoder_fails_alone_under_finetune(data_csv, tiny_model_dir,
+                                                                      tmp_path):
+    """Its head would train while the encoder got no gradient: a frozen result
+    labelled ``finetuned``. It fails alone (exit 3); its frozen row and cls are kept."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "detached.py").write_text(DETACHED)
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", data_csv, "--model", tiny_model_dir, "--plugins-dir",
+                     plugins, "--poolers", "cls,detached_cls", "--seeds", "1", "--folds", "1",
+                     "--finetune", "--finetune-epochs", "1", "--max-train-texts", "40",
+                     "--out", out])
+    assert result.exit_code == 3, result.output
+    assert "detached_cls" in result.output and "carried no gradient to the encoder" in result.output
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index(
+        ["pooler", "encoder"])["status"]
+    assert summary[("detached_cls", "finetuned")].startswith("failed: under --finetune")
+    assert summary[("detached_cls", "frozen")] == "ok"
+    assert summary[("cls", "finetuned")] == "ok"
+
+
 def test_finetune_refuses_other_protocols_and_save_models_alone(data_csv, tiny_model_dir):
     result = invoke(["run", "--data", data_csv, "--model", tiny_model_dir, "--finetune",
                      "--protocol", "mteb"])
