@@ -22,6 +22,7 @@ run gives.
 """
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -256,13 +257,26 @@ def _encoder_has_gradient(model) -> bool:
                for p in model.encoder.parameters())
 
 
+class Diverged(RuntimeError):
+    """Fine-tuning's loss became NaN or infinite: every later number would be noise."""
+
+
+def _refuse_divergence(loss: float, what: str, epoch: int, settings, config) -> None:
+    if not math.isfinite(loss):
+        raise Diverged(f"fine-tuning diverged: the {what} of epoch {epoch} is {loss} "
+                       f"(--encoder-lr {settings.encoder_lr:g}, --lr {config.learning_rate:g}: "
+                       "give smaller rates)")
+
+
 class Checkpoints:
     """A job's end-of-epoch checkpoint: one safetensors file of the model, the best
     epoch's weights (when not the last), the optimizer's state, and a JSON record
-    (epoch, steps, validation losses, the heads key) in its metadata."""
+    (epoch, steps, validation losses, the heads key, the job, and the sha256 of the
+    tensors) in its metadata. A checkpoint of another job or run, damaged, edited or
+    not fitting the model is never used: the job starts again, with a warning."""
 
-    def __init__(self, path: Path | None, key: str):
-        self.path, self.key = path, key
+    def __init__(self, path: Path | None, key: str, job: str = "", log=lambda message: None):
+        self.path, self.key, self.job, self.log = path, key, job, log
 
     def save(self, model, best_state, optimizer, record: dict) -> None:
         if self.path is None:
@@ -276,10 +290,12 @@ class Checkpoints:
             for name, value in state.items():
                 tensors[f"optimizer.{index}.{name}"] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_tensors(self.path, tensors, {"record": json.dumps({**record, "key": self.key})})
+        record = {**record, "key": self.key, "job": self.job, "sha256": _tensors_sha256(tensors)}
+        write_tensors(self.path, tensors, {"record": json.dumps(record)})
 
-    def load(self):
-        """``(tensors, record)`` of a checkpoint saved under this key, else ``None``."""
+    def load(self, model):
+        """``(tensors, record)`` of this job's checkpoint, intact and fitting ``model``,
+        else ``None`` (a warning says why one on disk was not used)."""
         if self.path is None or not self.path.is_file():
             return None
         from safetensors import safe_open
@@ -288,13 +304,34 @@ class Checkpoints:
             with safe_open(str(self.path), framework="pt") as handle:
                 record = json.loads(handle.metadata()["record"])
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        except Exception:  # damaged: start the job again
-            return None
-        return (tensors, record) if record.get("key") == self.key else None
+        except Exception as exc:
+            return self._unused(f"it cannot be read ({one_line(exc)})")
+        if record.get("key") != self.key or record.get("job") != self.job:
+            return self._unused(f"it is another job's ({record.get('job') or 'unnamed'})")
+        if record.get("sha256") != _tensors_sha256(tensors):
+            return self._unused("its checksum does not hold: it is damaged or was edited")
+        shapes = {f"model.{k}": v.shape for k, v in model.state_dict().items()}
+        if {k: v.shape for k, v in tensors.items() if k.startswith("model.")} != shapes:
+            return self._unused("its weights do not fit the model")
+        return tensors, record
+
+    def _unused(self, why: str):
+        self.log(f"warning: checkpoint {self.path} not used: {why}; starting {self.job} again")
+        return None
 
     def remove(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _tensors_sha256(tensors: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _restore(model, optimizer, tensors: dict):
@@ -335,7 +372,7 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
                                   config.weight_decay)
         record = {"epoch": 0, "step": 0, "best_epoch": 0, "best_loss": math.inf, "stale": 0}
         best_state = None
-        saved = checkpoints.load() if checkpoints is not None else None
+        saved = checkpoints.load(model) if checkpoints is not None else None
         if saved is not None:
             best_state = _restore(model, optimizer, saved[0])
             record = {k: saved[1][k] for k in record}
@@ -350,13 +387,16 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
             model.train()
             for batch in train_batches(lengths, step_size, np.random.default_rng([own, epoch])):
                 factor = lr_factor(record["step"], warmup_steps, total_steps)
-                train_step(model, optimizer, ids, train[batch], labels, pad_id, device,
-                           settings, factor, precision)
+                loss = train_step(model, optimizer, ids, train[batch], labels, pad_id, device,
+                                  settings, factor, precision)
                 if record["step"] == 0 and not _encoder_has_gradient(model):
                     raise PluginFailure(NO_GRADIENT)
                 record["step"] += 1
+                _refuse_divergence(loss, f"training loss at step {record['step']}", epoch,
+                                   settings, config)
             logits = predict(model, ids, val, pad_id, device, 2 * settings.batch_size, precision)
             loss = float(F.cross_entropy(logits.double(), torch.from_numpy(labels[val])))
+            _refuse_divergence(loss, "validation loss", epoch, settings, config)
             log(f"  epoch {epoch}/{settings.epochs}: validation loss {loss:.4f} "
                 f"({time.perf_counter() - began:.0f}s)")
             record["epoch"] = epoch
@@ -415,7 +455,8 @@ class FineTunedHeads:
                          f"(seed {seed}{fold}) on {len(task.train)} texts")
                 where = self.store.checkpoint(feature_set.id, seed, task.fold) \
                     if self.store is not None else None
-                checkpoints = Checkpoints(where, self.store.key if self.store else "")
+                checkpoints = Checkpoints(where, self.store.key if self.store else "",
+                                          f"{feature_set.id} seed {seed}{fold}", self.log)
                 save = None
                 if self.save_models and self.store is not None:
                     save = self.store.model_saver(feature_set.id, seed, task.fold)
@@ -425,6 +466,9 @@ class FineTunedHeads:
                                     self.precision, save, self.log)
                 except PluginFailure as exc:
                     yield FailedHead(feature_set.id, exc.reason)
+                    break
+                except Diverged as exc:
+                    yield FailedHead(feature_set.id, str(exc))
                     break
                 except RuntimeError as exc:  # e.g. a pooler that is not differentiable
                     yield FailedHead(feature_set.id, one_line(exc))

@@ -242,6 +242,9 @@ CASES = {
     **{f"--lr {value}": Case(lambda tmp, m, v=value: ["--data", _csv(tmp / "d.csv"), "--lr", v],
                              culprits=("--lr", value, "above 0"))
        for value in ("nan", "inf", "-1", "0")},
+    **{f"--encoder-lr {value}": Case(
+        lambda tmp, m, v=value: ["--data", _csv(tmp / "d.csv"), "--finetune", "--encoder-lr", v],
+        culprits=("--encoder-lr", value, "above 0")) for value in ("nan", "inf", "-1", "0")},
     "--dropout nan": Case(lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--dropout", "nan"],
                           culprits=("--dropout", "nan")),
     "--labels lists a label the data lacks": Case(

@@ -114,6 +114,50 @@ def test_a_trainable_pooler_trains_its_module_and_a_combining_one_reads_its_laye
         torch.testing.assert_close(model(ids, mask), model.classifier(pooled), rtol=0, atol=1e-6)
 
 
+def _checkpointed(encoder, tmp_path, job="cls@2-ft seed 0"):
+    """A model after one step, its checkpoint saved, and the warnings of loading it."""
+    from poolkit.finetune import Checkpoints
+
+    model = build_model(encoder, feature_set("cls"), 3, seed=1)
+    optimizer = optimizer_for(model, 2e-5, 1e-3, 0.01)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    ids = [list(row[row > 0]) for row in inputs(encoder)[0].numpy()]
+    train_step(model, optimizer, ids, np.arange(5), LABELS, 0, "cpu", FineTuneConfig(), 1.0)
+    warnings = []
+    saved = Checkpoints(tmp_path / "job.checkpoint.safetensors", "key", job, warnings.append)
+    saved.save(model, None, optimizer, {"epoch": 1, "step": 1})
+    return model, saved, warnings
+
+
+def test_a_checkpoint_is_used_only_intact_by_its_own_job(encoder, tmp_path):
+    """On 421099a an edited checkpoint, or another job's of the same run (seed 1's
+    copied over seed 0's), was loaded and resumed from without a word."""
+    from poolkit.finetune import Checkpoints
+
+    model, saved, warnings = _checkpointed(encoder, tmp_path)
+    tensors, record = saved.load(model)
+    assert record["epoch"] == 1 and warnings == []
+    path = saved.path
+    other = Checkpoints(path, "key", "cls@2-ft seed 1", warnings.append)
+    assert other.load(model) is None and "another job's (cls@2-ft seed 0)" in warnings[-1]
+    assert Checkpoints(path, "other run", saved.job, warnings.append).load(model) is None
+
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # one weight's byte
+    path.write_bytes(bytes(data))
+    assert saved.load(model) is None and "checksum does not hold" in warnings[-1]
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    assert saved.load(model) is None and "cannot be read" in warnings[-1]
+    assert all(str(path) in w for w in warnings)
+    assert "starting cls@2-ft seed 0 again" in warnings[-1]
+
+    model, saved, warnings = _checkpointed(encoder, tmp_path)
+    mean = build_model(encoder, FeatureSet("attention", plugin_pooler("attention"), (2,), False,
+                                           32, True, finetuned=True), 3, seed=1)
+    assert saved.load(mean) is None and "do not fit the model" in warnings[-1]
+
+
 def test_steps_move_the_weights_as_torch_adamw_with_the_trainers_schedule(encoder):
     """Two steps of train_step against torch.optim.AdamW, the Trainer's decay groups,
     get_linear_schedule_with_warmup and clip_grad_norm_, written out independently."""
@@ -249,6 +293,21 @@ def test_a_pooler_detached_from_the_encoder_fails_alone_under_finetune(data_csv,
     assert summary[("detached_cls", "finetuned")].startswith("failed: under --finetune")
     assert summary[("detached_cls", "frozen")] == "ok"
     assert summary[("cls", "finetuned")] == "ok"
+
+
+@pytest.mark.slow
+def test_fine_tuning_that_diverges_fails_with_the_rates_named(data_csv, tiny_model_dir, tmp_path):
+    """At --encoder-lr 1e9 the loss is NaN after the first step; on 421099a the run
+    exited 0 with a 'finetuned' row of the untrained model (best epoch 0)."""
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", data_csv, "--model", tiny_model_dir, "--poolers", "cls",
+                     "--seeds", "1", "--folds", "1", "--finetune", "--finetune-epochs", "2",
+                     "--encoder-lr", "1e9", "--max-train-texts", "40", "--out", out])
+    assert result.exit_code == 3, result.output
+    assert "fine-tuning diverged" in result.output and "--encoder-lr 1e+09" in result.output
+    summary = pd.read_csv(out / "summary.csv").set_index("encoder")["status"]
+    assert summary["finetuned"].startswith("failed: fine-tuning diverged")
+    assert summary["frozen"] == "ok"
 
 
 def test_finetune_refuses_other_protocols_and_save_models_alone(data_csv, tiny_model_dir):
