@@ -76,3 +76,15 @@ def write_tensors(path, tensors: dict, metadata: dict) -> None:
 
     write_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                             metadata=metadata))
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

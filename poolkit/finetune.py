@@ -22,7 +22,6 @@ run gives.
 """
 
 import copy
-import hashlib
 import json
 import math
 import re
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import NEEDS_PAIRS, PluginFailure, one_line
+from .files import tensors_sha256
 from .heads import MIN_DELTA, FailedHead, FineTuneConfig, HeadTask, TrainedHead, head_seed
 from .isolation import DEFAULT_TIMEOUT, plugin_code
 
@@ -290,7 +290,7 @@ class Checkpoints:
             for name, value in state.items():
                 tensors[f"optimizer.{index}.{name}"] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {**record, "key": self.key, "job": self.job, "sha256": _tensors_sha256(tensors)}
+        record = {**record, "key": self.key, "job": self.job, "sha256": tensors_sha256(tensors)}
         write_tensors(self.path, tensors, {"record": json.dumps(record)})
 
     def load(self, model):
@@ -308,7 +308,7 @@ class Checkpoints:
             return self._unused(f"it cannot be read ({one_line(exc)})")
         if record.get("key") != self.key or record.get("job") != self.job:
             return self._unused(f"it is another job's ({record.get('job') or 'unnamed'})")
-        if record.get("sha256") != _tensors_sha256(tensors):
+        if record.get("sha256") != tensors_sha256(tensors):
             return self._unused("its checksum does not hold: it is damaged or was edited")
         shapes = {f"model.{k}": v.shape for k, v in model.state_dict().items()}
         if {k: v.shape for k, v in tensors.items() if k.startswith("model.")} != shapes:
@@ -322,16 +322,6 @@ class Checkpoints:
     def remove(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-
-
-def _tensors_sha256(tensors: dict) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        value = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _restore(model, optimizer, tensors: dict):

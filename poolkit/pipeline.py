@@ -624,7 +624,7 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     from . import distributed
     from .model import load_encoder
     from .results import RUN_FILES
-    from .runs import RunDirectory, RunStore
+    from .runs import RunDirectory, RunStore, check_saved_models
 
     config.validate()
     began = time.perf_counter()
@@ -637,6 +637,8 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     def claim():  # before the encoder runs, not after; once the model is known to load
         if config.out is not None and distributed.rank() == 0:
             RunDirectory(config.out).claim(RUN_FILES)
+            if config.save_models:
+                check_saved_models(config.out)
 
     models = config.model_list()
     labels = model_labels(models) if len(models) > 1 else [None]

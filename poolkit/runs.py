@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PoolkitError
-from .files import sha256_file, write_atomic, write_tensors
+from .files import sha256_file, tensors_sha256, write_atomic, write_tensors
 
 
 #: The file that marks a folder as a poolkit run directory and lists poolkit's
@@ -116,6 +116,26 @@ class RunDirectory:
                                f"{exc.strerror or exc}") from None
 
 
+def check_saved_models(out) -> None:
+    """Before a ``--save-models`` run: every ``.safetensors`` file in ``out/models`` is a
+    fine-tuned model poolkit wrote there, unchanged since (the sha256 of its tensors in
+    its metadata holds), since the run may write over it; else one line naming it."""
+    from safetensors import safe_open
+
+    for path in sorted((Path(out) / "models").rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                recorded = (handle.metadata() or {}).get("sha256")
+                intact = recorded == tensors_sha256({k: handle.get_tensor(k)
+                                                     for k in handle.keys()})
+        except Exception:
+            intact = False
+        if not intact:
+            raise PoolkitError(f"--out '{out}': '{path.relative_to(out)}' is not a model poolkit "
+                               "saved there (or it was changed since), and --save-models could "
+                               "write over it; move it away or choose another --out")
+
+
 def _marker(files: dict) -> str:
     from . import __version__
 
@@ -184,7 +204,7 @@ class RunStore:
         def save(state: dict) -> None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_tensors(path, state, {"key": self.key})
+                write_tensors(path, state, {"key": self.key, "sha256": tensors_sha256(state)})
             except OSError as exc:
                 raise PoolkitError(f"cannot write run directory '{self.out}': "
                                    f"{exc.strerror or exc}") from None

@@ -254,6 +254,15 @@ def test_run_shows_frozen_and_finetuned_side_by_side(data_csv, tiny_model_dir, t
     again = invoke(args)
     assert again.exit_code == 0 and "fine-tuning" not in again.output
     assert "reusing 16 finished heads" in again.output
+    # a saved model changed since (on c656795 a run with other settings wrote over it)
+    # stops the run before any work; a file of the user's own beside them is left alone
+    models[0].write_bytes(b"the user's own weights")
+    (out / "models" / "notes.txt").write_text("mine")
+    edited = invoke(args)
+    assert edited.exit_code == 1 and f"'models/{models[0].name}' is not a model poolkit" \
+        in edited.output
+    assert models[0].read_bytes() == b"the user's own weights"
+    assert (out / "models" / "notes.txt").read_text() == "mine"
 
 
 DETACHED = """
