@@ -35,6 +35,7 @@ entry's folder name (key and layers) and the files: a damaged entry raises
 """
 
 import json
+import math
 import os
 import shutil
 import zlib
@@ -658,6 +659,10 @@ def parse_budget(spec) -> tuple:
     except (ValueError, KeyError):
         raise ValueError(f"{spec}: give a share of the free disk (0.5, 50%) or a size "
                          "(20G, 500M)") from None
+    if not math.isfinite(size) or (fraction is None and text[-1:].isdigit()
+                                   and size != int(size)):
+        raise ValueError(f"{spec}: give a share of the free disk (at most 1, or 100%) or a "
+                         "size with its unit (1.5G, 500M) or in whole bytes")
     if size <= 0:
         raise ValueError(f"{spec}: give a size above 0")
     return None, int(size)

@@ -201,6 +201,13 @@ def test_cache_budget_takes_a_share_of_the_free_disk_or_a_size(spec, parsed):
     (["--cache-budget", "lots"], "--cache-budget lots: give a share of the free disk"),
     (["--cache-budget", "150%"], "--cache-budget 150%: a share of the free disk is above 0"),
     (["--cache-mode", "disk"], "'disk' is not one of 'auto', 'tokens', 'pooled'"),
+    # on 421099a: 1.5 was a budget of 1 byte, 1e999 and inf an OverflowError, nan a
+    # message about converting NaN
+    *[(["--cache-budget", spec], f"--cache-budget {spec}: give a share of the free disk "
+       "(at most 1, or 100%) or a size with its unit") for spec in ("1.5", "1e999", "inf", "nan")],
+    *[(["--cache-budget", spec], f"--cache-budget {spec}: a share of the free disk is above 0")
+      for spec in ("0", "-1", "0.0")],
+    (["--cache-budget", "10XB"], "--cache-budget 10XB: give a share of the free disk"),
 ])
 def test_bad_cache_options_are_one_line_errors(small_csv, tiny_model_dir, options, message):
     result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir, *options])
