@@ -166,6 +166,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
         raise PoolkitError(f"model folder not found: '{name}' does not exist "
                            f"(resolved: {Path(path).expanduser().resolve()})")
     settings, limits = _local_settings(path)
+    if settings is not None:
+        _check_weight_headers(name, Path(path))
     encoder = Encoder(name, path, settings, 0, trust_remote_code)
     if settings is None:  # a hub name, or a folder transformers must interpret
         encoder.validate()
@@ -183,6 +185,21 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
         raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
     encoder.max_length = int(max_length)
     return encoder
+
+
+def _check_weight_headers(name: str, folder: Path) -> None:
+    """A local folder's safetensors weights have readable headers (milliseconds: the
+    tensors are not read), so an unreadable model is named before any model of the run
+    is encoded, not when its turn comes."""
+    from safetensors import safe_open
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as exc:
+            raise PoolkitError(f"could not load model '{name}': its weights file "
+                               f"{weights.name} cannot be read ({one_line(exc)})") from None
 
 
 def _looks_like_path(name: str) -> bool:

@@ -319,7 +319,7 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
                 fs = sets[head.feature_set]
                 if isinstance(head, FailedHead):
                     failures[head.feature_set] = head.reason
-                    _report_failure(log, fs, head.reason)
+                    _report_failure(log, fs, head.reason, store.label)
                     continue
                 if len(dataset.folds) == 1:
                     head.metrics = compute_metrics(task.labels[task.test], head.probabilities)
@@ -602,8 +602,9 @@ def _given(config: RunConfig, *names) -> dict:
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
-def _report_failure(log, feature_set, reason: str) -> None:
-    log(f"error: pooler '{feature_set.pooler_name}' failed on layer {feature_set.layer}: "
+def _report_failure(log, feature_set, reason: str, label=None) -> None:
+    on = f" of model {label}" if label is not None else ""
+    log(f"error: pooler '{feature_set.pooler_name}' failed on layer {feature_set.layer}{on}: "
         f"{reason}")
 
 
@@ -642,10 +643,12 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
 
     models = config.model_list()
     labels = model_labels(models) if len(models) > 1 else [None]
+    # every model described before any is encoded: a model that cannot be read stops the
+    # run at once (one line naming it), not after the others' encoding and heads
+    encoders = [load_encoder(name, max_length=config.max_length,
+                             trust_remote_code=config.trust_remote_code) for name in models]
     parts = {}
-    for label, name in zip(labels, models):
-        encoder = load_encoder(name, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
+    for label, name, encoder in zip(labels, models, encoders):
         one = replace(config, model=name)
         # each model sets its own copies of the poolers up (bert_pooler takes its weights)
         selected = poolers.selected if label is None else copy.deepcopy(poolers.selected)
@@ -656,10 +659,10 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
             continue
         claim()
         for key, reason in encoded.failures.items():
-            _report_failure(log, encoded.sets[key], reason)
+            _report_failure(log, encoded.sets[key], reason, label)
         features = pool(one, encoded)
         for key, reason in features.failures.items():
-            _report_failure(log, encoded.sets[key], reason)
+            _report_failure(log, encoded.sets[key], reason, label)
         store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log,
                          folds=len(dataset.folds), subfolder=label)
         parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,

@@ -178,7 +178,7 @@ class RunStore:
         if out is not None and subfolder is not None:
             label = re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
             self.folder, self.models = self.folder / label, self.models / label
-        self.key = key
+        self.key, self.label = key, subfolder
         self.log = log
         self.folds = folds
 

@@ -89,3 +89,67 @@ def test_each_models_fine_tuned_weights_are_kept_apart(small_csv, tiny_model_dir
         with safe_open(str(path), framework="pt") as handle:
             widths.append(handle.get_slice("classifier.weight").get_shape()[1])
     assert widths == [32, 48]
+
+
+def _architecture(tiny_model_dir, folder, model):
+    """``model`` (a tiny random transformers model) saved in ``folder`` with the tiny
+    BERT's WordPiece tokenizer."""
+    import torch
+
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).unlink()
+    torch.manual_seed(0)
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+def test_a_model_that_cannot_be_read_stops_the_run_before_any_model_is_encoded(
+        small_csv, tiny_model_dir, tmp_path):
+    """On 421099a the first model was encoded (and its heads trained) before the
+    second was found unreadable, and the run ended with exit 1 all the same."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{broken}",
+                     "--poolers", "cls", "--folds", "2", "--out", tmp_path / "run"])
+    assert result.exit_code == 1 and f"could not load model '{broken}'" in result.output
+    assert "encod" not in result.output.replace("could not load", "")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_roberta_distilbert_and_electra_each_pooler_works_or_fails_alone(small_csv,
+                                                                         tiny_model_dir,
+                                                                         tmp_path):
+    """Non-BERT encoders built offline: DistilBERT and ELECTRA have no pooler weights,
+    so their bert_pooler fails alone, named with its model; every other set is scored."""
+    from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
+                              RobertaConfig, RobertaModel)
+
+    vocab = len((tiny_model_dir / "vocab.txt").read_text().split())
+    small = dict(vocab_size=vocab, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=37, max_position_embeddings=80)
+    models = [
+        _architecture(tiny_model_dir, tmp_path / "roberta", RobertaModel(RobertaConfig(
+            hidden_size=32, pad_token_id=0, type_vocab_size=1, **small))),
+        _architecture(tiny_model_dir, tmp_path / "distilbert", DistilBertModel(DistilBertConfig(
+            vocab_size=vocab, dim=48, n_layers=2, n_heads=4, hidden_dim=37,
+            max_position_embeddings=64, pad_token_id=0))),
+        _architecture(tiny_model_dir, tmp_path / "electra", ElectraModel(ElectraConfig(
+            embedding_size=16, hidden_size=24, **small))),
+    ]
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", small_csv, "--model", ",".join(map(str, models)),
+                     "--poolers", "cls,bert_pooler,mean,max", "--seeds", "1", "--folds", "2",
+                     "--out", out])
+    assert result.exit_code == 3, result.output
+    for model in ("distilbert", "electra"):
+        assert f"pooler 'bert_pooler' failed on layer 2 of model {model}: " \
+            "ValueError: the model has no pretrained pooler weights" in result.output
+    status = pd.read_csv(out / "summary.csv").set_index(["model", "pooler"])["status"]
+    failed = {("distilbert", "bert_pooler"), ("electra", "bert_pooler")}
+    assert {key for key, value in status.items() if value != "ok"} == failed
+    assert len(status) == 12
+    dims = pd.read_csv(out / "summary.csv").groupby("model")["dim"].max().to_dict()
+    assert dims == {"roberta": 32, "distilbert": 48, "electra": 24}  # each model's own width
