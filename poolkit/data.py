@@ -1,6 +1,7 @@
 """Reading labelled texts, assigning label ids and splitting train/validation/test."""
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,25 +218,40 @@ def read_saved_dataset(folder: Path, split=None):
     except ImportError:
         raise PoolkitError(f"'{folder}' is a Hugging Face datasets folder; reading it needs the "
                            "datasets package: pip install 'poolkit[datasets]'") from None
-    try:
-        loaded = datasets.load_from_disk(str(folder))
-    except Exception as exc:
-        raise PoolkitError(f"datasets folder '{folder}' could not be read: {one_line(exc)}"
-                           ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split is None and len(loaded) == 1:
-            split = next(iter(loaded))
-        if split not in loaded:
-            raise PoolkitError(f"datasets folder '{folder}' holds splits {', '.join(loaded)}; "
-                               f"name one as '{folder}:{next(iter(loaded))}'")
-        loaded = loaded[split]
+    splits = _split_names(folder)
+    if splits is not None:  # a DatasetDict: only the split asked for is read
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in splits:
+            asked = f"none is named '{split}'; " if split is not None else ""
+            raise PoolkitError(f"datasets folder '{folder}' holds splits {', '.join(splits)}; "
+                               f"{asked}name one as '{folder}:{splits[0]}'")
     elif split is not None:
         raise PoolkitError(f"datasets folder '{folder}' is one dataset, not splits; leave out "
                            f"':{split}'")
+    where = folder / split if splits is not None else folder
+    try:
+        loaded = datasets.load_from_disk(str(where))
+    except Exception as exc:
+        # an empty split is saved with no data file, and datasets cannot read it back
+        empty = "" if list(where.glob("*.arrow")) or not where.is_dir() else (
+            " (it holds no data file: a split saved with no rows, or a half-written folder)")
+        what = f"split '{split}' of datasets folder" if splits is not None else "datasets folder"
+        raise PoolkitError(f"{what} '{folder}' could not be read{empty}: {one_line(exc)}"
+                           ) from None
     frame = _frame_of(loaded)
     if len(frame) == 0:
         raise PoolkitError(f"datasets folder '{folder}' has no rows")
     return frame
+
+
+def _split_names(folder: Path):
+    """The splits ``dataset_dict.json`` lists (a ``DatasetDict`` folder), else ``None``."""
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(name) for name in splits] if isinstance(splits, list) else None
 
 
 def _frame_of(loaded):

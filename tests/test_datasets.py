@@ -69,6 +69,24 @@ def test_splits_of_a_dataset_dict(tmp_path):
         load_dataset(f"{tmp_path / 'dict'}:train", text_col="body")
 
 
+def test_a_split_saved_empty_is_named_and_the_others_still_read(tmp_path):
+    """datasets saves an empty split with no data file and cannot load such a folder
+    back: on 711a80a even its non-empty ':train' failed ("IndexError: list index out
+    of range"). Only the split asked for is read now."""
+    frame = pd.DataFrame(make_rows(60), columns=["text", "label"])
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_pandas(frame, preserve_index=False),
+        "test": datasets.Dataset.from_pandas(frame[:0], preserve_index=False),
+    }).save_to_disk(str(tmp_path / "dict"))
+    assert len(load_dataset(f"{tmp_path / 'dict'}:train", folds=2).texts) == 60
+    with pytest.raises(PoolkitError, match="split 'test' of datasets folder .* could not be "
+                                           r"read \(it holds no data file: a split saved"):
+        load_dataset(f"{tmp_path / 'dict'}:train", test_data=f"{tmp_path / 'dict'}:test")
+    with pytest.raises(PoolkitError, match="holds splits train, test; none is named "
+                                           "'validation'; name one as"):
+        load_dataset(f"{tmp_path / 'dict'}:validation")
+
+
 def test_a_hub_dataset_name_out_of_reach_is_one_line(small_csv, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # as when the Hub cannot be reached
     result = invoke(["run", "--data", "some-org/some-dataset:train", "--model", tiny_model_dir])
