@@ -634,6 +634,7 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     if config.poolers is None and not dataset.pairs:
         poolers = _single_text_poolers(poolers)
     identity = RunIdentity.of(config)
+    _same_run_on_every_rank(identity, dataset, poolers)
 
     def claim():  # before the encoder runs, not after; once the model is known to load
         if config.out is not None and distributed.rank() == 0:
@@ -672,6 +673,28 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     encoded, features, training = parts[None] if labels == [None] else _together(parts)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
+
+
+def _same_run_on_every_rank(identity, dataset, poolers) -> None:
+    """Under torchrun, before anything is written: every rank was started with the same
+    options, data (its texts, labels and splits) and plugins as rank 0, or every rank
+    stops with one line naming the first that differs. (A rank with other texts would
+    write its batches into rank 0's cache entry.)"""
+    from . import distributed
+
+    if distributed.world_size() <= 1:
+        return
+    from .identity import digest, texts_digest
+
+    mine = digest({"options": identity.options, "texts": texts_digest(dataset.texts),
+                   "labels": dataset.label_names, "splits": splits_digest(dataset),
+                   "plugins": poolers.fingerprints})
+    every = distributed.gather(mine)
+    other = next((r for r, theirs in enumerate(every) if theirs != every[0]), None)
+    if other is not None:
+        raise PoolkitError(f"rank {other} of {len(every)} was started with other options, data, "
+                           "model or plugins than rank 0 (their run identities differ); start "
+                           "every rank with the same command on the same files")
 
 
 def _single_text_poolers(poolers: Poolers) -> Poolers:

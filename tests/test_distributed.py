@@ -139,6 +139,31 @@ def test_a_cache_dir_the_ranks_do_not_share_is_one_line_of_error(setting):
     assert not [p for p in (root / "split").rglob("tokens.bin")]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["data", "seeds"])
+def test_ranks_started_with_other_arguments_stop_before_any_write(setting, what):
+    """On 0c40f6e rank 1 given another --data file encoded its share into an entry of
+    its own, and rank 0 failed only after encoding ("5 of 11 batches missing"), its
+    partial entry left; given other --seeds the run exited 0, rank 1's ignored."""
+    root = setting["root"]
+    args = [str(a) for a in setting["args"]]
+    if what == "data":
+        other = root / "other-reviews.csv"
+        pd.DataFrame(make_rows(1000, seed=1), columns=["text", "label"]).to_csv(other,
+                                                                                index=False)
+        old, new = args[args.index("--data") + 1], str(other)
+    else:
+        old, new = args[args.index("--seeds") + 1], "2"
+    cache, out = root / f"cache-{what}", root / f"run-{what}"
+    done = torchrun(FAULT, "other-arg", "1", old, new, "--", *args, "--out", out, "--cache-dir",
+                    cache, env=setting["env"])
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 2 and all("rank 1 of 2 was started with other options, data" in e
+                                    for e in errors), done.stderr
+    assert not cache.exists() and not out.exists()
+
+
 def test_rank_zero_refuses_a_batch_whose_bytes_fail_their_checksum(tmp_path):
     from poolkit.batching import plan_batches
     from poolkit.cache import CacheWriter

@@ -4,6 +4,8 @@
         rank RANK records every batch and exits hard after writing N batches
     torchrun ... tests/helpers/rank_fault.py own-cache-dir BASE -- run ARGS...
         each rank gets its own POOLKIT_CACHE_DIR, BASE/rank<r> (a cache dir not shared)
+    torchrun ... tests/helpers/rank_fault.py other-arg RANK OLD NEW -- run ARGS...
+        rank RANK is started with NEW where the others have OLD (another --data file, say)
 """
 
 import os
@@ -27,6 +29,8 @@ if mode == "die" and rank == int(rest[0]):
             os._exit(17)
 
     CacheWriter.write = write_then_die
+elif mode == "other-arg" and rank == int(rest[0]):
+    sys.argv = [rest[2] if arg == rest[1] else arg for arg in sys.argv]
 elif mode == "own-cache-dir":
     os.environ["POOLKIT_CACHE_DIR"] = os.path.join(rest[0], f"rank{rank}")
 main()
