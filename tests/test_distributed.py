@@ -164,6 +164,51 @@ def test_ranks_started_with_other_arguments_stop_before_any_write(setting, what)
     assert not cache.exists() and not out.exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_write_what_one_process_does(setting):
+    """The README's multi-node line, as two torchrun launchers (one process each) on
+    127.0.0.1: the same entry bytes and results.csv as one process."""
+    root, port = setting["root"], _free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(n),
+         "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "poolkit", *map(str, setting["args"]), "--out", root / "nodes", "--cache-dir",
+         root / "cache-nodes"], env=setting["env"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "encoding on 2 ranks" in outputs[0][1]
+    assert sha256(entry(root / "cache-nodes") / "tokens.bin") == setting["tokens"]
+    assert (root / "nodes" / "results.csv").read_bytes() == setting["results"]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_writes_what_one_process_does(setting):
+    """``accelerate launch --multi_gpu --num_processes 2`` starts torchrun's workers (on
+    this CPU too, over gloo). Its ``--cpu`` runs one process: accelerate's multi-CPU
+    launcher is mpirun."""
+    pytest.importorskip("accelerate")
+    root = setting["root"]
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(_free_port()), "-m", "poolkit", *map(str, setting["args"]),
+         "--out", root / "accelerate", "--cache-dir", root / "cache-accelerate"],
+        capture_output=True, text=True, timeout=300, env=setting["env"])
+    assert done.returncode == 0, done.stderr
+    assert "rank 1 of 2" in done.stderr and "encoding on 2 ranks" in done.stderr
+    assert sha256(entry(root / "cache-accelerate") / "tokens.bin") == setting["tokens"]
+    assert (root / "accelerate" / "results.csv").read_bytes() == setting["results"]
+
+
 def test_rank_zero_refuses_a_batch_whose_bytes_fail_their_checksum(tmp_path):
     from poolkit.batching import plan_batches
     from poolkit.cache import CacheWriter
