@@ -53,8 +53,18 @@ def local_rank() -> int:
 
 def init() -> None:
     """Join the process group torchrun set up (once; nothing without torchrun)."""
-    if _env("WORLD_SIZE", 1) <= 1:
+    size = _env("WORLD_SIZE", 1)
+    if size <= 1:
         return
+    if not 0 <= _env("RANK", -1) < size:
+        raise PoolkitError(f"WORLD_SIZE={size} is set but RANK={os.environ.get('RANK', '')!r} "
+                           f"is not one of 0 to {size - 1}; start poolkit with torchrun, which "
+                           "sets both (or unset WORLD_SIZE to run in one process)")
+    lacking = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if lacking:
+        raise PoolkitError(f"WORLD_SIZE={size} is set but {' and '.join(lacking)} "
+                           f"{'is' if len(lacking) == 1 else 'are'} not; start poolkit with "
+                           "torchrun, which sets them (or unset WORLD_SIZE to run in one process)")
     import torch.distributed as dist
 
     if not dist.is_initialized():

@@ -230,3 +230,25 @@ def test_rank_zero_refuses_a_batch_whose_bytes_fail_their_checksum(tmp_path):
         handle.write(np.float32(9).tobytes())
     assert first.collect() == [2] and first.done == {0, 1}
     first.close()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2", "RANK": "0"},
+     "WORLD_SIZE=2 is set but MASTER_ADDR and MASTER_PORT are not"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     "WORLD_SIZE=2 is set but RANK='5' is not one of 0 to 1"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK='' is not one of 0 to 1"),
+])
+def test_torchruns_variables_set_by_hand_inconsistently_are_one_line(small_csv, tiny_model_dir,
+                                                                     monkeypatch, env, message):
+    """On 0fabc9e the first and last ended in "unexpected ValueError: Error initializing
+    torch.distributed using env:// rendezvous", the second waited for its rendezvous."""
+    from conftest import invoke
+
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--folds", "2"])
+    assert result.exit_code == 1 and message in result.output
+    assert "unexpected" not in result.output
