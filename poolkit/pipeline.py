@@ -635,12 +635,12 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
         poolers = _single_text_poolers(poolers)
     identity = RunIdentity.of(config)
     _same_run_on_every_rank(identity, dataset, poolers)
+    if config.save_models and config.out is not None and distributed.rank() == 0:
+        check_saved_models(config.out)  # once, before any model: it reads every saved one
 
     def claim():  # before the encoder runs, not after; once the model is known to load
         if config.out is not None and distributed.rank() == 0:
             RunDirectory(config.out).claim(RUN_FILES)
-            if config.save_models:
-                check_saved_models(config.out)
 
     models = config.model_list()
     labels = model_labels(models) if len(models) > 1 else [None]
