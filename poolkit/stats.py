@@ -151,7 +151,7 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     import pandas as pd
     from scipy import stats
 
-    from .metrics import compute_metrics, fold_parts
+    from .metrics import fold_parts, score_by_fold
 
     metrics = dict(metrics or METRICS)
     if n_boot < 1:
@@ -162,12 +162,11 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     y = _labels(y_true)
     probs = _checked(probabilities, y)
 
-    def scores(items, p, folds=None) -> list:  # every metric of one seed's predictions
-        return list(compute_metrics(y[items], p[items], folds, metrics).values())
-
-    everything = np.arange(y.size)
-    per_seed = {name: np.array([scores(everything, p, folds) for p in probs[name]])
-                for name in names}  # name -> (S, M): what results.csv holds
+    # name -> per seed: every metric on all items (what results.csv holds), (M,), and on
+    # each fold's items, (F, M)
+    scored = {name: [score_by_fold(y, p, folds, metrics) for p in probs[name]]
+              for name in names}
+    per_seed = {name: np.array([values for values, _ in scored[name]]) for name in names}
     values = {name: dict(zip(metrics, np.nanmean(per_seed[name], axis=0))) for name in names}
     boot = _bootstrap(probs, y, metrics, n_boot, seed, fold_parts(folds))  # name -> (B, S, M)
     intervals = {}
@@ -204,8 +203,8 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
         parts = [np.flatnonzero(np.asarray(folds) == f) for f in fold_ids]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a fold
-            per_fold = {name: np.nanmean([[scores(part, p) for part in parts]
-                                          for p in probs[name]], axis=0) for name in names}
+            per_fold = {name: np.nanmean([by_fold for _, by_fold in scored[name]], axis=0)
+                        for name in names}
     for m_index, m in enumerate(metrics):
         a_values = np.array([values[names[i]][m] for i in ia])
         b_values = np.array([values[names[i]][m] for i in ib])

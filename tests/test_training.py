@@ -130,6 +130,53 @@ def test_metrics_of_perfect_and_hand_checked_predictions():
     assert got["roc_auc"] == pytest.approx(1.0)  # the ranking is still perfect
 
 
+def _sklearn_metrics(y, probs, labels):
+    """Every metric as scikit-learn's own functions give it: the definitions poolkit keeps."""
+    from sklearn import metrics as sk
+
+    predicted = probs.argmax(axis=1)
+    macro = dict(labels=np.arange(labels), average="macro", zero_division=0)
+    try:
+        auc = (sk.roc_auc_score(y, probs[:, 1]) if labels == 2 else
+               sk.roc_auc_score(y, probs, multi_class="ovr", average="macro",
+                                labels=np.arange(labels)))
+    except ValueError:  # a label without test items
+        auc = np.nan
+    return [sk.accuracy_score(y, predicted), sk.f1_score(y, predicted, **macro),
+            sk.precision_score(y, predicted, **macro), sk.recall_score(y, predicted, **macro),
+            sk.matthews_corrcoef(y, predicted), auc,
+            sk.log_loss(y, probs, labels=np.arange(labels))]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("labels, n, dtype", [(2, 9, np.float32), (2, 600, np.float64),
+                                              (3, 90, np.float32), (5, 300, np.float64)])
+def test_every_metric_is_sklearns_on_all_items_and_on_each_fold(labels, n, dtype):
+    """poolkit scores from confusion counts and ranks, not through scikit-learn's
+    functions (their input checks were most of a comparison's time): the same values."""
+    from poolkit.metrics import score_by_fold
+
+    assert list(METRICS) == ["accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc",
+                             "roc_auc", "log_loss"]
+    rng = np.random.default_rng(n + labels)
+    y = rng.integers(0, labels - (labels == 5), n)  # with 5: the last label never occurs
+    probs = rng.dirichlet(np.ones(labels), n)
+    probs[: n // 2] = np.round(probs[: n // 2], 1) + 0.01  # tied scores
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(dtype)
+    folds = rng.integers(0, 3, n)
+    values, by_fold = score_by_fold(y, probs, folds)
+    parts = [np.flatnonzero(folds == f) for f in range(3)]
+    expected = np.array([_sklearn_metrics(y[q], probs[q], labels) for q in parts])
+    tolerance = 1e-6 if dtype == np.float32 else 1e-12  # sklearn's log loss: in float32
+    np.testing.assert_allclose(by_fold, expected, rtol=tolerance, atol=1e-15)
+    everything = _sklearn_metrics(y, probs, labels)
+    everything[5] = expected[:, 5].mean()  # cross-fitted AUC: the mean over the folds
+    np.testing.assert_allclose(values, everything, rtol=tolerance, atol=1e-15)
+    np.testing.assert_array_equal(list(compute_metrics(y, probs, folds).values()), values)
+    np.testing.assert_allclose(list(compute_metrics(y, probs).values()),
+                               _sklearn_metrics(y, probs, labels), rtol=tolerance, atol=1e-15)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 def test_roc_auc_is_nan_when_a_label_has_no_test_example():
     y = np.array([0, 1, 0, 1])
