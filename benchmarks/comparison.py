@@ -4,7 +4,8 @@ test items (2,016 pairs x 7 metrics, B = 10,000), or ``--folds 5`` for cross-fit
 
 Each side runs in its own process from a worktree of its revision, ``--repeats`` times,
 interleaved; the table gives each side's best and median seconds of ``compare`` (imports
-excluded) and the sha256 of its pairs frame as CSV and of its intervals, which must agree
+excluded: pandas and scipy.stats are loaded first, as a run has loaded them before its
+comparison) and the sha256 of its pairs frame as CSV and of its intervals, which must agree
 between the sides when a change keeps the numbers.
 
     python benchmarks/comparison.py REF [--repeats 3] [--folds 5]
@@ -24,6 +25,7 @@ from against import ROOT, checkout
 ONE = """
 import hashlib, io, json, sys, time
 import numpy as np
+import pandas, scipy.stats  # loaded before compare() in a run (data, heads): not its cost
 from poolkit.stats import compare
 folds = int(sys.argv[1])
 rng = np.random.default_rng(0)

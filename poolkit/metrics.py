@@ -53,39 +53,76 @@ class Scored:
         return precision, recall, f1
 
 
+#: Entries of one group's counts in :func:`confusions` (float64: 64 MiB).
+_CONFUSION_ENTRIES = 1 << 23
+
 #: Negatives x positives up to which :meth:`Weighted._auc` takes the pairwise matmul
 #: (faster to about 500 of each; beyond it the cumulative sums are).
 _PAIRWISE_AUC = 1 << 18
 
 
-class Weighted:
-    """One head's test predictions under ``B`` resamples of the items at once:
-    ``weights`` ``(B, n)`` is how often each resample draws each item (a row of
-    ones is the test set itself). Each property is ``(B, ...)``; what several
-    metrics read is computed once."""
+class Resamples:
+    """``B`` weighted resamples of ``n`` items with labels ``y_true`` ``(n,)``:
+    ``weights`` ``(B, n)`` is how often each resample draws each item (a row of ones is
+    the items themselves). Holds what every head's metrics read of the labels and
+    weights alone, computed once for all heads."""
 
-    def __init__(self, y_true: np.ndarray, probabilities: np.ndarray, weights: np.ndarray,
-                 by_item: np.ndarray | None = None):
-        self.y_true, self.probabilities, self.weights = y_true, probabilities, weights
-        self.num_labels = probabilities.shape[1]
-        #: ``weights.T`` as a C-contiguous float32 ``(n, B)`` (pass it to share it between
-        #: feature sets): the AUC gathers items, which is fast along rows
-        self.by_item = by_item if by_item is not None else np.ascontiguousarray(
-            weights.T, dtype=np.float32)
+    def __init__(self, y_true: np.ndarray, weights: np.ndarray):
+        self.y_true, self.weights = y_true, weights
+        self._sides = {}
+
+    @cached_property
+    def by_item(self) -> np.ndarray:
+        """``weights.T`` as a C-contiguous float32 ``(n, B)``: the AUC gathers items,
+        which is fast along rows."""
+        return np.ascontiguousarray(self.weights.T, dtype=np.float32)
 
     @cached_property
     def total(self) -> np.ndarray:
         """``(B,)`` items drawn."""
         return self.weights.sum(axis=1)
 
+    def part(self, items: np.ndarray) -> "Resamples":
+        """The resamples of ``items`` alone (a cross-fitted fold's)."""
+        part = Resamples(self.y_true[items], self.weights[:, items])
+        part.by_item = np.ascontiguousarray(self.by_item[items])
+        return part
+
+    def sides(self, label: int) -> tuple:
+        """``(negatives, positives, drawn, pairs)`` of one label: the items that are not /
+        are the label, each side's ``(items, B)`` rows of :attr:`by_item`, and ``(B,)``
+        how many (negative, positive) pairs each resample draws."""
+        if label not in self._sides:
+            positive = self.y_true == label
+            negatives, positives = np.flatnonzero(~positive), np.flatnonzero(positive)
+            drawn = self.by_item[negatives], self.by_item[positives]
+            pairs = drawn[0].sum(axis=0, dtype=np.float64) * drawn[1].sum(axis=0, dtype=np.float64)
+            self._sides[label] = negatives, positives, drawn, pairs
+        return self._sides[label]
+
+
+class Weighted:
+    """One head's predictions ``probabilities`` ``(n, C)`` under the :class:`Resamples`
+    ``resamples`` at once. Each property is ``(B, ...)``; what several metrics read is
+    computed once."""
+
+    def __init__(self, resamples: Resamples, probabilities: np.ndarray,
+                 confusion: np.ndarray | None = None):
+        self.resamples, self.probabilities = resamples, probabilities
+        self.y_true, self.weights = resamples.y_true, resamples.weights
+        self.num_labels = probabilities.shape[1]
+        if confusion is not None:  # computed with other heads' (:func:`confusions`)
+            self.confusion = confusion
+
+    @property
+    def total(self) -> np.ndarray:
+        """``(B,)`` items drawn."""
+        return self.resamples.total
+
     @cached_property
     def confusion(self) -> np.ndarray:
         """``(B, C, C)`` weighted counts of (true label, predicted label)."""
-        c = self.num_labels
-        cell = self.y_true * c + self.probabilities.argmax(axis=1)
-        onehot = np.zeros((len(cell), c * c), dtype=self.weights.dtype)
-        onehot[np.arange(len(cell)), cell] = 1
-        return (self.weights @ onehot).reshape(-1, c, c)
+        return confusions(self.y_true, [self.probabilities], self.weights)[0]
 
     @cached_property
     def per_label(self) -> tuple:
@@ -104,41 +141,62 @@ class Weighted:
         (positive, negative) pairs ranked right, ties counting half, as sklearn's area.
         NaN where a resample lacks a label's positives or negatives."""
         columns = [1] if self.num_labels == 2 else range(self.num_labels)
-        return np.mean([self._auc(self.probabilities[:, c], self.y_true == c) for c in columns],
-                       axis=0)
+        return np.mean([self._auc(self.probabilities[:, c], c) for c in columns], axis=0)
 
-    def _auc(self, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-        negatives, positives = np.flatnonzero(~positive), np.flatnonzero(positive)
+    def _auc(self, scores: np.ndarray, label: int) -> np.ndarray:
+        negatives, positives, drawn, pairs = self.resamples.sides(label)
         if len(negatives) * len(positives) <= _PAIRWISE_AUC:
-            return self._auc_pairwise(scores, negatives, positives)
-        negatives = negatives[np.argsort(scores[negatives], kind="stable")]
-        ranked = scores[negatives]
+            return self._auc_pairwise(scores, negatives, positives, drawn, pairs)
+        order = np.argsort(scores[negatives], kind="stable")
+        ranked = scores[negatives][order]
         # Per positive: the negatives ranked strictly lower, and those tied with it.
         lower = np.searchsorted(ranked, scores[positives], side="left")
         upto = np.searchsorted(ranked, scores[positives], side="right")
         # Item-major (items, B) float32: row gathers, exact integer counts and sums.
-        cumulative = np.zeros((len(negatives) + 1, self.by_item.shape[1]), dtype=np.float32)
-        np.cumsum(self.by_item[negatives], axis=0, out=cumulative[1:])
+        cumulative = np.zeros((len(negatives) + 1, len(self.weights)), dtype=np.float32)
+        np.cumsum(drawn[0][order], axis=0, out=cumulative[1:])
         below = cumulative[lower]
         credit = below + (cumulative[upto] - below) / 2
-        drawn = self.by_item[positives]
-        hits = (drawn * credit).sum(axis=0, dtype=np.float64)
-        pairs = drawn.sum(axis=0, dtype=np.float64) * cumulative[-1].astype(np.float64)
+        hits = (drawn[1] * credit).sum(axis=0, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(pairs > 0, hits / pairs, np.nan)
 
-    def _auc_pairwise(self, scores, negatives, positives) -> np.ndarray:
+    @staticmethod
+    def _auc_pairwise(scores, negatives, positives, drawn, pairs) -> np.ndarray:
         """:meth:`_auc` from every (negative, positive) pair's credit (1 ranked right,
         1/2 tied) as one matmul: faster on a few hundred items, the same bits, since every
         sum is of integers and halves far below float32's 2**24."""
         below, above = scores[negatives][:, None], scores[positives][None, :]
         credit = (below < above).astype(np.float32) + np.float32(0.5) * (below == above)
-        drawn = self.by_item[negatives]
-        hits = (drawn * (credit @ self.by_item[positives])).sum(axis=0, dtype=np.float64)
-        pairs = (drawn.sum(axis=0, dtype=np.float64)
-                 * self.by_item[positives].sum(axis=0, dtype=np.float64))
+        hits = credit @ drawn[1]
+        hits *= drawn[0]
+        # Half-integers summed exactly in float32 while below 2**23: every partial sum is
+        # at most its resample's pair count.
+        exact = pairs.max(initial=0) < 1 << 22
+        hits = hits.sum(axis=0).astype(np.float64) if exact else hits.sum(axis=0, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(pairs > 0, hits / pairs, np.nan)
+
+
+def confusions(y_true: np.ndarray, probabilities: list, weights: np.ndarray) -> list:
+    """Each head's :attr:`Weighted.confusion`, ``(B, C, C)`` per ``(n, C)`` array of
+    ``probabilities``, from one matmul per group of heads (weighted counts are exact,
+    so the same values as one head at a time, in a fraction of the memory passes).
+    Groups hold the result to about 64 MiB."""
+    if not probabilities:
+        return []
+    n, c = probabilities[0].shape
+    rows = np.arange(n)
+    group = max(1, _CONFUSION_ENTRIES // max(1, len(weights) * c * c))
+    out = []
+    for start in range(0, len(probabilities), group):
+        heads = probabilities[start : start + group]
+        onehot = np.zeros((n, len(heads) * c * c), dtype=weights.dtype)
+        for h, p in enumerate(heads):
+            onehot[rows, h * c * c + y_true * c + p.argmax(axis=1)] = 1
+        counts = (weights @ onehot).reshape(len(weights), len(heads), c, c)
+        out.extend(np.ascontiguousarray(counts[:, h]) for h in range(len(heads)))
+    return out
 
 
 def _macro(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -235,7 +293,7 @@ def score_by_fold(y_true: np.ndarray, probabilities: np.ndarray, folds=None,
     weights[0] = 1
     for row, items in enumerate(parts, start=1):
         weights[row, items] = 1
-    weighted = Weighted(y_true, probabilities, weights)
+    weighted = Weighted(Resamples(y_true, weights), probabilities)
     columns = []
     for metric in metrics.values():
         if metric.weighted is not None:

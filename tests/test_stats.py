@@ -7,6 +7,7 @@ difference.
 """
 
 import math
+import warnings
 
 import numpy as np
 import scipy.stats
@@ -532,14 +533,17 @@ def test_cross_fitted_roc_auc_is_the_mean_of_the_folds_and_the_others_pool_the_i
     assert low < np.mean(by_fold) < high and not low < pooled < high
 
 
+@pytest.mark.parametrize("gaps", [True, False])
 @pytest.mark.parametrize("shape", [(10_000, 7), (7, 30), (1, 5), (2, 4), (1001, 3)])
-def test_quantiles_are_nanquantiles_bits_with_nan_and_all_nan_columns(shape):
+def test_quantiles_are_nanquantiles_bits_with_nan_and_all_nan_columns(shape, gaps):
     rng = np.random.default_rng(shape[0])
     samples = rng.normal(size=shape)
-    samples[rng.random(shape) < 0.2] = np.nan  # gaps in some resamples
-    samples[:, 0] = np.nan  # a metric undefined on every resample
     samples[:, -1] = np.round(samples[:, -1], 1)  # ties
-    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+    if gaps:  # sorted; without NaNs, partitioned
+        samples[rng.random(shape) < 0.2] = np.nan  # gaps in some resamples
+        samples[:, 0] = np.nan  # a metric undefined on every resample
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanquantile(samples, [0.025, 0.975], axis=0)
     low, high = stats._quantiles(samples, 0.05)
     np.testing.assert_array_equal(low, expected[0])
@@ -549,7 +553,7 @@ def test_quantiles_are_nanquantiles_bits_with_nan_and_all_nan_columns(shape):
 @pytest.mark.parametrize("n, ties", [(487, False), (487, True), (40, True), (3, False)])
 def test_the_pairwise_auc_gives_the_cumulative_sums_bits(n, ties, monkeypatch):
     from poolkit import metrics
-    from poolkit.metrics import Weighted
+    from poolkit.metrics import Resamples, Weighted
 
     rng = np.random.default_rng(n)
     y = rng.integers(0, 2, n)
@@ -560,9 +564,29 @@ def test_the_pairwise_auc_gives_the_cumulative_sums_bits(n, ties, monkeypatch):
     counts = rng.multinomial(n, np.full(n, 1 / n), size=500).astype(float)
     counts[0] = 0
     counts[0, y == 0] = 1  # a resample with no positives: NaN on both paths
-    weighted = Weighted(y, np.column_stack([1 - score, score]), counts)
-    pairwise = weighted._auc(score, y == 1)
+    weighted = Weighted(Resamples(y, counts), np.column_stack([1 - score, score]))
+    pairwise = weighted._auc(score, 1)
     monkeypatch.setattr(metrics, "_PAIRWISE_AUC", -1)
-    cumulative = weighted._auc(score, y == 1)
+    cumulative = weighted._auc(score, 1)
     assert np.isnan(pairwise[0])
     np.testing.assert_array_equal(pairwise, cumulative)
+
+
+def test_binomial_p_is_scipys_binomtest_to_the_bit():
+    b, c = np.array([(b, n - b) for n in range(1, 120) for b in range(n + 1)]
+                    + [(1200, 1350), (4000, 3900), (0, 5000), (17, 2)]).T
+    expected = [sps.binomtest(int(bk), int(bk + ck), 0.5).pvalue for bk, ck in zip(b, c)]
+    np.testing.assert_array_equal(stats.binomial_p(b, c), expected)
+    assert stats.binomial_p(0, 0) == 1.0  # no discordant items: nothing against the null
+
+
+def test_blocks_of_pairs_and_groups_of_heads_do_not_change_the_result(monkeypatch):
+    from poolkit import metrics
+
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, size=60)
+    probs = {name: rng.dirichlet(np.ones(3), size=(2, 60)) for name in "abcdefg"}
+    whole = paired_comparisons(probs, y, n_boot=300)
+    monkeypatch.setattr(stats, "_PAIR_BLOCK", 4)  # 21 pairs: 6 blocks over the threads
+    monkeypatch.setattr(metrics, "_CONFUSION_ENTRIES", 300 * 9 * 3)  # 3 heads per matmul
+    pd.testing.assert_frame_equal(whole, paired_comparisons(probs, y, n_boot=300))
