@@ -10,7 +10,8 @@ DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
 
 
 def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size=None,
-         device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16", precision="bf16"):
+         device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16", precision="bf16",
+         attn_implementation=None, prompt=None, trust_remote_code=False):
     """Pooled features ``{name: (len(texts), D) float32 array}`` in input order.
 
     ``poolers`` are registered names or :class:`Pooler` instances (fixed ones:
@@ -18,7 +19,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     Face name or local path (``None``: the embedded default); ``batch_size``
     caps the texts per encoder batch. Single-layer poolers pool the last
     layer. A pooler that fails raises :class:`PoolkitError` naming it. Pairs of
-    texts: ``texts`` a list of ``(text, text_pair)`` tuples.
+    texts: ``texts`` a list of ``(text, text_pair)`` tuples. ``attn_implementation``,
+    ``prompt`` and ``trust_remote_code`` as in :func:`run`.
     """
     from . import pipeline
     from .config import RunConfig
@@ -36,7 +38,11 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
             raise PoolkitError(f"pooler '{name}' is trainable: it has features only inside "
                                "'poolkit run', trained with each head")
     config = RunConfig(model=model, max_length=max_length, device=device, cache_dir=cache_dir,
-                       cache_dtype=cache_dtype, precision=precision)
+                       cache_dtype=cache_dtype, precision=precision,
+                       attn_implementation=None if attn_implementation == "auto"
+                       else attn_implementation, prompt=prompt,
+                       trust_remote_code=trust_remote_code)
+    config.validate()
     encoded = pipeline.encode(config, chosen.selected, texts, max_texts=batch_size)
     features = pipeline.pool(config, encoded)
     failures = {**encoded.failures, **features.failures}
@@ -55,7 +61,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         finetune=False, max_train_texts=None, max_texts=None, label_pattern=None,
         text_pair_col=None, save_models=False, predictions=False, empty_texts="skip",
         encoding="utf-8",
-        trust_remote_code=False, pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
+        trust_remote_code=False, attn_implementation=None, prompt=None,
+        pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
 
     Its ``results`` has a row per pooler × layer × seed and a column per
@@ -78,7 +85,10 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     predictions; ``pooler_timeout`` bounds each call into a plugin, in
     seconds; ``cache_mode`` ``"tokens"``, ``"pooled"`` or ``"auto"`` and
     ``cache_budget``: what the cache keeps, as ``--cache-mode`` and
-    ``--cache-budget``). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
+    ``--cache-budget``; ``attn_implementation``: ``"sdpa"``, ``"eager"``,
+    ``"flash_attention_2"`` or ``None``/``"auto"`` (transformers' choice); ``prompt``: a
+    prompt the model's sentence-transformers folder names, or a text, prepended to
+    every text). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
     once what finished is saved; the same call then resumes.
     """
     from .config import RunConfig
@@ -98,7 +108,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
         text_pair_col=text_pair_col, save_models=save_models,
         trust_remote_code=trust_remote_code,
-        out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
+        attn_implementation=None if attn_implementation == "auto" else attn_implementation,
+        prompt=prompt, out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout, progress=progress)
     return run_config(config, log=log)
 

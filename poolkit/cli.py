@@ -63,6 +63,11 @@ class PoolkitGroup(click.Group):
             ) from None
 
 
+
+#: The table's legend for a pooler marked "(own)".
+OWN = ("(own) = the pooling the model was trained with, as its sentence-transformers "
+       "folder says; ")
+
 @click.group(cls=PoolkitGroup)
 @click.version_option(package_name="poolkit")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -181,6 +186,15 @@ def cli(debug):
                    "terminal; summary.csv always has them all).")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model repository's own code (off by default).")
+@click.option("--attn-implementation", type=click.Choice(["auto", "sdpa", "eager",
+                                                          "flash_attention_2"]),
+              default="auto", show_default=True,
+              help="The encoder's attention kernel; auto: transformers' choice (SDPA where "
+                   "the architecture has it, else eager).")
+@click.option("--prompt",
+              help="Prepend a prompt to every text: one the model's sentence-transformers "
+                   "folder names (e.g. query), or the text itself (e.g. 'query: '). Default: "
+                   "the folder's default prompt, if any.")
 @click.option("--pooler-timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
               help="Most seconds one call into a plugin may take (a batch's pool(), setup(), "
                    "a trainable pooler's forward); a pooler past it fails alone.")
@@ -190,7 +204,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
         finetune_batch_size, grad_accum, encoder_lr, max_train_texts, max_texts, label_pattern,
         text_pair_col, save_models, empty_texts,
-        encoding, predictions, plot_formats, wide, trust_remote_code, pooler_timeout):
+        encoding, predictions, plot_formats, wide, trust_remote_code, attn_implementation,
+        prompt, pooler_timeout):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
@@ -214,7 +229,9 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         if finetune else None,
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
         text_pair_col=text_pair_col, save_models=save_models,
-        empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code, out=out,
+        empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code,
+        attn_implementation=None if attn_implementation == "auto" else attn_implementation,
+        prompt=prompt, out=out,
         cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout,
         progress=sys.stderr.isatty() and not os.environ.get("CI"))
@@ -245,7 +262,8 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     click.echo(
         f"\n{len(result.results)} results ({scope}: n={settings['scored_items']}), majority-class "
         f"rate {settings['majority_rate']:.3f}; {config.metric}: mean over seeds [95% interval "
-        f"over items and seeds]; * = best per metric; {verdict} (paired bootstrap, "
+        f"over items and seeds]; * = best per metric; "
+        f"{OWN if 'own_pooling' in result.summary else ''}{verdict} (paired bootstrap, "
         f"Holm-corrected; every pair and metric in pairs.csv). "
         f"{settings['total_seconds']:.1f}s total (encoder {settings['encode_seconds']:.1f}s, "
         f"pooling {settings['pool_seconds']:.1f}s, heads {settings['train_seconds']:.1f}s). "

@@ -67,6 +67,10 @@ class RunConfig:
     empty_texts: str = "skip"
     encoding: str = "utf-8"
     trust_remote_code: bool = False
+    #: ``--attn-implementation`` (``None``: transformers' choice, as ``auto``)
+    attn_implementation: str | None = field(default=None, metadata=WHEN_SET)
+    #: ``--prompt``: a prompt the model's folder names, or a text prepended to every text
+    prompt: str | None = field(default=None, metadata=WHEN_SET)
     out: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
     cache_dir: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
     #: what the cache keeps (tokens, pooled, auto) and auto's size limit: where the
@@ -97,6 +101,15 @@ class RunConfig:
         if len(set(map(str, models))) != len(models):
             raise PoolkitError(f"--model lists a model twice: {','.join(map(str, models))}")
         return models
+
+    def encoder(self, model=None):
+        """The :class:`~poolkit.model.Encoder` of ``model`` (one of :meth:`model_list`)
+        under this run's encoder options."""
+        from .model import load_encoder
+
+        return load_encoder(model, max_length=self.max_length,
+                            trust_remote_code=self.trust_remote_code,
+                            attn_implementation=self.attn_implementation, prompt=self.prompt)
 
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
@@ -129,6 +142,11 @@ class RunConfig:
         self.plan()
         self.seed_list()
         self.model_list()
+        from .model import ATTENTION
+
+        if self.attn_implementation not in (None, *ATTENTION):
+            raise PoolkitError(f"--attn-implementation {self.attn_implementation}: use one of "
+                               f"{', '.join(ATTENTION)}")
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()

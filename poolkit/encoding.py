@@ -12,7 +12,7 @@ from .batching import plan_batches
 from .cache import (CacheDamaged, CacheWriter, PooledWriter, entry_name, find_entry,
                     find_pooled_entry, free_disk, open_entry, parse_budget, pooled_name,
                     token_cache_bytes)
-from .errors import PoolkitError
+from .errors import PoolkitError, one_line
 from .identity import RunIdentity, pooler_fingerprint
 from .isolation import DEFAULT_TIMEOUT
 from .tokenization import tokenize
@@ -185,7 +185,7 @@ def encode_to_cache(
     elif mode == "pooled":
         log(f"cache mode pooled: {len(pool)} feature sets' features, {_size(sizes['pooled'])} "
             f"(the token cache would take {_size(sizes['tokens'])})")
-    meta = {"identity": identity, "truncated": int(truncated)}
+    meta = {"identity": identity, "truncated": int(truncated), "attention": encoder.attention}
     if mode == "pooled":
         name = pooled_name(key, wanted)
         described = [{"id": k, "pooler": fs.pooler_name, "layers": list(fs.layers),
@@ -223,11 +223,17 @@ def encode_to_cache(
                 f"{len(missing)} batches left, on {device}")
         began = time.perf_counter()
         try:
-            encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
-                           layers=layers, all_layers=layers != [encoder.num_layers],
-                           pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
-                           log=log, pooling=pooling, shared=ranks > 1,
-                           token_types=ids.pair_starts is not None and encoder.token_types)
+            try:
+                encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
+                               layers=layers, all_layers=layers != [encoder.num_layers],
+                               pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
+                               log=log, pooling=pooling, shared=ranks > 1,
+                               token_types=ids.pair_starts is not None and encoder.token_types)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                # the model's own forward failing (shapes, an input it wants, memory): one
+                # line naming the model; what was encoded before is kept (below)
+                raise PoolkitError(f"model '{encoder.name}' failed while encoding: "
+                                   f"{one_line(exc)}") from None
             if ranks > 1:
                 writer.checkpoint(sync=True)
         except BaseException:

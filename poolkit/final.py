@@ -335,14 +335,11 @@ def _poolers(run: SavedRun, config, pooler: str, force: bool, log) -> tuple:
 def _encoder(run: SavedRun, config, label, name):
     """The run's encoder, loaded under the name the run gave it (part of its cache key)
     from where that name pointed; a model whose files changed since is refused."""
-    from .model import load_encoder
-
     cwd = Path(run.settings["options"].get("cwd", "."))
     path = name
     if name is not None and not Path(str(name)).is_absolute() and (cwd / str(name)).exists():
         path = str(cwd / str(name))
-    encoder = load_encoder(path, max_length=config.max_length,
-                           trust_remote_code=config.trust_remote_code)
+    encoder = config.encoder(path)
     if name is not None:
         encoder.name = str(name)
     card = run.recipe["models"][label] if label is not None else run.recipe

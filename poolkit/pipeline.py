@@ -193,7 +193,6 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     from .encoding import encode_to_cache, pick_device
     from .features import feature_sets, finetuned_sets, setup_poolers
     from .layers import parse_layers
-    from .model import load_encoder
 
     from . import distributed
 
@@ -203,8 +202,12 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     if distributed.launched() and device == "cuda":  # torchrun: one GPU per rank
         device = f"cuda:{distributed.local_rank()}"
     if encoder is None:
-        encoder = load_encoder(config.model, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
+        encoder = config.encoder(config.model)
+    for note in encoder.notes:
+        log(note)
+    if encoder.causal:
+        log(f"model {encoder.name} is decoder-only: its attention is causal (a token sees "
+            "only those before it), so its last token is the one that has read the whole text")
     specs, setup_failed = setup_poolers(poolers, encoder, len(texts), config.pooler_timeout)
     sets, failures = feature_sets(poolers, specs, parse_layers(config.layers, encoder.num_layers),
                                   encoder.num_layers, failed=setup_failed)
@@ -234,9 +237,10 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
                                   "not keep (use --cache-mode tokens)", log)
     if cache is None:  # a torchrun rank other than 0: its share is written
         return Encoded(encoder, None, ran, device, sets, failures, needed, seconds)
+    attention = attention_of(encoder, cache)
     log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
-        f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device} in "
-        f"{seconds:.1f}s ({cache.path})")
+        f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device}"
+        f"{f' (attention: {attention})' if attention else ''} in {seconds:.1f}s ({cache.path})")
     return Encoded(encoder, cache, ran, device, sets, failures, needed, seconds)
 
 
@@ -339,7 +343,7 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     import pandas as pd
 
     from .metrics import compute_metrics
-    from .results import summarize
+    from .results import mark_own_pooling, summarize
     from .stats import compare
 
     scored = dataset.scored
@@ -386,8 +390,17 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
                         comparison, primary=config.metric, baseline=baseline)
+    summary = mark_own_pooling(summary, own_poolings(encoded))
     return Evaluation(results, probabilities, comparison.pairs, summary,
                       comparison_json(key, comparison))
+
+
+def own_poolings(encoded: Encoded) -> dict:
+    """``{model label (None for one model): pooler}``: the pooler that computes each
+    model's own pooling, for models whose sentence-transformers folder names one."""
+    parts = encoded.parts or {None: encoded}
+    return {label: part.encoder.recipe.pooling for label, part in parts.items()
+            if part.encoder.recipe is not None and part.encoder.recipe.pooling}
 
 
 def comparison_key(probabilities: dict, y, options: dict) -> str:
@@ -522,11 +535,12 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         settings.update(model=[part["model"] for part in about.values()], models=about)
         cards = {label: recipe_card(config, poolers, dataset, part)
                  for label, part in encoded.parts.items()}
-        own = [k for k in ("model", "model_path", "model_revision", "model_fingerprint",
-                           "tokenizer", "tokenizer_sha256", "lowercase", "max_length", "layers",
-                           "num_layers")]
+        own = ("model", "model_path", "model_revision", "model_fingerprint", "tokenizer",
+               "tokenizer_sha256", "lowercase", "max_length", "attention", "prompt",
+               "sentence_transformers", "layers", "num_layers")
         recipe = {**{k: v for k, v in recipe.items() if k not in own},
-                  "models": {label: {k: card[k] for k in own} for label, card in cards.items()}}
+                  "models": {label: {k: card[k] for k in own if k in card}
+                             for label, card in cards.items()}}
     if config.out is not None:
         items = None
         if config.predictions:
@@ -537,6 +551,12 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
     return RunResult(evaluation.results, evaluation.summary, evaluation.pairs,
                      training.failures, dataset.label_names, settings, recipe,
                      poolers.load_errors, Path(config.out) if config.out is not None else None)
+
+
+def attention_of(encoder, cache) -> str | None:
+    """The attention implementation the cached states were computed with: the loaded
+    model's, else what the entry recorded (``None`` for entries older than the record)."""
+    return encoder.attention or (cache.meta.get("attention") if cache is not None else None)
 
 
 def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) -> dict:
@@ -570,6 +590,8 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
         "tokenizer_sha256": identity["tokenizer"],
         "lowercase": tokenizer["lowercase"],
         "max_length": encoder.max_length,
+        **_known(attention=attention_of(encoder, encoded.cache), prompt=encoder.prompt,
+                 sentence_transformers=_recipe_record(encoder.recipe)),
         "layers": encoded.layers,
         "num_layers": encoder.num_layers,
         "data_sha256": data_files,
@@ -594,6 +616,21 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
                      **{p: version(p) for p in ("torch", "transformers", "tokenizers",
                                                  "scikit-learn", "scipy", "numpy", "pandas")}},
     }
+
+
+def _known(**values) -> dict:
+    """``values`` that are known (not ``None``): a run without them writes the recipe it
+    wrote before they were recorded."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _recipe_record(recipe) -> dict | None:
+    """What the recipe card keeps of a sentence-transformers folder's recipe."""
+    if recipe is None:
+        return None
+    return {"pooling": recipe.pooling, "pooling_mode": recipe.pooling_mode,
+            "max_seq_length": recipe.max_seq_length, "normalize": recipe.normalize,
+            "prompts": recipe.prompts, "notes": recipe.notes}
 
 
 def _given(config: RunConfig, *names) -> dict:
@@ -623,7 +660,6 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     from dataclasses import replace
 
     from . import distributed
-    from .model import load_encoder
     from .results import RUN_FILES
     from .runs import RunDirectory, RunStore, check_saved_models
 
@@ -646,8 +682,7 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     labels = model_labels(models) if len(models) > 1 else [None]
     # every model described before any is encoded: a model that cannot be read stops the
     # run at once (one line naming it), not after the others' encoding and heads
-    encoders = [load_encoder(name, max_length=config.max_length,
-                             trust_remote_code=config.trust_remote_code) for name in models]
+    encoders = [config.encoder(name) for name in models]
     parts = {}
     for label, name, encoder in zip(labels, models, encoders):
         one = replace(config, model=name)

@@ -59,7 +59,9 @@ class Pooler:
         ``encoder.weights("pooler.dense")`` reads pretrained tensors from the
         checkpoint (``None`` when it has none); ``encoder.model`` is the loaded
         ``transformers`` model (eval mode, CPU), loaded on first use;
-        ``encoder.config`` and ``encoder.hidden_size`` describe it.
+        ``encoder.config`` and ``encoder.hidden_size`` describe it;
+        ``encoder.causal`` says whether its attention is causal (decoder-only models:
+        a token sees only those before it).
 
         With ``--finetune``, a copy of the pooler is set up again against the
         model being trained: there ``encoder.weights(...)`` returns that model's

@@ -77,6 +77,19 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     return summary.reset_index(drop=True)
 
 
+def mark_own_pooling(summary, own: dict):
+    """``summary`` with an ``own_pooling`` column (after ``dim``) when ``own`` names a
+    model's own pooler (``{model label or None: pooler}``): True on that model's rows of
+    that pooler. Without one the summary is left as it was."""
+    if not own or not len(summary):
+        return summary
+    models = summary["model"] if "model" in summary else [None] * len(summary)
+    marks = [own.get(model) == pooler for model, pooler in zip(models, summary["pooler"])]
+    summary = summary.copy()
+    summary.insert(summary.columns.get_loc("dim") + 1, "own_pooling", marks)
+    return summary
+
+
 def display_table(summary, primary: str = PRIMARY):
     """The summary as text cells: the ``primary`` metric as 'mean [95% interval]',
     the others' means, the best value per metric marked '*', and the
@@ -86,6 +99,9 @@ def display_table(summary, primary: str = PRIMARY):
 
     ok = summary[summary["status"] == "ok"]
     table = pd.DataFrame({"pooler": summary["pooler"]})
+    if "own_pooling" in summary:  # the pooling the model was trained with
+        table["pooler"] = [f"{p} (own)" if own in (True, "True") else p
+                           for p, own in zip(summary["pooler"], summary["own_pooling"])]
     if "model" in summary:
         table.insert(0, "model", summary["model"])
     if "layer" in summary and summary["layer"].astype(str).nunique() > 1:

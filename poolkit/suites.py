@@ -22,7 +22,8 @@ TASK_OPTIONS = ("data", "text_col", "label_col", "test_data", "labels", "encodin
 SUITE_OPTIONS = ("model", "poolers", "layers", "seeds", "folds", "protocol", "finetune", "metric",
                  "baseline", "max_length", "split_seed", "max_train_texts", "cache_dir",
                  "cache_mode", "cache_budget", "cache_dtype", "precision", "device",
-                 "plugins_dir", "trust_remote_code", "pooler_timeout")
+                 "plugins_dir", "trust_remote_code", "attn_implementation", "prompt",
+                 "pooler_timeout")
 #: What a task table may hold besides its options: where its data is, and what it is.
 TASK_FIELDS = ("name", "package", "about")
 #: The embedded default suite's file, inside the installed package.

@@ -31,6 +31,9 @@ def tokenize(encoder, texts, chunk: int = 4096) -> tuple:
     :class:`TokenIds` (special tokens included, cut to ``max_length``) and how many
     texts were longer than that.
 
+    The encoder's ``prompt`` (``--prompt``) is prepended to each text (to a pair's
+    first), as sentence-transformers prepends it.
+
     Pairs ``(text, text_pair)`` are joined as the tokenizer joins them
     (``[CLS] a [SEP] b [SEP]`` for BERT), cut by ``longest_first`` (a token off
     the longer side at a time), and ``ids.pair_starts`` holds where each pair's
@@ -46,11 +49,14 @@ def tokenize(encoder, texts, chunk: int = 4096) -> tuple:
     kwargs = dict(return_attention_mask=False, return_token_type_ids=False)
     parts, lengths, starts, truncated = [], [], [], 0
 
+    prompt = getattr(encoder, "prompt", None) or ""
+
     def call(items, **options):
         if not pairs:
-            return encoder.tokenizer(items, **options, **kwargs)
+            return encoder.tokenizer([prompt + text for text in items], **options, **kwargs)
         first, second = zip(*items) if items else ((), ())
-        return encoder.tokenizer(list(first), list(second), **options, **kwargs)
+        return encoder.tokenizer([prompt + text for text in first], list(second), **options,
+                                 **kwargs)
 
     for start in range(0, len(texts), chunk):
         part = list(texts[start : start + chunk])

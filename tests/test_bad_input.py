@@ -226,12 +226,13 @@ CASES = {
     "model folder without weights": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["no_weights"]],
         culprits=("could not load model", "no-weights"), early=False),
-    "causal LM, not an encoder": Case(
-        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["gpt2_lm"]],
-        culprits=("tiny-gpt2-lm", "not an encoder")),
-    "decoder-only base model, not an encoder": Case(
-        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["gpt2_base"]],
-        culprits=("tiny-gpt2-base", "not an encoder")),
+    "encoder-decoder model": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["bart"]],
+        culprits=("tiny-bart", "is an encoder-decoder model")),
+    "an attention implementation the architecture lacks": Case(
+        lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--model", m["mpnet"],
+                        "--attn-implementation", "sdpa"],
+        culprits=("tiny-mpnet", "--attn-implementation sdpa", "'auto'"), early=False),
     "--max-length above the model's limit": Case(
         lambda tmp, m: ["--data", _csv(tmp / "d.csv"), "--max-length", "999"],
         culprits=("--max-length 999", "64")),
@@ -291,24 +292,30 @@ def _mkdir(path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_model_dir):
-    """Model folders that must be refused: a GPT-2 LM, a bare GPT-2, a BERT without weights."""
+    """Model folders that must be refused: an encoder-decoder BART, a BERT without weights,
+    and an MPNet (no SDPA kernel) to be asked for SDPA."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+    from transformers import BartConfig, BartModel, MPNetConfig, MPNetModel
 
     root = tmp_path_factory.mktemp("bad-models")
     tokenizer_files = [p for p in tiny_model_dir.iterdir()
                        if p.name.startswith(("tokenizer", "vocab"))]
+    vocab = len((tiny_model_dir / "vocab.txt").read_text().split())
     folders = {}
-    for key, name, cls in (("gpt2_lm", "tiny-gpt2-lm", GPT2LMHeadModel),
-                           ("gpt2_base", "tiny-gpt2-base", GPT2Model)):
+    for key, name, model in (
+            ("bart", "tiny-bart", lambda: BartModel(BartConfig(
+                vocab_size=vocab, d_model=32, encoder_layers=1, decoder_layers=1,
+                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
+                decoder_ffn_dim=37, max_position_embeddings=64))),
+            ("mpnet", "tiny-mpnet", lambda: MPNetModel(MPNetConfig(
+                vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=37, max_position_embeddings=80)))):
         folder = root / name
         folder.mkdir()
         for file in tokenizer_files:
             shutil.copy(file, folder / file.name)
-        vocab = len((tiny_model_dir / "vocab.txt").read_text().split())
-        config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=vocab, n_positions=64)
         torch.manual_seed(0)
-        cls(config).eval().save_pretrained(folder)
+        model().eval().save_pretrained(folder)
         folders[key] = folder
     no_weights = root / "no-weights"
     shutil.copytree(tiny_model_dir, no_weights)

@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 from conftest import BUILTIN_POOLERS, hf_forward
 from poolkit.cache import HiddenStateCache
+from poolkit.errors import PoolkitError
 from poolkit.identity import texts_digest
 from poolkit.encoding import encode_to_cache
 from poolkit.model import load_encoder
@@ -131,7 +132,7 @@ def test_a_crash_while_encoding_resumes_from_the_last_complete_batch(
     monkeypatch.setattr(BertModel, "forward", crash_on_third_batch)
     root = tmp_path / "c"
     encoder = load_encoder(str(tiny_model_dir))
-    with pytest.raises(RuntimeError, match="simulated"):
+    with pytest.raises(PoolkitError, match=r"failed while encoding: RuntimeError: out of memory"):
         encode_to_cache(encoder, TEXTS, root, dtype="fp32", max_texts=2)
     # no entry that looks complete: only the partial one, which records its progress
     assert [p.name.endswith(".partial") for p in root.iterdir()] == [True]
@@ -181,7 +182,7 @@ def test_batches_written_in_any_order_by_several_writers_give_the_same_entry(tin
     root = tmp_path / "shuffled"
     name = fresh.path.name
     assert name == entry_name(fresh.key, layers)
-    meta = {k: fresh.meta[k] for k in ("identity", "truncated")}
+    meta = {k: fresh.meta[k] for k in ("identity", "truncated", "attention")}
     common = dict(device="cpu", compute="fp32", layers=layers, all_layers=False,
                   pad_id=encoder.tokenizer.pad_token_id)
 
