@@ -526,8 +526,10 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
     if encoded.parts is not None:  # several models: what belongs to each, by label
         about = {label: {"model": part.encoder.name, "max_length": part.encoder.max_length,
                          "layers": part.layers, "num_layers": part.encoder.num_layers,
-                         "cache": str(part.cache.path), "encoder_ran": part.ran,
-                         "tokens": int(part.cache.lengths.sum()),
+                         "cache": str(part.cache.path) if part.cache is not None else None,
+                         "encoder_ran": part.ran,
+                         "tokens": int(part.cache.lengths.sum()) if part.cache is not None
+                         else 0,
                          "encode_seconds": round(part.seconds, 3)}
                  for label, part in encoded.parts.items()}
         for key in ("max_length", "num_layers", "cache", "tokens"):
@@ -690,24 +692,55 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
         selected = poolers.selected if label is None else copy.deepcopy(poolers.selected)
         if label is not None:
             log(f"model {label}: {encoder.name}")
-        encoded = encode(one, selected, dataset.texts, encoder, claim, log=log)
-        if distributed.rank() != 0:
-            continue
-        claim()
-        for key, reason in encoded.failures.items():
-            _report_failure(log, encoded.sets[key], reason, label)
-        features = pool(one, encoded)
-        for key, reason in features.failures.items():
-            _report_failure(log, encoded.sets[key], reason, label)
-        store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset), log=log,
-                         folds=len(dataset.folds), subfolder=label)
-        parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,
-                                                  store, log))
+        try:
+            encoded = encode(one, selected, dataset.texts, encoder, claim, log=log)
+            if distributed.rank() != 0:
+                continue
+            claim()
+            for key, reason in encoded.failures.items():
+                _report_failure(log, encoded.sets[key], reason, label)
+            features = pool(one, encoded)
+            for key, reason in features.failures.items():
+                _report_failure(log, encoded.sets[key], reason, label)
+            store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset),
+                             log=log, folds=len(dataset.folds), subfolder=label)
+            parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,
+                                                      store, log))
+        except PoolkitError as exc:
+            # one model of several failing mid-run (its forward, its cache) fails alone: the
+            # others' results are written, exit 3 (under torchrun every rank stops instead)
+            if label is None or distributed.world_size() > 1:
+                raise
+            log(f"error: model {label} failed: {exc}")
+            parts[label] = _failed_model(one, selected, encoder, str(exc))
     if distributed.rank() != 0:
         return None
+    if all(part[0].cache is None for part in parts.values()):
+        raise PoolkitError(f"every model failed: {'; '.join(_model_reasons(parts))}")
     encoded, features, training = parts[None] if labels == [None] else _together(parts)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
+
+
+def _failed_model(config: RunConfig, poolers: dict, encoder, reason: str) -> tuple:
+    """``(Encoded, Features, Training)`` of a model that failed as a whole: each of its
+    feature sets failed with ``reason``, so the summary names them and the run exits 3."""
+    from .features import feature_sets, finetuned_sets
+    from .layers import parse_layers
+
+    why = f"model failed: {reason}"
+    sets, failures = feature_sets(poolers, {}, parse_layers(config.layers, encoder.num_layers),
+                                  encoder.num_layers, failed={name: why for name in poolers})
+    if config.finetune is not None:
+        tuned, tuned_failures = finetuned_sets(sets, failures, encoder.num_layers)
+        sets, failures = {**sets, **tuned}, {**failures, **tuned_failures}
+    return (Encoded(encoder, None, False, "", sets, failures, [], 0.0), Features({}, {}, 0.0),
+            Training({}, 0, failures, 0.0))
+
+
+def _model_reasons(parts: dict) -> list:
+    return [f"{label}: {next(iter(part[2].failures.values()), '')}"
+            for label, part in parts.items()]
 
 
 def _same_run_on_every_rank(identity, dataset, poolers) -> None:
@@ -770,7 +803,7 @@ def _together(parts: dict) -> tuple:
                       for (key, fold, seed), head in training.heads.items()})
         failures.update({ids[key]: reason for key, reason in training.failures.items()})
     passes = [item[0] for item in parts.values()]
-    first = passes[0]
+    first = next(e for e in passes if e.cache is not None)  # (a failed model has none)
     encoded = Encoded(first.encoder, first.cache, any(e.ran for e in passes), first.device, sets,
                       {}, sorted({layer for e in passes for layer in e.layers}),
                       sum(e.seconds for e in passes), parts={k: v[0] for k, v in parts.items()})

@@ -153,3 +153,46 @@ def test_roberta_distilbert_and_electra_each_pooler_works_or_fails_alone(small_c
     assert len(status) == 12
     dims = pd.read_csv(out / "summary.csv").groupby("model")["dim"].max().to_dict()
     assert dims == {"roberta": 32, "distilbert": 48, "electra": 24}  # each model's own width
+
+
+def test_a_model_failing_while_encoding_fails_alone_and_the_others_results_are_written(
+        small_csv, tiny_model_dir, wide_model_dir, tmp_path, monkeypatch):
+    """On 581334f the second model's forward failing after the first model's heads were
+    trained ended the run with exit 1 and no results.csv (issue 27, class 6)."""
+    from transformers import BertModel
+
+    original = BertModel.forward
+
+    def wide_fails(self, *args, **kwargs):
+        if self.config.hidden_size == 48:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", wide_fails)
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{wide_model_dir}",
+                     "--poolers", "cls,mean", "--folds", "2", "--seeds", "1", "--out", out])
+    assert result.exit_code == 3, result.output
+    assert "error: model wide-bert failed: model " in result.output
+    assert "failed while encoding: RuntimeError: CUDA out of memory (simulated)" in result.output
+    tiny = tiny_model_dir.name
+    summary = pd.read_csv(out / "summary.csv").set_index(["model", "pooler"])["status"]
+    assert summary[(tiny, "cls")] == "ok" and summary[(tiny, "mean")] == "ok"
+    assert summary[("wide-bert", "mean")].startswith("failed: model failed: model ")
+    assert set(pd.read_csv(out / "results.csv")["model"]) == {tiny}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["models"]["wide-bert"]["cache"] is None
+
+
+def test_every_model_failing_is_one_line(small_csv, tiny_model_dir, wide_model_dir, tmp_path,
+                                         monkeypatch):
+    from transformers import BertModel
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(BertModel, "forward", fails)
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{wide_model_dir}",
+                     "--poolers", "mean", "--folds", "2", "--out", tmp_path / "run"])
+    assert result.exit_code == 1
+    assert f"every model failed: {tiny_model_dir.name}: model failed: model " in result.output
