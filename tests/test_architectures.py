@@ -12,21 +12,14 @@ import pytest
 from conftest import FIXED_POOLERS, invoke, make_rows
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from architectures import NEEDS_MORE, build, text_architectures, try_architecture  # noqa: E402
+from architectures import (KNOWN_FAILURES, NEEDS_MORE, build, text_architectures,  # noqa: E402
+                           try_architecture)
 
 #: Encoders transformers has no SDPA kernel for: before issue 29 poolkit asked for SDPA and
 #: none of them loaded.
 NO_SDPA = ("deberta", "deberta-v2", "mpnet", "xlnet", "longformer", "big_bird",
            "megatron-bert", "convbert", "rembert", "roformer", "nystromformer", "ibert")
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
-#: Built tiny, but failing to encode, with why (each a one-line error naming the model).
-KNOWN_FAILURES = {
-    "reformer": "its states are two streams, twice hidden_size wide",
-    "xmod": "X-MOD wants a language adapter chosen (set_default_language)",
-    "axk1": "the tiny config's latent-attention sizes do not fit it",
-    "qwen3_5_text": "two tiny layers are both linear attention: no attention mask to size",
-    "qwen3_next": "two tiny layers are both linear attention: no attention mask to size",
-}
 TEXTS = ["the movie was good", "a very dull and boring story , really", "fun",
          "it was not bad but not great either"]
 
@@ -174,3 +167,23 @@ def test_the_architecture_matrix(tmp_path, tiny_model_dir):
         assert set(failed) == expected, (model_type, failed)
         assert runs[model_type] == {"mean", "last_token"}, model_type
     assert len(by_type) - len(not_built) >= 90  # 99 of 118 with transformers 5.25
+
+
+def test_a_decoder_without_a_pad_token_pads_under_its_mask(tiny, tmp_path):
+    """GPT-2's tokenizer has no pad token: poolkit pads with id 0 where the mask is 0
+    (what fills the padding never reaches a real token, as the mask keeps it out)."""
+    import torch
+
+    from poolkit.encoding import encode_to_cache
+    from poolkit.model import load_encoder
+
+    encoder = load_encoder(str(tiny("gpt2")))
+    encoder.tokenizer.pad_token = None
+    assert encoder.tokenizer.pad_token_id is None
+    cache, _ = encode_to_cache(encoder, TEXTS, tmp_path / "cache", dtype="fp32")
+    for i, text in enumerate(TEXTS):
+        ids = encoder.tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            alone = encoder.model(input_ids=ids).last_hidden_state[0].numpy()
+        start = cache.starts[i]
+        np.testing.assert_allclose(cache.states()[start : start + len(alone)], alone, atol=1e-5)
