@@ -252,6 +252,10 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
             encoder.notes.append(f"max length {max_length} tokens: the model's "
                                  f"sentence-transformers max_seq_length (--max-length "
                                  "overrides it)")
+        elif recipe is not None:  # sentence-transformers >= 5 keeps it in the tokenizer
+            encoder.notes.append(f"max length {max_length} tokens: the model's limit, where "
+                                 "its sentence-transformers folder keeps its max_seq_length "
+                                 "(the tokenizer's model_max_length)")
     elif max_length > model_limit:
         raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
     elif recipe_length and recipe_length != max_length:

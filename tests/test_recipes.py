@@ -115,6 +115,8 @@ def test_a_run_marks_the_models_own_pooling_and_says_what_applied(tiny_model_dir
     assert "normalizes its embeddings (Normalize); poolkit's features are not normalized" \
         in result.output
     assert "prompt 'query : ' prepended to every text" in result.output
+    assert "max length 12 tokens: the model's limit, where its sentence-transformers folder " \
+        "keeps its max_seq_length" in result.output
     assert "max (own)" in result.output and "(own) = the pooling the model was trained with" \
         in result.output
     summary = pd.read_csv(out / "summary.csv").set_index("pooler")
