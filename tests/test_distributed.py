@@ -77,17 +77,21 @@ def test_two_processes_write_the_entry_and_results_one_process_does(setting):
 
 
 @pytest.mark.slow
-def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
+@pytest.mark.parametrize("after", [2, 5], ids=["mid-encoding", "after-its-share"])
+def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting, after):
+    """Rank 1 dies after its 2nd batch, or after the last of its 5 (its whole share, before
+    the barrier): a plain re-run encodes only what is missing and gives the same bytes."""
     root = setting["root"]
-    cache, out = root / "cache-killed", root / "killed"
-    died = torchrun(FAULT, "die", 1, 2, "--", *setting["args"], "--out", out, "--cache-dir",
+    cache, out = root / f"cache-killed-{after}", root / f"killed-{after}"
+    died = torchrun(FAULT, "die", 1, after, "--", *setting["args"], "--out", out, "--cache-dir",
                     cache, env=setting["env"])
     assert died.returncode != 0
+    assert not (out / "results.csv").exists()
     (partial,) = cache.glob("*.partial")
     records = [json.loads(p.read_text()) for p in partial.glob("progress*.json")]
     done = set().union(*({int(b) for b in r["done"]} for r in records))
     total = records[0]["plan"]["batches"]
-    assert 2 <= len(done) < total
+    assert after <= len(done) <= total
 
     resumed = poolkit(*setting["args"], "--out", out, "--cache-dir", cache, env=setting["env"])
     assert resumed.returncode == 0, resumed.stderr
@@ -96,6 +100,26 @@ def test_a_rank_killed_mid_encoding_resumes_with_one_process(setting):
     assert left and (int(left[1]), int(left[2])) == (total - len(done), total)
     assert sha256(entry(cache) / "tokens.bin") == setting["tokens"]
     assert (out / "results.csv").read_bytes() == setting["results"]
+
+
+@pytest.mark.slow
+def test_a_plain_run_and_a_torchrun_on_one_cache_at_once_agree(setting):
+    """Started together on one --cache-dir (issue 27, class 4): each finishes, one entry
+    is left, and both give the one-process bytes."""
+    root = setting["root"]
+    cache = root / "cache-together"
+    common = [*setting["args"], "--cache-dir", cache]
+    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node", "2", "-m", "poolkit", *map(str, common),
+                              "--out", str(root / "together-two")], env=setting["env"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plain = poolkit(*common, "--out", root / "together-one", env=setting["env"])
+    _, ranks_err = ranks.communicate(timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert ranks.returncode == 0, ranks_err
+    assert sha256(entry(cache) / "tokens.bin") == setting["tokens"]
+    for out in ("together-one", "together-two"):
+        assert (root / out / "results.csv").read_bytes() == setting["results"]
 
 
 @pytest.mark.slow
