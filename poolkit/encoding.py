@@ -12,7 +12,7 @@ from .batching import plan_batches
 from .cache import (CacheDamaged, CacheWriter, PooledWriter, entry_name, find_entry,
                     find_pooled_entry, free_disk, open_entry, parse_budget, pooled_name,
                     token_cache_bytes)
-from .errors import PoolkitError, one_line
+from .errors import ModelFailed, PoolkitError, one_line
 from .identity import RunIdentity, pooler_fingerprint
 from .isolation import DEFAULT_TIMEOUT
 from .tokenization import tokenize
@@ -232,8 +232,8 @@ def encode_to_cache(
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 # the model's own forward failing (shapes, an input it wants, memory): one
                 # line naming the model; what was encoded before is kept (below)
-                raise PoolkitError(f"model '{encoder.name}' failed while encoding: "
-                                   f"{one_line(exc)}") from None
+                raise ModelFailed(f"model '{encoder.name}' failed while encoding: "
+                                  f"{one_line(exc)}") from None
             if ranks > 1:
                 writer.checkpoint(sync=True)
         except BaseException:

@@ -9,6 +9,11 @@ class PoolkitError(Exception):
     """
 
 
+class ModelFailed(PoolkitError):
+    """A model's own forward failed while encoding (an input it wants, a shape, memory):
+    with several models, that model fails alone."""
+
+
 class PluginFailure(Exception):
     """Plugin code failed: raised, exited, hung, or broke its contract.
 

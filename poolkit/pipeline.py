@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .errors import PoolkitError
+from .errors import ModelFailed, PoolkitError
 from .identity import RunIdentity, pooler_fingerprint, splits_digest
 
 
@@ -706,9 +706,9 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
                              log=log, folds=len(dataset.folds), subfolder=label)
             parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,
                                                       store, log))
-        except PoolkitError as exc:
-            # one model of several failing mid-run (its forward, its cache) fails alone: the
-            # others' results are written, exit 3 (under torchrun every rank stops instead)
+        except ModelFailed as exc:
+            # one model of several failing mid-run (its own forward) fails alone: the others'
+            # results are written, exit 3 (under torchrun every rank stops instead)
             if label is None or distributed.world_size() > 1:
                 raise
             log(f"error: model {label} failed: {exc}")
