@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,31 @@ def test_a_checkpoint_is_used_only_intact_by_its_own_job(encoder, tmp_path):
     mean = build_model(encoder, FeatureSet("attention", plugin_pooler("attention"), (2,), False,
                                            32, True, finetuned=True), 3, seed=1)
     assert saved.load(mean) is None and "do not fit the model" in warnings[-1]
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_last_one_whole(encoder, tmp_path,
+                                                                       monkeypatch):
+    """A kill between the new checkpoint's bytes and its rename (what SIGKILL leaves:
+    the temp file half or wholly written, never renamed) keeps the last checkpoint whole
+    and usable: its epoch is resumed from, and the stray temp file is ignored."""
+    import poolkit.files
+
+    model, saved, warnings = _checkpointed(encoder, tmp_path)
+    optimizer = optimizer_for(model, 2e-5, 1e-3, 0.01)
+    killed = []
+
+    def killed_before_rename(source, target):
+        killed.append(Path(source).stat().st_size)
+        raise KeyboardInterrupt  # as far as the file system knows, the process is gone
+
+    monkeypatch.setattr(poolkit.files.os, "replace", killed_before_rename)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)  # no clean-up
+    with pytest.raises(KeyboardInterrupt):
+        saved.save(model, None, optimizer, {"epoch": 2, "step": 2})
+    monkeypatch.undo()
+    assert killed and len(list(tmp_path.glob(".job.checkpoint.safetensors.*.tmp"))) == 1
+    tensors, record = saved.load(model)
+    assert record["epoch"] == 1 and warnings == []
 
 
 def test_steps_move_the_weights_as_torch_adamw_with_the_trainers_schedule(encoder):
