@@ -376,7 +376,8 @@ def _load_checked(name: str, path: str, trust_remote_code: bool):
     except Exception as exc:
         where = (" (the Hugging Face Hub is out of reach from here and it is not in the local "
                  "Hugging Face cache; give a local model folder)" if offline else "")
-        raise PoolkitError(f"could not load model '{name}'{where}: {one_line(exc)}") from None
+        raise PoolkitError(f"could not load model '{name}'{where}: {one_line(exc)}"
+                           f"{_remote_code_hint(exc, trust_remote_code)}") from None
     if getattr(config, "is_encoder_decoder", False):
         kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
         raise PoolkitError(
@@ -387,6 +388,14 @@ def _load_checked(name: str, path: str, trust_remote_code: bool):
     if not getattr(tokenizer, "is_fast", False):
         raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
     return config, tokenizer
+
+
+def _remote_code_hint(exc: Exception, trusted: bool) -> str:
+    """What to do when transformers refused a model's own code."""
+    if trusted or not any(word in str(exc) for word in ("custom code", "trust_remote_code")):
+        return ""
+    return (" (the model runs code of its own, from its folder or repository: give "
+            "--trust-remote-code if you trust it)")
 
 
 def _load_model(encoder: Encoder):

@@ -187,3 +187,45 @@ def test_a_decoder_without_a_pad_token_pads_under_its_mask(tiny, tmp_path):
             alone = encoder.model(input_ids=ids).last_hidden_state[0].numpy()
         start = cache.starts[i]
         np.testing.assert_allclose(cache.states()[start : start + len(alone)], alone, atol=1e-5)
+
+
+def _remote_code_folder(tiny_model_dir, folder):
+    """The tiny BERT as a model type transformers does not know, with its own code in the
+    folder (``auto_map``), as a Hub repository with remote code has it."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "custom_bert.py").write_text(
+        "from transformers import BertConfig, BertModel\n\n\n"
+        "class TinyCustomConfig(BertConfig):\n    model_type = 'tiny-custom'\n\n\n"
+        "class TinyCustomModel(BertModel):\n    config_class = TinyCustomConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tiny-custom", architectures=["TinyCustomModel"],
+                  auto_map={"AutoConfig": "custom_bert.TinyCustomConfig",
+                            "AutoModel": "custom_bert.TinyCustomModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    import poolkit
+    from poolkit.errors import PoolkitError
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = _remote_code_folder(tiny_model_dir, tmp_path / "custom")
+    with pytest.raises(PoolkitError, match=r"could not load model .*custom.*--trust-remote-code"):
+        poolkit.pool(TEXTS, ["mean"], model=str(folder))
+    features = poolkit.pool(TEXTS, ["mean"], model=str(folder), trust_remote_code=True)
+    reference = poolkit.pool(TEXTS, ["mean"], model=str(tiny_model_dir))
+    np.testing.assert_allclose(features["mean"], reference["mean"], atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "qwen2"])
+def test_a_max_length_past_a_decoders_positions_is_one_line(tiny, model_type):
+    import poolkit
+    from poolkit.errors import PoolkitError
+
+    with pytest.raises(PoolkitError, match=r"--max-length 999 exceeds model .* limit 128"):
+        poolkit.pool(TEXTS, ["mean"], model=str(tiny(model_type)), max_length=999)
