@@ -109,8 +109,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         text_pair_col=text_pair_col, save_models=save_models,
         trust_remote_code=trust_remote_code,
         attn_implementation=None if attn_implementation == "auto" else attn_implementation,
-        prompt=prompt, out=out, cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
-        predictions=predictions, pooler_timeout=pooler_timeout, progress=progress)
+        prompt=prompt, out=out, cache_dir=cache_dir, cache_mode=cache_mode,
+        cache_budget=cache_budget, predictions=predictions, pooler_timeout=pooler_timeout,
+        progress=progress)
     return run_config(config, log=log)
 
 

@@ -63,10 +63,10 @@ class PoolkitGroup(click.Group):
             ) from None
 
 
-
 #: The table's legend for a pooler marked "(own)".
 OWN = ("(own) = the pooling the model was trained with, as its sentence-transformers "
        "folder says; ")
+
 
 @click.group(cls=PoolkitGroup)
 @click.version_option(package_name="poolkit")

@@ -89,7 +89,8 @@ def test_a_decoder_pools_last_token_and_mean_as_its_own_forward_does(tiny, model
 
     folder = tiny(model_type)
     got = poolkit.pool(TEXTS, ["last_token", "mean"], model=str(folder), cache_dtype="fp32")
-    model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     for i, text in enumerate(TEXTS):
         ids = tokenizer(text, return_tensors="pt")["input_ids"]  # (the tiny tokenizer is
         with torch.no_grad():  # BERT's: its token_type_ids would go into GPT-2's wte)

@@ -26,7 +26,8 @@ def st_folder(tiny_model_dir, folder, mode="mean", prompts=None, length=12):
     BERT, ``mode`` pooling, Normalize, ``length`` tokens per text, ``prompts``."""
     from sentence_transformers import SentenceTransformer
     try:  # sentence-transformers 6
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
+                                                                         Transformer)
     except ImportError:
         from sentence_transformers.models import Normalize, Pooling, Transformer
 

@@ -67,7 +67,8 @@ def text_architectures() -> tuple:
         MODEL_MAPPING_NAMES,
     )
 
-    text = set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) | set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    text = (set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+            | set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES))
     encoders, decoders = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
