@@ -58,14 +58,18 @@ def pick_device(device=None) -> str:
     return str(device)
 
 
-def default_batch_tokens(device: str) -> int:
+def default_batch_tokens(device: str, hidden_size: int = 384) -> int:
     """Padded tokens per encoder batch.
 
     On a CPU, batches of about 1k tokens keep each layer's activations in the
     caches (see benchmarks/results/encode-cpu.md); a GPU wants large batches to
-    fill its cores.
+    fill its cores: 65,536 tokens up to 1,024 wide, fewer for wider models (a
+    4,096-wide 7-8 B decoder: 16,384), so a batch's activations and the states
+    it returns stay a few GB whatever the width.
     """
-    return 65536 if device.startswith("cuda") else 1024
+    if not device.startswith("cuda"):
+        return 1024
+    return 65536 * 1024 // max(1024, hidden_size)
 
 
 def encode_to_cache(
@@ -169,7 +173,8 @@ def encode_to_cache(
                 "longest first" if ids.pair_starts is not None else
                 "texts are longer than {} tokens and were truncated").format(encoder.max_length)
         log(f"warning: {truncated} of {len(texts)} {what} (--max-length)")
-    plan = plan_batches(ids.lengths, max_batch_tokens or default_batch_tokens(device), max_texts)
+    plan = plan_batches(ids.lengths, max_batch_tokens
+                        or default_batch_tokens(device, encoder.hidden_size), max_texts)
     sizes = {"tokens": token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers),
                                          dtype)}
     if wanted is not None:

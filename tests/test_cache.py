@@ -201,3 +201,12 @@ def test_batches_written_in_any_order_by_several_writers_give_the_same_entry(tin
 
     for file in ("tokens.bin", "index.npz", "meta.json"):
         assert (entry.path / file).read_bytes() == (fresh.path / file).read_bytes(), file
+
+
+def test_a_gpu_batch_holds_fewer_tokens_for_wider_models():
+    from poolkit.encoding import default_batch_tokens
+
+    assert default_batch_tokens("cpu", 4096) == default_batch_tokens("cpu") == 1024
+    assert default_batch_tokens("cuda") == default_batch_tokens("cuda:1", 1024) == 65536
+    assert default_batch_tokens("cuda", 4096) == 16384  # a 7-8 B decoder's width
+    assert default_batch_tokens("cuda", 3584) * 3584 <= 65536 * 1024
