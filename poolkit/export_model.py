@@ -153,7 +153,10 @@ def _write_sentence_transformers(classifier, out: Path, mode: str) -> None:
                       activation_function=torch.nn.Identity(),
                       init_weight=model.classifier.weight.detach().clone(),
                       init_bias=model.classifier.bias.detach().clone())
-        SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").save(
+        prompt = classifier.encoder.prompt  # the run's --prompt: its default prompt there
+        SentenceTransformer(modules=[transformer, pooling, dense], device="cpu",
+                            prompts={"poolkit": prompt} if prompt else None,
+                            default_prompt_name="poolkit" if prompt else None).save(
             str(out), create_model_card=False)
 
 
@@ -162,7 +165,8 @@ def _write_about(classifier, out: Path, fmt: str, run_dir: Path, name: str) -> N
     labels = _labels(classifier)
     about = {"labels": {str(i): label for i, label in labels.items()}, "set": classifier.set_id,
              "format": fmt, "run": str(run_dir.resolve()),
-             "max_length": classifier.encoder.max_length}
+             "max_length": classifier.encoder.max_length,
+             **({"prompt": classifier.encoder.prompt} if classifier.encoder.prompt else {})}
     (out / "poolkit.json").write_text(json.dumps(about, indent=2) + "\n")
     table = "\n".join(f"| {i} | {label} |" for i, label in labels.items())
     use = ('from transformers import pipeline\n'
@@ -178,4 +182,7 @@ def _write_about(classifier, out: Path, fmt: str, run_dir: Path, name: str) -> N
         "\"Use the winner\").\n\n"
         "Logit *i* is label id *i*:\n\n| id | label |\n|---:|:--|\n"
         f"{table}\n\n```python\n{use}\n```\n\n"
-        f"Texts are cut at {classifier.encoder.max_length} tokens, as the run cut them.\n")
+        f"Texts are cut at {classifier.encoder.max_length} tokens, as the run cut them.\n"
+        + (f"\nThe run prepended {classifier.encoder.prompt!r} to every text: "
+           + ("the model's default prompt does.\n" if fmt != "hf" else
+              "prepend it to yours.\n") if classifier.encoder.prompt else ""))

@@ -315,3 +315,22 @@ def test_a_run_without_a_finished_set_is_one_line(tmp_path, finished):
     (run / "settings.json").write_text(json.dumps({"data": None}))  # an older poolkit's
     result = invoke(["export-model", run, "-o", tmp_path / "m"])
     assert result.exit_code == 1 and "written by an older poolkit" in result.output
+
+
+@pytest.mark.slow
+def test_a_runs_prompt_goes_with_its_sentence_transformers_export(tmp_path, tiny_model_dir):
+    """A run with --prompt: its exported sentence-transformers model prepends the prompt by
+    default, so its logits are the ones poolkit.load gives."""
+    st = pytest.importorskip("sentence_transformers")
+    import poolkit
+
+    run, _ = _run(tmp_path, tiny_model_dir, poolers=("mean",), prompt="the plot : ")
+    out = tmp_path / "st"
+    result = invoke(["export-model", run, "--set", "mean@2", "-o", out,
+                     "--format", "sentence-transformers"])
+    assert result.exit_code == 0, result.output
+    model = st.SentenceTransformer(str(out), device="cpu")
+    ours = poolkit.load(run, "mean@2").logits(TEXTS)
+    np.testing.assert_allclose(model.encode(TEXTS), ours, atol=1e-4)
+    assert np.abs(model.encode(TEXTS, prompt="") - ours).max() > 1e-3  # the prompt matters
+    assert json.loads((out / "poolkit.json").read_text())["prompt"] == "the plot : "
