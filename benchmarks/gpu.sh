@@ -64,6 +64,10 @@ transformers.__version__)"; } >>"$log" 2>&1
     timeout 150 python3 benchmarks/encode.py --device cuda --repeats 3 >>"$log" 2>&1
     cp benchmarks/results/encode-cuda*.md "$OUT"/ 2>/dev/null
 
+    step "SDPA against eager attention (benchmarks/attention.py --device cuda)"
+    timeout 120 python3 benchmarks/attention.py --device cuda --repeats 2 >>"$log" 2>&1
+    cp benchmarks/results/attention-cuda*.md "$OUT"/ 2>/dev/null
+
     step "fine-tuning steps (benchmarks/finetune.py --device cuda)"
     timeout 120 python3 benchmarks/finetune.py --device cuda --texts 1024 >>"$log" 2>&1
     cp benchmarks/results/finetune-cuda*.md "$OUT"/ 2>/dev/null
