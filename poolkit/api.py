@@ -39,8 +39,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
                                "'poolkit run', trained with each head")
     config = RunConfig(model=model, max_length=max_length, device=device, cache_dir=cache_dir,
                        cache_dtype=cache_dtype, precision=precision,
-                       attn_implementation=None if attn_implementation == "auto"
-                       else attn_implementation, prompt=prompt,
+                       attn_implementation=attn_implementation, prompt=prompt,
                        trust_remote_code=trust_remote_code)
     config.validate()
     encoded = pipeline.encode(config, chosen.selected, texts, max_texts=batch_size)
@@ -108,7 +107,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
         text_pair_col=text_pair_col, save_models=save_models,
         trust_remote_code=trust_remote_code,
-        attn_implementation=None if attn_implementation == "auto" else attn_implementation,
+        attn_implementation=attn_implementation,
         prompt=prompt, out=out, cache_dir=cache_dir, cache_mode=cache_mode,
         cache_budget=cache_budget, predictions=predictions, pooler_timeout=pooler_timeout,
         progress=progress)

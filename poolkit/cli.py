@@ -230,7 +230,7 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
         text_pair_col=text_pair_col, save_models=save_models,
         empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code,
-        attn_implementation=None if attn_implementation == "auto" else attn_implementation,
+        attn_implementation=attn_implementation,
         prompt=prompt, out=out,
         cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
         predictions=predictions, pooler_timeout=pooler_timeout,

