@@ -638,7 +638,7 @@ def _recipe_record(recipe) -> dict | None:
 def _given(config: RunConfig, *names) -> dict:
     """The options ``names`` that were given (not ``None``): settings and recipe name
     them only then, so a run without them writes the files it wrote before they existed."""
-    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+    return _known(**{name: getattr(config, name) for name in names})
 
 
 def _report_failure(log, feature_set, reason: str, label=None) -> None:

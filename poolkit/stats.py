@@ -210,8 +210,10 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
             warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a fold
             per_fold = {name: np.nanmean([by_fold for _, by_fold in scored[name]], axis=0)
                         for name in names}
-    diffs = {m: np.array([values[names[i]][m] for i in ia])
-             - np.array([values[names[j]][m] for j in ib]) for m in metrics}
+    # per metric: each pair's a and b values, and their difference
+    sides = {m: (np.array([values[names[i]][m] for i in ia]),
+                 np.array([values[names[j]][m] for j in ib])) for m in metrics}
+    diffs = [a - b for a, b in sides.values()]
 
     # (K, B) per metric: each name's resamples contiguous, so pairs gather by rows
     by_metric = [np.ascontiguousarray(means[:, :, i].T) for i in range(len(metrics))]
@@ -223,7 +225,7 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
         fancy-indexed column gather: each pair's resamples contiguous (its sums' bits)."""
         m, block = job
         d = (by_metric[m][ia[block]] - by_metric[m][ib[block]]).T
-        return (*_quantiles(d, alpha), *_p_values(d, diffs[list(metrics)[m]][block]))
+        return (*_quantiles(d, alpha), *_p_values(d, diffs[m][block]))
 
     # Blocks of pairs reuse memory (fresh pages cost more than the sums); numpy leaves the
     # GIL in these sorts and sums: one thread per core. Each pair's numbers are its own,
@@ -234,9 +236,7 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     spreads = [[np.concatenate([found[part] for found in done[m::len(metrics)]])
                 for part in range(4)] for m in range(len(metrics))]
     for m_index, m in enumerate(metrics):
-        a_values = np.array([values[names[i]][m] for i in ia])
-        b_values = np.array([values[names[i]][m] for i in ib])
-        diff = diffs[m]
+        (a_values, b_values), diff = sides[m], diffs[m_index]
         low, high, p, se = spreads[m_index]
         if fold_ids.size > 1:
             by_fold = np.stack([per_fold[names[i]][:, m_index] - per_fold[names[j]][:, m_index]
