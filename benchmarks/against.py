@@ -68,7 +68,6 @@ def main():
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: poolkit run's
 
     import pandas as pd
-
     from common import save
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,11 +26,11 @@ def main():
 
     import numpy as np
     import pandas as pd
-
     from common import save
-    from poolkit.data import load_default_examples
-    from poolkit.encoding import encode_to_cache, pick_device
-    from poolkit.model import load_encoder
+
+    from poolkit.data.readers import load_default_examples
+    from poolkit.encoding.encode import encode_to_cache, pick_device
+    from poolkit.encoding.model import load_encoder
 
     device = pick_device(args.device)
     texts = load_default_examples()[0][: args.texts]

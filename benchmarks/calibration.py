@@ -3,9 +3,9 @@
 Each simulated dataset is a random subsample (without replacement) of the default
 data's items with their pooled features from the default model (``mean`` of the
 last layer). On it, poolkit's own path runs: stratified ``--folds`` folds
-(:func:`poolkit.data.cross_folds`), its linear heads trained per fold
-(:func:`poolkit.linear_heads.train_heads`), the out-of-fold probabilities
-assembled, and :func:`poolkit.stats.compare` with Holm's correction.
+(:func:`poolkit.data.folds.cross_folds`), its linear heads trained per fold
+(:func:`poolkit.heads.linear.train_heads`), the out-of-fold probabilities
+assembled, and :func:`poolkit.evaluation.stats.compare` with Holm's correction.
 
 - **Null**: ``copies`` copies of the feature set, each with its own seeded
   Gaussian noise (``--null-noise`` × each dimension's std), compared pairwise.
@@ -24,8 +24,8 @@ Each rate comes with its exact (Clopper-Pearson) 95% binomial interval.
 
 ``--across`` calibrates the cross-task verdict of ``poolkit suite`` instead
 (:func:`simulate_across`): simulated suites of ``--tasks`` tasks, each task's
-paired tests by :func:`poolkit.stats.compare`, the verdict by
-:func:`poolkit.across.verdict` exactly as a suite computes it.
+paired tests by :func:`poolkit.evaluation.stats.compare`, the verdict by
+:func:`poolkit.evaluation.across.verdict` exactly as a suite computes it.
 
     python benchmarks/calibration.py --across [--suites 1000] [--tasks 4] [--items 500]
 """
@@ -48,12 +48,12 @@ def noisy(x: np.ndarray, scale: float, seed) -> np.ndarray:
 
 def cross_fitted(sets: dict, labels: np.ndarray, folds: int, seed: int, head=None) -> tuple:
     """Out-of-fold probabilities ``{name: (1, n, C)}`` of poolkit's linear heads
-    (one seed; ``head`` a :class:`~poolkit.heads.HeadConfig`, default poolkit's) on
+    (one seed; ``head`` a :class:`~poolkit.heads.base.HeadConfig`, default poolkit's) on
     ``sets`` ``{name: (n, D)}``, as ``poolkit run --folds`` makes them, and what
-    :func:`poolkit.stats.compare` needs to know of the folds (as a run passes it)."""
-    from poolkit.data import cross_folds
-    from poolkit.heads import HeadConfig, HeadTask
-    from poolkit.linear_heads import train_heads
+    :func:`poolkit.evaluation.stats.compare` needs to know of the folds (as a run passes it)."""
+    from poolkit.data.folds import cross_folds
+    from poolkit.heads.base import HeadConfig, HeadTask
+    from poolkit.heads.linear import train_heads
 
     num_labels = int(labels.max()) + 1
     out = {name: np.empty((1, len(labels), num_labels)) for name in sets}
@@ -78,8 +78,8 @@ def simulate(x: np.ndarray, labels: np.ndarray, *, datasets: int, items: int, fo
     the names of the metrics to test (default all of them). Returns ``{"null": {...}, "planted": {...}}`` with,
     per test, how many datasets rejected (any pair, after Holm).
     """
-    from poolkit.metrics import METRICS
-    from poolkit.stats import compare
+    from poolkit.evaluation.metrics import METRICS
+    from poolkit.evaluation.stats import compare
 
     chosen = {m: METRICS[m] for m in (metrics or METRICS)}
     tests = [*chosen, "mcnemar"]
@@ -152,9 +152,9 @@ def simulate_across(*, suites: int, tasks: int, items: int, gap: float, n_boot: 
     under the planted scenario, a vs b alone. Also the mean accuracy gap planted."""
     import pandas as pd
 
-    from poolkit.across import random_effects, verdict
-    from poolkit.metrics import METRICS
-    from poolkit.stats import compare, holm
+    from poolkit.evaluation.across import random_effects, verdict
+    from poolkit.evaluation.metrics import METRICS
+    from poolkit.evaluation.stats import compare, holm
 
     accuracy = {"accuracy": METRICS["accuracy"]}
     found = {}
@@ -216,7 +216,7 @@ def default_features(pooler: str = "mean"):
     """``(features (N, D), label ids (N,))`` of ``pooler`` on the last layer of the
     default model over the default data, through poolkit's stages (cache reused)."""
     from poolkit.config import RunConfig
-    from poolkit.pipeline import encode, load_data, pool, resolve_poolers
+    from poolkit.pipeline.stages import encode, load_data, pool, resolve_poolers
 
     config = RunConfig(poolers=(pooler,), folds=1)
     poolers = resolve_poolers(config.poolers)
@@ -300,7 +300,6 @@ def main():
 
 def across_main(args) -> None:
     import pandas as pd
-
     from common import save
 
     items = 500 if args.items == 2000 else args.items  # --items' per-task default
@@ -321,8 +320,8 @@ def across_main(args) -> None:
         f"{n} simulated suites per scenario, each of {args.tasks} binary tasks of {items} items; "
         "each name's probabilities are the items' shared latent score plus its own Gaussian "
         f"noise (sd 1, or 1 - {args.gap} for the better name), so equal noise is exchangeable",
-        f"each task: poolkit.stats.compare (paired bootstrap, B = {n_boot}); the suite: "
-        "poolkit.across.verdict, as poolkit suite computes it; alpha 0.05",
+        f"each task: poolkit.evaluation.stats.compare (paired bootstrap, B = {n_boot}); the suite: "
+        "poolkit.evaluation.across.verdict, as poolkit suite computes it; alpha 0.05",
         "null rows: a suite counts once if any pair (3 pairs, Holm) or Friedman rejects, "
         "the family-wise rate; 'random gaps' has one pair, a's noise 1 - g and b's 1 on a "
         f"task where g ~ N(0, {args.gap}) is positive, the other way round where negative: a "

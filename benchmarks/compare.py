@@ -66,11 +66,11 @@ def main():
     args = parser.parse_args()
 
     import pandas as pd
-
     from common import save
-    from poolkit.data import load_dataset
-    from poolkit.model import load_encoder
-    from poolkit.pipeline import resolve_poolers
+
+    from poolkit.data.dataset import load_dataset
+    from poolkit.encoding.model import load_encoder
+    from poolkit.pipeline.stages import resolve_poolers
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "POOLKIT_CACHE_DIR": f"{tmp}/cache", "CI": "1"}

@@ -1,4 +1,4 @@
-"""The comparison stage (``poolkit.stats.compare``) of this checkout against commit REF,
+"""The comparison stage (``poolkit.evaluation.stats.compare``) of this checkout against commit REF,
 side by side on the shape of the README's layer sweep: 64 feature sets x 3 seeds on 487
 test items (2,016 pairs x 7 metrics, B = 10,000), or ``--folds 5`` for cross-fitting.
 
@@ -56,7 +56,6 @@ def main():
     args = parser.parse_args()
 
     import pandas as pd
-
     from common import save
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,13 +28,13 @@ def main():
 
     import pandas as pd
     import torch
+    from common import encoder_flops, matmul_flops, save
     from sentence_transformers import SentenceTransformer
 
-    from common import encoder_flops, matmul_flops, save
-    from poolkit.data import load_default_examples
-    from poolkit.encoding import encode_to_cache, pick_device
-    from poolkit.model import default_model_path, load_encoder
-    from poolkit.tokenization import tokenize
+    from poolkit.data.readers import load_default_examples
+    from poolkit.encoding.encode import encode_to_cache, pick_device
+    from poolkit.encoding.model import default_model_path, load_encoder
+    from poolkit.encoding.tokenization import tokenize
 
     device = pick_device(args.device)
     texts = load_default_examples()[0][: args.texts]

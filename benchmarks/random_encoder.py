@@ -15,7 +15,7 @@ def write_random_copy(out) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from poolkit.model import default_model_path
+    from poolkit.encoding.model import default_model_path
 
     source = default_model_path()
     torch.manual_seed(0)

@@ -111,7 +111,7 @@ def make_data(n: int, path: Path) -> Path:
     perturbed by a numbered suffix (`` (1)``, `` (2)``, ...) so no two texts are equal."""
     import pandas as pd
 
-    from poolkit.data import load_default_examples
+    from poolkit.data.readers import load_default_examples
 
     base_texts, base_labels = load_default_examples()
     texts = [t if i < len(base_texts) else f"{t} ({i // len(base_texts)})"
@@ -137,7 +137,6 @@ def main():
 
     import numpy as np
     import pandas as pd
-
     from common import save
 
     modes = [int(x) for x in args.modes.split(",") if x]
@@ -235,7 +234,6 @@ def cache_modes(sizes):
     """Part 3: each cache mode's entry size and peak RSS at ``sizes`` texts, then the
     projection to 1M and 100M documents."""
     import pandas as pd
-
     from common import save
 
     rows = []
@@ -312,7 +310,6 @@ def projection(measured):
     """scaling-projection.md: disk per mode and encoder time for 1M and 100M documents,
     from this machine's measured rate (``measured``: a tokens-mode row)."""
     import pandas as pd
-
     from common import save
 
     # the measured model: 6 layers, hidden 384, its texts' mean length

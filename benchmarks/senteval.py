@@ -10,8 +10,8 @@
      lbfgs stopped at its default 100 iterations;
    - ``sklearn-optimum``: the same fits run to their optimum (float64,
      ``tol=1e-10``, ``max_iter=10_000``);
-   - ``batched``: :func:`poolkit.probe_heads.senteval_probe`, the 66 problems of a
-     fold solved at once by :mod:`poolkit.logistic`.
+   - ``batched``: :func:`poolkit.heads.probes.senteval_probe`, the 66 problems of a
+     fold solved at once by :mod:`poolkit.heads.logistic`.
 
    Each with its seconds, the ``C`` it chose, its test accuracy, and how many test
    items it predicts differently from ``batched``.
@@ -66,11 +66,11 @@ def main():
     args = parser.parse_args()
 
     import pandas as pd
+    from common import save
 
     import poolkit
-    from common import save
-    from poolkit.data import load_dataset
-    from poolkit.probe_heads import SENTEVAL_C, senteval_probe
+    from poolkit.data.dataset import load_dataset
+    from poolkit.heads.probes import SENTEVAL_C, senteval_probe
 
     dataset = load_dataset(folds=10, validation_size=0.0)
     features = poolkit.pool(dataset.texts, POOLERS)  # warms the cache for the command too

@@ -81,8 +81,8 @@ def main():
     import shutil
 
     import poolkit
-    from poolkit.export_model import export_model
-    from poolkit.final import predictions_frame
+    from poolkit.winner.export_model import export_model
+    from poolkit.winner.final import predictions_frame
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

@@ -1,3 +1,3 @@
-from .cli import main
+from poolkit.cli import main
 
 main()

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from .errors import Interrupted, PoolkitError
-from .heads import FineTuneConfig, HeadConfig
-from .isolation import DEFAULT_TIMEOUT
+from poolkit.errors import Interrupted, PoolkitError
+from poolkit.heads.base import FineTuneConfig, HeadConfig
+from poolkit.pooling.isolation import DEFAULT_TIMEOUT
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
 
@@ -22,8 +22,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     texts: ``texts`` a list of ``(text, text_pair)`` tuples. ``attn_implementation``,
     ``prompt`` and ``trust_remote_code`` as in :func:`run`.
     """
-    from . import pipeline
-    from .config import RunConfig
+    from poolkit.config import RunConfig
+    from poolkit.pipeline import stages as pipeline
 
     texts = list(texts)
     def is_pair(item):
@@ -62,7 +62,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
         encoding="utf-8",
         trust_remote_code=False, attn_implementation=None, prompt=None,
         pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
-    """Run the whole comparison; return a :class:`~poolkit.pipeline.RunResult`.
+    """Run the whole comparison; return a :class:`~poolkit.pipeline.stages.RunResult`.
 
     Its ``results`` has a row per pooler × layer × seed and a column per
     metric; ``summary`` the intervals and significance groups; ``pairs`` the
@@ -73,7 +73,7 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     ``"default"``, ``"senteval"``, ``"mteb"``; ``metric``: the primary metric;
     ``baseline``: compare every pooler with this one only;
     ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; ``finetune``: ``True`` or a
-    :class:`~poolkit.heads.FineTuneConfig` adds every pooler fine-tuned with the
+    :class:`~poolkit.heads.base.FineTuneConfig` adds every pooler fine-tuned with the
     encoder (``encoder`` column ``finetuned``), ``save_models`` keeps their weights;
     ``max_train_texts`` caps each fold's training texts, ``max_texts`` the data
     (a stratified subset before any split); ``label_pattern`` derives each label
@@ -90,8 +90,8 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     every text). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
     once what finished is saved; the same call then resumes.
     """
-    from .config import RunConfig
-    from .metrics import PRIMARY
+    from poolkit.config import RunConfig
+    from poolkit.evaluation.metrics import PRIMARY
 
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
@@ -116,8 +116,9 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
 
 def run_config(config, log=None):
     """:func:`run` for a :class:`~poolkit.config.RunConfig`, as the CLI calls it."""
-    from . import distributed, pipeline
-    from .isolation import handlers
+    from poolkit.encoding import distributed
+    from poolkit.pipeline import stages as pipeline
+    from poolkit.pooling.isolation import handlers
 
     with handlers():
         try:
@@ -138,11 +139,11 @@ def run_config(config, log=None):
 
 def suite(suite=None, *, out=None, log=None, **options):
     """Run a suite of tasks and the verdict across them; return a
-    :class:`~poolkit.suites.SuiteResult`.
+    :class:`~poolkit.pipeline.suites.SuiteResult`.
 
     ``suite`` is a suite file (TOML; ``None``: the embedded default suite) or a
-    :class:`~poolkit.suites.Suite`. ``options`` are the suite-wide options
-    (:data:`~poolkit.suites.SUITE_OPTIONS`: ``model``, ``poolers``, ``seeds``,
+    :class:`~poolkit.pipeline.suites.Suite`. ``options`` are the suite-wide options
+    (:data:`~poolkit.pipeline.suites.SUITE_OPTIONS`: ``model``, ``poolers``, ``seeds``,
     ``folds``, ``protocol``, ``finetune``, ``metric``, ``baseline``, cache
     options, ...), over the file's ``[defaults]``. Each task's run directory is
     ``out/<task>``; the verdict's files (suite.csv, ranks.csv, across_pairs.csv,
@@ -150,7 +151,7 @@ def suite(suite=None, *, out=None, log=None, **options):
     ``poolkit-runs/suite-<name>-<hash>``). A task that fails is in ``missing``
     with its reason, and the verdict covers the others.
     """
-    from .suites import Suite, read_suite, run_suite
+    from poolkit.pipeline.suites import Suite, read_suite, run_suite
 
     chosen = suite if isinstance(suite, Suite) else read_suite(suite)
     return run_suite(chosen, options, out=out, log=log)
@@ -158,7 +159,7 @@ def suite(suite=None, *, out=None, log=None, **options):
 
 def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=None):
     """The final model of one feature set of a finished run, for labelling new texts: a
-    :class:`~poolkit.final.Classifier` with ``predict(texts)`` (label names) and
+    :class:`~poolkit.winner.final.Classifier` with ``predict(texts)`` (label names) and
     ``predict_proba(texts)`` (columns in ``classes_`` order, the run's labels.json).
 
     ``set`` is a feature set id (``mean@6``) or a pooler with one finished set; default
@@ -167,7 +168,7 @@ def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=Non
     kept in ``run_dir/heads``. ``force``: use a pooler whose plugin changed since the
     run (with a warning) instead of refusing it.
     """
-    from .final import load as load_final
+    from poolkit.winner.final import load as load_final
 
     return load_final(run_dir, set, cache_dir=cache_dir, device=device, force=force,
                       log=log or (lambda message: None))

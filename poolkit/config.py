@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PoolkitError
-from .heads import FineTuneConfig, HeadConfig
-from .isolation import DEFAULT_TIMEOUT
-from .metrics import PRIMARY
+from poolkit.errors import PoolkitError
+from poolkit.evaluation.metrics import PRIMARY
+from poolkit.heads.base import FineTuneConfig, HeadConfig
+from poolkit.pooling.isolation import DEFAULT_TIMEOUT
 
 #: The most head seeds a run takes (each seed is a head per feature set).
 MAX_SEEDS = 1000
@@ -27,11 +27,11 @@ class RunConfig:
     embedded defaults; ``poolers=None`` every registered pooler (names or
     :class:`~poolkit.Pooler` instances); ``seeds`` a count N (seeds 0..N-1) or the
     seeds (``None``: the protocol's); ``layers`` a ``--layers`` spec (default the
-    last layer); ``protocol`` a name in :data:`~poolkit.protocols.PROTOCOLS`,
+    last layer); ``protocol`` a name in :data:`~poolkit.evaluation.protocols.PROTOCOLS`,
     ``folds`` its number of folds (``None``: the protocol's; 1: one split);
     ``metric`` the primary metric (ranking, groups); ``baseline`` a feature set
     (``pooler@layer``, or a pooler name) every other is compared with;
-    ``finetune`` (a :class:`~poolkit.finetune.FineTuneConfig`) adds each pooler
+    ``finetune`` (a :class:`~poolkit.heads.finetune.FineTuneConfig`) adds each pooler
     fine-tuned with the encoder; ``max_train_texts`` caps each fold's training
     part (a stratified subset, for every head); ``max_texts`` caps the data
     itself (a stratified subset, before any split); ``label_pattern`` derives
@@ -89,8 +89,8 @@ class RunConfig:
             object.__setattr__(self, "attn_implementation", None)
 
     def plan(self) -> tuple:
-        """``(protocol, folds)``: the :class:`~poolkit.protocols.Protocol` and its number of folds."""
-        from .protocols import resolve
+        """``(protocol, folds)``: the :class:`~poolkit.evaluation.protocols.Protocol` and its number of folds."""
+        from poolkit.evaluation.protocols import resolve
 
         protocol, folds, _ = resolve(self.protocol, self.folds, self.seeds, self.test_data)
         return protocol, folds
@@ -107,9 +107,9 @@ class RunConfig:
         return models
 
     def encoder(self, model=None):
-        """The :class:`~poolkit.model.Encoder` of ``model`` (one of :meth:`model_list`)
+        """The :class:`~poolkit.encoding.model.Encoder` of ``model`` (one of :meth:`model_list`)
         under this run's encoder options."""
-        from .model import load_encoder
+        from poolkit.encoding.model import load_encoder
 
         return load_encoder(model, max_length=self.max_length,
                             trust_remote_code=self.trust_remote_code,
@@ -118,7 +118,7 @@ class RunConfig:
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
         the protocol's)."""
-        from .protocols import resolve
+        from poolkit.evaluation.protocols import resolve
 
         seeds = resolve(self.protocol, self.folds, self.seeds, self.test_data)[2]
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
@@ -137,7 +137,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse, with one line naming the option, a setting out of its range."""
-        from .metrics import METRICS
+        from poolkit.evaluation.metrics import METRICS
 
         if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(
                 self.folds, (int, np.integer)) or self.folds < 1):
@@ -146,7 +146,7 @@ class RunConfig:
         self.plan()
         self.seed_list()
         self.model_list()
-        from .model import attention_asked
+        from poolkit.encoding.model import attention_asked
 
         attention_asked(self.attn_implementation)
         if self.metric not in METRICS:
@@ -157,13 +157,13 @@ class RunConfig:
             if self.plan()[0].name != "default":
                 raise PoolkitError(f"--finetune trains poolkit's heads; the {self.protocol} "
                                    "protocol trains scikit-learn probes (leave out --protocol)")
-        from .encoding import CACHE_MODES
+        from poolkit.encoding.encode import CACHE_MODES
 
         if self.cache_mode not in CACHE_MODES:
             raise PoolkitError(f"--cache-mode {self.cache_mode}: use one of "
                                f"{', '.join(CACHE_MODES)}")
         if self.cache_budget is not None:
-            from .cache import parse_budget
+            from poolkit.encoding.cache import parse_budget
 
             try:
                 parse_budget(self.cache_budget)
@@ -211,7 +211,7 @@ class RunConfig:
         import os
         from dataclasses import asdict, is_dataclass
 
-        from .pooler import Pooler
+        from poolkit.pooling.pooler import Pooler
 
         out = {"cwd": os.getcwd()}
         for f in fields(self):

@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import PoolkitError
+from poolkit.errors import PoolkitError
 
 
 def write_atomic(path, data) -> None:

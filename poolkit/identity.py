@@ -61,7 +61,7 @@ def splits_digest(dataset) -> str:
 def pooler_fingerprint(pooler) -> str:
     """Hash of the pooler's class and the source file that defines it: a saved head
     is reused only while its plugin's code is unchanged."""
-    from . import __version__
+    from poolkit import __version__
 
     cls = type(pooler)
     hashed = hashlib.sha256(f"poolkit {__version__} {cls.__module__}.{cls.__qualname__}".encode())
@@ -93,7 +93,7 @@ class RunIdentity:
     @staticmethod
     def entry_key(encoder: dict, texts, compute: str, dtype: str) -> tuple[str, dict]:
         """``(key, identity)`` of the cache entry of ``texts`` under an encoder whose
-        :meth:`~poolkit.model.Encoder.identity` is ``encoder``, computed in ``compute``
+        :meth:`~poolkit.encoding.model.Encoder.identity` is ``encoder``, computed in ``compute``
         precision and stored as ``dtype``. ``identity`` is what the entry records."""
         identity = {**encoder, "texts": texts_digest(texts), "num_texts": len(texts),
                     "compute": compute}

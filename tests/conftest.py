@@ -115,7 +115,7 @@ def hf_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
     """The tiny model as poolkit loads it: what ``Pooler.setup`` receives."""
-    from poolkit.model import load_encoder
+    from poolkit.encoding.model import load_encoder
 
     return load_encoder(str(tiny_model_dir))
 
@@ -156,7 +156,7 @@ def forward_calls(monkeypatch):
 @pytest.fixture(scope="session")
 def builtin_poolers(tiny_encoder):
     """``{name: pooler}`` for the built-ins as users get them, set up with the tiny model."""
-    from poolkit.manager import collect_poolers, get_plugin_manager
+    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
     pm = get_plugin_manager()
     found = collect_poolers(pm)

@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from poolkit.across import nemenyi_p, random_effects, rank_tests, sentences, task_ranks, verdict
+from poolkit.evaluation.across import (
+    nemenyi_p,
+    random_effects,
+    rank_tests,
+    sentences,
+    task_ranks,
+    verdict,
+)
 
 
 def test_friedmans_statistic_matches_scipy_with_and_without_ties():

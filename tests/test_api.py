@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ALL_POOLERS, BUILTIN_POOLERS, TINY_LAYER, hf_forward
 from torch.testing import assert_close
 
 import poolkit
-from conftest import ALL_POOLERS, BUILTIN_POOLERS, TINY_LAYER, hf_forward
-from poolkit.cache import HiddenStateCache, default_cache_dir
-from poolkit.manager import collect_poolers, get_plugin_manager
-from poolkit.metrics import METRICS
-from poolkit.heads import HeadConfig
+from poolkit.encoding.cache import HiddenStateCache, default_cache_dir
+from poolkit.evaluation.metrics import METRICS
+from poolkit.heads.base import HeadConfig
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
 LONG_TEXT = " ".join(["the film was very good but the plot was dull"] * 8)  # > 64 tokens
 TEXTS = [

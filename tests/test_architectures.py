@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FIXED_POOLERS, invoke, make_rows
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from architectures import (KNOWN_FAILURES, NEEDS_MORE, build, text_architectures,  # noqa: E402
-                           try_architecture)
+from architectures import KNOWN_FAILURES, NEEDS_MORE, build, text_architectures, try_architecture  # noqa: E402
 
 #: Encoders transformers has no SDPA kernel for: before issue 29 poolkit asked for SDPA and
 #: none of them loaded.
@@ -41,7 +39,7 @@ def tiny(tmp_path_factory, tiny_model_dir):
 @pytest.mark.parametrize("model_type", ["mpnet", "deberta-v2"])
 def test_an_encoder_without_sdpa_loads_with_eager_attention_and_pools(tiny, model_type):
     import poolkit
-    from poolkit.model import load_encoder
+    from poolkit.encoding.model import load_encoder
 
     folder = tiny(model_type)
     encoder = load_encoder(str(folder))
@@ -129,7 +127,7 @@ def test_the_architecture_matrix(tmp_path, tiny_model_dir):
     and a 2-fold run on each one that pools. Fails if SDPA is forced again (the NO_SDPA
     encoders would not load)."""
     import poolkit
-    from poolkit.heads import HeadConfig
+    from poolkit.heads.base import HeadConfig
 
     encoders, decoders = text_architectures()
     data = tmp_path / "d.csv"
@@ -175,8 +173,8 @@ def test_a_decoder_without_a_pad_token_pads_under_its_mask(tiny, tmp_path):
     (what fills the padding never reaches a real token, as the mask keeps it out)."""
     import torch
 
-    from poolkit.encoding import encode_to_cache
-    from poolkit.model import load_encoder
+    from poolkit.encoding.encode import encode_to_cache
+    from poolkit.encoding.model import load_encoder
 
     encoder = load_encoder(str(tiny("gpt2")))
     encoder.tokenizer.pad_token = None

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import invoke, make_rows
 
 USAGE = 2  # click's exit code for a bad option
@@ -405,7 +404,7 @@ def test_truncation_warning_counts_the_long_texts(tiny_model_dir, hf_tokenizer, 
     ("./models/bert", True), ("../bert", True), ("/models/bert", True), ("~/bert", True),
     ("models/bert/base", True), ("models/", True), (".", True)])
 def test_a_model_name_that_can_only_be_a_folder_is_checked_before_transformers(name, path):
-    from poolkit.model import _looks_like_path
+    from poolkit.encoding.model import _looks_like_path
 
     assert _looks_like_path(name) is path
 
@@ -415,8 +414,8 @@ def test_counting_long_texts_leaves_transformers_quiet(tiny_model_dir):
     maximum" is not printed: poolkit truncates, counts and warns itself."""
     import logging
 
-    from poolkit.model import load_encoder
-    from poolkit.tokenization import tokenize
+    from poolkit.encoding.model import load_encoder
+    from poolkit.encoding.tokenization import tokenize
 
     class Recorder(logging.Handler):
         messages = []
@@ -519,9 +518,9 @@ def test_a_full_disk_under_out_is_one_line_and_leaves_no_temp_files(tiny_model_d
 
 def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
         tiny_model_dir, tmp_path, monkeypatch):
-    import poolkit.cache
+    import poolkit.encoding.cache
 
-    real_write = poolkit.cache.CacheWriter.write
+    real_write = poolkit.encoding.cache.CacheWriter.write
     calls = []
 
     def write_until_full(self, batch, states):
@@ -530,7 +529,7 @@ def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
             _no_space()
         return real_write(self, batch, states)
 
-    monkeypatch.setattr(poolkit.cache.CacheWriter, "write", write_until_full)
+    monkeypatch.setattr(poolkit.encoding.cache.CacheWriter, "write", write_until_full)
     cache = tmp_path / "cache"
     data = _csv(tmp_path / "d.csv", _rows(400))  # several encoder batches
     result = invoke(["run", "--data", data, "--model", tiny_model_dir,
@@ -546,7 +545,7 @@ def test_a_full_disk_under_the_cache_is_one_line_and_frees_the_partial_entry(
 def test_a_hub_model_name_out_of_reach_is_one_line_naming_the_cause(small_csv, monkeypatch):
     """No network (offline mode, as poolkit sets it when the Hub does not answer): one line
     that says the Hub is out of reach and the model not cached, not a minute of retries."""
-    from poolkit.model import offline_unless_hub_reachable
+    from poolkit.encoding.model import offline_unless_hub_reachable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert offline_unless_hub_reachable("some-org/no-such-model")

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import BUILTIN_POOLERS, hf_forward
 from torch.testing import assert_close
 
-from conftest import BUILTIN_POOLERS, hf_forward
-from poolkit.cache import HiddenStateCache
+from poolkit.encoding.cache import HiddenStateCache
+from poolkit.encoding.encode import encode_to_cache
+from poolkit.encoding.model import load_encoder
 from poolkit.errors import PoolkitError
 from poolkit.identity import texts_digest
-from poolkit.encoding import encode_to_cache
-from poolkit.model import load_encoder
-from poolkit.features import pool_cache, setup_poolers
-from poolkit.manager import collect_poolers, get_plugin_manager
+from poolkit.pooling.features import pool_cache, setup_poolers
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
 TEXTS = [
     "fun",
@@ -83,7 +83,7 @@ def test_pooling_does_not_depend_on_the_pooling_batch_size(cache, tiny_model_dir
 def test_without_a_progress_bar_encoding_logs_progress_lines(tiny_model_dir, tmp_path,
                                                              monkeypatch):
     """A batch job's log (stderr not a terminal) still hears from a long encoding."""
-    import poolkit.encoding as encoding
+    import poolkit.encoding.encode as encoding
 
     encoder = load_encoder(str(tiny_model_dir))
 
@@ -117,9 +117,9 @@ def test_a_crash_while_encoding_resumes_from_the_last_complete_batch(
 ):
     from transformers import BertModel
 
-    import poolkit.encoding
+    import poolkit.encoding.encode
 
-    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(poolkit.encoding.encode, "CHECKPOINT_EVERY", 1)
     original = BertModel.forward
     calls = []
 
@@ -168,10 +168,10 @@ def test_batches_written_in_any_order_by_several_writers_give_the_same_entry(tin
     """The batch plan fixes every batch's rows before encoding: one writer doing the
     odd batches backwards, then another (a resume) doing the even ones, give the bytes
     of a plain in-order encoding."""
-    from poolkit.batching import plan_batches
-    from poolkit.cache import CacheWriter, entry_name
-    from poolkit.encoding import encode_batches
-    from poolkit.tokenization import tokenize
+    from poolkit.encoding.batching import plan_batches
+    from poolkit.encoding.cache import CacheWriter, entry_name
+    from poolkit.encoding.encode import encode_batches
+    from poolkit.encoding.tokenization import tokenize
 
     encoder = load_encoder(str(tiny_model_dir))
     fresh, _ = encode_to_cache(encoder, TEXTS, tmp_path / "fresh", max_texts=1)
@@ -204,7 +204,7 @@ def test_batches_written_in_any_order_by_several_writers_give_the_same_entry(tin
 
 
 def test_a_gpu_batch_holds_fewer_tokens_for_wider_models():
-    from poolkit.encoding import default_batch_tokens
+    from poolkit.encoding.encode import default_batch_tokens
 
     assert default_batch_tokens("cpu", 4096) == default_batch_tokens("cpu") == 1024
     assert default_batch_tokens("cuda") == default_batch_tokens("cuda:1", 1024) == 65536

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import poolkit.encoding
-from poolkit.cache import CacheDamaged, HiddenStateCache
-from poolkit.encoding import encode_to_cache
-from poolkit.model import load_encoder
+import poolkit.encoding.encode
+from poolkit.encoding.cache import CacheDamaged, HiddenStateCache
+from poolkit.encoding.encode import encode_to_cache
+from poolkit.encoding.model import load_encoder
 
 TEXTS = [
     "good",
@@ -138,7 +138,7 @@ def _interrupted(encoder, root, monkeypatch, at_batch):
     """Encode into ``root`` with a KeyboardInterrupt at encoder batch ``at_batch``."""
     from transformers import BertModel
 
-    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(poolkit.encoding.encode, "CHECKPOINT_EVERY", 1)
     original = BertModel.forward
     calls = []
 

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BROKEN_PLUGINS_DIR, FIXED_POOLERS, PLUGINS_DIR, invoke, make_rows
 
 import poolkit
-from conftest import BROKEN_PLUGINS_DIR, FIXED_POOLERS, PLUGINS_DIR, invoke, make_rows
-from poolkit.cache import PooledCache, parse_budget
+from poolkit.encoding.cache import PooledCache, parse_budget
 from poolkit.errors import PoolkitError
 
 
@@ -34,10 +34,10 @@ def entries(root):
 @pytest.mark.slow
 def test_pooled_and_tokens_modes_give_the_same_features_and_results(data, tiny_model_dir,
                                                                     tmp_path):
-    from poolkit.cache import HiddenStateCache
-    from poolkit.features import pool_cache, setup_poolers
-    from poolkit.manager import collect_poolers, get_plugin_manager
-    from poolkit.model import load_encoder
+    from poolkit.encoding.cache import HiddenStateCache
+    from poolkit.encoding.model import load_encoder
+    from poolkit.pooling.features import pool_cache, setup_poolers
+    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
     tokens = run(data, tiny_model_dir, tmp_path / "t", cache_mode="tokens", layers="all")
     pooled = run(data, tiny_model_dir, tmp_path / "p", cache_mode="pooled", layers="all")
@@ -56,7 +56,7 @@ def test_pooled_and_tokens_modes_give_the_same_features_and_results(data, tiny_m
     pm = get_plugin_manager()
     registered = {n: p for n, (p, _) in collect_poolers(pm).items()}
     specs, _ = setup_poolers(registered, encoder)
-    from poolkit.features import feature_sets
+    from poolkit.pooling.features import feature_sets
 
     sets, _ = feature_sets({n: registered[n] for n in FIXED_POOLERS + ("first_last_avg",)},
                            specs, [0, 1, 2], 2)
@@ -159,9 +159,9 @@ def test_an_interrupted_pooled_encoding_resumes(data, tiny_model_dir, tmp_path, 
 
     from transformers import BertModel
 
-    import poolkit.encoding
+    import poolkit.encoding.encode
 
-    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(poolkit.encoding.encode, "CHECKPOINT_EVERY", 1)
     original, calls = BertModel.forward, []
 
     @functools.wraps(original)

@@ -33,7 +33,7 @@ def test_noisy_copies_differ_by_the_asked_scale_and_are_seeded():
 @pytest.mark.slow
 def test_null_pairs_rarely_reject_and_a_planted_difference_is_found():
     x, y = synthetic()
-    from poolkit.heads import HeadConfig
+    from poolkit.heads.base import HeadConfig
 
     # a larger step and fewer epochs than poolkit's defaults keep the test short
     found = simulate(x, y, datasets=20, items=400, folds=3, copies=3, null_noise=0.5,

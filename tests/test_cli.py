@@ -7,10 +7,10 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows, modules_after_help
+
 from poolkit.cli import cli
-from poolkit.metrics import METRICS
+from poolkit.evaluation.metrics import METRICS
 
 EXPORT_NAMES = {  # how each format spells the pooler names
     "csv": ALL_POOLERS, "md": ALL_POOLERS, "json": ALL_POOLERS, "html": ALL_POOLERS,

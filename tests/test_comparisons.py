@@ -18,9 +18,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, make_rows
-from poolkit.metrics import METRICS
+
+from poolkit.evaluation.metrics import METRICS
 
 POOLERS = "cls,mean,first_last_avg,attention"
 #: Feature sets of POOLERS with --layers -2..-1 on the 2-layer tiny model.
@@ -73,7 +73,7 @@ def feature_id(frame):
 
 @pytest.fixture(scope="module")
 def dataset(main_run):
-    from poolkit.data import load_dataset
+    from poolkit.data.dataset import load_dataset
 
     return load_dataset(main_run["data"], folds=FOLDS)
 
@@ -90,7 +90,7 @@ def y_test(dataset):
 @pytest.mark.slow
 def test_summary_means_and_stds_are_over_seeds_and_intervals_over_items_and_seeds(tables,
                                                                                   y_test):
-    from poolkit.stats import compare
+    from poolkit.evaluation.stats import compare
 
     results, summary, predictions = tables["results"], tables["summary"], tables["predictions"]
     assert sorted(feature_id(summary)) == sorted(IDS)
@@ -395,17 +395,17 @@ def test_a_resumed_run_reproduces_its_tables_byte_for_byte(main_run, tmp_path):
 def test_a_rerun_that_trains_nothing_compares_nothing_and_writes_the_same_bytes(
         tmp_path, tiny_model_dir, small_csv, monkeypatch):
     import poolkit
-    import poolkit.stats
-    from poolkit.heads import HeadConfig
+    import poolkit.evaluation.stats
+    from poolkit.heads.base import HeadConfig
 
     calls = []
-    original = poolkit.stats.compare
+    original = poolkit.evaluation.stats.compare
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(poolkit.stats, "compare", counting)
+    monkeypatch.setattr(poolkit.evaluation.stats, "compare", counting)
     out = tmp_path / "run"
     options = dict(model=str(tiny_model_dir), poolers=("cls", "mean"), folds=3, seeds=2, out=out,
                    head=HeadConfig(max_epochs=5))

@@ -6,10 +6,10 @@ poolers broken in the ways plugins get pooling wrong.
 
 import pytest
 import torch
-
 from conftest import ALL_POOLERS, BUILTIN_POOLERS, plugin_pooler
+
 from poolkit import Pooler
-from poolkit.manager import collect_poolers, get_plugin_manager
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 from poolkit.testing import PoolerContractError, check_pooler
 
 #: The plugins shipped after the first four.

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_rows
+
 from poolkit import PoolkitError
-from poolkit.data import load_dataset, read_table
+from poolkit.data.dataset import load_dataset
+from poolkit.data.readers import read_table
 
 TRICKY_TEXTS = ['a "quoted" film, with commas', "tab\tinside", "line\nbreak", "ünïcode é"]
 
@@ -266,7 +267,7 @@ def test_empty_and_null_texts_are_the_empty_ones(tmp_path):
 def test_files_in_another_encoding_read_with_encoding(tmp_path, encoding, name):
     import gzip
 
-    from poolkit.data import read_table
+    from poolkit.data.readers import read_table
 
     rows = [("café crème", "pos"), ("thé noir", "neg")]
     if name.endswith(".jsonl"):
@@ -284,7 +285,7 @@ def test_files_in_another_encoding_read_with_encoding(tmp_path, encoding, name):
 
 
 def test_orange_tab_files_lose_their_types_and_flags_rows(tmp_path):
-    from poolkit.data import read_examples
+    from poolkit.data.readers import read_examples
 
     orange = ("text\tlabel\tsource\nstring\tdiscrete\ts\nmeta\tclass\tmeta\n"
               "a fine film\tpos\tx\na dull film\tneg\ty\n")

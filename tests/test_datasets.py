@@ -4,10 +4,10 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import invoke, make_rows
+
 from poolkit import PoolkitError
-from poolkit.data import load_dataset
+from poolkit.data.dataset import load_dataset
 
 datasets = pytest.importorskip("datasets")
 
@@ -23,7 +23,7 @@ def save(frame, folder, class_names=None):
 
 @pytest.fixture(scope="module")
 def default_frame():
-    from poolkit.data import load_default_examples
+    from poolkit.data.readers import load_default_examples
 
     texts, labels = load_default_examples()
     return pd.DataFrame({"text": texts, "label": labels})

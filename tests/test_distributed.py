@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TESTS_DIR, make_rows
 
 FAULT = TESTS_DIR / "helpers" / "rank_fault.py"
@@ -234,8 +233,8 @@ def test_accelerate_launch_writes_what_one_process_does(setting):
 
 
 def test_rank_zero_refuses_a_batch_whose_bytes_fail_their_checksum(tmp_path):
-    from poolkit.batching import plan_batches
-    from poolkit.cache import CacheWriter
+    from poolkit.encoding.batching import plan_batches
+    from poolkit.encoding.cache import CacheWriter
 
     plan = plan_batches([3, 2, 2, 1], max_tokens=4)
     assert len(plan) == 3

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import invoke, make_rows, plugin_pooler
-from poolkit.features import FeatureSet
-from poolkit.finetune import build_model, lr_factor, optimizer_for, train_step
-from poolkit.heads import FineTuneConfig
-from poolkit.model import load_encoder
+
+from poolkit.encoding.model import load_encoder
+from poolkit.heads.base import FineTuneConfig
+from poolkit.heads.finetune import build_model, lr_factor, optimizer_for, train_step
+from poolkit.pooling.features import FeatureSet
 
 TEXTS = ["the movie was good", "awful plot", "a very very dull film and a boring story",
          "loved it", "it was not fun"]
@@ -117,7 +117,7 @@ def test_a_trainable_pooler_trains_its_module_and_a_combining_one_reads_its_laye
 
 def _checkpointed(encoder, tmp_path, job="cls@2-ft seed 0"):
     """A model after one step, its checkpoint saved, and the warnings of loading it."""
-    from poolkit.finetune import Checkpoints
+    from poolkit.heads.finetune import Checkpoints
 
     model = build_model(encoder, feature_set("cls"), 3, seed=1)
     optimizer = optimizer_for(model, 2e-5, 1e-3, 0.01)
@@ -134,7 +134,7 @@ def _checkpointed(encoder, tmp_path, job="cls@2-ft seed 0"):
 def test_a_checkpoint_is_used_only_intact_by_its_own_job(encoder, tmp_path):
     """On 421099a an edited checkpoint, or another job's of the same run (seed 1's
     copied over seed 0's), was loaded and resumed from without a word."""
-    from poolkit.finetune import Checkpoints
+    from poolkit.heads.finetune import Checkpoints
 
     model, saved, warnings = _checkpointed(encoder, tmp_path)
     tensors, record = saved.load(model)
@@ -271,7 +271,7 @@ def test_run_shows_frozen_and_finetuned_side_by_side(data_csv, tiny_model_dir, t
         assert "classifier.weight" in saved.keys()
         assert "encoder.pooler.dense.weight" in saved.keys()
     assert not list((out / "heads").glob("*.checkpoint.safetensors"))
-    from poolkit.plot import _row_labels, plot_run, read_summary
+    from poolkit.winner.plot import _row_labels, plot_run, read_summary
 
     assert "max (fine-tuned)" in _row_labels(read_summary(out))
     assert [path.name for path in plot_run(out, formats=("png",))] == ["accuracy.png"]

@@ -1,4 +1,4 @@
-"""Every hook in poolkit/hookspecs.py, called through a real plugin file; and the
+"""Every hook in poolkit/pooling/hookspecs.py, called through a real plugin file; and the
 meta-test that keeps it so: a hook without a ``test_hook_<name>`` here, or whose
 exact signature the README does not show, fails it (as datasette's test_docs does)."""
 
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import PLUGINS_DIR
-from poolkit import hookspecs
-from poolkit.manager import collect_poolers, get_plugin_manager
+
+from poolkit.pooling import hookspecs
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -16,7 +16,6 @@ import threading
 import pandas as pd
 import pytest
 import torch
-
 from conftest import BROKEN_PLUGINS_DIR, invoke, make_rows, plugins_dir_with
 
 PLUGINS_FAILED = 3
@@ -149,7 +148,7 @@ def test_torch_default_dtype_changed_at_import_is_restored(clean, tiny_model_dir
 
 def test_plugin_code_turns_every_failure_into_one_line_and_restores_torch():
     from poolkit.errors import PluginFailure
-    from poolkit.isolation import plugin_code, torch_state
+    from poolkit.pooling.isolation import plugin_code, torch_state
 
     other_threads = 1 if torch.get_num_threads() != 1 else 2
     cases = {

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ALL_POOLERS, TINY_LAYER, count_forward, invoke, make_rows
 from pandas.testing import assert_frame_equal
 
 import poolkit
-from conftest import ALL_POOLERS, TINY_LAYER, count_forward, invoke, make_rows
 from poolkit.errors import PoolkitError
-from poolkit.metrics import METRICS
-from poolkit.heads import HeadConfig
+from poolkit.evaluation.metrics import METRICS
+from poolkit.heads.base import HeadConfig
 
 HEAD = HeadConfig(max_epochs=5)
 #: Poolers of the last-layer run after a sweep: one per layer, plus one on layers 1 and 2.
@@ -103,7 +103,7 @@ TEXTS = [
     (None, [2]),
 ])
 def test_parse_layers(spec, expected):
-    from poolkit.layers import parse_layers
+    from poolkit.encoding.layers import parse_layers
 
     assert parse_layers(spec, 2) == expected
 
@@ -120,7 +120,7 @@ def test_parse_layers(spec, expected):
     ("1.5", "1.5"),
 ])
 def test_parse_layers_rejects_bad_specs_in_one_line(spec, culprit):
-    from poolkit.layers import parse_layers
+    from poolkit.encoding.layers import parse_layers
 
     with pytest.raises(PoolkitError) as info:
         parse_layers(spec, 2)
@@ -134,8 +134,8 @@ def test_parse_layers_rejects_bad_specs_in_one_line(spec, culprit):
 @pytest.fixture(scope="module")
 def sweep_cache(tiny_model_dir, tmp_path_factory):
     """``encode_to_cache`` of TEXTS with layers 0..2, fp32, in several small batches."""
-    from poolkit.encoding import encode_to_cache
-    from poolkit.model import load_encoder
+    from poolkit.encoding.encode import encode_to_cache
+    from poolkit.encoding.model import load_encoder
 
     root = tmp_path_factory.mktemp("layer-cache")
     encoder = load_encoder(str(tiny_model_dir))
@@ -208,7 +208,7 @@ def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
         sweep_cache, hf_reference):
     """What trainable poolers standardize with: per dimension, over every real
     token of the texts (not per text, not counting padding), in chunks of texts."""
-    from poolkit.trainable_heads import token_standardization
+    from poolkit.heads.trainable import token_standardization
 
     cache = sweep_cache[0]
     states, _ = hf_reference
@@ -223,7 +223,7 @@ def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
 
 
 def test_a_subset_of_layers_reuses_the_sweep_entry(sweep_cache, forward_calls):
-    from poolkit.encoding import encode_to_cache
+    from poolkit.encoding.encode import encode_to_cache
 
     cache, _, encoder, root = sweep_cache
     for layers in ([2], [1], [0, 2], None):
@@ -238,8 +238,8 @@ def test_a_subset_of_layers_reuses_the_sweep_entry(sweep_cache, forward_calls):
 
 def test_multi_layer_and_per_layer_features_equal_hand_computation(tiny_model_dir, hf_reference,
                                                                    tmp_path):
-    from poolkit import pipeline
     from poolkit.config import RunConfig
+    from poolkit.pipeline import stages as pipeline
 
     states, _ = hf_reference
     poolers = pipeline.resolve_poolers(["first_last_avg", "mean", "cls"]).selected

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from poolkit import logistic
+from poolkit.heads import logistic
 
 ATOL = 1e-5
 
@@ -77,7 +77,7 @@ def test_senteval_probe_is_sklearns_inner_cross_validation():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from poolkit.probe_heads import SENTEVAL_C, senteval_probe
+    from poolkit.heads.probes import SENTEVAL_C, senteval_probe
 
     x, y = _problem(3, n=300, d=8, seed=4)
     y = y + 1  # label 0 has no item: the probe fits the labels it sees, as scikit-learn
@@ -99,7 +99,7 @@ def test_senteval_probe_is_sklearns_inner_cross_validation():
 
 
 def test_senteval_probe_needs_two_labels():
-    from poolkit.probe_heads import senteval_probe
+    from poolkit.heads.probes import senteval_probe
 
     x, y = _problem(2)
     with pytest.raises(ValueError, match="one label only"):

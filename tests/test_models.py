@@ -6,7 +6,6 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import invoke
 
 
@@ -124,8 +123,14 @@ def test_roberta_distilbert_and_electra_each_pooler_works_or_fails_alone(small_c
                                                                          tmp_path):
     """Non-BERT encoders built offline: DistilBERT and ELECTRA have no pooler weights,
     so their bert_pooler fails alone, named with its model; every other set is scored."""
-    from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                              RobertaConfig, RobertaModel)
+    from transformers import (
+        DistilBertConfig,
+        DistilBertModel,
+        ElectraConfig,
+        ElectraModel,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     vocab = len((tiny_model_dir / "vocab.txt").read_text().split())
     small = dict(vocab_size=vocab, num_hidden_layers=2, num_attention_heads=4,

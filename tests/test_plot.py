@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, modules_after_help
+
 from poolkit.errors import PoolkitError
-from poolkit.metrics import METRICS
-from poolkit.plot import dot_chart, layer_grid, layer_heatmap, plot_run, read_summary
+from poolkit.evaluation.metrics import METRICS
+from poolkit.winner.plot import dot_chart, layer_grid, layer_heatmap, plot_run, read_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

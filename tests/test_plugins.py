@@ -12,14 +12,19 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import (
+    BROKEN_PLUGINS_DIR,
+    BUILTIN_POOLERS,
+    PLUGINS_DIR,
+    TESTS_DIR,
+    hf_forward,
+    invoke,
+    plugins_dir_with,
+)
 from torch.testing import assert_close
 
 import poolkit
-from conftest import (
-    BROKEN_PLUGINS_DIR, BUILTIN_POOLERS, PLUGINS_DIR, TESTS_DIR, hf_forward, invoke,
-    plugins_dir_with,
-)
-from poolkit.manager import collect_poolers, get_plugin_manager
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
 FIRST_LAST = PLUGINS_DIR / "first_last.py"
 TEXTS = ["good film", "the plot was dull and the actor was poor", "fun"]
@@ -253,8 +258,8 @@ def test_pooler_breaking_its_contract_is_reported_by_name(tiny_model_dir, tmp_pa
 
 
 def test_pooler_writing_into_its_input_does_not_corrupt_the_others(tiny_model_dir, tmp_path):
-    from poolkit import pipeline
     from poolkit.config import RunConfig
+    from poolkit.pipeline import stages as pipeline
 
     folder = plugins_dir_with(tmp_path, broken("writes_input"))
     clean = poolkit.pool(TEXTS, ["mean"], model=str(tiny_model_dir), cache_dir=tmp_path / "c")

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ALL_POOLERS, BUILTIN_POOLERS, FIXED_POOLERS, hf_forward, plugin_pooler
 from torch.testing import assert_close
 
-from conftest import ALL_POOLERS, BUILTIN_POOLERS, FIXED_POOLERS, hf_forward, plugin_pooler
-from poolkit.manager import collect_poolers, get_plugin_manager
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
 TEXTS = [
     "good",
@@ -103,7 +103,7 @@ def test_bert_pooler_setup_refuses_a_model_without_pooler_weights(tiny_model_dir
 
     from transformers import BertConfig, BertModel
 
-    from poolkit.model import load_encoder
+    from poolkit.encoding.model import load_encoder
 
     folder = tmp_path / "no-pooler"
     model = BertModel(BertConfig.from_pretrained(tiny_model_dir), add_pooling_layer=False)
@@ -118,7 +118,7 @@ def test_bert_pooler_setup_refuses_a_model_without_pooler_weights(tiny_model_dir
 
 def test_bert_pooler_weights_come_from_the_checkpoint_without_building_the_model(tiny_encoder,
                                                                                  hf_model):
-    from poolkit.model import Encoder
+    from poolkit.encoding.model import Encoder
 
     fresh = Encoder(tiny_encoder.name, tiny_encoder.path, tiny_encoder.settings,
                     tiny_encoder.max_length)
@@ -266,7 +266,7 @@ def test_bert_pooler_reads_task_checkpoints_whose_keys_carry_the_base_model_pref
 
     from transformers import AutoModel, BertConfig, BertForPreTraining
 
-    from poolkit.model import load_encoder
+    from poolkit.encoding.model import load_encoder
 
     folder = tmp_path / "pretraining"
     torch.manual_seed(1)

@@ -12,13 +12,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PLUGINS_DIR, invoke, make_rows
 
 import poolkit
 from poolkit.errors import PoolkitError
-from poolkit.final import final_epochs
-from poolkit.heads import HeadConfig
-
-from conftest import PLUGINS_DIR, invoke, make_rows
+from poolkit.heads.base import HeadConfig
+from poolkit.winner.final import final_epochs
 
 POOLERS = ("cls", "mean", "bert_pooler", "attention")
 TEXTS = ["good fun movie", "awful dull plot that was really boring and not fun", "the film",
@@ -282,7 +281,7 @@ def test_a_finetuned_set_predicts_and_exports_with_its_kept_model(tmp_path, tiny
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from poolkit.heads import FineTuneConfig
+    from poolkit.heads.base import FineTuneConfig
 
     run, data = _run(tmp_path, tiny_model_dir, poolers=("bert_pooler",),
                      finetune=FineTuneConfig(epochs=1, batch_size=16), save_models=True)

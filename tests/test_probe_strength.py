@@ -24,8 +24,8 @@ def out_of_fold(features, labels, folds, fit_predict):
 
 
 def poolkit_head(labels):
-    from poolkit.heads import HeadConfig, HeadTask
-    from poolkit.linear_heads import train_heads
+    from poolkit.heads.base import HeadConfig, HeadTask
+    from poolkit.heads.linear import train_heads
 
     def fit_predict(x, splits):
         task = HeadTask(labels, splits, int(labels.max()) + 1, HeadConfig())
@@ -53,7 +53,7 @@ def tuned_logistic_regression(labels):
 @pytest.mark.slow
 @pytest.mark.parametrize("pooler", ["cls", "mean"])
 def test_poolkit_heads_score_within_two_points_of_a_tuned_logistic_regression(pooler):
-    from poolkit.data import cross_folds
+    from poolkit.data.folds import cross_folds
 
     fixture = np.load(FIXTURE, allow_pickle=False)
     x, labels = fixture[pooler].astype(np.float32), fixture["labels"]

@@ -10,11 +10,10 @@ NaN or inf, and the inputs are left untouched.
 
 import pytest
 import torch
+from conftest import FIXED_POOLERS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
-
-from conftest import FIXED_POOLERS
 
 HIDDEN = 32  # the tiny model's hidden size (bert_pooler uses its weights)
 MAX_LEN = 12

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import PLUGINS_DIR, invoke, make_rows
 
 # sklearn's "y_prob values do not sum to one" (float32 probe rows) must not come back
@@ -76,8 +75,8 @@ def test_mteb_probe_is_sklearn_logistic_regression_on_eight_items_per_label(tiny
     """The mteb recipe, rebuilt by hand: the same items drawn, the same probe."""
     from sklearn.linear_model import LogisticRegression
 
-    from poolkit.heads import HeadConfig, HeadTask
-    from poolkit.probe_heads import ProbeHeads, undersample
+    from poolkit.heads.base import HeadConfig, HeadTask
+    from poolkit.heads.probes import ProbeHeads, undersample
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
@@ -131,7 +130,7 @@ def test_installed_poolers_joining_a_default_run_are_named(data, tiny_model_dir,
     shutil.copy(PLUGINS_DIR / "first_last.py", site / "poolkit_test_joined_first_last.py")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delitem(sys.modules, "poolkit_test_joined_first_last", raising=False)
-    from poolkit.pipeline import resolve_poolers
+    from poolkit.pipeline.stages import resolve_poolers
 
     messages = []
     chosen = resolve_poolers(None, log=messages.append)

@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, make_rows
 
 pytest.importorskip("sentence_transformers")
@@ -26,8 +25,11 @@ def st_folder(tiny_model_dir, folder, mode="mean", prompts=None, length=12):
     BERT, ``mode`` pooling, Normalize, ``length`` tokens per text, ``prompts``."""
     from sentence_transformers import SentenceTransformer
     try:  # sentence-transformers 6
-        from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
-                                                                         Transformer)
+        from sentence_transformers.sentence_transformer.modules import (
+            Normalize,
+            Pooling,
+            Transformer,
+        )
     except ImportError:
         from sentence_transformers.models import Normalize, Pooling, Transformer
 
@@ -75,8 +77,8 @@ def test_an_older_folders_max_seq_length_is_the_default_length(tiny_model_dir, t
     sentence_bert_config.json and pooling in boolean keys; the tokenizer says 64."""
     from sentence_transformers import SentenceTransformer
 
-    from poolkit.model import load_encoder
     import poolkit
+    from poolkit.encoding.model import load_encoder
 
     folder = tmp_path / "old"
     shutil.copytree(tiny_model_dir, folder)
@@ -147,7 +149,7 @@ def test_the_default_model_is_its_own_recipe_on_texts_past_256_tokens():
     from sentence_transformers import SentenceTransformer
 
     import poolkit
-    from poolkit.model import default_model_path
+    from poolkit.encoding.model import default_model_path
 
     texts = [" ".join(["a remarkably long and winding review of a film"] * 40 + [str(i)])
              for i in range(4)] + ["a short one"]

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, make_rows
 
 import poolkit
-import poolkit.encoding
-import poolkit.linear_heads
-from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, make_rows
-from poolkit.heads import HeadConfig
-from poolkit.model import load_encoder
+import poolkit.encoding.encode
+import poolkit.heads.linear
+from poolkit.encoding.model import load_encoder
+from poolkit.heads.base import HeadConfig
 
 # A pooler that sleeps while pooling (when SLOW_POOLER_SECONDS is set), so that a
 # run spends a while after its cache is complete and before its heads are saved.
@@ -209,7 +209,7 @@ def test_interrupted_encoding_resumes_from_the_last_complete_batch(
     (at every checkpoint and by the interrupt handler) and never encoded again."""
     from transformers import BertModel
 
-    monkeypatch.setattr(poolkit.encoding, "CHECKPOINT_EVERY", every)
+    monkeypatch.setattr(poolkit.encoding.encode, "CHECKPOINT_EVERY", every)
     encoder = load_encoder(str(tiny_model_dir))
     batches = -(-len(RESUME_TEXTS) // 2)
     original = BertModel.forward
@@ -225,14 +225,14 @@ def test_interrupted_encoding_resumes_from_the_last_complete_batch(
     monkeypatch.setattr(BertModel, "forward", spy)
     root = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
-        poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
+        poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
     assert [p.name.endswith(".partial") for p in root.iterdir()] == [True]
 
     done = interrupt_at - 1  # batches finished before the interrupt
     calls.clear()
     interrupt_at = None  # the spy only counts from here on
     messages = []
-    resumed, ran = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2,
+    resumed, ran = poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2,
                                                    log=messages.append)
     assert ran
     assert len(calls) == batches - done, "finished batches were encoded again"
@@ -240,7 +240,7 @@ def test_interrupted_encoding_resumes_from_the_last_complete_batch(
             in messages)
     assert [p.name for p in root.iterdir()] == [resumed.path.name]
 
-    fresh, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
+    fresh, _ = poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
                                                max_texts=2)
     assert resumed.path.name == fresh.path.name
     assert (resumed.path / "tokens.bin").read_bytes() == (fresh.path / "tokens.bin").read_bytes()
@@ -266,15 +266,15 @@ def test_a_second_encoding_of_the_same_texts_meanwhile_does_not_break_the_first(
         calls.append(1)
         if len(calls) == 3:
             monkeypatch.setattr(BertModel, "forward", original)
-            second.append(poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root,
+            second.append(poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, root,
                                                           max_texts=2))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(BertModel, "forward", spy)
-    first, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
+    first, _ = poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, root, max_texts=2)
     (other, ran), = second
     assert ran
-    fresh, _ = poolkit.encoding.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
+    fresh, _ = poolkit.encoding.encode.encode_to_cache(encoder, RESUME_TEXTS, tmp_path / "fresh",
                                                max_texts=2)
     for entry in (first, other):
         assert (entry.path / "tokens.bin").read_bytes() == (
@@ -288,7 +288,7 @@ def test_a_second_encoding_of_the_same_texts_meanwhile_does_not_break_the_first(
 def trained(monkeypatch):
     """Records ``(sorted pooler names, seeds)`` of every real ``train_heads`` call."""
     calls = []
-    real = poolkit.linear_heads.train_heads
+    real = poolkit.heads.linear.train_heads
 
     @functools.wraps(real)
     def spy(features, task, seeds, *args, **kwargs):
@@ -297,7 +297,7 @@ def trained(monkeypatch):
         return real(features, task, seeds, *args, **kwargs)
 
     # LinearHeads looks train_heads up in its module when it trains.
-    monkeypatch.setattr(poolkit.linear_heads, "train_heads", spy)
+    monkeypatch.setattr(poolkit.heads.linear, "train_heads", spy)
     return calls
 
 

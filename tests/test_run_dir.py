@@ -17,7 +17,6 @@ import threading
 
 import pandas as pd
 import pytest
-
 from conftest import invoke, make_rows
 
 

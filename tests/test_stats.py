@@ -1,4 +1,4 @@
-"""Seed intervals, Holm correction, paired comparisons and rank groups (poolkit.stats).
+"""Seed intervals, Holm correction, paired comparisons and rank groups (poolkit.evaluation.stats).
 
 Each result is checked against an independent computation: scipy's t interval and
 binomial test, a hand-worked Holm example, hand-counted McNemar cells, a
@@ -10,16 +10,23 @@ import math
 import warnings
 
 import numpy as np
-import scipy.stats
 import pandas as pd
 import pytest
+import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from poolkit import stats
-from poolkit.metrics import METRICS, compute_metrics
-from poolkit.stats import METHODS, PAIR_COLUMNS, compare, holm, rank_groups, seed_interval
+from poolkit.evaluation import stats
+from poolkit.evaluation.metrics import METRICS, compute_metrics
+from poolkit.evaluation.stats import (
+    METHODS,
+    PAIR_COLUMNS,
+    compare,
+    holm,
+    rank_groups,
+    seed_interval,
+)
 
 
 def paired_comparisons(probabilities, y_true, **kwargs):
@@ -448,7 +455,7 @@ def test_the_primary_metric_ranks_and_decides_significance():
 
 
 def test_refit_variance_is_the_folds_spread_beyond_the_items_scaled_for_overlap():
-    from poolkit.stats import refit_variance
+    from poolkit.evaluation.stats import refit_variance
 
     by_fold = np.array([[0.1], [-0.1], [0.1], [-0.1], [0.0]])  # variance 0.01 (ddof 1)
     sizes = np.full(5, 100)
@@ -492,7 +499,8 @@ def test_cross_fitted_pairs_widen_by_the_fits_variance_and_only_then():
     ratio = widened["log_loss_se"] / plain.loc[swinging, "log_loss_se"]
     # the fits' variance is estimated from 5 folds: t with Satterthwaite's df, not normal
     from sklearn.metrics import log_loss
-    from poolkit.stats import refit_variance
+
+    from poolkit.evaluation.stats import refit_variance
 
     by_fold = [log_loss(y[folds == f], probs["a"][0][folds == f], labels=[0, 1])
                - log_loss(y[folds == f], probs["b"][0][folds == f], labels=[0, 1])
@@ -552,8 +560,8 @@ def test_quantiles_are_nanquantiles_bits_with_nan_and_all_nan_columns(shape, gap
 
 @pytest.mark.parametrize("n, ties", [(487, False), (487, True), (40, True), (3, False)])
 def test_the_pairwise_auc_gives_the_cumulative_sums_bits(n, ties, monkeypatch):
-    from poolkit import metrics
-    from poolkit.metrics import Resamples, Weighted
+    from poolkit.evaluation import metrics
+    from poolkit.evaluation.metrics import Resamples, Weighted
 
     rng = np.random.default_rng(n)
     y = rng.integers(0, 2, n)
@@ -581,7 +589,7 @@ def test_binomial_p_is_scipys_binomtest_to_the_bit():
 
 
 def test_blocks_of_pairs_and_groups_of_heads_do_not_change_the_result(monkeypatch):
-    from poolkit import metrics
+    from poolkit.evaluation import metrics
 
     rng = np.random.default_rng(11)
     y = rng.integers(0, 3, size=60)

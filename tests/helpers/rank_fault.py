@@ -11,15 +11,15 @@
 import os
 import sys
 
-import poolkit.encoding
-from poolkit.cache import CacheWriter
+import poolkit.encoding.encode
 from poolkit.cli import main
+from poolkit.encoding.cache import CacheWriter
 
 mode, *rest = sys.argv[1 : sys.argv.index("--")]
 sys.argv = ["poolkit", *sys.argv[sys.argv.index("--") + 1 :]]
 rank = int(os.environ["RANK"])
 if mode == "die" and rank == int(rest[0]):
-    poolkit.encoding.CHECKPOINT_EVERY = 1
+    poolkit.encoding.encode.CHECKPOINT_EVERY = 1
     write, limit = CacheWriter.write, int(rest[1])
 
     def write_then_die(self, batch, states):

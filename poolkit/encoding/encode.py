@@ -1,0 +1,408 @@
+"""Running the encoder once over a dataset into the hidden-state cache."""
+
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from poolkit.encoding.batching import plan_batches
+from poolkit.encoding.cache import (
+    CacheDamaged,
+    CacheWriter,
+    PooledWriter,
+    entry_name,
+    find_entry,
+    find_pooled_entry,
+    free_disk,
+    open_entry,
+    parse_budget,
+    pooled_name,
+    token_cache_bytes,
+)
+from poolkit.encoding.tokenization import tokenize
+from poolkit.errors import ModelFailed, PoolkitError, one_line
+from poolkit.identity import RunIdentity, pooler_fingerprint
+from poolkit.pooling.isolation import DEFAULT_TIMEOUT
+
+#: Batches between progress records of an encoding (what a resume restarts from).
+CHECKPOINT_EVERY = 16
+#: Seconds between progress lines of an encoding when there is no progress bar
+#: (stderr is not a terminal: a batch job's log, CI).
+PROGRESS_EVERY = 10.0
+PRECISIONS = ("bf16", "fp16", "fp32")
+#: ``--cache-mode``: what a cache entry stores (see :func:`encode_to_cache`)
+CACHE_MODES = ("auto", "tokens", "pooled")
+#: ``--cache-budget`` by default: this share of the cache folder's free disk
+DEFAULT_BUDGET = 0.5
+
+
+def pick_device(device=None) -> str:
+    """``device`` if given (checked: it must exist here), else CUDA when available, else CPU."""
+    import torch
+
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise PoolkitError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N"
+                           ) from None
+    if parsed.type == "cpu":
+        return str(device)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PoolkitError(f"--device {device}: no CUDA GPU is available here; use "
+                               "--device cpu or leave --device out")
+        if parsed.index is not None and parsed.index >= count:
+            raise PoolkitError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{count - 1}")
+        return str(device)
+    backend = getattr(torch, parsed.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        raise PoolkitError(f"--device {device}: no {parsed.type} device is available here; use "
+                           "--device cpu or leave --device out")
+    return str(device)
+
+
+def default_batch_tokens(device: str, hidden_size: int = 384) -> int:
+    """Padded tokens per encoder batch.
+
+    On a CPU, batches of about 1k tokens keep each layer's activations in the
+    caches (see benchmarks/results/encode-cpu.md); a GPU wants large batches to
+    fill its cores: 65,536 tokens up to 1,024 wide, fewer for wider models (a
+    4,096-wide 7-8 B decoder: 16,384), so a batch's activations and the states
+    it returns stay a few GB whatever the width.
+    """
+    if not device.startswith("cuda"):
+        return 1024
+    return 65536 * 1024 // max(1024, hidden_size)
+
+
+def encode_to_cache(
+    encoder,
+    texts,
+    cache_dir,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp16",
+    precision: str = "bf16",
+    max_batch_tokens=None,
+    max_texts=None,
+    progress: bool = False,
+    layers=None,
+    before_encoding=None,
+    log=lambda message: None,
+    mode: str = "tokens",
+    pool=None,
+    budget=None,
+    timeout=DEFAULT_TIMEOUT,
+) -> tuple:
+    """The cache entry for ``texts`` under ``encoder`` (a :class:`~poolkit.encoding.model.Encoder`);
+    runs the encoder only on a miss.
+
+    ``layers`` are the hidden-state indices to cache (absolute, see
+    :func:`~poolkit.encoding.layers.parse_layers`; default: the last layer). An entry
+    holding more layers than asked for is reused.
+
+    ``dtype`` is the cache's storage precision; ``precision`` the encoder's
+    compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
+    encoder always computes in fp32 (a CPU without bf16 matrix units runs
+    bf16/fp16 matmuls far slower). Returns ``(cache, ran)`` where ``ran`` says
+    whether the encoder ran.
+
+    ``mode`` (``--cache-mode``) says what the entry stores: ``tokens``, every
+    real token's states of ``layers``; ``pooled``, only the features of the
+    feature sets ``pool`` (``{id: FeatureSet}``, fixed poolers already set up),
+    pooled batch by batch as the encoder runs from states rounded to ``dtype``,
+    as a token cache holds them; ``auto``, a complete entry of either kind if
+    there is one, else ``tokens`` unless the token entry (estimated from the
+    tokenized lengths) would take more than ``budget`` (a ``--cache-budget``;
+    default :data:`DEFAULT_BUDGET` of the free disk), then ``pooled``. A pooler
+    that fails while pooling (``timeout``: seconds per call) is named in the
+    entry's ``failed``.
+
+    Under torchrun (several ranks), every rank calls this with the same
+    arguments: rank 0 opens the partial entry, the others join it, each encodes
+    every ``world_size``-th missing batch, and after a barrier rank 0 checks the
+    batches the others wrote (their CRC-32s), finishes the entry and returns it;
+    the other ranks return ``(None, ran)``.
+    """
+    from poolkit.encoding import distributed
+
+    if precision not in PRECISIONS:
+        raise PoolkitError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    compute = precision if device.startswith("cuda") else "fp32"
+    key, identity = RunIdentity.entry_key(encoder.identity(), texts, compute, dtype)
+    layers = sorted({int(x) for x in layers}) if layers else [encoder.num_layers]
+    rank, ranks = distributed.rank(), distributed.world_size()
+    if ranks > 1:
+        try:
+            distributed.check_shared(cache_dir)
+        except OSError as error:
+            raise _cache_error(cache_dir, error) from None
+    if mode not in CACHE_MODES:
+        raise PoolkitError(f"--cache-mode {mode}: use one of {', '.join(CACHE_MODES)}")
+    wanted = None
+    if mode != "tokens":
+        pool = dict(sorted((pool or {}).items()))  # the entry's blocks, in id order
+        wanted = {k: pooler_fingerprint(fs.pooler) for k, fs in pool.items()}
+    if mode != "pooled":
+        cache = _reuse(cache_dir, lambda: find_entry(cache_dir, key, layers), log)
+        if cache is not None:
+            return cache, False
+    if mode != "tokens":
+        cache = _reuse(cache_dir, lambda: find_pooled_entry(cache_dir, key, wanted)[0], log)
+        if cache is not None:
+            return cache, False
+        lacking = find_pooled_entry(cache_dir, key, wanted)[1]
+        if lacking:
+            shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more"
+                                             if len(lacking) > 6 else "")
+            log(f"the pooled cache of these texts lacks {shown} (not pooled when it was "
+                "built, or the plugin's code changed since): encoding again")
+    # A miss: check and load the model first, then let the caller prepare
+    # (e.g. create its run directory) only once the model is known to load.
+    encoder.validate()
+    model = encoder.model
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(cache_dir) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _cache_error(cache_dir, error) from None
+    if before_encoding is not None:
+        before_encoding()
+    ids, truncated = tokenize(encoder, texts)
+    if truncated:
+        what = ("pairs of texts are longer than {} tokens together and were truncated, "
+                "longest first" if ids.pair_starts is not None else
+                "texts are longer than {} tokens and were truncated").format(encoder.max_length)
+        log(f"warning: {truncated} of {len(texts)} {what} (--max-length)")
+    plan = plan_batches(ids.lengths, max_batch_tokens
+                        or default_batch_tokens(device, encoder.hidden_size), max_texts)
+    sizes = {"tokens": token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers),
+                                         dtype)}
+    if wanted is not None:
+        sizes["pooled"] = 4 * len(texts) * sum(fs.dim for fs in pool.values())
+    if mode == "auto":
+        fraction, limit = parse_budget(budget if budget is not None else DEFAULT_BUDGET)
+        if fraction is not None:
+            limit = int(fraction * free_disk(cache_dir))
+        mode = distributed.broadcast("tokens" if sizes["tokens"] <= limit else "pooled")
+        share = f", {fraction:.0%} of the free disk" if fraction is not None else ""
+        log(f"cache mode auto: {mode} (token cache {_size(sizes['tokens'])}, pooled features "
+            f"{_size(sizes['pooled'])}; --cache-budget {_size(limit)}{share})")
+    elif mode == "pooled":
+        log(f"cache mode pooled: {len(pool)} feature sets' features, {_size(sizes['pooled'])} "
+            f"(the token cache would take {_size(sizes['tokens'])})")
+    meta = {"identity": identity, "truncated": int(truncated), "attention": encoder.attention}
+    if mode == "pooled":
+        name = pooled_name(key, wanted)
+        described = [{"id": k, "pooler": fs.pooler_name, "layers": list(fs.layers),
+                      "dim": fs.dim, "fingerprint": wanted[k]} for k, fs in pool.items()]
+        meta.update(states_dtype=dtype, hidden_size=encoder.hidden_size, layers=layers)
+
+        def open_writer(join=None, rank=0):
+            return PooledWriter(cache_dir, name, meta, plan, described, join=join, rank=rank)
+    else:
+        name = entry_name(key, layers)
+
+        def open_writer(join=None, rank=0):
+            return CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
+                               join=join, rank=rank, pair_starts=ids.pair_starts)
+    try:
+        writer = None
+        if rank == 0:
+            writer = open_writer()
+            if ranks > 1:
+                writer.checkpoint(sync=True)  # what the other ranks continue from
+        shared = distributed.broadcast(str(writer.tmp) if writer is not None else None)
+        if rank != 0:
+            writer = open_writer(join=shared, rank=rank)
+        pooling = None
+        if mode == "pooled":
+            from poolkit.pooling.features import BatchPooling
+
+            pooling = BatchPooling(pool, layers, writer.failed, timeout)
+        missing = [batch for batch in range(len(plan)) if batch not in writer.done]
+        if len(missing) < len(plan):
+            log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
+        mine = missing[rank::ranks]
+        if ranks > 1:
+            log(f"encoding on {ranks} ranks: rank {rank} takes {len(mine)} of the "
+                f"{len(missing)} batches left, on {device}")
+        began = time.perf_counter()
+        try:
+            try:
+                encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
+                               layers=layers, all_layers=layers != [encoder.num_layers],
+                               pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
+                               log=log, pooling=pooling, shared=ranks > 1,
+                               token_types=ids.pair_starts is not None and encoder.token_types)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                # the model's own forward failing (shapes, an input it wants, memory): one
+                # line naming the model; what was encoded before is kept (below)
+                raise ModelFailed(f"model '{encoder.name}' failed while encoding: "
+                                  f"{one_line(exc)}") from None
+            if ranks > 1:
+                writer.checkpoint(sync=True)
+        except BaseException:
+            try:
+                writer.checkpoint()  # Ctrl-C, an error: keep what is done
+            except OSError:
+                pass  # e.g. the disk is full: the last checkpoint stands
+            finally:
+                writer.close()
+            raise
+        if ranks > 1:
+            distributed.barrier()  # every rank's batches are on disk
+            if rank != 0:
+                writer.close()
+                return None, True
+            bad = writer.collect()
+            if bad or len(writer.done) < len(plan):
+                writer.close()
+                raise PoolkitError(
+                    f"cache entry {writer.tmp}: {len(plan) - len(writer.done)} of {len(plan)} "
+                    f"batches missing or failing their checksum after all ranks finished (is "
+                    f"--cache-dir shared?); run the same command again to encode them")
+        writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
+        return writer.finish(), True
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # the disk is full: free what this entry took
+            for partial in Path(cache_dir).glob(f"{name}.partial*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_error(cache_dir, error) from None
+
+
+def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
+                   all_layers: bool, pad_id: int, progress: bool = False,
+                   log=lambda message: None, pooling=None, shared: bool = False,
+                   token_types: bool = False) -> None:
+    """Run ``model`` over the plan's ``batches`` and write each one's real-token states.
+
+    ``ids`` are the texts' token ids; each batch is padded to its longest text,
+    encoded under ``compute`` precision on ``device`` (autocast on CUDA), and
+    only its real tokens' states of ``layers`` (all hidden states with
+    ``all_layers``, else ``last_hidden_state``) go to ``writer``, cast to the
+    cache's dtype on the device. Checkpoints every :data:`CHECKPOINT_EVERY` batches.
+    Without a progress bar, ``log`` gets a progress line every :data:`PROGRESS_EVERY`
+    seconds and one at the end (``shared``: other ranks encode the plan's other
+    batches, so progress counts this rank's ``batches`` only). With ``pooling`` (a
+    :class:`~poolkit.pooling.features.BatchPooling`) the writer gets each batch's pooled
+    features instead of its states. Pairs of texts (``ids.pair_starts``): the model
+    gets each batch's segment ids as ``token_type_ids`` when ``token_types`` (BERT),
+    and ``pooling`` gets them too.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from poolkit.encoding.tokenization import segments
+
+    model = model.to(device)
+    on_cuda = device.startswith("cuda")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute)
+    store_dtype = torch.from_numpy(np.zeros(0, dtype=writer.states_dtype)).dtype
+    lengths = plan.lengths
+    todo = int(sum(plan.offsets[b + 1] - plan.offsets[b] for b in batches))
+    total = todo if shared else plan.total_tokens
+    bar = tqdm(total=total, initial=total - todo, unit="tok",
+               unit_scale=True, desc="encoding", disable=not progress, leave=False)
+    lines = None if progress else ProgressLines(total, todo, log)
+    try:
+        with torch.inference_mode():
+            for count, number in enumerate(batches, start=1):
+                batch = plan.texts(number)
+                width = int(lengths[batch].max())
+                input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+                for row, i in enumerate(batch):
+                    input_ids[row, : lengths[i]] = ids[i]
+                input_ids = torch.from_numpy(input_ids)
+                attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
+                segs = (segments(ids.pair_starts[batch], lengths[batch], width)
+                        if ids.pair_starts is not None else None)
+                extra = {}
+                if token_types:
+                    extra["token_type_ids"] = segs.pin_memory() if on_cuda else segs
+                if on_cuda:  # pinned host memory lets the copies run asynchronously
+                    input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+                input_ids = input_ids.to(device, non_blocking=True)
+                attention = attention.to(device, non_blocking=True)
+                extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
+                with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=on_cuda and autocast_dtype is not None):
+                    out = model(input_ids=input_ids, attention_mask=attention,
+                                output_hidden_states=all_layers, **extra)
+                states = ([out.hidden_states[i] for i in layers] if all_layers
+                          else [out.last_hidden_state])
+                # Only real tokens go to the cache, cast on the device (half the copy in fp16).
+                real_mask = attention.bool()
+                real = torch.stack([h[real_mask] for h in states]).to(store_dtype).cpu().numpy()
+                writer.write(number, real if pooling is None else
+                             pooling(lengths[batch], real, segs))
+                if count % CHECKPOINT_EVERY == 0:
+                    writer.checkpoint()
+                bar.update(int(lengths[batch].sum()))
+                if lines is not None:
+                    lines.update(int(lengths[batch].sum()), len(batch), last=count == len(batches))
+    finally:
+        bar.close()
+        model.to("cpu")
+
+
+class ProgressLines:
+    """Progress of an encoding as log lines, at most one per :data:`PROGRESS_EVERY`
+    seconds (and the last): share of tokens done, texts, tokens/s, time left."""
+
+    def __init__(self, total_tokens: int, todo: int, log):
+        self.total, self.todo, self.log = total_tokens, todo, log
+        self.done = self.texts = 0
+        self.began = self.said = time.perf_counter()
+
+    def update(self, tokens: int, texts: int, last: bool = False) -> None:
+        self.done += tokens
+        self.texts += texts
+        now = time.perf_counter()
+        if not last and now - self.said < PROGRESS_EVERY:
+            return
+        self.said = now
+        rate = self.done / max(now - self.began, 1e-9)
+        left = (self.todo - self.done) / rate if rate > 0 else 0.0
+        share = (self.total - self.todo + self.done) / max(self.total, 1)
+        self.log(f"encoding: {share:.0%} of {self.total:,} tokens ({self.texts:,} texts this "
+                 f"run), {rate:,.0f} tokens/s, about {left:.0f} s left")
+
+
+def _reuse(cache_dir, find, log):
+    """The complete entry ``find()`` names, opened and verified; a damaged one is
+    removed (and the next one tried); ``None`` when there is none."""
+    while (name := find()) is not None:
+        try:
+            return open_entry(Path(cache_dir) / name)
+        except CacheDamaged as exc:
+            log(f"warning: cache entry {Path(cache_dir) / name} is damaged ({exc}); "
+                "rebuilding it")
+            try:
+                shutil.rmtree(Path(cache_dir) / name)
+            except OSError as error:
+                raise _cache_error(cache_dir, error) from None
+    return None
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``80.6 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def _cache_error(cache_dir, error: OSError) -> PoolkitError:
+    return PoolkitError(f"cannot write cache directory '{cache_dir}': "
+                        f"{error.strerror or error}; free space or choose another --cache-dir "
+                        "(or POOLKIT_CACHE_DIR)")
