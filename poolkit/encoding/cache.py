@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from poolkit.encoding.batching import token_budget_batches
+from poolkit.encoding.tokenization import segments
 from poolkit.files import write_atomic
 from poolkit.identity import CACHE_FORMAT as FORMAT_VERSION
 from poolkit.identity import RunIdentity, digest
@@ -191,8 +192,6 @@ class HiddenStateCache:
         """``(batch, seq)`` int64 segment ids of texts ``indices``, as :meth:`padded`
         and :meth:`gather` pad them (0: the first text and padding, 1: the second;
         see :func:`~poolkit.encoding.tokenization.segments`), or ``None`` for single texts."""
-        from poolkit.encoding.tokenization import segments
-
         if self.pair_starts is None:
             return None
         lengths = self.lengths[indices]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.encoding import distributed
 from poolkit.encoding.batching import plan_batches
 from poolkit.encoding.cache import (
     CacheDamaged,
@@ -22,10 +23,9 @@ from poolkit.encoding.cache import (
     pooled_name,
     token_cache_bytes,
 )
-from poolkit.encoding.tokenization import tokenize
+from poolkit.encoding.tokenization import segments, tokenize
 from poolkit.errors import ModelFailed, PoolkitError, one_line
 from poolkit.identity import RunIdentity, pooler_fingerprint
-from poolkit.pooling.isolation import DEFAULT_TIMEOUT
 
 #: Batches between progress records of an encoding (what a resume restarts from).
 CHECKPOINT_EVERY = 16
@@ -82,92 +82,105 @@ def default_batch_tokens(device: str, hidden_size: int = 384) -> int:
     return 65536 * 1024 // max(1024, hidden_size)
 
 
-def encode_to_cache(
-    encoder,
-    texts,
-    cache_dir,
-    *,
-    device: str = "cpu",
-    dtype: str = "fp16",
-    precision: str = "bf16",
-    max_batch_tokens=None,
-    max_texts=None,
-    progress: bool = False,
-    layers=None,
-    before_encoding=None,
-    log=lambda message: None,
-    mode: str = "tokens",
-    pool=None,
-    budget=None,
-    timeout=DEFAULT_TIMEOUT,
-) -> tuple:
+def encode_to_cache(encoder, texts, cache_dir, *, device: str = "cpu", dtype: str = "fp16",
+                    precision: str = "bf16", max_batch_tokens=None, max_texts=None,
+                    progress: bool = False, layers=None, before_encoding=None,
+                    log=lambda message: None, mode: str = "tokens", pool=None, budget=None,
+                    make_pooling=None) -> tuple:
     """The cache entry for ``texts`` under ``encoder`` (a :class:`~poolkit.encoding.model.Encoder`);
-    runs the encoder only on a miss.
+    runs the encoder only on a miss. Returns ``(cache, ran)``: ``ran`` says whether it ran.
 
-    ``layers`` are the hidden-state indices to cache (absolute, see
-    :func:`~poolkit.encoding.layers.parse_layers`; default: the last layer). An entry
-    holding more layers than asked for is reused.
+    ``layers``: the hidden-state indices to cache (absolute, see
+    :func:`~poolkit.encoding.layers.parse_layers`; default the last layer); an entry holding
+    more layers is reused. ``dtype``: the cache's storage precision; ``precision``: the
+    encoder's compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
+    encoder always computes in fp32 (a CPU without bf16 matrix units runs bf16/fp16
+    matmuls far slower).
 
-    ``dtype`` is the cache's storage precision; ``precision`` the encoder's
-    compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
-    encoder always computes in fp32 (a CPU without bf16 matrix units runs
-    bf16/fp16 matmuls far slower). Returns ``(cache, ran)`` where ``ran`` says
-    whether the encoder ran.
+    ``mode`` (``--cache-mode``) says what the entry stores: ``tokens``, every real token's
+    states of ``layers``; ``pooled``, only the features of the feature sets ``pool``
+    (``{id: FeatureSet}``, fixed poolers already set up), pooled batch by batch as the
+    encoder runs, from states rounded to ``dtype`` as a token cache holds them, by
+    ``make_pooling(sets, layers, failed)`` (a
+    :class:`~poolkit.pooling.features.BatchPooling`; a pooler that fails is named in the
+    entry's ``failed``); ``auto``, a complete entry of either kind if there is one, else
+    ``tokens`` unless the token entry (estimated from the tokenized lengths) would take
+    more than ``budget`` (a ``--cache-budget``; default :data:`DEFAULT_BUDGET` of the free
+    disk), then ``pooled``.
 
-    ``mode`` (``--cache-mode``) says what the entry stores: ``tokens``, every
-    real token's states of ``layers``; ``pooled``, only the features of the
-    feature sets ``pool`` (``{id: FeatureSet}``, fixed poolers already set up),
-    pooled batch by batch as the encoder runs from states rounded to ``dtype``,
-    as a token cache holds them; ``auto``, a complete entry of either kind if
-    there is one, else ``tokens`` unless the token entry (estimated from the
-    tokenized lengths) would take more than ``budget`` (a ``--cache-budget``;
-    default :data:`DEFAULT_BUDGET` of the free disk), then ``pooled``. A pooler
-    that fails while pooling (``timeout``: seconds per call) is named in the
-    entry's ``failed``.
-
-    Under torchrun (several ranks), every rank calls this with the same
-    arguments: rank 0 opens the partial entry, the others join it, each encodes
-    every ``world_size``-th missing batch, and after a barrier rank 0 checks the
-    batches the others wrote (their CRC-32s), finishes the entry and returns it;
-    the other ranks return ``(None, ran)``.
+    Under torchrun (several ranks), every rank calls this with the same arguments: rank 0
+    opens the partial entry, the others join it, each encodes every ``world_size``-th
+    missing batch, and after a barrier rank 0 checks the batches the others wrote (their
+    CRC-32s), finishes the entry and returns it; the other ranks return ``(None, ran)``.
     """
-    from poolkit.encoding import distributed
-
     if precision not in PRECISIONS:
         raise PoolkitError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if mode not in CACHE_MODES:
+        raise PoolkitError(f"--cache-mode {mode}: use one of {', '.join(CACHE_MODES)}")
     compute = precision if device.startswith("cuda") else "fp32"
     key, identity = RunIdentity.entry_key(encoder.identity(), texts, compute, dtype)
     layers = sorted({int(x) for x in layers}) if layers else [encoder.num_layers]
-    rank, ranks = distributed.rank(), distributed.world_size()
-    if ranks > 1:
-        try:
-            distributed.check_shared(cache_dir)
-        except OSError as error:
-            raise _cache_error(cache_dir, error) from None
-    if mode not in CACHE_MODES:
-        raise PoolkitError(f"--cache-mode {mode}: use one of {', '.join(CACHE_MODES)}")
-    wanted = None
-    if mode != "tokens":
-        pool = dict(sorted((pool or {}).items()))  # the entry's blocks, in id order
-        wanted = {k: pooler_fingerprint(fs.pooler) for k, fs in pool.items()}
-    if mode != "pooled":
-        cache = _reuse(cache_dir, lambda: find_entry(cache_dir, key, layers), log)
-        if cache is not None:
-            return cache, False
-    if mode != "tokens":
-        cache = _reuse(cache_dir, lambda: find_pooled_entry(cache_dir, key, wanted)[0], log)
-        if cache is not None:
-            return cache, False
-        lacking = find_pooled_entry(cache_dir, key, wanted)[1]
-        if lacking:
-            shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more"
-                                             if len(lacking) > 6 else "")
-            log(f"the pooled cache of these texts lacks {shown} (not pooled when it was "
-                "built, or the plugin's code changed since): encoding again")
+    _check_shared(cache_dir)
+    pool = dict(sorted((pool or {}).items())) if mode != "tokens" else None  # in id order
+    wanted = {k: pooler_fingerprint(fs.pooler) for k, fs in pool.items()} if pool is not None \
+        else None
+    cache = _cached(cache_dir, key, layers, mode, wanted, log)
+    if cache is not None:
+        return cache, False
     # A miss: check and load the model first, then let the caller prepare
     # (e.g. create its run directory) only once the model is known to load.
     encoder.validate()
     model = encoder.model
+    _check_writable(cache_dir)
+    if before_encoding is not None:
+        before_encoding()
+    ids, truncated = _tokenized(encoder, texts, log)
+    plan = plan_batches(ids.lengths, max_batch_tokens
+                        or default_batch_tokens(device, encoder.hidden_size), max_texts)
+    mode = _choose_mode(mode, plan, encoder, layers, dtype, pool, budget, cache_dir, log)
+    meta = {"identity": identity, "truncated": int(truncated),
+            "attention": encoder.attention}
+    if mode == "pooled":
+        entry = _PooledEntry(cache_dir, pooled_name(key, wanted), meta, plan, pool, wanted,
+                             dtype, encoder, layers, make_pooling)
+    else:
+        entry = _TokenEntry(cache_dir, entry_name(key, layers), meta, plan, encoder, dtype,
+                            layers, ids.pair_starts)
+    cache = _write_entry(entry, model, encoder, ids, plan, layers, device, compute, progress, log)
+    return cache, True
+
+
+def _check_shared(cache_dir) -> None:
+    """Under torchrun, every rank must see the same cache folder."""
+    if distributed.world_size() > 1:
+        try:
+            distributed.check_shared(cache_dir)
+        except OSError as error:
+            raise _cache_error(cache_dir, error) from None
+
+
+def _cached(cache_dir, key, layers, mode, wanted, log):
+    """The complete entry that serves this run (a token entry unless ``mode`` is pooled; a
+    pooled one with every fingerprint in ``wanted`` unless it is tokens), or ``None``."""
+    if mode != "pooled":
+        cache = _reuse(cache_dir, lambda: find_entry(cache_dir, key, layers), log)
+        if cache is not None:
+            return cache
+    if mode == "tokens":
+        return None
+    cache = _reuse(cache_dir, lambda: find_pooled_entry(cache_dir, key, wanted)[0], log)
+    if cache is not None:
+        return cache
+    lacking = find_pooled_entry(cache_dir, key, wanted)[1]
+    if lacking:
+        shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more"
+                                         if len(lacking) > 6 else "")
+        log(f"the pooled cache of these texts lacks {shown} (not pooled when it was "
+            "built, or the plugin's code changed since): encoding again")
+    return None
+
+
+def _check_writable(cache_dir) -> None:
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         probe = Path(cache_dir) / f".write-test-{os.getpid()}"
@@ -175,109 +188,157 @@ def encode_to_cache(
         probe.unlink()
     except OSError as error:
         raise _cache_error(cache_dir, error) from None
-    if before_encoding is not None:
-        before_encoding()
+
+
+def _tokenized(encoder, texts, log):
+    """The texts' token ids and how many were cut, the cut said in a line."""
     ids, truncated = tokenize(encoder, texts)
     if truncated:
         what = ("pairs of texts are longer than {} tokens together and were truncated, "
                 "longest first" if ids.pair_starts is not None else
                 "texts are longer than {} tokens and were truncated").format(encoder.max_length)
         log(f"warning: {truncated} of {len(texts)} {what} (--max-length)")
-    plan = plan_batches(ids.lengths, max_batch_tokens
-                        or default_batch_tokens(device, encoder.hidden_size), max_texts)
-    sizes = {"tokens": token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers),
-                                         dtype)}
-    if wanted is not None:
-        sizes["pooled"] = 4 * len(texts) * sum(fs.dim for fs in pool.values())
+    return ids, truncated
+
+
+def _choose_mode(mode, plan, encoder, layers, dtype, pool, budget, cache_dir, log) -> str:
+    """``tokens`` or ``pooled``: ``auto`` chooses by the entries' sizes and the budget."""
+    tokens = token_cache_bytes(plan.total_tokens, encoder.hidden_size, len(layers), dtype)
+    pooled = 4 * len(plan.lengths) * sum(fs.dim for fs in pool.values()) if pool is not None \
+        else None
     if mode == "auto":
         fraction, limit = parse_budget(budget if budget is not None else DEFAULT_BUDGET)
         if fraction is not None:
             limit = int(fraction * free_disk(cache_dir))
-        mode = distributed.broadcast("tokens" if sizes["tokens"] <= limit else "pooled")
+        mode = distributed.broadcast("tokens" if tokens <= limit else "pooled")
         share = f", {fraction:.0%} of the free disk" if fraction is not None else ""
-        log(f"cache mode auto: {mode} (token cache {_size(sizes['tokens'])}, pooled features "
-            f"{_size(sizes['pooled'])}; --cache-budget {_size(limit)}{share})")
+        log(f"cache mode auto: {mode} (token cache {_size(tokens)}, pooled features "
+            f"{_size(pooled)}; --cache-budget {_size(limit)}{share})")
     elif mode == "pooled":
-        log(f"cache mode pooled: {len(pool)} feature sets' features, {_size(sizes['pooled'])} "
-            f"(the token cache would take {_size(sizes['tokens'])})")
-    meta = {"identity": identity, "truncated": int(truncated), "attention": encoder.attention}
-    if mode == "pooled":
-        name = pooled_name(key, wanted)
-        described = [{"id": k, "pooler": fs.pooler_name, "layers": list(fs.layers),
-                      "dim": fs.dim, "fingerprint": wanted[k]} for k, fs in pool.items()]
-        meta.update(states_dtype=dtype, hidden_size=encoder.hidden_size, layers=layers)
+        log(f"cache mode pooled: {len(pool)} feature sets' features, {_size(pooled)} "
+            f"(the token cache would take {_size(tokens)})")
+    return mode
 
-        def open_writer(join=None, rank=0):
-            return PooledWriter(cache_dir, name, meta, plan, described, join=join, rank=rank)
-    else:
-        name = entry_name(key, layers)
 
-        def open_writer(join=None, rank=0):
-            return CacheWriter(cache_dir, name, encoder.hidden_size, dtype, meta, plan, layers,
-                               join=join, rank=rank, pair_starts=ids.pair_starts)
+class _TokenEntry:
+    """A token entry to write: every real token's states of ``layers``."""
+
+    def __init__(self, cache_dir, name, meta, plan, encoder, dtype, layers, pair_starts):
+        self.cache_dir, self.name, self.meta, self.plan = cache_dir, name, meta, plan
+        self.hidden_size, self.dtype, self.layers = encoder.hidden_size, dtype, layers
+        self.pair_starts = pair_starts
+
+    def open(self, join=None, rank=0):
+        return CacheWriter(self.cache_dir, self.name, self.hidden_size, self.dtype, self.meta,
+                           self.plan, self.layers, join=join, rank=rank,
+                           pair_starts=self.pair_starts)
+
+    def pooling(self, writer):
+        return None
+
+
+class _PooledEntry:
+    """A pooled entry to write: one block of features per feature set of ``pool``."""
+
+    def __init__(self, cache_dir, name, meta, plan, pool, wanted, dtype, encoder, layers,
+                 make_pooling):
+        self.cache_dir, self.name, self.plan, self.pool = cache_dir, name, plan, pool
+        self.layers, self.make_pooling = layers, make_pooling
+        self.meta = {**meta, "states_dtype": dtype, "hidden_size": encoder.hidden_size,
+                     "layers": layers}
+        self.described = [{"id": k, "pooler": fs.pooler_name, "layers": list(fs.layers),
+                           "dim": fs.dim, "fingerprint": wanted[k]} for k, fs in pool.items()]
+
+    def open(self, join=None, rank=0):
+        return PooledWriter(self.cache_dir, self.name, self.meta, self.plan, self.described,
+                            join=join, rank=rank)
+
+    def pooling(self, writer):
+        return self.make_pooling(self.pool, self.layers, writer.failed)
+
+
+def _write_entry(entry, model, encoder, ids, plan, layers, device, compute, progress, log):
+    """Encode the plan's missing batches into ``entry``: the finished cache (``None`` on a
+    torchrun rank other than 0). A full disk frees what this entry took."""
     try:
-        writer = None
-        if rank == 0:
-            writer = open_writer()
-            if ranks > 1:
-                writer.checkpoint(sync=True)  # what the other ranks continue from
-        shared = distributed.broadcast(str(writer.tmp) if writer is not None else None)
-        if rank != 0:
-            writer = open_writer(join=shared, rank=rank)
-        pooling = None
-        if mode == "pooled":
-            from poolkit.pooling.features import BatchPooling
-
-            pooling = BatchPooling(pool, layers, writer.failed, timeout)
-        missing = [batch for batch in range(len(plan)) if batch not in writer.done]
-        if len(missing) < len(plan):
-            log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
-        mine = missing[rank::ranks]
-        if ranks > 1:
-            log(f"encoding on {ranks} ranks: rank {rank} takes {len(mine)} of the "
-                f"{len(missing)} batches left, on {device}")
+        writer = _open_writer(entry)
         began = time.perf_counter()
-        try:
-            try:
-                encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
-                               layers=layers, all_layers=layers != [encoder.num_layers],
-                               pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
-                               log=log, pooling=pooling, shared=ranks > 1,
-                               token_types=ids.pair_starts is not None and encoder.token_types)
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                # the model's own forward failing (shapes, an input it wants, memory): one
-                # line naming the model; what was encoded before is kept (below)
-                raise ModelFailed(f"model '{encoder.name}' failed while encoding: "
-                                  f"{one_line(exc)}") from None
-            if ranks > 1:
-                writer.checkpoint(sync=True)
-        except BaseException:
-            try:
-                writer.checkpoint()  # Ctrl-C, an error: keep what is done
-            except OSError:
-                pass  # e.g. the disk is full: the last checkpoint stands
-            finally:
-                writer.close()
-            raise
-        if ranks > 1:
-            distributed.barrier()  # every rank's batches are on disk
-            if rank != 0:
-                writer.close()
-                return None, True
-            bad = writer.collect()
-            if bad or len(writer.done) < len(plan):
-                writer.close()
-                raise PoolkitError(
-                    f"cache entry {writer.tmp}: {len(plan) - len(writer.done)} of {len(plan)} "
-                    f"batches missing or failing their checksum after all ranks finished (is "
-                    f"--cache-dir shared?); run the same command again to encode them")
-        writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
-        return writer.finish(), True
+        _encode_share(writer, entry.pooling(writer), model, encoder, ids, plan, layers,
+                      device, compute, progress, log)
+        return _finish(writer, plan, began)
     except OSError as error:
-        if error.errno == errno.ENOSPC:  # the disk is full: free what this entry took
-            for partial in Path(cache_dir).glob(f"{name}.partial*"):
+        if error.errno == errno.ENOSPC:
+            for partial in Path(entry.cache_dir).glob(f"{entry.name}.partial*"):
                 shutil.rmtree(partial, ignore_errors=True)
-        raise _cache_error(cache_dir, error) from None
+        raise _cache_error(entry.cache_dir, error) from None
+
+
+def _open_writer(entry):
+    """Rank 0 opens the partial entry (or resumes it); the other ranks join it."""
+    rank, ranks = distributed.rank(), distributed.world_size()
+    writer = None
+    if rank == 0:
+        writer = entry.open()
+        if ranks > 1:
+            writer.checkpoint(sync=True)  # what the other ranks continue from
+    shared = distributed.broadcast(str(writer.tmp) if writer is not None else None)
+    if rank != 0:
+        writer = entry.open(join=shared, rank=rank)
+    return writer
+
+
+def _encode_share(writer, pooling, model, encoder, ids, plan, layers, device, compute,
+                  progress, log) -> None:
+    """This rank's share of the missing batches, encoded into ``writer``; on any error
+    what is done is kept (a checkpoint) and the error goes on."""
+    rank, ranks = distributed.rank(), distributed.world_size()
+    missing = [batch for batch in range(len(plan)) if batch not in writer.done]
+    if len(missing) < len(plan):
+        log(f"resuming an interrupted encoding: {len(missing)} of {len(plan)} batches left")
+    mine = missing[rank::ranks]
+    if ranks > 1:
+        log(f"encoding on {ranks} ranks: rank {rank} takes {len(mine)} of the "
+            f"{len(missing)} batches left, on {device}")
+    try:
+        try:
+            encode_batches(model, ids, plan, mine, writer, device=device, compute=compute,
+                           layers=layers, all_layers=layers != [encoder.num_layers],
+                           pad_id=encoder.tokenizer.pad_token_id or 0, progress=progress,
+                           log=log, pooling=pooling, shared=ranks > 1,
+                           token_types=ids.pair_starts is not None and encoder.token_types)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # the model's own forward failing (shapes, an input it wants, memory): one
+            # line naming the model; what was encoded before is kept (below)
+            raise ModelFailed(f"model '{encoder.name}' failed while encoding: "
+                              f"{one_line(exc)}") from None
+        if ranks > 1:
+            writer.checkpoint(sync=True)
+    except BaseException:
+        try:
+            writer.checkpoint()  # Ctrl-C, an error: keep what is done
+        except OSError:
+            pass  # e.g. the disk is full: the last checkpoint stands
+        finally:
+            writer.close()
+        raise
+
+
+def _finish(writer, plan, began):
+    """The finished entry; under torchrun rank 0 first checks every rank's batches."""
+    if distributed.world_size() > 1:
+        distributed.barrier()  # every rank's batches are on disk
+        if distributed.rank() != 0:
+            writer.close()
+            return None
+        bad = writer.collect()
+        if bad or len(writer.done) < len(plan):
+            writer.close()
+            raise PoolkitError(
+                f"cache entry {writer.tmp}: {len(plan) - len(writer.done)} of {len(plan)} "
+                f"batches missing or failing their checksum after all ranks finished (is "
+                f"--cache-dir shared?); run the same command again to encode them")
+    writer.meta["encode_seconds"] = round(time.perf_counter() - began, 3)
+    return writer.finish()
 
 
 def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: str, layers,
@@ -301,8 +362,6 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     """
     import torch
     from tqdm.auto import tqdm
-
-    from poolkit.encoding.tokenization import segments
 
     model = model.to(device)
     on_cuda = device.startswith("cuda")

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from poolkit.errors import PoolkitError
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.evaluation.stats import ALPHA, holm
+from poolkit.pooling.features import feature_id
 
 METHODS = (
     "Per task, each feature set's primary metric (its mean over seeds) is ranked among the "
@@ -192,8 +194,6 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
     out of the verdict (named in ``left_out``)."""
     import pandas as pd
 
-    from poolkit.pooling.features import feature_id
-
     higher = METRICS[metric].higher_is_better
     names = list(tasks)
     about, values, intervals = {}, {}, {}
@@ -283,7 +283,6 @@ def _task_difference(pairs, a: str, b: str, metric: str) -> tuple:
             if sign < 0:
                 low, high = -high, -low
             return sign * float(row[f"{metric}_diff"]), float(row[f"{metric}_se"]), low, high
-    from poolkit.errors import PoolkitError
 
     raise PoolkitError(f"a task's pairs.csv has no row comparing '{a}' with '{b}' (was it "
                        "run with another --baseline?)")

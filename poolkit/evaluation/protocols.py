@@ -10,6 +10,9 @@ made them.
 from dataclasses import dataclass
 
 from poolkit.errors import PoolkitError
+from poolkit.heads.linear import LinearHeads
+from poolkit.heads.probes import ProbeHeads
+from poolkit.heads.trainable import TrainablePoolerHeads
 
 #: Folds of the default protocol when ``--folds`` is not given (and there is no --test-data).
 DEFAULT_FOLDS = 5
@@ -37,12 +40,8 @@ class Protocol:
     def kinds(self, features: dict, cache, timeout, progress: bool, log) -> list:
         """The head kinds that train this protocol's heads (see :mod:`poolkit.heads.base`)."""
         if self.heads == "linear":
-            from poolkit.heads.linear import LinearHeads
-            from poolkit.heads.trainable import TrainablePoolerHeads
-
             return [LinearHeads(features, progress=progress),
                     TrainablePoolerHeads(cache, timeout, log)]
-        from poolkit.heads.probes import ProbeHeads
 
         return [ProbeHeads(features, self.heads)]
 

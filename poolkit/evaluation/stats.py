@@ -18,7 +18,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from poolkit.evaluation.metrics import METRICS, PRIMARY
+from poolkit.evaluation.metrics import (
+    METRICS,
+    PRIMARY,
+    Resamples,
+    Scored,
+    Weighted,
+    confusions,
+    fold_parts,
+    score_by_fold,
+)
 
 #: Defaults of :func:`compare`, also quoted in :data:`METHODS`.
 N_BOOT = 10_000
@@ -155,8 +164,6 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     """
     import pandas as pd
     from scipy import stats
-
-    from poolkit.evaluation.metrics import fold_parts, score_by_fold
 
     metrics = dict(metrics or METRICS)
     if n_boot < 1:
@@ -329,8 +336,6 @@ def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int
     """``{name: (n_boot, seeds, metrics)}``: each metric of each seed's predictions on
     ``n_boot`` resamples of the items, the same resamples for every name. ``parts``:
     the cross-fitted folds' items, over which a per-fold metric is averaged."""
-    from poolkit.evaluation.metrics import Resamples, Weighted, confusions
-
     n = y.size
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ENTRIES // n)
@@ -362,8 +367,6 @@ def _bootstrap(probs: dict, y: np.ndarray, metrics: dict, n_boot: int, seed: int
 def _resampled(metric, weighted) -> np.ndarray:
     """``metric`` of a head's predictions under the resamples of ``weighted`` (a
     :class:`~poolkit.evaluation.metrics.Weighted`, shared between metrics)."""
-    from poolkit.evaluation.metrics import Scored
-
     if metric.weighted is not None:
         return metric.weighted(weighted)
     # one resample at a time, as the metric's own function scores it

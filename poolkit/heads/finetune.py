@@ -32,8 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poolkit.encoding.model import _load_model
+from poolkit.encoding.tokenization import segments, tokenize
 from poolkit.errors import NEEDS_PAIRS, PluginFailure, one_line
-from poolkit.files import tensors_sha256
+from poolkit.files import tensors_sha256, write_tensors
 from poolkit.heads.base import (
     MIN_DELTA,
     FailedHead,
@@ -123,8 +125,6 @@ def build_model(encoder, feature_set, num_labels: int, seed: int, device: str = 
     pooler's module) initialized under ``seed`` as Hugging Face initializes a
     classifier (normal, std ``initializer_range``; zero bias). Raises
     :class:`~poolkit.errors.PluginFailure` if the pooler fails."""
-    from poolkit.encoding.model import _load_model
-
     model = _load_model(encoder).to(device)
     settings = model.config
     dropout = getattr(settings, "classifier_dropout", None)
@@ -191,8 +191,6 @@ def collate(ids, rows, pad_id: int, device: str):
     """``(input_ids, attention_mask, segments)`` int64 tensors of the texts ``rows``
     (a :class:`~poolkit.encoding.tokenization.TokenIds`), padded to the longest; ``segments``
     is ``None`` for single texts (see :func:`~poolkit.encoding.tokenization.segments`)."""
-    from poolkit.encoding.tokenization import segments
-
     rows = np.asarray(rows)
     lengths = np.array([len(ids[i]) for i in rows])
     width = int(lengths.max())
@@ -288,7 +286,6 @@ class Checkpoints:
     def save(self, model, best_state, optimizer, record: dict) -> None:
         if self.path is None:
             return
-        from poolkit.files import write_tensors
 
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if best_state is not None:
@@ -437,8 +434,6 @@ class FineTunedHeads:
 
     def ids(self):
         if self._ids is None:
-            from poolkit.encoding.tokenization import tokenize
-
             self._ids = tokenize(self.encoder, self.texts)[0]
         return self._ids
 

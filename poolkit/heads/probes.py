@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from poolkit.errors import one_line
+from poolkit.heads import logistic
 from poolkit.heads.base import FailedHead, HeadTask, TrainedHead
 
 #: SentEval's grid for scikit-learn's C (``InnerKFoldClassifier``).
@@ -95,8 +96,6 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int) -> SentEvalProbe:
     (ties: the first), refitted on all of ``rows``. Every ``(inner fold, C)`` fit
     and every refit is one problem of a single :func:`poolkit.heads.logistic.fit`."""
     from sklearn.model_selection import StratifiedKFold
-
-    from poolkit.heads import logistic
 
     x, y = x[rows], y[rows]
     classes, ids = np.unique(y, return_inverse=True)

@@ -5,7 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.encoding.tokenization import is_pairs
 from poolkit.evaluation.metrics import METRICS, PRIMARY
+from poolkit.evaluation.stats import rank_groups
+from poolkit.pipeline.runs import RunDirectory
+from poolkit.pooling.features import feature_id
 
 
 def summarize(results, failures: dict | None = None, comparison=None, primary: str = PRIMARY,
@@ -23,9 +27,6 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     per model × pooler × layer × encoder.
     """
     import pandas as pd
-
-    from poolkit.evaluation.stats import rank_groups
-    from poolkit.pooling.features import feature_id
 
     rows = []
     if "encoder" not in results:
@@ -165,8 +166,6 @@ def frozen_vs_finetuned(summary, pairs, primary: str = PRIMARY):
     frozen and among the fine-tuned poolers. ``None`` without fine-tuned rows."""
     import pandas as pd
 
-    from poolkit.pooling.features import feature_id
-
     if "encoder" not in summary:
         return None
     ok = summary[summary["status"] == "ok"]
@@ -272,8 +271,6 @@ def predictions_table(dataset, probabilities: dict, sets: dict, seeds):
 
 def texts_columns(texts: list) -> dict:
     """``{"text": ...}``, or for pairs of texts ``{"text": ..., "text_pair": ...}``."""
-    from poolkit.encoding.tokenization import is_pairs
-
     if not is_pairs(texts):
         return {"text": texts}
     return {"text": [a for a, _ in texts], "text_pair": [b for _, b in texts]}
@@ -291,8 +288,6 @@ def write_run_dir(out: Path, results, summary, label_names, settings: dict, *, p
     (claimed by :meth:`~poolkit.pipeline.runs.RunDirectory.claim`); files an earlier
     run left there and this one does not write (an old predictions.csv, plots)
     are removed."""
-    from poolkit.pipeline.runs import RunDirectory
-
     labels = {str(i): name for i, name in enumerate(label_names)}
     contents = {
         "results.csv": results.to_csv(index=False),

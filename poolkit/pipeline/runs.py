@@ -17,6 +17,8 @@ import numpy as np
 
 from poolkit.errors import PoolkitError
 from poolkit.files import sha256_file, tensors_sha256, write_atomic, write_tensors
+from poolkit.heads.base import TrainedHead
+from poolkit.version import __version__
 
 #: The file that marks a folder as a poolkit run directory and lists poolkit's
 #: files in it, each with the sha256 of what poolkit wrote.
@@ -136,8 +138,6 @@ def check_saved_models(out) -> None:
 
 
 def _marker(files: dict) -> str:
-    from poolkit import __version__
-
     return json.dumps({"poolkit": __version__, "files": dict(sorted(files.items()))},
                       indent=1) + "\n"
 
@@ -212,8 +212,6 @@ class RunStore:
     def load(self, feature_set: str, fingerprint: str, seed: int, fold: int | str = 0):
         """The :class:`~poolkit.heads.base.TrainedHead` saved for this head, or ``None``;
         ``fold="final"``: the feature set's final head, with its ``weights``."""
-        from poolkit.heads.base import TrainedHead
-
         if self.folder is None:
             return None
         path = self._path(feature_set, seed, fold)

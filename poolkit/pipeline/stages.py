@@ -8,13 +8,42 @@ export format, ...) is mapped in ARCHITECTURE.md.
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from poolkit.config import RunConfig
-from poolkit.errors import ModelFailed, PoolkitError
-from poolkit.identity import RunIdentity, pooler_fingerprint, splits_digest
+from poolkit.data.dataset import load_dataset
+from poolkit.data.readers import DEFAULT_DATASET_NAME, data_digest, default_dataset_path
+from poolkit.encoding import distributed
+from poolkit.encoding.cache import default_cache_dir
+from poolkit.encoding.encode import encode_to_cache, pick_device
+from poolkit.encoding.layers import parse_layers
+from poolkit.errors import Interrupted, ModelFailed, PoolkitError
+from poolkit.evaluation.metrics import METRICS, compute_metrics
+from poolkit.evaluation.stats import N_BOOT, Comparison, compare
+from poolkit.heads.base import FailedHead, HeadTask
+from poolkit.identity import RunIdentity, digest, pooler_fingerprint, splits_digest, texts_digest
+from poolkit.pipeline.results import (
+    RUN_FILES,
+    mark_own_pooling,
+    predictions_table,
+    summarize,
+    write_run_dir,
+)
+from poolkit.pipeline.runs import RunDirectory, RunStore, check_saved_models
+from poolkit.pooling.features import (
+    BatchPooling,
+    feature_sets,
+    finetuned_sets,
+    pool_cache,
+    setup_poolers,
+)
+from poolkit.pooling.isolation import DEFAULT_TIMEOUT, handlers
+from poolkit.pooling.manager import DEFAULT_PLUGINS, collect_poolers, get_plugin_manager
+from poolkit.pooling.pooler import Pooler
+from poolkit.version import __version__
 
 
 def _silent(message: str) -> None:
@@ -113,10 +142,6 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> 
     An unknown name is an error listing the known ones; plugins that failed to
     load are logged and kept as one-line errors.
     """
-    from poolkit.pooling.isolation import DEFAULT_TIMEOUT
-    from poolkit.pooling.manager import collect_poolers, get_plugin_manager
-    from poolkit.pooling.pooler import Pooler
-
     timeout = timeout or DEFAULT_TIMEOUT
     pm = get_plugin_manager(plugins_dir=plugins_dir, timeout=timeout)
     registered = collect_poolers(pm, timeout=timeout)
@@ -137,8 +162,6 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> 
     if not selected:
         raise PoolkitError("no poolers to run; see 'poolkit plugins'")
     if names is None:
-        from poolkit.pooling.manager import DEFAULT_PLUGINS
-
         joined = [name for name, plugin in plugins.items() if plugin not in DEFAULT_PLUGINS
                   and not plugin.endswith(".py")]
         if joined:
@@ -152,8 +175,6 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> 
 def load_data(config: RunConfig, log=_silent):
     """The labelled texts and their folds (a :class:`~poolkit.data.dataset.Dataset`), as the
     protocol splits them."""
-    from poolkit.data.dataset import load_dataset
-
     protocol, folds = config.plan()
     dataset = load_dataset(config.data, text_col=config.text_col, label_col=config.label_col,
                            test_data=config.test_data, labels=config.labels,
@@ -189,12 +210,6 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     to load and the encoder is about to run (not on a cache hit). ``max_texts``
     caps the texts per encoder batch (default: only the token budget).
     """
-    from poolkit.encoding import distributed
-    from poolkit.encoding.cache import default_cache_dir
-    from poolkit.encoding.encode import encode_to_cache, pick_device
-    from poolkit.encoding.layers import parse_layers
-    from poolkit.pooling.features import feature_sets, finetuned_sets, setup_poolers
-
     if not len(texts):
         raise PoolkitError("no texts to encode")
     device = pick_device(config.device)
@@ -229,7 +244,8 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
                                  before_encoding=before_encoding, log=log,
                                  mode=config.cache_mode, pool=_fixed(sets, failures),
                                  budget=config.cache_budget,
-                                 timeout=config.pooler_timeout)
+                                 make_pooling=partial(BatchPooling,
+                                                      timeout=config.pooler_timeout))
     seconds = time.perf_counter() - began
     if cache is not None and cache.mode == "pooled":
         sets = _without_trainable(sets, "they read token states, which a pooled cache does "
@@ -263,8 +279,6 @@ def _without_trainable(sets: dict, why: str, log) -> dict:
 def pool(config: RunConfig, encoded: Encoded) -> Features:
     """Every fixed feature set's features, in one pass over the cached states (or,
     from a pooled cache, read from it)."""
-    from poolkit.pooling.features import pool_cache
-
     fixed = _fixed(encoded.sets, encoded.failures)
     began = time.perf_counter()
     if encoded.cache.mode == "pooled":
@@ -283,9 +297,6 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
     :class:`~poolkit.pipeline.runs.RunStore`) when saved under the same key, else trained
     by the protocol's head kind that wants it and saved as it finishes (with
     its scores on a single split, so a re-run reuses those too)."""
-    from poolkit.evaluation.metrics import compute_metrics
-    from poolkit.heads.base import FailedHead, HeadTask
-
     protocol, _ = config.plan()
     sets = encoded.sets
     failures = {**encoded.failures, **features.failures}
@@ -340,10 +351,6 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     (each item by the head of the fold that held it out), the feature sets
     compared pairwise on those items, and the summary with intervals."""
     import pandas as pd
-
-    from poolkit.evaluation.metrics import compute_metrics
-    from poolkit.evaluation.stats import compare
-    from poolkit.pipeline.results import mark_own_pooling, summarize
 
     scored = dataset.scored
     y = dataset.labels[scored]
@@ -408,10 +415,6 @@ def comparison_key(probabilities: dict, y, options: dict) -> str:
     import hashlib
     import json
 
-    from poolkit import __version__
-    from poolkit.evaluation.metrics import METRICS
-    from poolkit.evaluation.stats import N_BOOT
-
     hashed = hashlib.sha256(json.dumps(
         [__version__, N_BOOT, list(METRICS), {k: v for k, v in options.items() if k != "folds"}],
         default=str).encode())
@@ -429,8 +432,6 @@ def read_comparison(path, key: str):
     import json
 
     import pandas as pd
-
-    from poolkit.evaluation.stats import Comparison
 
     if path is None or not path.is_file():
         return None
@@ -488,9 +489,6 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
            training: Training, evaluation: Evaluation, began: float) -> RunResult:
     """The run's settings and recipe card, and its run directory written (with
     ``config.out``); returns the :class:`RunResult`."""
-    from poolkit.data.readers import DEFAULT_DATASET_NAME
-    from poolkit.pipeline.results import predictions_table, write_run_dir
-
     encoder = encoded.encoder
     y_scored = dataset.labels[dataset.scored]
     seeds = config.seed_list()
@@ -565,9 +563,6 @@ def recipe_card(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded) 
     seeds, splits, head settings, plugins and library versions."""
     import importlib.metadata
     import platform
-
-    from poolkit import __version__
-    from poolkit.data.readers import DEFAULT_DATASET_NAME, data_digest, default_dataset_path
 
     encoder = encoded.encoder
     identity = encoder.identity()
@@ -660,10 +655,6 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     import copy
     from dataclasses import replace
 
-    from poolkit.encoding import distributed
-    from poolkit.pipeline.results import RUN_FILES
-    from poolkit.pipeline.runs import RunDirectory, RunStore, check_saved_models
-
     config.validate()
     began = time.perf_counter()
     poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
@@ -724,9 +715,6 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
 def _failed_model(config: RunConfig, poolers: dict, encoder, reason: str) -> tuple:
     """``(Encoded, Features, Training)`` of a model that failed as a whole: each of its
     feature sets failed with ``reason``, so the summary names them and the run exits 3."""
-    from poolkit.encoding.layers import parse_layers
-    from poolkit.pooling.features import feature_sets, finetuned_sets
-
     why = f"model failed: {reason}"
     sets, failures = feature_sets(poolers, {}, parse_layers(config.layers, encoder.num_layers),
                                   encoder.num_layers, failed={name: why for name in poolers})
@@ -747,11 +735,8 @@ def _same_run_on_every_rank(identity, dataset, poolers) -> None:
     options, data (its texts, labels and splits) and plugins as rank 0, or every rank
     stops with one line naming the first that differs. (A rank with other texts would
     write its batches into rank 0's cache entry.)"""
-    from poolkit.encoding import distributed
-
     if distributed.world_size() <= 1:
         return
-    from poolkit.identity import digest, texts_digest
 
     mine = digest({"options": identity.options, "texts": texts_digest(dataset.texts),
                    "labels": dataset.label_names, "splits": splits_digest(dataset),
@@ -811,3 +796,22 @@ def _together(parts: dict) -> tuple:
                         sum(item[2].seconds for item in parts.values()),
                         {label: item[2].heads_key for label, item in parts.items()})
     return encoded, features, training
+
+
+def run_config(config, log=None):
+    """:func:`run` for a :class:`~poolkit.config.RunConfig`, as the CLI calls it."""
+    with handlers():
+        try:
+            distributed.init()
+            if distributed.rank() != 0 and log is not None:  # rank 0 speaks for the run
+                log, said = _silent, log
+                said(f"rank {distributed.rank()} of {distributed.world_size()}: encoding its "
+                     "share; rank 0 runs the comparison")
+            return run(config, log=log or _silent)
+        except KeyboardInterrupt:
+            saved = (f" and the finished heads in {config.out}/heads"
+                     if config.out is not None else "")
+            raise Interrupted(f"interrupted: the encoder's progress is saved in the cache{saved}; "
+                              "run the same command again to resume") from None
+        finally:
+            distributed.shutdown()

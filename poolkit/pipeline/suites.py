@@ -13,7 +13,16 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from poolkit.config import RunConfig
+from poolkit.encoding import distributed
 from poolkit.errors import Interrupted, PoolkitError
+from poolkit.evaluation import across
+from poolkit.evaluation.across import METHODS, RESERVED, Verdict
+from poolkit.heads.base import FineTuneConfig
+from poolkit.identity import RUNS_FOLDER, digest
+from poolkit.pipeline.results import read_table_back
+from poolkit.pipeline.runs import RunDirectory
+from poolkit.pipeline.stages import run_config
 
 #: The options a task takes for its data (RunConfig fields).
 TASK_OPTIONS = ("data", "text_col", "label_col", "test_data", "labels", "encoding",
@@ -115,8 +124,6 @@ def read_suite(path=None) -> Suite:
 
 
 def _task(entry, number: int, file: Path, where: str) -> Task:
-    from poolkit.evaluation.across import RESERVED
-
     if not isinstance(entry, dict):
         raise PoolkitError(f"{where}: task {number} must be a table")
     name = entry.get("name")
@@ -158,10 +165,6 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
     suite-wide ``options`` (the command line's, then ``[defaults]``, then a run's
     defaults). ``out`` defaults to ``poolkit-runs/suite-<name>-<hash of what the
     results depend on>``."""
-    from poolkit.config import RunConfig
-    from poolkit.heads.base import FineTuneConfig
-    from poolkit.identity import RUNS_FOLDER, digest
-
     chosen = {**suite.defaults, **{k: v for k, v in options.items() if v is not None}}
     unknown = sorted(set(chosen) - set(SUITE_OPTIONS) - {f.name for f in fields(RunConfig)})
     if unknown:
@@ -190,11 +193,6 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
 def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> SuiteResult:
     """Run every task of ``suite`` (each as :func:`poolkit.run` would, into
     ``out/<task>``), then the verdict across them, written into ``out``."""
-    from poolkit.api import run_config
-    from poolkit.encoding import distributed
-    from poolkit.evaluation import across
-    from poolkit.pipeline.runs import RunDirectory
-
     log = log or (lambda message: None)
     out, configs = task_configs(suite, options or {}, out)
     for config in configs.values():
@@ -237,9 +235,6 @@ def write_suite_dir(out: Path, suite: Suite, verdict, configs: dict, lines: list
     """suite.csv, ranks.csv, across_pairs.csv, task_pairs.csv and suite.json in ``out``."""
     import json
 
-    from poolkit.evaluation.across import METHODS
-    from poolkit.pipeline.runs import RunDirectory
-
     settings = {
         "suite": suite.name,
         "file": str(suite.path) if suite.path is not None else "embedded default suite",
@@ -265,8 +260,6 @@ def read_verdict(out) -> object:
     its files (names stay as written: a pooler or task called ``NA`` is no NaN)."""
     import json
 
-    from poolkit.evaluation.across import Verdict
-
     out = Path(out)
     try:
         settings = json.loads((out / "suite.json").read_text(encoding="utf-8"))
@@ -291,8 +284,6 @@ _TEXT_COLUMNS = {"suite": ("task", *_SET), "ranks": _SET, "across_pairs": ("a", 
 
 def _read_csv(path: Path, text_columns):
     import pandas as pd
-
-    from poolkit.pipeline.results import read_table_back
 
     try:
         return read_table_back(path, text_columns)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from poolkit.errors import NEEDS_PAIRS, PluginFailure, one_line
+from poolkit.encoding.cache import pad_tokens
+from poolkit.encoding.layers import parse_layers
+from poolkit.errors import NEEDS_PAIRS, PluginFailure, PoolkitError, one_line
 from poolkit.pooling.isolation import DEFAULT_TIMEOUT, plugin_code
 from poolkit.pooling.manager import DEFAULT_PLUGINS as BUILTIN_PLUGINS
 
@@ -153,9 +155,6 @@ def feature_sets(poolers: dict, specs: dict, layers, num_layers: int, failed=Non
     for a pooler whose declared layers this model does not have (its failure
     alone); their feature sets are in ``sets`` too, to name them.
     """
-    from poolkit.encoding.layers import parse_layers
-    from poolkit.errors import PoolkitError
-
     failed = failed or {}
     sets, failures = {}, {}
     for name, pooler in poolers.items():
@@ -305,8 +304,6 @@ class BatchPooling:
 
     def __call__(self, lengths, states, segments=None) -> list:
         import torch
-
-        from poolkit.encoding.cache import pad_tokens
 
         def load(layer):
             return pad_tokens(torch.from_numpy(states[self.layers.index(layer)]).float(), lengths)

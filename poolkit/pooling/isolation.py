@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 
-from poolkit.errors import PluginFailure, one_line
+from poolkit.errors import PluginFailure, PoolkitError, one_line
 
 #: Default of ``--pooler-timeout``: the most seconds one call into a plugin may take.
 DEFAULT_TIMEOUT = 600.0
@@ -195,8 +195,6 @@ class plugin_code:
 
 def check_timeout(value) -> float:
     """``--pooler-timeout`` as seconds: a finite number above 0."""
-    from poolkit.errors import PoolkitError
-
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from poolkit.errors import PoolkitError, one_line
+from poolkit.evaluation.metrics import PRIMARY
+from poolkit.pipeline.results import NAME_COLUMNS, display_pairs, display_table, read_table_back
+from poolkit.pipeline.runs import RunDirectory
+from poolkit.winner.plot import layer_grid, read_summary
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,6 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
     """
     import pandas as pd
 
-    from poolkit.pipeline.results import NAME_COLUMNS, display_pairs, display_table, read_table_back
-    from poolkit.pipeline.runs import RunDirectory
-
     exporter = EXPORTERS.get(fmt)
     if exporter is None:
         raise PoolkitError(f"unknown format '{fmt}'; use one of {', '.join(EXPORTERS)}")
@@ -111,9 +112,6 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
 
 def _primary_grid(run_dir):
     """Mean primary metric of single-layer poolers (rows) × layers (columns) of a layer sweep."""
-    from poolkit.evaluation.metrics import PRIMARY
-    from poolkit.winner.plot import layer_grid, read_summary
-
     grid = layer_grid(read_summary(run_dir), PRIMARY)
     if grid is None:
         raise PoolkitError(f"run directory '{run_dir}' has no layer sweep (fewer than two layers); "

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from poolkit.errors import PoolkitError
+from poolkit.winner.final import choose_set, load, read_run
 
 #: poolkit pooler -> sentence-transformers ``Pooling`` mode computing the same on
 #: right-padded batches (cls: the first token; weightedmean: real token i weighs i;
@@ -42,8 +43,6 @@ def export_model(run_dir, set=None, out=None, fmt: str = "hf", *, cache_dir=None
     import os
     import shutil
     import tempfile
-
-    from poolkit.winner.final import choose_set, load, read_run
 
     if fmt not in FORMATS:
         raise PoolkitError(f"--format {fmt}: use one of {', '.join(FORMATS)}")

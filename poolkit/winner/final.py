@@ -27,7 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
+from poolkit.config import RunConfig
+from poolkit.encoding.encode import pick_device
+from poolkit.encoding.layers import parse_layers
+from poolkit.encoding.tokenization import tokenize
 from poolkit.errors import PoolkitError
+from poolkit.heads.base import FailedHead, HeadTask
+from poolkit.heads.linear import train_heads
+from poolkit.heads.trainable import TrainablePoolerHeads
+from poolkit.identity import RunIdentity
+from poolkit.pipeline.results import texts_columns
+from poolkit.pipeline.runs import RunStore
+from poolkit.pipeline.stages import encode, load_data, model_labels, pool, resolve_poolers
+from poolkit.pooling.features import feature_id, feature_sets, finetuned_sets, setup_poolers
 
 
 def _silent(message: str) -> None:
@@ -47,8 +59,6 @@ class SavedRun:
     def finished_sets(self) -> dict:
         """``{set id: summary row}`` of the sets that finished, best first (the summary's
         order: the run's primary metric)."""
-        from poolkit.pooling.features import feature_id
-
         rows = self.summary[self.summary["status"] == "ok"]
         return {feature_id(r["pooler"], r["layer"], r["encoder"], r.get("model") or None): r
                 for _, r in rows.iterrows()}
@@ -112,7 +122,6 @@ class Classifier:
 
     def logits(self, texts, batch_size: int = 32) -> np.ndarray:
         """``(n, C)`` float32 logits of ``texts``, in their order."""
-        from poolkit.encoding.tokenization import tokenize
         from poolkit.heads.finetune import predict
 
         texts = self._checked(texts)
@@ -156,8 +165,6 @@ def predictions_frame(classifier: Classifier, texts, rows=None):
     order, as a run's predictions.csv names them."""
     import pandas as pd
 
-    from poolkit.pipeline.results import texts_columns
-
     probabilities = classifier.predict_proba(texts)
     frame = pd.DataFrame({"row": rows if rows is not None else np.arange(1, len(texts) + 1),
                           **texts_columns(list(texts)),
@@ -173,8 +180,6 @@ def load(run_dir, set=None, *, cache_dir=None, device=None, force: bool = False,
     run directory ``run_dir``, training its final head first if the run directory does
     not hold it yet. ``force``: a pooler whose plugin changed since the run is used as
     it is now (a warning), not refused. See the module docstring."""
-    from poolkit.encoding.encode import pick_device
-
     run = read_run(run_dir)
     set_id = choose_set(run, set, log)
     row = run.finished_sets()[set_id]
@@ -202,13 +207,6 @@ def final_head(run: SavedRun, config, poolers, encoder, key: str, label, fingerp
     """``(TrainedHead, FeatureSet)``: the final head of the frozen feature set ``key``,
     reused from the run directory (without encoding anything) or trained now (see the
     module docstring) and saved."""
-    from poolkit.heads.base import FailedHead, HeadTask
-    from poolkit.heads.linear import train_heads
-    from poolkit.heads.trainable import TrainablePoolerHeads
-    from poolkit.identity import RunIdentity
-    from poolkit.pipeline.runs import RunStore
-    from poolkit.pipeline.stages import encode, load_data, pool
-
     saved_key = run.settings.get("heads_key")
     saved_key = saved_key.get(label) if isinstance(saved_key, dict) else saved_key
     seeds = config.seed_list()
@@ -257,9 +255,6 @@ def final_head(run: SavedRun, config, poolers, encoder, key: str, label, fingerp
 def feature_set(poolers, encoder, key: str, config):
     """The :class:`~poolkit.pooling.features.FeatureSet` ``key`` (a frozen or ``-ft`` id) of the
     run's poolers on ``encoder``, its pooler set up; a pooler that fails now is one line."""
-    from poolkit.encoding.layers import parse_layers
-    from poolkit.pooling.features import feature_sets, finetuned_sets, setup_poolers
-
     name = key.split("@", 1)[0]
     selected = {name: poolers.selected[name]}
     specs, failed = setup_poolers(selected, encoder, 0, config.pooler_timeout)
@@ -282,9 +277,6 @@ def _config(run: SavedRun, row, cache_dir, device) -> tuple:
     """``(RunConfig, model label, model name)`` of the run, for the set of summary row
     ``row``: its options as saved, relative paths taken from the run's working folder,
     its own model only."""
-    from poolkit.config import RunConfig
-    from poolkit.pipeline.stages import model_labels
-
     options = run.settings["options"]
     cwd = Path(options.get("cwd", "."))
 
@@ -312,8 +304,6 @@ def _poolers(run: SavedRun, config, pooler: str, force: bool, log) -> tuple:
     """The run's poolers, resolved now, and the fingerprint the run's heads carry for
     ``pooler``; a plugin whose source changed since is refused (or, with ``force``,
     used with a warning)."""
-    from poolkit.pipeline.stages import resolve_poolers
-
     try:
         poolers = resolve_poolers(config.poolers, config.plugins_dir,
                                   timeout=config.pooler_timeout)
@@ -389,7 +379,6 @@ def _finetuned_model(run: SavedRun, config, poolers, encoder, key: str, label, d
     from safetensors import safe_open
 
     from poolkit.heads.finetune import build_model
-    from poolkit.pipeline.runs import RunStore
 
     store = RunStore(run.path, "", folds=run.settings.get("folds", 1), subfolder=label)
     seed = config.seed_list()[0]

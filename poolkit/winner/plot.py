@@ -12,9 +12,12 @@ import textwrap
 from pathlib import Path
 
 from poolkit.errors import PoolkitError, one_line
+from poolkit.evaluation.across import chosen_pairs, format_p
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.files import write_atomic
+from poolkit.pipeline.results import NAME_COLUMNS, read_table_back
 from poolkit.pipeline.runs import RunDirectory
+from poolkit.pipeline.suites import read_verdict
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 
@@ -70,8 +73,6 @@ def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=Non
 def read_summary(run_dir):
     """``RUN_DIR/summary.csv`` as a DataFrame, names (pooler, layer, model) as written."""
     import pandas as pd
-
-    from poolkit.pipeline.results import NAME_COLUMNS, read_table_back
 
     path = Path(run_dir) / "summary.csv"
     if not path.is_file():
@@ -478,8 +479,6 @@ def plot_suite(suite_dir, formats=("png", "svg"), out_dir=None) -> list[Path]:
     each chosen pair's per-task differences with their intervals and the pooled one
     (see :func:`poolkit.evaluation.across.chosen_pairs`). Files go to ``out_dir``, default
     ``SUITE_DIR/plots``."""
-    from poolkit.pipeline.suites import read_verdict
-
     formats = _check_formats(formats)
     suite_dir = Path(suite_dir)
     verdict = read_verdict(suite_dir)
@@ -514,8 +513,6 @@ def critical_difference_diagram(verdict):
     ranks differ by less than Nemenyi's critical difference (drawn above the axis):
     those are not significantly different."""
     from matplotlib.figure import Figure
-
-    from poolkit.evaluation.across import format_p
 
     ranks = verdict.ranks
     names, means = list(ranks["set"]), ranks["mean_rank"].to_numpy(float)
@@ -567,8 +564,6 @@ def forest_plot(verdict):
     the pooled random-effects difference (diamond, its Hartung–Knapp 95% interval)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Polygon
-
-    from poolkit.evaluation.across import chosen_pairs, format_p
 
     metric = verdict.metric
     scale = 1.0 if metric == "log_loss" else 100.0
