@@ -33,7 +33,7 @@ def test_every_module_and_name_in_architecture_md_exists():
     for path in paths:
         assert (ROOT / path).exists(), f"ARCHITECTURE.md names {path}, which does not exist"
     defined = set()
-    for path in ROOT.glob("poolkit/*.py"):
+    for path in ROOT.glob("poolkit/**/*.py"):
         defined |= _defined_names(path)
     options = set(re.findall(r"--[a-z][a-z-]+", (ROOT / "poolkit" / "cli.py").read_text()))
     for name in quoted:
@@ -49,7 +49,8 @@ def test_every_module_and_name_in_architecture_md_exists():
             if part.startswith("--"):
                 assert part in options, f"ARCHITECTURE.md names option {part}, which poolkit lacks"
                 continue
-            modules = {p.stem for p in ROOT.glob("poolkit/*.py")}
+            modules = {p.stem for p in ROOT.glob("poolkit/**/*.py")} | {
+                p.name for p in ROOT.glob("poolkit/*/")}
             assert part in defined or part in modules, (
                 f"ARCHITECTURE.md names `{name}`: '{part}' is defined nowhere in poolkit/")
 
