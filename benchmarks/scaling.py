@@ -65,9 +65,9 @@ def register_poolers(register):
 
 ENCODE_ONLY = """
 import sys
-from poolkit.data import read_examples
-from poolkit.encoding import encode_to_cache
-from poolkit.model import load_encoder
+from poolkit.data.readers import read_examples
+from poolkit.encoding.encode import encode_to_cache
+from poolkit.encoding.model import load_encoder
 texts, _ = read_examples(sys.argv[1], "text", "label")
 encode_to_cache(load_encoder(None), texts, sys.argv[2])
 """

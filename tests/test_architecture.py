@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from poolkit.cli import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "ARCHITECTURE.md").read_text()
 
@@ -35,7 +37,8 @@ def test_every_module_and_name_in_architecture_md_exists():
     defined = set()
     for path in ROOT.glob("poolkit/**/*.py"):
         defined |= _defined_names(path)
-    options = set(re.findall(r"--[a-z][a-z-]+", (ROOT / "poolkit" / "cli.py").read_text()))
+    options = {opt for command in cli.commands.values() for param in command.params
+               for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
     for name in quoted:
         if "/" in name:
             continue

@@ -395,17 +395,17 @@ def test_a_resumed_run_reproduces_its_tables_byte_for_byte(main_run, tmp_path):
 def test_a_rerun_that_trains_nothing_compares_nothing_and_writes_the_same_bytes(
         tmp_path, tiny_model_dir, small_csv, monkeypatch):
     import poolkit
-    import poolkit.evaluation.stats
     from poolkit.heads.base import HeadConfig
+    from poolkit.pipeline import stages
 
     calls = []
-    original = poolkit.evaluation.stats.compare
+    original = stages.compare
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(poolkit.evaluation.stats, "compare", counting)
+    monkeypatch.setattr(stages, "compare", counting)
     out = tmp_path / "run"
     options = dict(model=str(tiny_model_dir), poolers=("cls", "mean"), folds=3, seeds=2, out=out,
                    head=HeadConfig(max_epochs=5))

@@ -357,7 +357,7 @@ def test_finetune_refuses_other_protocols_and_save_models_alone(data_csv, tiny_m
 RUN = """
 import sys
 import poolkit
-from poolkit.heads import FineTuneConfig
+from poolkit.heads.base import FineTuneConfig
 poolkit.run(sys.argv[1], model=sys.argv[2], poolers=["mean", "bert_pooler"], seeds=1, folds=2,
             finetune=FineTuneConfig(epochs=8, patience=8, batch_size=16), out=sys.argv[3],
             cache_dir=sys.argv[4], log=print)

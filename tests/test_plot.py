@@ -202,7 +202,7 @@ def test_plot_does_not_change_matplotlib_global_state(single_run):
 
 @pytest.mark.slow
 def test_plot_runs_without_pyplot_or_a_display(single_run):
-    code = ("import sys; from poolkit.plot import plot_run; "
+    code = ("import sys; from poolkit.winner.plot import plot_run; "
             f"plot_run({str(single_run)!r}, 'accuracy'); "
             "print('matplotlib.pyplot' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")}

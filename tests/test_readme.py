@@ -83,7 +83,7 @@ def test_the_packaged_example_installs_and_registers_its_pooler(tmp_path):
     assert built.returncode == 0, built.stderr
     found = subprocess.run([sys.executable, "-c", (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from poolkit.manager import collect_poolers, get_plugin_manager;"
+        "from poolkit.pooling.manager import collect_poolers, get_plugin_manager;"
         "print(sorted(collect_poolers(get_plugin_manager())))"), str(target)],
         capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr

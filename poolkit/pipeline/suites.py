@@ -18,21 +18,12 @@ from poolkit.encoding import distributed
 from poolkit.errors import Interrupted, PoolkitError
 from poolkit.evaluation import across
 from poolkit.evaluation.across import METHODS, RESERVED, Verdict
-from poolkit.heads.base import FineTuneConfig
 from poolkit.identity import RUNS_FOLDER, digest
+from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS
 from poolkit.pipeline.results import read_table_back
 from poolkit.pipeline.runs import RunDirectory
 from poolkit.pipeline.stages import run_config
 
-#: The options a task takes for its data (RunConfig fields).
-TASK_OPTIONS = ("data", "text_col", "label_col", "test_data", "labels", "encoding",
-                "label_pattern", "max_texts", "empty_texts", "text_pair_col")
-#: The suite-wide options a ``[defaults]`` table (or the command line) may set.
-SUITE_OPTIONS = ("model", "poolers", "layers", "seeds", "folds", "protocol", "finetune", "metric",
-                 "baseline", "max_length", "split_seed", "max_train_texts", "cache_dir",
-                 "cache_mode", "cache_budget", "cache_dtype", "precision", "device",
-                 "plugins_dir", "trust_remote_code", "attn_implementation", "prompt",
-                 "pooler_timeout")
 #: What a task table may hold besides its options: where its data is, and what it is.
 TASK_FIELDS = ("name", "package", "about")
 #: The embedded default suite's file, inside the installed package.
@@ -165,24 +156,22 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
     suite-wide ``options`` (the command line's, then ``[defaults]``, then a run's
     defaults). ``out`` defaults to ``poolkit-runs/suite-<name>-<hash of what the
     results depend on>``."""
-    chosen = {**suite.defaults, **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    chosen = {**suite.defaults, **given}
     unknown = sorted(set(chosen) - set(SUITE_OPTIONS) - {f.name for f in fields(RunConfig)})
     if unknown:
         raise PoolkitError(f"unknown suite option(s) {', '.join(unknown)}")
-    for key in ("poolers", "model", "seeds"):
-        if isinstance(chosen.get(key), list):
-            chosen[key] = tuple(chosen[key])
-    if isinstance(chosen.get("model"), tuple) and len(chosen["model"]) == 1:
-        chosen["model"] = chosen["model"][0]
-    if chosen.get("finetune") is True:
-        chosen["finetune"] = FineTuneConfig()
-    elif chosen.get("finetune") is False:
-        chosen["finetune"] = None
-    try:
-        base = RunConfig(**chosen)
-    except TypeError as exc:
-        raise PoolkitError(f"suite options: {exc}") from None
-    configs = {task.name: replace(base, **task.options) for task in suite.tasks}
+    file = f"suite file '{suite.path or DEFAULT_SUITE}'"
+
+    def where(task):
+        def named(name):
+            if name in task.options:
+                return f"{file}: task '{task.name}': {name}"
+            return f"{file}: [defaults] {name}" if name not in given else name
+        return named
+
+    configs = {task.name: RunConfig.from_options({**chosen, **task.options}, where(task))
+               for task in suite.tasks}
     if out is None:
         identity = digest({name: c.results_options() for name, c in configs.items()})
         out = RUNS_FOLDER / f"suite-{suite.name}-{identity[:8]}"
