@@ -17,7 +17,7 @@ FLOORS = (
     ("poolkit.heads",),
     ("poolkit.pooling", "poolkit.data"),
     ("poolkit.encoding",),
-    ("poolkit.errors", "poolkit.files", "poolkit.identity", "poolkit.version"),
+    ("poolkit.errors", "poolkit.files", "poolkit.identity", "poolkit.ops", "poolkit.version"),
 )
 #: Third-party libraries too heavy for ``poolkit --help``: a module that imports one at its
 #: top may be imported inside the functions that need it.

@@ -297,3 +297,12 @@ def test_trainable_pooler_that_raises_during_run(small_csv, tiny_model_dir, tmp_
     summary = pd.read_csv(out / "summary.csv").set_index("pooler")
     assert summary.loc["trainable_explodes", "status"].startswith("failed:")
     assert (summary.loc[["mean", "attention"], "status"] == "ok").all()
+
+
+def test_a_plugin_written_for_0_3_loads_and_pools_unchanged(tiny_model_dir, tmp_path):
+    """tests/plugins_03/ holds a plugin with every import path poolkit 0.3 offered."""
+    features = poolkit.pool(TEXTS, ["mean_03", "mean"], model=str(tiny_model_dir),
+                            plugins_dir=TESTS_DIR / "plugins_03", cache_dir=tmp_path / "c",
+                            cache_dtype="fp32")
+    mean = torch.from_numpy(features["mean"])
+    assert_close(torch.from_numpy(features["mean_03"]), torch.cat([mean, mean], dim=1))
