@@ -13,7 +13,9 @@ from conftest import PLUGINS_DIR
 from poolkit.pooling import hookspecs
 from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+#: The README and every page of the docs site.
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))])
 
 
 def hook_specs() -> dict:

@@ -2,6 +2,7 @@
 and poolkit's own imports at the top of each module (read from the code, not run)."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,3 +128,21 @@ def test_no_subpackage_shares_a_name_with_a_public_function():
     assert not subpackages & set(poolkit.__all__), subpackages & set(poolkit.__all__)
     for name in ("run", "pool", "suite", "load"):
         assert callable(getattr(poolkit, name)), name
+
+
+def test_architecture_md_draws_the_same_floors():
+    """ARCHITECTURE.md's table of floors names the same modules, floor by floor, as FLOORS,
+    and every module of poolkit/ stands on one of them."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    table = text.split("## The house, top down", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`poolkit/" in line]
+    drawn = []
+    for row in rows:
+        where = row.split("|")[2]
+        paths = re.findall(r"`(poolkit/[^`]*)`", where)
+        drawn.append({module_name(ROOT / p) if p.endswith(".py") else p.strip("/").replace("/", ".")
+                      for p in paths})
+    expected = [set(names) - {"poolkit.__main__"} for names in FLOORS]
+    assert drawn == expected
+    for name in modules():
+        floor(name)  # every module stands on a floor

@@ -1,4 +1,5 @@
-"""The README's promises: its plugin file works as written, its commands are true."""
+"""The README's and the docs' promises: their plugin files work as written, their examples
+run, their commands are the ones CI runs, and the README stays a front door."""
 
 import re
 from pathlib import Path
@@ -11,12 +12,52 @@ from poolkit.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PLUGINS_PAGE = (ROOT / "docs" / "plugins.md").read_text()
+
+
+def plugin_code(text: str) -> str:
+    match = re.search(r"Save this as `my_plugins/cls_mean.py`:\s*```python\n(.*?)```", text, re.S)
+    assert match, "lost its plugin example"
+    return match.group(1)
 
 
 def readme_plugin_code() -> str:
-    match = re.search(r"Save this as `my_plugins/cls_mean.py`:\s*```python\n(.*?)```", README, re.S)
-    assert match, "README lost its plugin example"
-    return match.group(1)
+    """The tutorial's plugin, in docs/plugins.md."""
+    return plugin_code(PLUGINS_PAGE)
+
+
+def test_the_readme_is_a_front_door():
+    lines = README.splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; the manual is docs/"
+    for page in re.findall(r"\]\((docs/[^)#]+)\)", README):
+        assert (ROOT / page).is_file(), f"README links to {page}, which does not exist"
+
+
+def test_the_readmes_short_plugin_keeps_the_contract_and_is_listed(tmp_path):
+    from poolkit.testing import check_pooler
+
+    plugins = tmp_path / "my_plugins"
+    plugins.mkdir()
+    (plugins / "cls_mean.py").write_text(plugin_code(README))
+    listed = CliRunner().invoke(cli, ["plugins", "--plugins-dir", str(plugins)])
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"^cls_mean\s", listed.output, re.M)
+    namespace = {}
+    exec(compile(plugin_code(README), "README", "exec"), namespace)
+    check_pooler(namespace["ClsMeanPooler"]())
+
+
+@pytest.mark.slow
+def test_the_readmes_python_example_runs(tmp_path, tiny_model_dir, small_csv, monkeypatch):
+    """The README's Python example, run as written on the tiny model and a small file
+    (its file, columns and model names swapped for them)."""
+    code = re.search(r"## From Python\s*```python\n(.*?)```", README, re.S).group(1)
+    code = code.replace('"reviews.csv", text_col="review", label_col="stars",',
+                        f'{str(small_csv)!r}, model={str(tiny_model_dir)!r}, epochs=5,')
+    assert str(small_csv) in code, "the README's example no longer reads reviews.csv"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README", "exec"), {})
+    assert (tmp_path / "runs" / "reviews" / "summary.csv").is_file()
 
 
 def test_readme_plugin_is_the_packaged_example():
@@ -26,7 +67,7 @@ def test_readme_plugin_is_the_packaged_example():
 
 def test_readme_conformance_test_passes_on_the_readme_plugin(tmp_path, monkeypatch):
     """The tutorial's pytest test, run as written against the tutorial's plugin."""
-    match = re.search(r"### Test your pooler against the contract.*?```python\n(.*?)```", README, re.S)
+    match = re.search(r"## Test your pooler against the contract.*?```python\n(.*?)```", PLUGINS_PAGE, re.S)
     assert match, "README lost its conformance-kit example"
     (tmp_path / "cls_mean.py").write_text(readme_plugin_code())
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -92,7 +133,7 @@ def test_the_packaged_example_installs_and_registers_its_pooler(tmp_path):
 
 def test_readme_parameterized_pooler_passes_the_contract_under_each_name(tmp_path):
     """The GeM example: one class, a registered instance per p, each its own pooler."""
-    match = re.search(r"```python\n(class GeMPooler.*?)```", README, re.S)
+    match = re.search(r"```python\n(class GeMPooler.*?)```", PLUGINS_PAGE, re.S)
     assert match, "README lost its parameterized-pooler example"
     code = "import torch\n\nfrom poolkit import Pooler, hookimpl\n\n\n" + match.group(1)
     (tmp_path / "gem.py").write_text(code)
