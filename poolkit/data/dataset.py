@@ -55,40 +55,75 @@ class Dataset:
         return np.sort(np.concatenate([fold["test"] for fold in self.folds]))
 
 
-def load_dataset(
-    data=None,
-    text_col: str = "text",
-    label_col: str = "label",
-    test_data=None,
-    labels=None,
-    split_seed: int = 0,
-    validation_size: float = 0.1,
-    test_size: float = 0.1,
-    empty_texts: str = "skip",
-    folds: int = 1,
-    log=None,
-    encoding: str = "utf-8",
-    max_train_texts: int | None = None,
-    label_pattern: str | None = None,
-    max_texts: int | None = None,
-    text_pair_col: str | None = None,
-) -> Dataset:
+def load_dataset(data=None, text_col: str = "text", label_col: str = "label", test_data=None,
+                 labels=None, split_seed: int = 0, validation_size: float = 0.1,
+                 test_size: float = 0.1, empty_texts: str = "skip", folds: int = 1, log=None,
+                 encoding: str = "utf-8", max_train_texts: int | None = None,
+                 label_pattern: str | None = None, max_texts: int | None = None,
+                 text_pair_col: str | None = None) -> Dataset:
     """Load ``data`` (or the embedded default) into a :class:`Dataset`.
 
-    Label ids are the sorted unique labels (or ``labels`` in its order), so
-    shuffling the file never changes which id a label gets. ``folds`` 1: one
-    train/validation/test split (``test_size`` of the items tested); ``K`` > 1:
-    ``K``-fold cross-fitting, every item tested once (see :func:`cross_folds`).
-    With ``test_data`` the test split is that file and ``data`` is split into
-    train/validation. ``max_train_texts`` caps each fold's train part with a
-    stratified, seeded subset (validation and test parts are kept whole).
-    ``label_pattern`` (a regular expression) derives each label from its cell:
-    the first group of its first match (the whole match without a group); rows
-    whose label does not match are left out, with a count through ``log``.
-    ``max_texts`` keeps a stratified, seeded subset of ``data``'s rows (drawn
-    with ``split_seed``) before any split. ``text_pair_col``: each item is a pair
-    ``(text, text_pair)`` of the two columns (in ``data`` and ``test_data``).
+    Label ids are the sorted unique labels (or ``labels`` in its order), so shuffling the
+    file never changes which id a label gets. ``folds`` 1: one train/validation/test split
+    (``test_size`` of the items tested); ``K`` > 1: ``K``-fold cross-fitting, every item
+    tested once (see :func:`cross_folds`). With ``test_data`` the test split is that file
+    and ``data`` is split into train/validation. ``max_train_texts`` caps each fold's train
+    part with a stratified, seeded subset (validation and test parts are kept whole).
+    ``label_pattern`` (a regular expression) derives each label from its cell: the first
+    group of its first match (the whole match without a group); rows whose label does not
+    match are left out, with a count through ``log``. ``max_texts`` keeps a stratified
+    subset of ``data``'s rows (drawn with ``split_seed``) before any split.
+    ``text_pair_col``: each item is a pair ``(text, text_pair)`` of the two columns.
     """
+    _check_split_options(folds, test_data, validation_size, test_size, empty_texts, data,
+                         text_pair_col)
+    if data is None:
+        texts, raw = load_default_examples()
+        source = DEFAULT_DATASET_NAME
+    else:
+        texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding,
+                                   text_pair_col)
+        source = f"data file '{data}'"
+    if label_pattern is not None:
+        texts, raw = relabel(texts, raw, label_pattern, f"{source}, column '{label_col}'", log)
+    names = _label_names(raw, labels, source, label_col)
+    ids = encode_labels(raw, names, source)
+    rows = _rows(raw)
+    by_name = np.asarray(names, dtype=object)[ids].astype(str)  # ids depend on --labels order
+    if max_texts is not None and len(texts) > max_texts:
+        kept = stratified_subset(np.arange(len(texts)), by_name, max_texts, split_seed,
+                                 option="--max-texts")
+        texts, ids, rows, by_name = [texts[i] for i in kept], ids[kept], rows[kept], by_name[kept]
+        _say(log, f"--max-texts {max_texts}: a stratified subset of {len(kept)} of the "
+                  f"{len(raw)} rows of {source}")
+    files = [str(data) if data is not None else DEFAULT_DATASET_NAME] * len(texts)
+    if folds > 1:
+        fold_list = cross_folds(by_name, folds, split_seed, validation_size, source)
+    elif test_data is None:
+        fold_list = [split_indices(by_name, split_seed, validation_size, test_size, source)]
+    else:
+        test = _test_file(test_data, text_col, label_col, empty_texts, log, encoding,
+                          text_pair_col, label_pattern, names)
+        splits = split_indices(by_name, split_seed, validation_size, 0.0, source)
+        splits["test"] = np.arange(len(texts), len(texts) + len(test[0]))
+        texts, ids = texts + test[0], np.concatenate([ids, test[1]])
+        rows = np.concatenate([rows, test[2]])
+        files += [str(test_data)] * len(test[0])
+        fold_list = [splits]
+    if max_train_texts is not None:
+        fold_list = [{**fold, "train": stratified_subset(fold["train"], by_name, max_train_texts,
+                                                         split_seed)} for fold in fold_list]
+    return Dataset(texts=texts, labels=ids, label_names=names, folds=fold_list, source=source,
+                   rows=rows, files=files)
+
+
+def _say(log, message: str) -> None:
+    if log:
+        log(message)
+
+
+def _check_split_options(folds, test_data, validation_size, test_size, empty_texts, data,
+                         text_pair_col) -> None:
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
         raise PoolkitError(f"--folds {folds}: give 1 (one split) or a number of folds >= 2")
     if folds > 1 and test_data is not None:
@@ -105,15 +140,11 @@ def load_dataset(
     if data is None and text_pair_col is not None:
         raise PoolkitError(f"--text-pair-col {text_pair_col}: the default data are single "
                            "texts; give --data with a pair column")
-    if data is None:
-        texts, raw = load_default_examples()
-        source = DEFAULT_DATASET_NAME
-    else:
-        texts, raw = read_examples(data, text_col, label_col, empty_texts, log, encoding,
-                                   text_pair_col)
-        source = f"data file '{data}'"
-    if label_pattern is not None:
-        texts, raw = relabel(texts, raw, label_pattern, f"{source}, column '{label_col}'", log)
+
+
+def _label_names(raw, labels, source: str, label_col: str) -> list:
+    """The label names in id order: ``labels`` as given, a datasets ClassLabel's declared
+    order (of the labels present), else sorted; at least two of them."""
     declared = getattr(raw, "attrs", {}).get("label_names")
     if labels is None and declared is not None:  # ClassLabel order, for the labels present
         present = set(map(str, raw))
@@ -124,42 +155,18 @@ def load_dataset(
             f"{source}: column '{label_col}' has a single label ({names[0]}); "
             "a classifier needs at least two"
         )
-    ids = encode_labels(raw, names, source)
-    file_name = str(data) if data is not None else DEFAULT_DATASET_NAME
-    rows = _rows(raw)
-    by_name = np.asarray(names, dtype=object)[ids].astype(str)  # ids depend on --labels order
-    if max_texts is not None and len(texts) > max_texts:
-        kept = stratified_subset(np.arange(len(texts)), by_name, max_texts, split_seed,
-                                 option="--max-texts")
-        texts, ids, rows, by_name = [texts[i] for i in kept], ids[kept], rows[kept], by_name[kept]
-        if log:
-            log(f"--max-texts {max_texts}: a stratified subset of {len(kept)} of the {len(raw)} "
-                f"rows of {source}")
-    files = [file_name] * len(texts)
-    if folds > 1:
-        splits = None
-        fold_list = cross_folds(by_name, folds, split_seed, validation_size, source)
-    elif test_data is None:
-        splits = split_indices(by_name, split_seed, validation_size, test_size, source)
-    else:
-        test_texts, test_raw = read_examples(test_data, text_col, label_col, empty_texts, log,
-                                             encoding, text_pair_col)
-        if label_pattern is not None:
-            test_texts, test_raw = relabel(test_texts, test_raw, label_pattern,
-                                           f"test file '{test_data}', column '{label_col}'", log)
-        test_ids = encode_labels(test_raw, names, f"test file '{test_data}'")
-        splits = split_indices(by_name, split_seed, validation_size, 0.0, source)
-        splits["test"] = np.arange(len(texts), len(texts) + len(test_texts))
-        texts = texts + test_texts
-        ids = np.concatenate([ids, test_ids])
-        rows = np.concatenate([rows, _rows(test_raw)])
-        files += [str(test_data)] * len(test_texts)
-    fold_list = fold_list if splits is None else [splits]
-    if max_train_texts is not None:
-        fold_list = [{**fold, "train": stratified_subset(fold["train"], by_name, max_train_texts,
-                                                         split_seed)} for fold in fold_list]
-    return Dataset(texts=texts, labels=ids, label_names=names, folds=fold_list, source=source,
-                   rows=rows, files=files)
+    return names
+
+
+def _test_file(test_data, text_col, label_col, empty_texts, log, encoding, text_pair_col,
+               label_pattern, names) -> tuple:
+    """``(texts, label ids, rows)`` of ``--test-data``, its labels in the data's ids."""
+    texts, raw = read_examples(test_data, text_col, label_col, empty_texts, log, encoding,
+                               text_pair_col)
+    if label_pattern is not None:
+        texts, raw = relabel(texts, raw, label_pattern,
+                             f"test file '{test_data}', column '{label_col}'", log)
+    return texts, encode_labels(raw, names, f"test file '{test_data}'"), _rows(raw)
 
 
 def _rows(raw) -> np.ndarray:

@@ -87,31 +87,22 @@ def encode_to_cache(encoder, texts, cache_dir, *, device: str = "cpu", dtype: st
                     progress: bool = False, layers=None, before_encoding=None,
                     log=lambda message: None, mode: str = "tokens", pool=None, budget=None,
                     make_pooling=None) -> tuple:
-    """The cache entry for ``texts`` under ``encoder`` (a :class:`~poolkit.encoding.model.Encoder`);
-    runs the encoder only on a miss. Returns ``(cache, ran)``: ``ran`` says whether it ran.
+    """The cache entry ``(cache, ran)`` for ``texts`` under ``encoder`` (an
+    :class:`~poolkit.encoding.model.Encoder`); the encoder runs (``ran``) only on a miss.
 
-    ``layers``: the hidden-state indices to cache (absolute, see
-    :func:`~poolkit.encoding.layers.parse_layers`; default the last layer); an entry holding
-    more layers is reused. ``dtype``: the cache's storage precision; ``precision``: the
-    encoder's compute precision on CUDA (autocast; ``fp32`` turns it off). On a CPU the
-    encoder always computes in fp32 (a CPU without bf16 matrix units runs bf16/fp16
-    matmuls far slower).
-
-    ``mode`` (``--cache-mode``) says what the entry stores: ``tokens``, every real token's
-    states of ``layers``; ``pooled``, only the features of the feature sets ``pool``
-    (``{id: FeatureSet}``, fixed poolers already set up), pooled batch by batch as the
-    encoder runs, from states rounded to ``dtype`` as a token cache holds them, by
-    ``make_pooling(sets, layers, failed)`` (a
-    :class:`~poolkit.pooling.features.BatchPooling`; a pooler that fails is named in the
-    entry's ``failed``); ``auto``, a complete entry of either kind if there is one, else
-    ``tokens`` unless the token entry (estimated from the tokenized lengths) would take
-    more than ``budget`` (a ``--cache-budget``; default :data:`DEFAULT_BUDGET` of the free
-    disk), then ``pooled``.
-
-    Under torchrun (several ranks), every rank calls this with the same arguments: rank 0
-    opens the partial entry, the others join it, each encodes every ``world_size``-th
-    missing batch, and after a barrier rank 0 checks the batches the others wrote (their
-    CRC-32s), finishes the entry and returns it; the other ranks return ``(None, ran)``.
+    ``layers``: the hidden-state indices to cache (absolute; default the last layer); an
+    entry holding more is reused. ``dtype``: the cache's storage precision; ``precision``:
+    the encoder's on CUDA (autocast; ``fp32`` turns it off); on a CPU always fp32 (bf16 and
+    fp16 matmuls are far slower there). ``mode`` (``--cache-mode``): ``tokens`` keeps every
+    real token's states; ``pooled`` only the features of the feature sets ``pool``
+    (``{id: FeatureSet}``, set up), pooled batch by batch by ``make_pooling(sets, layers,
+    failed)`` (a :class:`~poolkit.pooling.features.BatchPooling`) from states rounded to
+    ``dtype``; ``auto`` reuses a complete entry of either kind, else keeps tokens unless
+    they would take more than ``budget`` (``--cache-budget``, default
+    :data:`DEFAULT_BUDGET` of the free disk). Under torchrun every rank calls this alike:
+    rank 0 opens the partial entry, the others join it, each encodes every
+    ``world_size``-th missing batch, and rank 0 checks the others' batches (CRC-32),
+    finishes the entry and returns it; the other ranks return ``(None, ran)``.
     """
     if precision not in PRECISIONS:
         raise PoolkitError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -377,22 +368,8 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
         with torch.inference_mode():
             for count, number in enumerate(batches, start=1):
                 batch = plan.texts(number)
-                width = int(lengths[batch].max())
-                input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-                for row, i in enumerate(batch):
-                    input_ids[row, : lengths[i]] = ids[i]
-                input_ids = torch.from_numpy(input_ids)
-                attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
-                segs = (segments(ids.pair_starts[batch], lengths[batch], width)
-                        if ids.pair_starts is not None else None)
-                extra = {}
-                if token_types:
-                    extra["token_type_ids"] = segs.pin_memory() if on_cuda else segs
-                if on_cuda:  # pinned host memory lets the copies run asynchronously
-                    input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
-                input_ids = input_ids.to(device, non_blocking=True)
-                attention = attention.to(device, non_blocking=True)
-                extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
+                input_ids, attention, segs, extra = _batch_inputs(ids, lengths, batch, pad_id,
+                                                                  device, token_types)
                 with torch.autocast("cuda", dtype=autocast_dtype or torch.bfloat16,
                                     enabled=on_cuda and autocast_dtype is not None):
                     out = model(input_ids=input_ids, attention_mask=attention,
@@ -412,6 +389,32 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
     finally:
         bar.close()
         model.to("cpu")
+
+
+def _batch_inputs(ids, lengths, batch, pad_id: int, device: str, token_types: bool) -> tuple:
+    """``(input_ids, attention_mask, segments, extra)`` of the texts ``batch`` (of
+    ``lengths`` tokens) on ``device``: padded to the longest; ``segments`` (pairs of texts, else ``None``) also go to the
+    model as ``token_type_ids`` (in ``extra``) with ``token_types``."""
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    width = int(lengths[batch].max())
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    for row, i in enumerate(batch):
+        input_ids[row, : lengths[i]] = ids[i]
+    input_ids = torch.from_numpy(input_ids)
+    attention = (torch.arange(width) < torch.from_numpy(lengths[batch])[:, None]).long()
+    segs = (segments(ids.pair_starts[batch], lengths[batch], width)
+            if ids.pair_starts is not None else None)
+    extra = {}
+    if token_types:
+        extra["token_type_ids"] = segs.pin_memory() if on_cuda else segs
+    if on_cuda:  # pinned host memory lets the copies run asynchronously
+        input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+    input_ids = input_ids.to(device, non_blocking=True)
+    attention = attention.to(device, non_blocking=True)
+    extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
+    return input_ids, attention, segs, extra
 
 
 class ProgressLines:

@@ -6,8 +6,9 @@ what earlier stages produced, returning a small dataclass of its own;
 export format, ...) is mapped in ARCHITECTURE.md.
 """
 
+import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -489,17 +490,36 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
            training: Training, evaluation: Evaluation, began: float) -> RunResult:
     """The run's settings and recipe card, and its run directory written (with
     ``config.out``); returns the :class:`RunResult`."""
+    settings = run_settings(config, poolers, dataset, encoded, features, training, began)
+    recipe = recipe_card(config, poolers, dataset, encoded)
+    if encoded.parts is not None:  # several models: what belongs to each, by label
+        settings, recipe = _per_model(config, poolers, dataset, encoded, settings, recipe)
+    if config.out is not None:
+        items = None
+        if config.predictions:
+            items = predictions_table(dataset, evaluation.probabilities, encoded.sets,
+                                      config.seed_list())
+        write_run_dir(Path(config.out), evaluation.results, evaluation.summary,
+                      dataset.label_names, settings, pairs=evaluation.pairs, recipe=recipe,
+                      predictions=items, comparison=evaluation.comparison)
+    return RunResult(evaluation.results, evaluation.summary, evaluation.pairs,
+                     training.failures, dataset.label_names, settings, recipe,
+                     poolers.load_errors, Path(config.out) if config.out is not None else None)
+
+
+def run_settings(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
+                 features: Features, training: Training, began: float) -> dict:
+    """settings.json: everything the run used, what it found, and where its time went."""
     encoder = encoded.encoder
     y_scored = dataset.labels[dataset.scored]
-    seeds = config.seed_list()
     protocol, folds = config.plan()
-    settings = {
+    return {
         "data": str(config.data) if config.data is not None else DEFAULT_DATASET_NAME,
         "test_data": str(config.test_data) if config.test_data is not None else None,
         "text_col": config.text_col, "label_col": config.label_col,
         **_given(config, "label_pattern", "max_texts", "text_pair_col"), "model": encoder.name,
-        "max_length": encoder.max_length, "poolers": list(poolers.selected), "seeds": seeds,
-        "layers": encoded.layers, "num_layers": encoder.num_layers,
+        "max_length": encoder.max_length, "poolers": list(poolers.selected),
+        "seeds": config.seed_list(), "layers": encoded.layers, "num_layers": encoder.num_layers,
         "split_seed": config.split_seed,
         "protocol": protocol.name, "folds": folds, "scored_items": len(y_scored),
         "split_sizes": {k: len(v) for k, v in dataset.folds[0].items()},
@@ -519,37 +539,34 @@ def report(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featu
         # what rebuilds the run's stages later (poolkit predict, export-model)
         "options": config.saved(), "heads_key": training.heads_key,
     }
-    recipe = recipe_card(config, poolers, dataset, encoded)
-    if encoded.parts is not None:  # several models: what belongs to each, by label
-        about = {label: {"model": part.encoder.name, "max_length": part.encoder.max_length,
-                         "layers": part.layers, "num_layers": part.encoder.num_layers,
-                         "cache": str(part.cache.path) if part.cache is not None else None,
-                         "encoder_ran": part.ran,
-                         "tokens": int(part.cache.lengths.sum()) if part.cache is not None
-                         else 0,
-                         "encode_seconds": round(part.seconds, 3)}
-                 for label, part in encoded.parts.items()}
-        for key in ("max_length", "num_layers", "cache", "tokens"):
-            settings.pop(key)
-        settings.update(model=[part["model"] for part in about.values()], models=about)
-        cards = {label: recipe_card(config, poolers, dataset, part)
-                 for label, part in encoded.parts.items()}
-        own = ("model", "model_path", "model_revision", "model_fingerprint", "tokenizer",
+
+
+#: What a recipe card says of its model, given per model when a run has several.
+_MODEL_CARD = ("model", "model_path", "model_revision", "model_fingerprint", "tokenizer",
                "tokenizer_sha256", "lowercase", "max_length", "attention", "prompt",
                "sentence_transformers", "layers", "num_layers")
-        recipe = {**{k: v for k, v in recipe.items() if k not in own},
-                  "models": {label: {k: card[k] for k in own if k in card}
-                             for label, card in cards.items()}}
-    if config.out is not None:
-        items = None
-        if config.predictions:
-            items = predictions_table(dataset, evaluation.probabilities, encoded.sets, seeds)
-        write_run_dir(Path(config.out), evaluation.results, evaluation.summary,
-                      dataset.label_names, settings, pairs=evaluation.pairs, recipe=recipe,
-                      predictions=items, comparison=evaluation.comparison)
-    return RunResult(evaluation.results, evaluation.summary, evaluation.pairs,
-                     training.failures, dataset.label_names, settings, recipe,
-                     poolers.load_errors, Path(config.out) if config.out is not None else None)
+
+
+def _per_model(config, poolers, dataset, encoded: Encoded, settings: dict,
+               recipe: dict) -> tuple:
+    """The settings and the recipe card of a run of several models: what belongs to each
+    model, by its label, in place of the one model's."""
+    about = {label: {"model": part.encoder.name, "max_length": part.encoder.max_length,
+                     "layers": part.layers, "num_layers": part.encoder.num_layers,
+                     "cache": str(part.cache.path) if part.cache is not None else None,
+                     "encoder_ran": part.ran,
+                     "tokens": int(part.cache.lengths.sum()) if part.cache is not None else 0,
+                     "encode_seconds": round(part.seconds, 3)}
+             for label, part in encoded.parts.items()}
+    settings = {k: v for k, v in settings.items()
+                if k not in ("max_length", "num_layers", "cache", "tokens")}
+    settings.update(model=[part["model"] for part in about.values()], models=about)
+    cards = {label: recipe_card(config, poolers, dataset, part)
+             for label, part in encoded.parts.items()}
+    recipe = {**{k: v for k, v in recipe.items() if k not in _MODEL_CARD},
+              "models": {label: {k: card[k] for k in _MODEL_CARD if k in card}
+                         for label, card in cards.items()}}
+    return settings, recipe
 
 
 def attention_of(encoder, cache) -> str | None:
@@ -652,9 +669,6 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     Under torchrun every rank encodes its share of the batches; rank 0 then runs
     the other stages alone and the others return ``None``.
     """
-    import copy
-    from dataclasses import replace
-
     config.validate()
     began = time.perf_counter()
     poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
@@ -677,32 +691,10 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     encoders = [config.encoder(name) for name in models]
     parts = {}
     for label, name, encoder in zip(labels, models, encoders):
-        one = replace(config, model=name)
-        # each model sets its own copies of the poolers up (bert_pooler takes its weights)
-        selected = poolers.selected if label is None else copy.deepcopy(poolers.selected)
-        if label is not None:
-            log(f"model {label}: {encoder.name}")
-        try:
-            encoded = encode(one, selected, dataset.texts, encoder, claim, log=log)
-            if distributed.rank() != 0:
-                continue
-            claim()
-            for key, reason in encoded.failures.items():
-                _report_failure(log, encoded.sets[key], reason, label)
-            features = pool(one, encoded)
-            for key, reason in features.failures.items():
-                _report_failure(log, encoded.sets[key], reason, label)
-            store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset),
-                             log=log, folds=len(dataset.folds), subfolder=label)
-            parts[label] = (encoded, features, train(one, poolers, dataset, encoded, features,
-                                                      store, log))
-        except ModelFailed as exc:
-            # one model of several failing mid-run (its own forward) fails alone: the others'
-            # results are written, exit 3 (under torchrun every rank stops instead)
-            if label is None or distributed.world_size() > 1:
-                raise
-            log(f"error: model {label} failed: {exc}")
-            parts[label] = _failed_model(one, selected, encoder, str(exc))
+        part = _run_model(replace(config, model=name), label, encoder, poolers, dataset,
+                          identity, claim, log)
+        if part is not None:
+            parts[label] = part
     if distributed.rank() != 0:
         return None
     if all(part[0].cache is None for part in parts.values()):
@@ -710,6 +702,37 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     encoded, features, training = parts[None] if labels == [None] else _together(parts)
     evaluation = evaluate(config, poolers, dataset, encoded, training)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
+
+
+def _run_model(config: RunConfig, label, encoder, poolers: Poolers, dataset, identity, claim,
+               log) -> tuple | None:
+    """``(Encoded, Features, Training)`` of one model (``label``: its name among several,
+    else ``None``): encoded, pooled and its heads trained; ``None`` on a torchrun rank
+    other than 0 once its share is encoded."""
+    # each model sets its own copies of the poolers up (bert_pooler takes its weights)
+    selected = poolers.selected if label is None else copy.deepcopy(poolers.selected)
+    if label is not None:
+        log(f"model {label}: {encoder.name}")
+    try:
+        encoded = encode(config, selected, dataset.texts, encoder, claim, log=log)
+        if distributed.rank() != 0:
+            return None
+        claim()
+        for key, reason in encoded.failures.items():
+            _report_failure(log, encoded.sets[key], reason, label)
+        features = pool(config, encoded)
+        for key, reason in features.failures.items():
+            _report_failure(log, encoded.sets[key], reason, label)
+        store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset),
+                         log=log, folds=len(dataset.folds), subfolder=label)
+        return encoded, features, train(config, poolers, dataset, encoded, features, store, log)
+    except ModelFailed as exc:
+        # one model of several failing mid-run (its own forward) fails alone: the others'
+        # results are written, exit 3 (under torchrun every rank stops instead)
+        if label is None or distributed.world_size() > 1:
+            raise
+        log(f"error: model {label} failed: {exc}")
+        return _failed_model(config, selected, encoder, str(exc))
 
 
 def _failed_model(config: RunConfig, poolers: dict, encoder, reason: str) -> tuple:
@@ -752,8 +775,6 @@ def _same_run_on_every_rank(identity, dataset, poolers) -> None:
 def _single_text_poolers(poolers: Poolers) -> Poolers:
     """``poolers`` without those that pool pairs of texts only (``segments = True``):
     every registered pooler, on single texts, means those that pool them."""
-    from dataclasses import replace
-
     kept = [name for name, p in poolers.selected.items()
             if getattr(type(p), "segments", False) is not True]
     return replace(poolers, selected={n: poolers.selected[n] for n in kept},
@@ -775,8 +796,6 @@ def model_labels(models: list) -> list:
 def _together(parts: dict) -> tuple:
     """``(Encoded, Features, Training)`` of several models' passes, their feature
     sets and heads under ids prefixed with each model's label."""
-    from dataclasses import replace
-
     sets, heads, failures = {}, {}, {}
     for label, (encoded, _, training) in parts.items():
         ids = {}
