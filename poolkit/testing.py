@@ -70,7 +70,6 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
           padding invariance: text 1 (4 tokens) pooled in a padded batch differs ...
           padding values: fp32: ±10000 in the padding changed the output ...
     """
-    import torch
 
     problems: list[str] = []
 
@@ -99,39 +98,47 @@ def check_pooler(pooler, hidden_size: int = 32, *, encoder=None, seed: int = 0) 
     )
     module = None
     if pooler.trainable:
-        try:
-            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
-                torch.manual_seed(seed)
-                module = pooler.module(hidden_size)
-        except Exception as exc:
-            problems.append(f"module: raised {one_line(exc)}")
-        else:
-            check("module", _check_module, module)
-        if not isinstance(module, torch.nn.Module):
+        module = _trainable_module(pooler, hidden_size, seed, problems, check)
+        if module is None:
             return _raise(pooler, problems)  # nothing left to pool with
-        module.eval()
-
-        def pool_without_grad(hidden, mask):
-            with torch.no_grad():
-                return module(hidden, mask, *_pair_segments(pooler, mask))
-
-        ctx.pool = pool_without_grad
-    else:
-        def pool(hidden, mask):
-            return pooler.pool(hidden, mask, *_pair_segments(pooler, mask))
-
-        ctx.pool = pool
-
-    check("output", _check_output, ctx)
-    check("padding invariance", _check_padding_invariance, ctx)
-    check("batch invariance", _check_batch_invariance, ctx)
-    check("read-only inputs", _check_read_only, ctx)
-    check("padding values", _check_padding_values, ctx)
-    check("fp16", _check_fp16, ctx)
-    check("bool mask", _check_bool_mask, ctx)
+    ctx.pool = _pool_function(pooler, module)
+    for title, function in _POOLING_CHECKS:
+        check(title, function, ctx)
     if module is not None:
         check("backward", _check_backward, ctx, module, pooler)
     _raise(pooler, problems)
+
+
+def _pool_function(pooler, module):
+    """``pool(hidden, mask)``: the pooler's, or its trainable module's without gradients."""
+    import torch
+
+    def pool(hidden, mask):
+        if module is None:
+            return pooler.pool(hidden, mask, *_pair_segments(pooler, mask))
+        with torch.no_grad():
+            return module(hidden, mask, *_pair_segments(pooler, mask))
+
+    return pool
+
+
+def _trainable_module(pooler, hidden_size: int, seed: int, problems: list, check):
+    """A trainable pooler's module, seeded (the caller's RNG untouched) and in eval mode;
+    ``None`` when it is not a module (said in ``problems``)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = pooler.module(hidden_size)
+    except Exception as exc:
+        problems.append(f"module: raised {one_line(exc)}")
+        return None
+    check("module", _check_module, module)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    module.eval()
+    return module
 
 
 def _raise(pooler, problems):
@@ -408,3 +415,15 @@ def _difference(actual, expected, tolerance):
 
 def _dtype_name(dtype):
     return str(dtype).replace("torch.float", "fp")
+
+
+#: The checks every pooler's pooling goes through, in order, each given the context.
+_POOLING_CHECKS = (
+    ("output", _check_output),
+    ("padding invariance", _check_padding_invariance),
+    ("batch invariance", _check_batch_invariance),
+    ("read-only inputs", _check_read_only),
+    ("padding values", _check_padding_values),
+    ("fp16", _check_fp16),
+    ("bool mask", _check_bool_mask),
+)

@@ -228,19 +228,34 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
         encoder.validate()
         if recipe is None and not Path(path).is_dir():
             recipe = _hub_recipe(path)
-        config, tokenizer = encoder._config, encoder._tokenizer
-        # a model of text and images keeps its text model's sizes in a config of its own
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        sizes = {key: getattr(text, key, None) for key in ("hidden_size", "num_hidden_layers")}
-        if not all(isinstance(value, int) for value in sizes.values()):
-            raise PoolkitError(f"model '{name}': its config gives no hidden_size and "
-                               "num_hidden_layers, so poolkit cannot size its states")
-        encoder.settings = {**config.to_dict(), **sizes,
-                            "_commit_hash": getattr(config, "_commit_hash", None)}
-        limits = [getattr(config, "max_position_embeddings", None),
-                  tokenizer.model_max_length]
+        limits = _settings_from_transformers(encoder)
     limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
-    model_limit = min(limits) if limits else 512
+    encoder.max_length = _max_length(encoder, max_length, min(limits) if limits else 512,
+                                     recipe)
+    encoder.recipe = recipe
+    encoder.prompt = (recipe or Recipe()).prompt(prompt)  # no folder: no prompts to name
+    _recipe_notes(encoder, recipe, prompt)
+    return encoder
+
+
+def _settings_from_transformers(encoder: Encoder) -> list:
+    """The encoder's settings from the config transformers loaded; the length limits it
+    gives (its position embeddings', its tokenizer's)."""
+    config, tokenizer = encoder._config, encoder._tokenizer
+    # a model of text and images keeps its text model's sizes in a config of its own
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    sizes = {key: getattr(text, key, None) for key in ("hidden_size", "num_hidden_layers")}
+    if not all(isinstance(value, int) for value in sizes.values()):
+        raise PoolkitError(f"model '{encoder.name}': its config gives no hidden_size and "
+                           "num_hidden_layers, so poolkit cannot size its states")
+    encoder.settings = {**config.to_dict(), **sizes,
+                        "_commit_hash": getattr(config, "_commit_hash", None)}
+    return [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+
+
+def _max_length(encoder: Encoder, max_length, model_limit: int, recipe) -> int:
+    """Tokens per text: ``--max-length``, else the sentence-transformers folder's, else the
+    model's limit; said in the encoder's notes where a recipe is involved."""
     recipe_length = recipe.max_seq_length if recipe is not None else None
     if max_length is None:
         max_length = min(model_limit, recipe_length or model_limit)
@@ -253,15 +268,18 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
                                  "its sentence-transformers folder keeps its max_seq_length "
                                  "(the tokenizer's model_max_length)")
     elif max_length > model_limit:
-        raise PoolkitError(f"--max-length {max_length} exceeds model '{name}' limit {model_limit}")
+        raise PoolkitError(f"--max-length {max_length} exceeds model '{encoder.name}' limit "
+                           f"{model_limit}")
     elif recipe_length and recipe_length != max_length:
         encoder.notes.append(f"max length {max_length} tokens, as --max-length asks (the "
                              f"model's sentence-transformers max_seq_length is {recipe_length})")
-    encoder.max_length = int(max_length)
-    encoder.recipe = recipe
-    encoder.prompt = (recipe or Recipe()).prompt(prompt)  # no folder: no prompts to name
+    return int(max_length)
+
+
+def _recipe_notes(encoder: Encoder, recipe, prompt) -> None:
+    """What the log says of a sentence-transformers folder's recipe and of the prompt."""
     if recipe is not None:
-        encoder.notes.extend(f"model {name}: {note}" for note in recipe.notes)
+        encoder.notes.extend(f"model {encoder.name}: {note}" for note in recipe.notes)
         if recipe.normalize:
             encoder.notes.append("the model's recipe normalizes its embeddings (Normalize); "
                                  "poolkit's features are not normalized: each head "
@@ -271,7 +289,6 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
                                  f"'{recipe.default_prompt_name}'")
     if prompt is not None:
         encoder.notes.append(f"prompt {encoder.prompt!r} prepended to every text")
-    return encoder
 
 
 def attention_asked(value: str | None) -> str | None:

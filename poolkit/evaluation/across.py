@@ -196,20 +196,7 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
 
     higher = METRICS[metric].higher_is_better
     names = list(tasks)
-    about, values, intervals = {}, {}, {}
-    for task, (summary, _) in tasks.items():
-        ok = summary[summary["status"].fillna("ok").astype(str).eq("ok")] \
-            if "status" in summary else summary
-        for row in ok.to_dict("records"):
-            model = row.get("model") if isinstance(row.get("model"), str) else None
-            key = feature_id(row["pooler"], row["layer"], row.get("encoder", "frozen"), model)
-            about.setdefault(key, {**({"model": model} if model is not None else {}),
-                                   "pooler": row["pooler"], "layer": row["layer"],
-                                   "encoder": row.get("encoder", "frozen"), "set": key})
-            value = float(row[f"{metric}_mean"])
-            if not math.isnan(value):
-                values[task, key] = value
-                intervals[task, key] = (row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high"))
+    about, values, intervals = _task_values(tasks, metric)
     sets = [key for key in about if all((task, key) in values for task in names)]
     left_out = [key for key in about if key not in sets]
     scores = np.array([[values[task, key] for key in sets] for task in names]).reshape(
@@ -229,13 +216,47 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
                                  metric: float(np.mean(scores[:, j])), "tasks": len(names),
                                  **{task: float(scores[t, j]) for t, task in enumerate(names)}}
                                 for j in order])
-    position = {sets[j]: i for i, j in enumerate(order)}
-    if baseline is not None and baseline in position:
-        pairs = [(key, baseline) for key in (sets[j] for j in order) if key != baseline]
-    else:
-        ordered = [sets[j] for j in order]
-        pairs = [(ordered[i], ordered[j]) for i in range(len(ordered))
-                 for j in range(i + 1, len(ordered))]
+    ordered = [sets[j] for j in order]
+    rank_of = {key: float(mean_rank[j]) for j, key in enumerate(sets)}
+    across, per_task = _pooled_pairs(tasks, _pairs_of(ordered, baseline), rank_of, ranges,
+                                     metric, higher, alpha)
+    return Verdict(table, ranks_frame, across, pd.DataFrame(per_task), test, metric, names,
+                   baseline if baseline in rank_of else None, dict(missing or {}), left_out)
+
+
+def _task_values(tasks: dict, metric: str) -> tuple:
+    """``(about, values, intervals)``: each finished feature set's description, and its
+    value and interval on each task, ``{(task, set id): ...}``."""
+    about, values, intervals = {}, {}, {}
+    for task, (summary, _) in tasks.items():
+        ok = summary[summary["status"].fillna("ok").astype(str).eq("ok")] \
+            if "status" in summary else summary
+        for row in ok.to_dict("records"):
+            model = row.get("model") if isinstance(row.get("model"), str) else None
+            key = feature_id(row["pooler"], row["layer"], row.get("encoder", "frozen"), model)
+            about.setdefault(key, {**({"model": model} if model is not None else {}),
+                                   "pooler": row["pooler"], "layer": row["layer"],
+                                   "encoder": row.get("encoder", "frozen"), "set": key})
+            value = float(row[f"{metric}_mean"])
+            if not math.isnan(value):
+                values[task, key] = value
+                intervals[task, key] = (row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high"))
+    return about, values, intervals
+
+
+def _pairs_of(ordered: list, baseline) -> list:
+    """The pairs compared: each set with ``baseline`` (when it finished), else all."""
+    if baseline is not None and baseline in ordered:
+        return [(key, baseline) for key in ordered if key != baseline]
+    return [(ordered[i], ordered[j]) for i in range(len(ordered))
+            for j in range(i + 1, len(ordered))]
+
+
+def _pooled_pairs(tasks, pairs, rank_of, ranges, metric, higher, alpha) -> tuple:
+    """``(across_pairs frame, task_pairs rows)``: each pair's random-effects pooled
+    difference over the tasks, Holm over the pairs, and Nemenyi's mean-rank test."""
+    import pandas as pd
+
     rows, per_task = [], []
     for a, b in pairs:
         diffs, ses = [], []
@@ -247,12 +268,11 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
                              f"{metric}_low": low, f"{metric}_high": high, f"{metric}_se": se})
         pooled = random_effects(diffs, ses, alpha)
         better = np.asarray(diffs) > 0 if higher else np.asarray(diffs) < 0
-        ra, rb = mean_rank[sets.index(a)], mean_rank[sets.index(b)]
         rows.append({"a": a, "b": b, "tasks": len(diffs), "a_better_on": int(better.sum()),
                      f"{metric}_diff": pooled["estimate"], f"{metric}_low": pooled["low"],
                      f"{metric}_high": pooled["high"], f"{metric}_se": pooled["se"],
                      f"{metric}_p": pooled["p"], "tau2": pooled["tau2"], "i2": pooled["i2"],
-                     "rank_a": float(ra), "rank_b": float(rb)})
+                     "rank_a": rank_of[a], "rank_b": rank_of[b]})
     across = pd.DataFrame(rows)
     if len(across):
         across[f"{metric}_p_holm"] = holm(across[f"{metric}_p"])
@@ -260,9 +280,7 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
         across["nemenyi_p"] = (nemenyi_p(across["rank_a"] - across["rank_b"], ranges)
                                if ranges.size else np.nan)
         across["nemenyi_significant"] = across["nemenyi_p"] < alpha
-    across = across.reindex(columns=across_columns(metric))
-    return Verdict(table, ranks_frame, across, pd.DataFrame(per_task), test, metric, names,
-                   baseline if baseline in position else None, dict(missing or {}), left_out)
+    return across.reindex(columns=across_columns(metric)), per_task
 
 
 def across_columns(metric: str) -> list:

@@ -48,26 +48,7 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
         rows.append(row)
     summary = pd.DataFrame(rows)
     if len(summary):
-        column = f"{primary}_mean"
-        summary = summary.sort_values(column, ascending=not METRICS[primary].higher_is_better,
-                                      kind="stable")
-        ids = pd.Series([feature_id(r.pooler, r.layer, r.encoder, getattr(r, "model", None))
-                         for r in summary.itertuples()], index=summary.index)
-        pairs = comparison.pairs if comparison is not None else None
-        at = summary.columns.get_loc("status")
-        if baseline is not None:
-            verdicts = {baseline: "baseline"}
-            for a, significant, diff in zip(pairs["a"], pairs["significant"],
-                                            pairs[f"{primary}_diff"]):
-                better = diff > 0 if METRICS[primary].higher_is_better else diff < 0
-                verdicts[a] = ("better" if better else "worse") if significant else "not different"
-            summary.insert(at, "vs_baseline", ids.map(verdicts))
-        elif pairs is not None and len(pairs):
-            sign = 1 if METRICS[primary].higher_is_better else -1
-            groups = rank_groups(dict(zip(ids, sign * summary[column])), pairs)
-            summary.insert(at, "group", ids.map(groups))
-        else:
-            summary.insert(at, "group", 1)
+        summary = _ranked(summary, comparison, primary, baseline)
     failed = [{**{k: v for k, v in row.items() if k != "reason"},
                "status": f"failed: {row['reason']}"} for row in (failures or {}).values()]
     if failed:
@@ -76,6 +57,34 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
         counts = [c for c in ("dim", "seeds", "group") if c in summary]
         summary[counts] = summary[counts].astype("Int64")
     return summary.reset_index(drop=True)
+
+
+def _ranked(summary, comparison, primary: str, baseline):
+    """``summary`` sorted by the primary metric, with the significance ``group`` of each
+    row (or, with a ``baseline``, ``vs_baseline``) before its ``status``."""
+    import pandas as pd
+
+    column = f"{primary}_mean"
+    summary = summary.sort_values(column, ascending=not METRICS[primary].higher_is_better,
+                                  kind="stable")
+    ids = pd.Series([feature_id(r.pooler, r.layer, r.encoder, getattr(r, "model", None))
+                     for r in summary.itertuples()], index=summary.index)
+    pairs = comparison.pairs if comparison is not None else None
+    at = summary.columns.get_loc("status")
+    if baseline is not None:
+        verdicts = {baseline: "baseline"}
+        for a, significant, diff in zip(pairs["a"], pairs["significant"],
+                                        pairs[f"{primary}_diff"]):
+            better = diff > 0 if METRICS[primary].higher_is_better else diff < 0
+            verdicts[a] = ("better" if better else "worse") if significant else "not different"
+        summary.insert(at, "vs_baseline", ids.map(verdicts))
+    elif pairs is not None and len(pairs):
+        sign = 1 if METRICS[primary].higher_is_better else -1
+        groups = rank_groups(dict(zip(ids, sign * summary[column])), pairs)
+        summary.insert(at, "group", ids.map(groups))
+    else:
+        summary.insert(at, "group", 1)
+    return summary
 
 
 def mark_own_pooling(summary, own: dict):
