@@ -355,10 +355,6 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
     train, val, test = task.train, task.validation, task.test
     labels = np.asarray(task.labels, dtype=np.int64)
     lengths = np.array([len(ids[i]) for i in train])
-    step_size = settings.batch_size * settings.accumulation
-    steps_per_epoch = math.ceil(len(train) / step_size)
-    total_steps = steps_per_epoch * settings.epochs
-    warmup_steps = int(settings.warmup * total_steps)
     cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=cuda):
         model = build_model(encoder, feature_set, task.num_labels, own, device, timeout)
@@ -377,17 +373,8 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
             epoch += 1
             if best_state is None:  # the model is the best so far: keep it in case
                 before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            torch.manual_seed(own * 1000 + epoch)  # dropout: the same stream on resume
-            model.train()
-            for batch in train_batches(lengths, step_size, np.random.default_rng([own, epoch])):
-                factor = lr_factor(record["step"], warmup_steps, total_steps)
-                loss = train_step(model, optimizer, ids, train[batch], labels, pad_id, device,
-                                  settings, factor, precision)
-                if record["step"] == 0 and not _encoder_has_gradient(model):
-                    raise PluginFailure(NO_GRADIENT)
-                record["step"] += 1
-                _refuse_divergence(loss, f"training loss at step {record['step']}", epoch,
-                                   settings, config)
+            _train_epoch(model, optimizer, ids, train, labels, lengths, own, epoch, record,
+                         task, settings, pad_id, precision)
             logits = predict(model, ids, val, pad_id, device, 2 * settings.batch_size, precision)
             loss = float(F.cross_entropy(logits.double(), torch.from_numpy(labels[val])))
             _refuse_divergence(loss, "validation loss", epoch, settings, config)
@@ -413,6 +400,28 @@ def finetune(encoder, ids, feature_set, task: HeadTask, seed: int, settings: Fin
     probabilities = torch.softmax(logits.double(), dim=-1).numpy()
     return TrainedHead(feature_set.id, seed, probabilities, record["best_epoch"], record["epoch"],
                        record["best_loss"], fold=task.fold)
+
+
+def _train_epoch(model, optimizer, ids, train, labels, lengths, own: int, epoch: int,
+                 record: dict, task: HeadTask, settings: FineTuneConfig, pad_id: int,
+                 precision: str) -> None:
+    """One epoch of optimizer steps over ``train``'s items, in length-sorted batches drawn
+    for ``(own, epoch)``; ``record["step"]`` counts the steps (the learning rate's schedule
+    and a resume follow it)."""
+    step_size = settings.batch_size * settings.accumulation
+    total_steps = math.ceil(len(train) / step_size) * settings.epochs
+    warmup_steps = int(settings.warmup * total_steps)
+    torch.manual_seed(own * 1000 + epoch)  # dropout: the same stream on resume
+    model.train()
+    for batch in train_batches(lengths, step_size, np.random.default_rng([own, epoch])):
+        factor = lr_factor(record["step"], warmup_steps, total_steps)
+        loss = train_step(model, optimizer, ids, train[batch], labels, pad_id, task.device,
+                          settings, factor, precision)
+        if record["step"] == 0 and not _encoder_has_gradient(model):
+            raise PluginFailure(NO_GRADIENT)
+        record["step"] += 1
+        _refuse_divergence(loss, f"training loss at step {record['step']}", epoch,
+                           settings, task.config)
 
 
 class FineTunedHeads:

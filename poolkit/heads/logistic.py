@@ -70,66 +70,92 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     ``ValueError`` otherwise, as scikit-learn would fit a smaller model)."""
     import torch
 
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    s = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
-    c = torch.as_tensor(np.asarray(c), dtype=torch.float64)
-    n, d = x.shape
-    p = len(c)
-    if s.shape != (p, n):
-        raise ValueError(f"weights: shape {tuple(s.shape)}, expected {(p, n)}")
-    onehot = torch.nn.functional.one_hot(y, num_labels).to(torch.float64)  # (N, K)
-    seen = (s @ onehot) > 0  # (P, K)
-    if not bool(seen.all()):
-        problem, label = (~seen).nonzero()[0].tolist()
-        raise ValueError(f"problem {problem} has no item of label {label} to learn from")
-    k = 1 if num_labels == 2 else num_labels
-    x1 = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
-    scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
-    reg = 1.0 / (c * s.sum(dim=1))  # (P,)
-    penalized = torch.ones(d + 1, dtype=x.dtype)
-    penalized[-1] = 0.0  # the intercept
-    target = onehot[:, None, -k:]  # (N, 1, K')
-
-    def scores(w):  # (P, K', D+1) -> (N, P, K) softmax scores
-        z = (x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
-        return _full(z, k, torch)
-
-    def back(g):  # (N, P, K') per-row gradients -> (P, K', D+1)
-        return (g.reshape(n, p * k).T @ x1).view(p, k, d + 1)
-
-    def objective(w):
-        z = scores(w)
-        loss = torch.logsumexp(z, dim=2) - (z[..., -k:] * target).sum(dim=2) if k > 1 \
-            else torch.nn.functional.softplus(z[..., 1]) - z[..., 1] * target[..., 0]
-        return (scale * loss).sum(dim=0) + 0.5 * reg * ((w * w) * penalized).sum(dim=(1, 2))
-
+    problems = _Problems(x, y, weights, c, num_labels)
+    p, k, d = problems.p, problems.k, problems.d
     w = torch.zeros(p, k, d + 1, dtype=torch.float64)
     stalled = torch.zeros(p, dtype=torch.bool)  # no descent left within rounding
     steps = 0
     for steps in range(max_iter + 1):
-        z = scores(w)
-        prob = torch.softmax(z, dim=2)[..., -k:]  # (N, P, K')
-        grad = back(scale[..., None] * (prob - target)) + reg[:, None, None] * w * penalized
+        prob = torch.softmax(problems.scores(w), dim=2)[..., -k:]  # (N, P, K')
+        grad = problems.gradient(w, prob)
         largest = grad.abs().amax(dim=(1, 2))
         active = (largest > tol) & ~stalled
         if steps == max_iter or not bool(active.any()):
             break
-
-        def hess(v):  # Hessian-vector products, one per problem
-            u = (x1 @ v.reshape(p * k, d + 1).T).view(n, p, k)
-            hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
-                else prob * (1 - prob) * u
-            return back(scale[..., None] * hu) + reg[:, None, None] * v * penalized
-
-        curvature = scale[..., None] * prob * (1 - prob)  # (N, P, K')
-        step = _conjugate_gradients(hess, -grad, _preconditioner(x1, curvature, reg), active,
-                                    max_cg)
-        length = _backtrack(objective, w, step, grad, active)
+        curvature = problems.scale[..., None] * prob * (1 - prob)  # (N, P, K')
+        step = _conjugate_gradients(
+            lambda v, prob=prob: problems.hessian_times(v, prob), -grad,
+            _preconditioner(problems.x1, curvature, problems.reg), active, max_cg)
+        length = _backtrack(problems.objective, w, step, grad, active)
         stalled = stalled | (active & (length == 0))
         w = w + length[:, None, None] * step
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
     return Fit(coef, intercept, steps, largest.numpy())
+
+
+class _Problems:
+    """``P`` weighted L2 logistic regressions on one design matrix, in float64: their
+    scores, objective, gradient and Hessian-vector products, all problems at once.
+    Weights ``w`` are ``(P, K', D+1)``: ``K' = 1`` for two labels (scikit-learn's binary
+    model), else ``K``; the last column is the unpenalized intercept."""
+
+    def __init__(self, x, y, weights, c, num_labels: int):
+        import torch
+
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+        s = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+        c = torch.as_tensor(np.asarray(c), dtype=torch.float64)
+        self.n, self.d = x.shape
+        self.p = len(c)
+        if s.shape != (self.p, self.n):
+            raise ValueError(f"weights: shape {tuple(s.shape)}, expected {(self.p, self.n)}")
+        onehot = torch.nn.functional.one_hot(y, num_labels).to(torch.float64)  # (N, K)
+        seen = (s @ onehot) > 0  # (P, K)
+        if not bool(seen.all()):
+            problem, label = (~seen).nonzero()[0].tolist()
+            raise ValueError(f"problem {problem} has no item of label {label} to learn from")
+        self.k = 1 if num_labels == 2 else num_labels
+        self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
+        self.scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
+        self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
+        self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
+        self.penalized[-1] = 0.0  # the intercept
+        self.target = onehot[:, None, -self.k:]  # (N, 1, K')
+
+    def scores(self, w):
+        """(P, K', D+1) -> (N, P, K) softmax scores."""
+        import torch
+
+        n, p, k, d = self.n, self.p, self.k, self.d
+        z = (self.x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
+        return _full(z, k, torch)
+
+    def back(self, g):
+        """(N, P, K') per-row gradients -> (P, K', D+1)."""
+        n, p, k, d = self.n, self.p, self.k, self.d
+        return (g.reshape(n, p * k).T @ self.x1).view(p, k, d + 1)
+
+    def objective(self, w):
+        import torch
+
+        z, k, target = self.scores(w), self.k, self.target
+        loss = torch.logsumexp(z, dim=2) - (z[..., -k:] * target).sum(dim=2) if k > 1 \
+            else torch.nn.functional.softplus(z[..., 1]) - z[..., 1] * target[..., 0]
+        return (self.scale * loss).sum(dim=0) + \
+            0.5 * self.reg * ((w * w) * self.penalized).sum(dim=(1, 2))
+
+    def gradient(self, w, prob):
+        return self.back(self.scale[..., None] * (prob - self.target)) + \
+            self.reg[:, None, None] * w * self.penalized
+
+    def hessian_times(self, v, prob):
+        """Hessian-vector products, one per problem, at the scores ``prob``."""
+        n, p, k, d = self.n, self.p, self.k, self.d
+        u = (self.x1 @ v.reshape(p * k, d + 1).T).view(n, p, k)
+        hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
+            else prob * (1 - prob) * u
+        return self.back(self.scale[..., None] * hu) + self.reg[:, None, None] * v * self.penalized
 
 
 def _dot(a, b):

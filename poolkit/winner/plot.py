@@ -127,7 +127,6 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
     """
     import numpy as np
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     rows = _plot_rows(summary, metric)
     higher_better = METRICS[metric].higher_is_better
@@ -147,17 +146,7 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
     ax.scatter(means, positions, c=colors, s=36, zorder=3, gid="mean")
     outside = far_outliers(means)
     if outside.any():  # e.g. chance-level layer-0 rows of a sweep: keep the rest readable
-        inside = ~outside
-        left, right = low[inside].min(), high[inside].max()
-        pad = 0.05 * (right - left) or 0.01
-        ax.set_xlim(left - pad, right + pad)
-        left, right = ax.get_xlim()
-        for beyond, edge, marker in (((means < left) & outside, left, "<"),
-                                     ((means > right) & outside, right, ">")):
-            if beyond.any():
-                ax.scatter(np.full(beyond.sum(), edge), positions[beyond], marker=marker,
-                           s=40, c=[colors[i] for i in np.flatnonzero(beyond)], zorder=4,
-                           clip_on=False, gid="outside")
+        _clip_outliers(ax, means, low, high, outside, positions, colors)
     ax.set_yticks(positions, labels)
     ax.set_ylim(n - 0.5, -0.5)  # best at the top
     ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
@@ -167,43 +156,73 @@ def dot_chart(summary, metric: str, title: str | None = None, majority: float | 
         # a value column just right of the axes: never collides with a whisker
         ax.text(1.02, y, f"{mean:.3f}{tag}", transform=ax.get_yaxis_transform(),
                 va="center", ha="left", fontsize=9, gid="value")
-    handles = []
-    if majority is not None and np.isfinite(majority):
-        left, right = ax.get_xlim()  # the data's limits: the rate never stretches them
-        if left <= majority <= right:
-            ax.axvline(majority, color="#9a9a9a", linestyle="--", linewidth=1.0,
-                       gid="majority")
-            handles.append(Line2D([], [], color="#9a9a9a", linestyle="--",
-                                  label=f"majority class ({majority:.3f})"))
-        else:  # off the chart: said at the edge it lies beyond
-            below = majority < left
-            ax.text(0.005 if below else 0.995, 0.995,
-                    f"{'◂ ' if below else ''}majority class {majority:.3f}"
-                    f"{'' if below else ' ▸'}", transform=ax.transAxes, fontsize=7,
-                    color="#777777", ha="left" if below else "right", va="top",
-                    gid="majority")
+    handles = _majority_line(ax, majority)
     ax.set_xlabel(_x_label(rows, metric, used_std)
                   + ("\n◂ ▸: far beyond the others, off the axis (values at right)"
                      if outside.any() else ""))
     title = title or metric
     ax.set_title(title, fontsize=11 if len(title) <= 64 else 9)  # long names still fit
+    _legend(fig, handles, groups, disagreement(low, high, groups, used_std))
+    return fig
+
+
+def _clip_outliers(ax, means, low, high, outside, positions, colors) -> None:
+    """The x axis fitted to the rows that are not ``outside``; those drawn as arrows at the
+    edge they lie beyond."""
+    import numpy as np
+
+    inside = ~outside
+    left, right = low[inside].min(), high[inside].max()
+    pad = 0.05 * (right - left) or 0.01
+    ax.set_xlim(left - pad, right + pad)
+    left, right = ax.get_xlim()
+    for beyond, edge, marker in (((means < left) & outside, left, "<"),
+                                 ((means > right) & outside, right, ">")):
+        if beyond.any():
+            ax.scatter(np.full(beyond.sum(), edge), positions[beyond], marker=marker,
+                       s=40, c=[colors[i] for i in np.flatnonzero(beyond)], zorder=4,
+                       clip_on=False, gid="outside")
+
+
+def _majority_line(ax, majority) -> list:
+    """The majority-class rate as a dashed line (its legend handle returned), or said at
+    the edge it lies beyond: it never stretches the data's limits."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    if majority is None or not np.isfinite(majority):
+        return []
+    left, right = ax.get_xlim()
+    if left <= majority <= right:
+        ax.axvline(majority, color="#9a9a9a", linestyle="--", linewidth=1.0, gid="majority")
+        return [Line2D([], [], color="#9a9a9a", linestyle="--",
+                       label=f"majority class ({majority:.3f})")]
+    below = majority < left  # off the chart: said at the edge it lies beyond
+    ax.text(0.005 if below else 0.995, 0.995,
+            f"{'◂ ' if below else ''}majority class {majority:.3f}"
+            f"{'' if below else ' ▸'}", transform=ax.transAxes, fontsize=7,
+            color="#777777", ha="left" if below else "right", va="top", gid="majority")
+    return []
+
+
+def _legend(fig, handles: list, groups, note) -> None:
+    """The legend under the chart: the groups' colours, the majority line; ``note`` (only
+    with groups, so with a legend) as its title, so the constrained layout makes room."""
+    from matplotlib.lines import Line2D
+
     if any(g is not None for g in groups):
         handles[:0] = [Line2D([], [], marker="o", linestyle="", color=BEST_GROUP_COLOR,
                               label="group 1: not significantly different from the best")]
         if any(g not in (None, 1) for g in groups):
             handles.insert(1, Line2D([], [], marker="o", linestyle="", color=OTHER_GROUP_COLOR,
                                      label="other groups"))
-    note = disagreement(low, high, groups, used_std)
     if handles:
-        # The note (only with groups, so with a legend) is the legend's title: the
-        # constrained layout then makes room for both.
         legend = fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
                             fontsize=8, frameon=False,
                             title=textwrap.fill(note, 120) if note else None, title_fontsize=7)
         if note:
             legend.get_title().set_gid("note")
             legend.get_title().set_color("#555555")
-    return fig
 
 
 def far_outliers(values, k: float = 3.0):
