@@ -88,137 +88,196 @@ def _train_stack(features, width, task, seeds, progress):
     feature columns and zero rows with zero gradient add nothing; the padding
     makes each head's arithmetic the same whether it trains alone or stacked.
     """
-    import torch
     from tqdm.auto import tqdm
 
-    config, device, labels = task.config, task.device, task.labels
-    names = list(features)
-    heads = [(name, seed) for name in names for seed in seeds]
-    n_heads = len(heads)
-    dims = [features[name].shape[1] for name in names]
-    train, val, test = task.train, task.validation, task.test
-    standardize = ({name: Standardization.of_rows(features[name][train]) for name in names}
-                   if config.standardize else {})
-
-    def stacked(rows, length):  # (P, length, width): standardized rows, then zeros
-        out = np.zeros((len(names), length, width), dtype=np.float32)
-        for p, name in enumerate(names):
-            x = features[name][rows]
-            if name in standardize:
-                x = standardize[name].apply(x)
-            out[p, : len(rows), : dims[p]] = x
-        return torch.from_numpy(out).to(device)
-
-    n_train = len(train)
-    # One zero row after each pooler's training rows: what padded batch rows read.
-    x_flat = stacked(train, n_train + 1).view(-1, width)  # (P * (n_train + 1), width)
-    x_val, x_test = stacked(val, _aligned(len(val))), stacked(test, _aligned(len(test)))
-    y_train = torch.from_numpy(labels[train]).to(device)
-    y_val = torch.from_numpy(labels[val]).to(device)
-    pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
-
-    head_gens = [torch.Generator().manual_seed(head_seed(seed, name)) for name, seed in heads]
-    head_dims = [dims[names.index(name)] for name, _ in heads]
-    # (heads, C, width), nn.Linear's layout; bias (heads, C, 1). Logits are
-    # computed transposed, (heads, C, B): the softmax over a few labels then
-    # runs along dim 1 with the batch contiguous, far faster than along a last
-    # dim of size C.
-    num_labels = task.num_labels
-    weight = torch.zeros(n_heads, num_labels, width)
-    for h, d in enumerate(head_dims):
-        weight[h, :, :d] = torch.randn(num_labels, d, generator=head_gens[h]) * 0.02
-    weight = weight.to(device)
-    bias = torch.zeros(n_heads, num_labels, 1, device=device)
-    order_gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
-    seed_of_head = torch.tensor([seeds.index(s) for _, s in heads])
-
-    stopping = EarlyStopping(n_heads, config.patience)
-    best_weight = weight.clone()
-    best_bias = bias.clone()
-    # Only heads still early-stopping train: ``live`` lists them, and the
-    # parameters and optimizer state hold their rows alone (compacted when a
-    # head stops), so a stopped head costs nothing and the others' updates do
-    # not depend on it.
-    live = torch.arange(n_heads)
-    # Gradients are computed by hand (softmax cross-entropy has a closed form),
-    # which skips autograd's per-step overhead.
-    weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
-    optimizer = AdamW([weight, bias], config.learning_rate, config.weight_decay)
-    minus_one = torch.full((n_heads, 1, config.batch_size), -1.0, device=device)
+    stack = _HeadStack(features, width, task, seeds)
+    config = task.config
     bar = tqdm(total=config.max_epochs, desc="training heads", unit="epoch",
                disable=not progress, leave=False)
     for epoch in range(1, config.max_epochs + 1):
-        live_dev = live.to(device)
-        n_live = len(live)
-        perms = torch.stack([torch.randperm(n_train, generator=order_gens[s]) for s in seeds])
-        perms = perms[seed_of_head[live]].to(device)  # (live, n_train)
-        # Row offset of each live head's pooler in x_flat.
-        offsets = (pooler_of_head[live_dev] * (n_train + 1))[:, None]
-        for start in range(0, n_train, config.batch_size):
-            rows = perms[:, start : start + config.batch_size]  # (live, B)
-            batch = rows.shape[1]
-            padded = _aligned(batch)
-            index = offsets + rows
-            if padded > batch:  # the zero row, for the padding
-                index = torch.cat([index, (offsets + n_train).expand(n_live, padded - batch)], 1)
-            # x_train[poolers, rows] as one index_select: far faster than advanced indexing
-            x = x_flat.index_select(0, index.view(-1)).view(n_live, padded, width)
-            if config.dropout > 0:
-                # Each head draws a mask of its own width, so its random stream
-                # does not depend on the other poolers in the run.
-                keep = torch.zeros(n_live, padded, width, dtype=torch.bool)
-                for row, h in enumerate(live.tolist()):
-                    d = head_dims[h]
-                    keep[row, :batch, :d] = torch.rand(batch, d, generator=head_gens[h]) >= config.dropout
-                x = x * keep.to(device) / (1 - config.dropout)
-            logits = _per_head(torch.baddbmm, bias, weight, x.transpose(1, 2))  # (live, C, B)
-            # d(mean cross-entropy)/d(logits) = (softmax - one_hot) / B, per head
-            grad = _softmax_over_labels(logits)
-            grad[:, :, :batch].scatter_add_(1, y_train[rows].unsqueeze(1),
-                                            minus_one[:n_live, :, :batch])
-            grad[:, :, batch:] = 0
-            grad /= batch
-            weight.grad.copy_(_per_head(torch.bmm, grad, x))  # (live, C, width)
-            torch.sum(grad, dim=2, keepdim=True, out=bias.grad)
-            optimizer.step()
+        stack.epoch()
         bar.update(1)
         if task.final:  # a fixed number of epochs: nothing to stop on
             continue
-        with torch.no_grad():
-            logits = _logits(x_val, pooler_of_head[live_dev], weight, bias)[:, : len(val)]
-            improved = stopping.update(live, _mean_losses(logits, y_val).cpu(), epoch)
-            better = live[improved]
-            best_weight[better.to(device)] = weight[improved.to(device)]
-            best_bias[better.to(device)] = bias[improved.to(device)]
-        still = stopping.going(live)
-        if not still.any():
+        if stack.all_stopped(epoch):
             break
-        if not still.all():
-            live = live[still]
-            weight, bias = optimizer.keep(still.to(device))
     bar.close()
-    if task.final:
-        best_weight, best_bias = weight, bias
-        stopping.best_epoch[:] = stopping.epochs[:] = config.max_epochs
+    return stack.trained()
 
-    logits = _logits(x_test, pooler_of_head, best_weight, best_bias)[:, : len(test)]
-    # Softmax in float64 so each row sums to 1 within sklearn's tolerance.
-    probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
 
-    def weights(h, name):  # a final head's own parameters, and its standardization
-        d = head_dims[h]
-        scale = standardize.get(name)
-        return {"weight": best_weight[h, :, :d].cpu().clone(),
-                "bias": best_bias[h, :, 0].cpu().clone(),
+class _HeadStack:
+    """Every head of ``features`` × ``seeds`` (one fold), stacked: their features padded
+    to ``width`` and standardized, their parameters ``(heads, C, width)``, trained together
+    by AdamW with hand-computed gradients, each early-stopping on its own."""
+
+    def __init__(self, features, width, task, seeds):
+        import torch
+
+        config, device, labels = task.config, task.device, task.labels
+        self.task, self.config, self.device, self.width, self.seeds = task, config, device, \
+            width, seeds
+        names = list(features)
+        self.heads = heads = [(name, seed) for name in names for seed in seeds]
+        n_heads = len(heads)
+        dims = [features[name].shape[1] for name in names]
+        train, val = task.train, task.validation
+        self.standardize = ({name: Standardization.of_rows(features[name][train])
+                             for name in names} if config.standardize else {})
+        self.n_train = n_train = len(train)
+        stacked = self._stacked(features, names, dims)
+        # One zero row after each pooler's training rows: what padded batch rows read.
+        self.x_flat = stacked(train, n_train + 1).view(-1, width)  # (P * (n_train + 1), width)
+        self.x_val = stacked(val, _aligned(len(val)))
+        self.x_test = stacked(task.test, _aligned(len(task.test)))
+        self.y_train = torch.from_numpy(labels[train]).to(device)
+        self.y_val = torch.from_numpy(labels[val]).to(device)
+        self.pooler_of_head = torch.tensor([names.index(n) for n, _ in heads], device=device)
+        self.head_gens = [torch.Generator().manual_seed(head_seed(seed, name))
+                          for name, seed in heads]
+        self.head_dims = [dims[names.index(name)] for name, _ in heads]
+        self.weight, self.bias = self._initial_parameters(task.num_labels)
+        self.order_gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+        self.seed_of_head = torch.tensor([seeds.index(s) for _, s in heads])
+        self.stopping = EarlyStopping(n_heads, config.patience)
+        self.best_weight, self.best_bias = self.weight.clone(), self.bias.clone()
+        # Only heads still early-stopping train: ``live`` lists them, and the
+        # parameters and optimizer state hold their rows alone (compacted when a
+        # head stops), so a stopped head costs nothing and the others' updates do
+        # not depend on it.
+        self.live = torch.arange(n_heads)
+        # Gradients are computed by hand (softmax cross-entropy has a closed form),
+        # which skips autograd's per-step overhead.
+        self.weight.grad = torch.zeros_like(self.weight)
+        self.bias.grad = torch.zeros_like(self.bias)
+        self.optimizer = AdamW([self.weight, self.bias], config.learning_rate,
+                               config.weight_decay)
+        self.minus_one = torch.full((n_heads, 1, config.batch_size), -1.0, device=device)
+
+    def _stacked(self, features, names, dims):
+        """``stacked(rows, length)``: (P, length, width) standardized rows, then zeros."""
+        import torch
+
+        def stacked(rows, length):
+            out = np.zeros((len(names), length, self.width), dtype=np.float32)
+            for p, name in enumerate(names):
+                x = features[name][rows]
+                if name in self.standardize:
+                    x = self.standardize[name].apply(x)
+                out[p, : len(rows), : dims[p]] = x
+            return torch.from_numpy(out).to(self.device)
+
+        return stacked
+
+    def _initial_parameters(self, num_labels: int) -> tuple:
+        """(heads, C, width), nn.Linear's layout; bias (heads, C, 1). Logits are computed
+        transposed, (heads, C, B): the softmax over a few labels then runs along dim 1
+        with the batch contiguous, far faster than along a last dim of size C."""
+        import torch
+
+        weight = torch.zeros(len(self.heads), num_labels, self.width)
+        for h, d in enumerate(self.head_dims):
+            weight[h, :, :d] = torch.randn(num_labels, d, generator=self.head_gens[h]) * 0.02
+        bias = torch.zeros(len(self.heads), num_labels, 1, device=self.device)
+        return weight.to(self.device), bias
+
+    def epoch(self) -> None:
+        """One pass over the training rows, in each seed's order, for the live heads."""
+        import torch
+
+        config, live, n_train = self.config, self.live, self.n_train
+        live_dev = live.to(self.device)
+        perms = torch.stack([torch.randperm(n_train, generator=self.order_gens[s])
+                             for s in self.seeds])
+        perms = perms[self.seed_of_head[live]].to(self.device)  # (live, n_train)
+        # Row offset of each live head's pooler in x_flat.
+        offsets = (self.pooler_of_head[live_dev] * (n_train + 1))[:, None]
+        for start in range(0, n_train, config.batch_size):
+            self._step(perms[:, start : start + config.batch_size], offsets)  # (live, B)
+
+    def _step(self, rows, offsets) -> None:
+        """One optimizer step of the live heads on the training ``rows`` (live, B)."""
+        import torch
+
+        config, live, width = self.config, self.live, self.width
+        n_live, batch = len(live), rows.shape[1]
+        padded = _aligned(batch)
+        index = offsets + rows
+        if padded > batch:  # the zero row, for the padding
+            index = torch.cat([index, (offsets + self.n_train).expand(n_live, padded - batch)],
+                              1)
+        # x_train[poolers, rows] as one index_select: far faster than advanced indexing
+        x = self.x_flat.index_select(0, index.view(-1)).view(n_live, padded, width)
+        if config.dropout > 0:
+            # Each head draws a mask of its own width, so its random stream
+            # does not depend on the other poolers in the run.
+            keep = torch.zeros(n_live, padded, width, dtype=torch.bool)
+            for row, h in enumerate(live.tolist()):
+                d = self.head_dims[h]
+                keep[row, :batch, :d] = torch.rand(batch, d, generator=self.head_gens[h]) \
+                    >= config.dropout
+            x = x * keep.to(self.device) / (1 - config.dropout)
+        logits = _per_head(torch.baddbmm, self.bias, self.weight, x.transpose(1, 2))  # (live, C, B)
+        # d(mean cross-entropy)/d(logits) = (softmax - one_hot) / B, per head
+        grad = _softmax_over_labels(logits)
+        grad[:, :, :batch].scatter_add_(1, self.y_train[rows].unsqueeze(1),
+                                        self.minus_one[:n_live, :, :batch])
+        grad[:, :, batch:] = 0
+        grad /= batch
+        self.weight.grad.copy_(_per_head(torch.bmm, grad, x))  # (live, C, width)
+        torch.sum(grad, dim=2, keepdim=True, out=self.bias.grad)
+        self.optimizer.step()
+
+    def all_stopped(self, epoch: int) -> bool:
+        """Early stopping after ``epoch``: each live head's validation loss, its best
+        parameters kept; the stopped heads dropped from the live ones."""
+        import torch
+
+        device, live = self.device, self.live
+        with torch.no_grad():
+            logits = _logits(self.x_val, self.pooler_of_head[live.to(device)], self.weight,
+                             self.bias)[:, : len(self.task.validation)]
+            improved = self.stopping.update(live, _mean_losses(logits, self.y_val).cpu(), epoch)
+            better = live[improved]
+            self.best_weight[better.to(device)] = self.weight[improved.to(device)]
+            self.best_bias[better.to(device)] = self.bias[improved.to(device)]
+        still = self.stopping.going(live)
+        if not still.any():
+            return True
+        if not still.all():
+            self.live = live[still]
+            self.weight, self.bias = self.optimizer.keep(still.to(device))
+        return False
+
+    def trained(self) -> list:
+        """Each head's :class:`~poolkit.heads.base.TrainedHead`: its best parameters'
+        test probabilities (with a final head, its weights and standardization)."""
+        import torch
+
+        task, stopping = self.task, self.stopping
+        if task.final:
+            self.best_weight, self.best_bias = self.weight, self.bias
+            stopping.best_epoch[:] = stopping.epochs[:] = self.config.max_epochs
+        logits = _logits(self.x_test, self.pooler_of_head, self.best_weight,
+                         self.best_bias)[:, : len(task.test)]
+        # Softmax in float64 so each row sums to 1 within sklearn's tolerance.
+        probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        return [
+            TrainedHead(name, seed, probs[h], int(stopping.best_epoch[h]),
+                        int(stopping.epochs[h]), float(stopping.best_loss[h]), fold=task.fold,
+                        weights=self._weights(h, name) if task.final else None)
+            for h, (name, seed) in enumerate(self.heads)
+        ]
+
+    def _weights(self, h: int, name: str) -> dict:
+        """A final head's own parameters, and its standardization."""
+        import torch
+
+        d = self.head_dims[h]
+        scale = self.standardize.get(name)
+        return {"weight": self.best_weight[h, :, :d].cpu().clone(),
+                "bias": self.best_bias[h, :, 0].cpu().clone(),
                 "shift": torch.as_tensor(scale.shift if scale else np.zeros(d, np.float32)),
                 "scale": torch.as_tensor(scale.scale if scale else np.ones(d, np.float32))}
-
-    return [
-        TrainedHead(name, seed, probs[h], int(stopping.best_epoch[h]), int(stopping.epochs[h]),
-                    float(stopping.best_loss[h]), fold=task.fold,
-                    weights=weights(h, name) if task.final else None)
-        for h, (name, seed) in enumerate(heads)
-    ]
 
 
 def _logits(x, poolers, weight, bias):

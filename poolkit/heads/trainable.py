@@ -62,52 +62,14 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
     import torch.nn.functional as F
 
     config, device = task.config, task.device
-    train, val, test = task.train, task.validation, task.test
-    hidden_size = cache.hidden_size
-    standardize = {
-        layer: token_standardization(cache, train, layer) if config.standardize
-        else Standardization(torch.zeros(hidden_size), torch.ones(hidden_size))
-        for layer in feature_set.layers
-    }
-    y_all = torch.from_numpy(task.labels)
-
+    train, val = task.train, task.validation
     if feature_set.segments and cache.pair_starts is None:
         raise PluginFailure(NEEDS_PAIRS)
-
-    def inputs(rows):
-        """The pooler's arguments for texts ``rows``: hidden, mask (and segments)."""
-        parts, mask = [], None
-        for layer in feature_set.layers:
-            hidden, mask = cache.gather(rows, layer, standardize[layer])
-            parts.append(hidden.to(device))
-        mask = mask.to(device)
-        pair = (cache.segments(rows).to(device),) if feature_set.segments else ()
-        return ((tuple(parts) if feature_set.combines else parts[0]), mask, *pair)
-
-    def predict(model, rows):
-        model.eval()
-        out = []
-        with torch.no_grad():
-            # Training-sized batches: larger ones got fresh pages from the OS on
-            # every call, a large share of a training run's time.
-            for start in range(0, len(rows), config.batch_size):
-                args = inputs(rows[start : start + config.batch_size])
-                with plugin_code(timeout):
-                    pooled = model["pooler"](*args)
-                out.append(model["head"](pooled.float()))
-        return torch.cat(out)
-
+    states = _TokenInputs(cache, feature_set, task, timeout)
+    y_all = torch.from_numpy(task.labels)
     for seed in seeds:
         own_seed = head_seed(seed, feature_set.id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(own_seed)
-            with plugin_code(timeout):
-                module = feature_set.pooler.module(hidden_size)
-            head = torch.nn.Linear(feature_set.dim, task.num_labels)
-            with torch.no_grad():
-                head.weight.normal_(0.0, 0.02)
-                head.bias.zero_()
-        model = torch.nn.ModuleDict({"pooler": module, "head": head}).to(device)
+        model = _new_model(feature_set, task, cache.hidden_size, own_seed, timeout)
         optimizer = AdamW(list(model.parameters()), config.learning_rate, config.weight_decay)
         order = torch.Generator().manual_seed(seed)
         dropout = torch.Generator().manual_seed(own_seed)
@@ -120,38 +82,111 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
             perm = torch.randperm(len(train), generator=order).numpy()
             for start in range(0, len(train), config.batch_size):
                 rows = train[perm[start : start + config.batch_size]]
-                args = inputs(rows)
-                with plugin_code(timeout):
-                    pooled = model["pooler"](*args)
-                pooled = pooled.float()
-                if config.dropout > 0:
-                    keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
-                    pooled = pooled * keep.to(device) / (1 - config.dropout)
-                loss = F.cross_entropy(model["head"](pooled), y_all[rows].to(device))
+                loss = F.cross_entropy(states.logits(model, rows, dropout),
+                                       y_all[rows].to(device))
                 model.zero_grad()
                 loss.backward()
                 optimizer.step()
             if task.final:  # a fixed number of epochs: nothing to stop on
                 continue
-            val_loss = float(F.cross_entropy(predict(model, val), y_all[val].to(device)))
+            val_loss = float(F.cross_entropy(states.predict(model, val), y_all[val].to(device)))
             if stopping.update(only, torch.tensor([val_loss], dtype=torch.float64), epoch)[0]:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if not stopping.going(only)[0]:
                 break
-        weights = None
-        if task.final:  # the last weights, and the token states' standardization
-            stopping.best_epoch[:] = stopping.epochs[:] = config.max_epochs
+        yield states.trained(model, seed, stopping, best_state)
+
+
+def _new_model(feature_set, task: HeadTask, hidden_size: int, own_seed: int, timeout):
+    """A fresh ``pooler.module(H)`` and its ``nn.Linear`` head, seeded by ``own_seed``
+    (the caller's RNG untouched), on the task's device."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(own_seed)
+        with plugin_code(timeout):
+            module = feature_set.pooler.module(hidden_size)
+        head = torch.nn.Linear(feature_set.dim, task.num_labels)
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02)
+            head.bias.zero_()
+    return torch.nn.ModuleDict({"pooler": module, "head": head}).to(task.device)
+
+
+class _TokenInputs:
+    """A trainable pooler's inputs read from the token cache (standardized per layer with
+    the fold's train statistics), and its model's outputs on them."""
+
+    def __init__(self, cache, feature_set, task: HeadTask, timeout):
+        import torch
+
+        self.cache, self.feature_set, self.task, self.timeout = cache, feature_set, task, timeout
+        hidden_size = cache.hidden_size
+        self.standardize = {
+            layer: token_standardization(cache, task.train, layer) if task.config.standardize
+            else Standardization(torch.zeros(hidden_size), torch.ones(hidden_size))
+            for layer in feature_set.layers
+        }
+
+    def inputs(self, rows) -> tuple:
+        """The pooler's arguments for texts ``rows``: hidden, mask (and segments)."""
+        device, feature_set = self.task.device, self.feature_set
+        parts, mask = [], None
+        for layer in feature_set.layers:
+            hidden, mask = self.cache.gather(rows, layer, self.standardize[layer])
+            parts.append(hidden.to(device))
+        mask = mask.to(device)
+        pair = (self.cache.segments(rows).to(device),) if feature_set.segments else ()
+        return ((tuple(parts) if feature_set.combines else parts[0]), mask, *pair)
+
+    def logits(self, model, rows, dropout):
+        """Training logits of ``rows``, dropout (drawn from ``dropout``) on the pooled."""
+        import torch
+
+        config = self.task.config
+        with plugin_code(self.timeout):
+            pooled = model["pooler"](*self.inputs(rows))
+        pooled = pooled.float()
+        if config.dropout > 0:
+            keep = torch.rand(pooled.shape, generator=dropout) >= config.dropout
+            pooled = pooled * keep.to(self.task.device) / (1 - config.dropout)
+        return model["head"](pooled)
+
+    def predict(self, model, rows):
+        import torch
+
+        model.eval()
+        out = []
+        with torch.no_grad():
+            # Training-sized batches: larger ones got fresh pages from the OS on
+            # every call, a large share of a training run's time.
+            size = self.task.config.batch_size
+            for start in range(0, len(rows), size):
+                args = self.inputs(rows[start : start + size])
+                with plugin_code(self.timeout):
+                    pooled = model["pooler"](*args)
+                out.append(model["head"](pooled.float()))
+        return torch.cat(out)
+
+    def trained(self, model, seed: int, stopping, best_state) -> TrainedHead:
+        """The seed's head: the best state's test probabilities (a final head: the last
+        weights, with the token states' standardization)."""
+        import torch
+
+        task, weights = self.task, None
+        if task.final:
+            stopping.best_epoch[:] = stopping.epochs[:] = task.config.max_epochs
             weights = {name: value.detach().cpu().clone()
                        for name, value in model.state_dict().items()}
-            for layer, scale in standardize.items():
+            for layer, scale in self.standardize.items():
                 weights[f"shift.{layer}"] = torch.as_tensor(scale.shift).float()
                 weights[f"scale.{layer}"] = torch.as_tensor(scale.scale).float()
         else:
             model.load_state_dict(best_state)
-        probs = torch.softmax(predict(model, test).double(), dim=-1).cpu().numpy()
-        yield TrainedHead(feature_set.id, seed, probs, int(stopping.best_epoch[0]),
-                          int(stopping.epochs[0]), float(stopping.best_loss[0]), fold=task.fold,
-                          weights=weights)
+        probs = torch.softmax(self.predict(model, task.test).double(), dim=-1).cpu().numpy()
+        return TrainedHead(self.feature_set.id, seed, probs, int(stopping.best_epoch[0]),
+                           int(stopping.epochs[0]), float(stopping.best_loss[0]),
+                           fold=task.fold, weights=weights)
 
 
 def token_standardization(cache, rows, layer, chunk: int = 1024) -> Standardization:
