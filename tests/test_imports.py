@@ -1,5 +1,6 @@
 """The house as ARCHITECTURE.md draws it: floors that import only downward, no import cycle,
-and poolkit's own imports at the top of each module (read from the code, not run)."""
+poolkit's own imports at the top of each module, and short functions (read from the code,
+not run)."""
 
 import ast
 import re
@@ -146,3 +147,21 @@ def test_architecture_md_draws_the_same_floors():
     assert drawn == expected
     for name in modules():
         floor(name)  # every module stands on a floor
+
+
+def long_functions(tree: ast.Module, limit: int = 60) -> list:
+    """``(name, lines)`` of each function in ``tree`` longer than ``limit`` lines, its
+    decorators, signature and docstring included."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            if node.end_lineno - start + 1 > limit:
+                found.append((node.name, node.end_lineno - start + 1))
+    return found
+
+
+def test_no_function_in_poolkit_is_over_60_lines():
+    assert long_functions(ast.parse("def f():\n" + "    x = 1\n" * 60)) == [("f", 61)]
+    long = {name: found for name, tree in modules().items() if (found := long_functions(tree))}
+    assert not long, f"functions over 60 lines: {long}"

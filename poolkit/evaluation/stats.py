@@ -144,86 +144,107 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     """Every feature set's metrics with intervals, and pairs of them compared on the
     same items, for every metric.
 
-    ``probabilities[name]`` is ``(seeds, n, C)``: each seed's predicted
-    probabilities for the same ``n`` items (seed counts may differ between
-    names); ``y_true`` is ``(n,)`` label ids. ``metrics`` (default
-    :data:`~poolkit.evaluation.metrics.METRICS`) are scored per seed and averaged. The
-    bootstrap draws ``n_boot`` resamples of the items (a ``numpy`` Generator
-    seeded by ``seed``), shared by all names. Pairs: every pair of names, or
-    with ``baseline`` each other name against it; their p-values are
-    Holm-corrected per metric; ``significant`` is the ``primary`` metric's
-    corrected p below ``alpha``. Rows: names ranked by the primary metric (best
-    first, ties in the order given), ``a`` ranked above ``b`` (with a baseline:
-    ``a`` each other name, ``b`` the baseline). See :data:`METHODS`.
-
-    ``folds`` ``(n,)`` (the cross-fitted fold that scored each item) adds what the
-    item bootstrap cannot see, the variance of the heads' own fits: from the
-    spread of each pair's difference between folds beyond what the items explain
-    (:func:`refit_variance`; ``test_train_ratio``: a fold's test items over its
-    training items). Its standard errors, p-values and intervals widen to match.
+    ``probabilities[name]`` is ``(seeds, n, C)``: each seed's predicted probabilities for
+    the same ``n`` items (seed counts may differ between names); ``y_true`` is ``(n,)``
+    label ids. ``metrics`` (default :data:`~poolkit.evaluation.metrics.METRICS`) are
+    scored per seed and averaged. The bootstrap draws ``n_boot`` resamples of the items
+    (a ``numpy`` Generator seeded by ``seed``), shared by all names. Pairs: every pair of
+    names, or with ``baseline`` each other name against it; p-values Holm-corrected per
+    metric; ``significant``: the ``primary`` metric's corrected p below ``alpha``. Rows:
+    names ranked by the primary metric (best first, ties in the order given), ``a`` above
+    ``b`` (with a baseline: ``b`` is the baseline). See :data:`METHODS`. ``folds``
+    ``(n,)`` (the cross-fitted fold that scored each item) adds the variance of the heads'
+    own fits, which the item bootstrap cannot see (:class:`_FoldRefits`;
+    ``test_train_ratio``: a fold's test items over its training items).
     """
     import pandas as pd
-    from scipy import stats
 
     metrics = dict(metrics or METRICS)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    if primary not in metrics:
-        raise ValueError(f"primary metric '{primary}' is not among {', '.join(metrics)}")
+    _check_arguments(n_boot, primary, metrics, baseline, probabilities)
     names = list(probabilities)
     y = _labels(y_true)
     probs = _checked(probabilities, y)
 
     # name -> per seed: every metric on all items (what results.csv holds), (M,), and on
-    # each fold's items, (F, M)
+    # each fold's items, (F, M); values: name -> metric -> mean over seeds
     scored = {name: [score_by_fold(y, p, folds, metrics) for p in probs[name]]
               for name in names}
-    per_seed = {name: np.array([values for values, _ in scored[name]]) for name in names}
-    values = {name: dict(zip(metrics, np.nanmean(per_seed[name], axis=0))) for name in names}
+    values = {name: dict(zip(metrics, np.nanmean([v for v, _ in scored[name]], axis=0)))
+              for name in names}
     boot = _bootstrap(probs, y, metrics, n_boot, seed, fold_parts(folds))  # name -> (B, S, M)
-    intervals = {}
-    for name in names:
-        seeds = boot[name].shape[1]
-        # Its own seed draws (by name): an interval does not depend on the other names.
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        draws = rng.integers(0, seeds, size=(n_boot, seeds))
-        picked = np.take_along_axis(boot[name], draws[:, :, None], axis=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
-            resampled = np.nanmean(picked, axis=1)
-        low, high = _quantiles(resampled, alpha)
-        intervals[name] = {m: (float(low[i]), float(high[i])) for i, m in enumerate(metrics)}
-    if baseline is not None and baseline not in names:
-        raise ValueError(f"baseline '{baseline}' is not among {', '.join(names)}")
+    intervals = {name: _interval(boot[name], name, metrics, n_boot, seed, alpha)
+                 for name in names}
     if len(names) < 2:
         return Comparison(pd.DataFrame({c: [] for c in pair_columns(metrics)}), values, intervals)
 
-    sign = 1 if metrics[primary].higher_is_better else -1
+    ia, ib = _pair_indices(names, values, metrics[primary], primary, baseline)
+    columns = {"a": [names[i] for i in ia], "b": [names[i] for i in ib]}
+    # per metric: each pair's a and b values, and their difference
+    sides = {m: (np.array([values[names[i]][m] for i in ia]),
+                 np.array([values[names[j]][m] for j in ib])) for m in metrics}
+    diffs = [a - b for a, b in sides.values()]
+    spreads = _resampled_differences(boot, names, ia, ib, diffs, alpha)
+    refits = _FoldRefits(folds, scored, names, ia, ib, test_train_ratio, alpha)
+    for m_index, m in enumerate(metrics):
+        (a_values, b_values), diff = sides[m], diffs[m_index]
+        low, high, p, se = refits.widened(m_index, diff, *spreads[m_index])
+        columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
+                        f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
+                        f"{m}_p_holm": holm(p)})
+    correct = np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y for n in names])
+    b, c, p_mcnemar = _mcnemar(correct, ia, ib)
+    columns.update({"mcnemar_b": b, "mcnemar_c": c, "p_mcnemar": p_mcnemar,
+                    "p_mcnemar_holm": holm(p_mcnemar)})
+    frame = pd.DataFrame(columns)
+    frame["significant"] = frame[f"{primary}_p_holm"] < alpha
+    return Comparison(frame, values, intervals)
+
+
+def _check_arguments(n_boot: int, primary: str, metrics: dict, baseline, names) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if primary not in metrics:
+        raise ValueError(f"primary metric '{primary}' is not among {', '.join(metrics)}")
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline '{baseline}' is not among {', '.join(names)}")
+
+
+def _interval(boot, name: str, metrics, n_boot: int, seed: int, alpha: float) -> dict:
+    """``{metric: (low, high)}``: one name's interval over resamples of the items and of
+    its seeds (``boot`` ``(B, S, M)``), its seed draws its own, so an interval does not
+    depend on the other names."""
+    seeds = boot.shape[1]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    draws = rng.integers(0, seeds, size=(n_boot, seeds))
+    picked = np.take_along_axis(boot, draws[:, :, None], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
+        resampled = np.nanmean(picked, axis=1)
+    low, high = _quantiles(resampled, alpha)
+    return {m: (float(low[i]), float(high[i])) for i, m in enumerate(metrics)}
+
+
+def _pair_indices(names: list, values: dict, metric, primary: str, baseline) -> tuple:
+    """``(ia, ib)``: the pairs' indices into ``names``, ranked by the primary metric (``a``
+    above ``b``), or each other name against ``baseline``."""
+    sign = 1 if metric.higher_is_better else -1
     rank = sorted(range(len(names)), key=lambda i: -sign * values[names[i]][primary])
     if baseline is None:
         pairs = [(rank[i], rank[j]) for i in range(len(rank)) for j in range(i + 1, len(rank))]
     else:
         base = names.index(baseline)
         pairs = [(i, base) for i in rank if i != base]
-    ia, ib = (np.array(side, dtype=int) for side in zip(*pairs))
-    columns = {"a": [names[i] for i in ia], "b": [names[i] for i in ib]}
+    return tuple(np.array(side, dtype=int) for side in zip(*pairs))
+
+
+def _resampled_differences(boot: dict, names: list, ia, ib, diffs: list, alpha: float) -> list:
+    """Per metric, ``[low, high, p, se]`` of each pair's difference over the resamples."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a resample
         means = np.stack([np.nanmean(boot[name], axis=1) for name in names], axis=1)  # (B, K, M)
-    fold_ids = np.unique(folds) if folds is not None else np.zeros(1)
-    if fold_ids.size > 1:  # name -> (F, M): each fold's metrics, mean over seeds
-        parts = [np.flatnonzero(np.asarray(folds) == f) for f in fold_ids]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a fold
-            per_fold = {name: np.nanmean([by_fold for _, by_fold in scored[name]], axis=0)
-                        for name in names}
-    # per metric: each pair's a and b values, and their difference
-    sides = {m: (np.array([values[names[i]][m] for i in ia]),
-                 np.array([values[names[j]][m] for j in ib])) for m in metrics}
-    diffs = [a - b for a, b in sides.values()]
-
+    count = means.shape[2]
     # (K, B) per metric: each name's resamples contiguous, so pairs gather by rows
-    by_metric = [np.ascontiguousarray(means[:, :, i].T) for i in range(len(metrics))]
+    by_metric = [np.ascontiguousarray(means[:, :, i].T) for i in range(count)]
     blocks = [slice(start, start + _PAIR_BLOCK) for start in range(0, len(ia), _PAIR_BLOCK)]
 
     def resampled(job):
@@ -237,37 +258,48 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     # Blocks of pairs reuse memory (fresh pages cost more than the sums); numpy leaves the
     # GIL in these sorts and sums: one thread per core. Each pair's numbers are its own,
     # whichever block or thread computes them.
-    jobs = [(m, block) for block in blocks for m in range(len(metrics))]
+    jobs = [(m, block) for block in blocks for m in range(count)]
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         done = list(pool.map(resampled, jobs))
-    spreads = [[np.concatenate([found[part] for found in done[m::len(metrics)]])
-                for part in range(4)] for m in range(len(metrics))]
-    for m_index, m in enumerate(metrics):
-        (a_values, b_values), diff = sides[m], diffs[m_index]
-        low, high, p, se = spreads[m_index]
-        if fold_ids.size > 1:
-            by_fold = np.stack([per_fold[names[i]][:, m_index] - per_fold[names[j]][:, m_index]
-                                for i, j in zip(ia, ib)], axis=1)  # (F, pairs)
-            sizes = np.array([part.size for part in parts])
-            refit = refit_variance(by_fold, se, sizes, test_train_ratio)
-            widened = np.sqrt(se ** 2 + refit.variance)
-            # the t quantile over the normal one: the fits' variance is estimated from F folds
-            tails = stats.t.ppf(1 - alpha / 2, refit.df) / stats.norm.ppf(1 - alpha / 2)
-            with np.errstate(all="ignore"):
-                stretch = np.where(se > 0, tails * widened / se, 1.0)
-            low, high = diff - stretch * (diff - low), diff + stretch * (high - diff)
-            se = widened
-            p = _t_p(diff, se, refit.df)
-        columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
-                        f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
-                        f"{m}_p_holm": holm(p)})
-    b, c, p_mcnemar = _mcnemar(np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y
-                                                for n in names]), ia, ib)
-    columns.update({"mcnemar_b": b, "mcnemar_c": c, "p_mcnemar": p_mcnemar,
-                    "p_mcnemar_holm": holm(p_mcnemar)})
-    frame = pd.DataFrame(columns)
-    frame["significant"] = frame[f"{primary}_p_holm"] < alpha
-    return Comparison(frame, values, intervals)
+    return [[np.concatenate([found[part] for found in done[m::count]]) for part in range(4)]
+            for m in range(count)]
+
+
+class _FoldRefits:
+    """Under cross-fitting (``folds``: the fold that scored each item), each pair's
+    standard error widened by the heads' own fit variance, from the spread of its
+    difference between folds (:func:`refit_variance`); nothing to add otherwise."""
+
+    def __init__(self, folds, scored: dict, names: list, ia, ib, test_train_ratio, alpha):
+        self.ia, self.ib, self.names, self.ratio, self.alpha = ia, ib, names, test_train_ratio, \
+            alpha
+        fold_ids = np.unique(folds) if folds is not None else np.zeros(1)
+        self.active = fold_ids.size > 1
+        if self.active:  # name -> (F, M): each fold's metrics, mean over seeds
+            parts = [np.flatnonzero(np.asarray(folds) == f) for f in fold_ids]
+            self.sizes = np.array([part.size for part in parts])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined on a fold
+                self.per_fold = {name: np.nanmean([by_fold for _, by_fold in scored[name]],
+                                                  axis=0) for name in names}
+
+    def widened(self, m_index: int, diff, low, high, p, se) -> tuple:
+        """``(low, high, p, se)`` of metric ``m_index``'s differences, widened."""
+        if not self.active:
+            return low, high, p, se
+        from scipy import stats
+
+        per_fold, names, alpha = self.per_fold, self.names, self.alpha
+        by_fold = np.stack([per_fold[names[i]][:, m_index] - per_fold[names[j]][:, m_index]
+                            for i, j in zip(self.ia, self.ib)], axis=1)  # (F, pairs)
+        refit = refit_variance(by_fold, se, self.sizes, self.ratio)
+        widened = np.sqrt(se ** 2 + refit.variance)
+        # the t quantile over the normal one: the fits' variance is estimated from F folds
+        tails = stats.t.ppf(1 - alpha / 2, refit.df) / stats.norm.ppf(1 - alpha / 2)
+        with np.errstate(all="ignore"):
+            stretch = np.where(se > 0, tails * widened / se, 1.0)
+        low, high = diff - stretch * (diff - low), diff + stretch * (high - diff)
+        return low, high, _t_p(diff, widened, refit.df), widened
 
 
 def rank_groups(accuracy: dict, pairs) -> dict:
