@@ -8,6 +8,7 @@ import functools
 import importlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -94,14 +95,18 @@ def make_rows(n=120, seed=0):
     return rows
 
 
+def write_rows(path, n=120, seed=0):
+    """A CSV at ``path`` of :func:`make_rows`' ``n`` rows ('text' and 'label' columns)."""
+    import pandas as pd
+
+    pd.DataFrame(make_rows(n, seed=seed), columns=["text", "label"]).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture
 def small_csv(tmp_path):
     """A 120-row CSV with 'text' and 'label' columns, two balanced labels."""
-    import pandas as pd
-
-    path = tmp_path / "small.csv"
-    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(path, index=False)
-    return path
+    return write_rows(tmp_path / "small.csv")
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +219,35 @@ def invoke(args):
     # A ClickException or sys.exit, never an unhandled exception.
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
+
+
+def assert_clean_failure(result, *culprits, code=None):
+    """The command failed cleanly: a non-zero exit (``code``, if given), no traceback, an
+    error line (``Error: ...``, or a plugin's ``error: ...``), and each of ``culprits``
+    named in what it printed."""
+    assert result.exit_code != 0 if code is None else result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    assert re.search(r"^(Error|error): ", result.output, re.M), result.output
+    for culprit in culprits:
+        assert culprit in result.output, (culprit, result.output)
+
+
+def one_error_line(result, *culprits) -> str:
+    """The command failed with exactly one line, ``Error: ...``, and nothing else printed
+    that is an error (naming each of ``culprits``); that line."""
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for culprit in culprits:
+        assert culprit in errors[0], (culprit, errors[0])
+    return errors[0]
+
+
+def run_command(data, model, out, *extra, poolers="mean,cls", seeds=1, epochs=2):
+    """``poolkit run`` on ``data`` with ``model`` into ``out`` (quick heads), ``extra``
+    options after."""
+    return invoke(["run", "--data", data, "--model", model, "--poolers", poolers,
+                   "--seeds", seeds, "--epochs", epochs, "--out", out, *extra])
 
 
 def modules_after_help(args, modules, words):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXED_POOLERS, invoke, make_rows
+from conftest import FIXED_POOLERS, invoke, write_rows
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from architectures import KNOWN_FAILURES, NEEDS_MORE, build, text_architectures, try_architecture  # noqa: E402
@@ -100,7 +100,7 @@ def test_a_decoder_pools_last_token_and_mean_as_its_own_forward_does(tiny, model
 def test_cls_on_a_decoder_fails_alone_with_why_and_the_run_says_attention_is_causal(
         tiny, tmp_path):
     data = tmp_path / "d.csv"
-    pd.DataFrame(make_rows(40), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 40)
     result = invoke(["run", "--data", data, "--model", tiny("qwen2"), "--poolers",
                      "cls,mean,last_token", "--folds", "2", "--seeds", "1", "--epochs", "3",
                      "--out", tmp_path / "run"])
@@ -131,7 +131,7 @@ def test_the_architecture_matrix(tmp_path, tiny_model_dir):
 
     encoders, decoders = text_architectures()
     data = tmp_path / "d.csv"
-    pd.DataFrame(make_rows(40), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 40)
     rows, runs = [], {}
     for model_type in encoders + decoders:
         row = try_architecture(model_type, tmp_path, tiny_model_dir, FIXED_POOLERS)

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BROKEN_PLUGINS_DIR, FIXED_POOLERS, PLUGINS_DIR, invoke, make_rows
+from conftest import BROKEN_PLUGINS_DIR, FIXED_POOLERS, PLUGINS_DIR, invoke, write_rows
 
 import poolkit
 from poolkit.encoding.cache import PooledCache, parse_budget
@@ -18,7 +18,7 @@ from poolkit.errors import PoolkitError
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("modes") / "reviews.csv"
-    pd.DataFrame(make_rows(300), columns=["text", "label"]).to_csv(path, index=False)
+    write_rows(path, 300)
     return path
 
 

@@ -7,7 +7,15 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import ALL_POOLERS, TINY_LAYER, invoke, make_rows, modules_after_help
+from conftest import (
+    ALL_POOLERS,
+    TINY_LAYER,
+    assert_clean_failure,
+    invoke,
+    make_rows,
+    modules_after_help,
+    write_rows,
+)
 
 from poolkit.cli import cli
 from poolkit.evaluation.metrics import METRICS
@@ -18,20 +26,13 @@ EXPORT_NAMES = {  # how each format spells the pooler names
 }
 
 
-def assert_clean_failure(result, *culprits):
-    assert result.exit_code != 0, result.output
-    assert "Error:" in result.output
-    assert "Traceback" not in result.output
-    for culprit in culprits:
-        assert culprit in result.output, (culprit, result.output)
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     """One ``poolkit run`` over a 120-row CSV: ``(result, run_dir, data_path)``."""
     root = tmp_path_factory.mktemp("cli-run")
     data = root / "small.csv"
-    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data)
     out = root / "run"
     result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--seeds", 2,
                      "--epochs", 5, "--out", out, "--cache-dir", root / "cache"])

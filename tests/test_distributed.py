@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import TESTS_DIR, make_rows
+from conftest import TESTS_DIR, write_rows
 
 FAULT = TESTS_DIR / "helpers" / "rank_fault.py"
 
@@ -47,7 +46,7 @@ def setting(tmp_path_factory, tiny_model_dir):
     """1,000 texts (11 encoder batches) and the 1-process run every other is held to."""
     root = tmp_path_factory.mktemp("distributed")
     data = root / "reviews.csv"
-    pd.DataFrame(make_rows(1000), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 1000)
     # one thread per process, in every run: the same kernels, so the same bytes
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POOLKIT_CACHE_DIR": str(root / "unused")}
     args = ["run", "--data", data, "--model", tiny_model_dir, "--poolers", "cls,mean",
@@ -172,8 +171,7 @@ def test_ranks_started_with_other_arguments_stop_before_any_write(setting, what)
     args = [str(a) for a in setting["args"]]
     if what == "data":
         other = root / "other-reviews.csv"
-        pd.DataFrame(make_rows(1000, seed=1), columns=["text", "label"]).to_csv(other,
-                                                                                index=False)
+        write_rows(other, 1000, seed=1)
         old, new = args[args.index("--data") + 1], str(other)
     else:
         old, new = args[args.index("--seeds") + 1], "2"

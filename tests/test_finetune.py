@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke, make_rows, plugin_pooler
+from conftest import invoke, plugin_pooler, write_rows
 
 from poolkit.encoding.model import load_encoder
 from poolkit.heads.base import FineTuneConfig
@@ -240,7 +240,7 @@ def test_gradient_accumulation_equals_one_large_batch(encoder):
 @pytest.fixture
 def data_csv(tmp_path):
     path = tmp_path / "reviews.csv"
-    pd.DataFrame(make_rows(160), columns=["text", "label"]).to_csv(path, index=False)
+    write_rows(path, 160)
     return path
 
 
@@ -367,7 +367,7 @@ poolkit.run(sys.argv[1], model=sys.argv[2], poolers=["mean", "bert_pooler"], see
 @pytest.mark.slow
 def test_a_run_killed_while_finetuning_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     data = tmp_path / "reviews.csv"
-    pd.DataFrame(make_rows(200), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 200)
 
     def command(out):
         return [sys.executable, "-c", RUN, str(data), str(tiny_model_dir), str(out),

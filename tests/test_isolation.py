@@ -16,7 +16,7 @@ import threading
 import pandas as pd
 import pytest
 import torch
-from conftest import BROKEN_PLUGINS_DIR, invoke, make_rows, plugins_dir_with
+from conftest import BROKEN_PLUGINS_DIR, invoke, plugins_dir_with, run_command, write_rows
 
 PLUGINS_FAILED = 3
 
@@ -26,11 +26,8 @@ def _broken(*names):
 
 
 def _run(data, model, out, poolers, *extra, plugins=None):
-    args = ["run", "--data", data, "--model", model, "--poolers", poolers, "--seeds", 2,
-            "--epochs", 3, "--out", out, *extra]
-    if plugins is not None:
-        args += ["--plugins-dir", plugins]
-    return invoke(args)
+    plugins = ("--plugins-dir", plugins) if plugins is not None else ()
+    return run_command(data, model, out, *extra, *plugins, poolers=poolers, seeds=2, epochs=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def clean(tiny_model_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("clean")
     data = root / "small.csv"
-    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data)
     result = _run(data, tiny_model_dir, root / "run", "mean,cls,attention")
     assert result.exit_code == 0, result.output
     return data, pd.read_csv(root / "run" / "results.csv")

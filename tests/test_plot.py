@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke, modules_after_help
+from conftest import invoke, modules_after_help, one_error_line
 
 from poolkit.errors import PoolkitError
 from poolkit.evaluation.metrics import METRICS
@@ -129,13 +129,10 @@ def svg_texts(path):
     return [el.text.strip() for el in root.iter() if el.tag is ET.Comment]
 
 
-def assert_clean_failure(result, *culprits):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and result.output.strip() == errors[0], result.output  # one line
-    for culprit in culprits:
-        assert culprit in errors[0], (culprit, errors[0])
+def assert_only_error(result, *culprits):
+    """Exit 1 and one line, ``Error: ...``, naming the culprits: nothing else printed."""
+    line = one_error_line(result, *culprits)
+    assert result.exit_code == 1 and result.output.strip() == line, result.output
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -432,31 +429,31 @@ def test_no_heat_map_for_one_layer_or_one_layer_plus_combined(tmp_path, single_r
 
 def test_error_not_a_run_dir(tmp_path):
     missing = tmp_path / "not-a-run"
-    assert_clean_failure(invoke(["plot", missing]), str(missing), "summary.csv")
+    assert_only_error(invoke(["plot", missing]), str(missing), "summary.csv")
     missing.mkdir()
-    assert_clean_failure(invoke(["plot", missing]), str(missing), "summary.csv")
+    assert_only_error(invoke(["plot", missing]), str(missing), "summary.csv")
 
 
 def test_error_unknown_metric_lists_valid_ones(single_run):
     result = invoke(["plot", single_run, "--metric", "acc"])
-    assert_clean_failure(result, "'acc'", *METRICS, "all")
+    assert_only_error(result, "'acc'", *METRICS, "all")
     assert not (single_run / "plots").exists()
 
 
 def test_error_unknown_format(single_run):
-    assert_clean_failure(invoke(["plot", single_run, "--format", "png,gif"]), "'gif'", "svg")
+    assert_only_error(invoke(["plot", single_run, "--format", "png,gif"]), "'gif'", "svg")
 
 
 def test_error_no_finished_rows(tmp_path):
     run = write_run(tmp_path / "run", [failed_row("cls", "6"), failed_row("mean", "6")])
-    assert_clean_failure(invoke(["plot", run]), str(run / "summary.csv"))
-    assert_clean_failure(invoke(["plot", run, "--metric", "all"]), str(run / "summary.csv"))
+    assert_only_error(invoke(["plot", run]), str(run / "summary.csv"))
+    assert_only_error(invoke(["plot", run, "--metric", "all"]), str(run / "summary.csv"))
 
 
 def test_error_unwritable_out_dir(single_run, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_clean_failure(invoke(["plot", single_run, "-o", blocker / "plots"]), str(blocker))
+    assert_only_error(invoke(["plot", single_run, "-o", blocker / "plots"]), str(blocker))
     usage = invoke(["plot", single_run, "-o", blocker])  # click's own check: a usage error
     assert usage.exit_code == 2 and str(blocker) in usage.output, usage.output
     assert "Traceback" not in usage.output

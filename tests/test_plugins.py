@@ -17,6 +17,7 @@ from conftest import (
     BUILTIN_POOLERS,
     PLUGINS_DIR,
     TESTS_DIR,
+    assert_clean_failure,
     hf_forward,
     invoke,
     plugins_dir_with,
@@ -33,12 +34,6 @@ TEXTS = ["good film", "the plot was dull and the actor was poor", "fun"]
 def broken(name):
     return BROKEN_PLUGINS_DIR / f"{name}.py"
 
-
-def assert_clean_failure(result, *culprits):
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    for culprit in culprits:
-        assert culprit in result.output, (culprit, result.output)
 
 
 def test_plugins_lists_builtins_with_their_modules():

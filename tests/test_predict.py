@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PLUGINS_DIR, invoke, make_rows
+from conftest import PLUGINS_DIR, invoke, write_rows
 
 import poolkit
 from poolkit.errors import PoolkitError
@@ -26,7 +26,7 @@ TEXTS = ["good fun movie", "awful dull plot that was really boring and not fun",
 
 def _run(folder, model, labels=None, plugins_dir=None, poolers=POOLERS, **options):
     data = folder / "data.csv"
-    pd.DataFrame(make_rows(90), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 90)
     poolkit.run(data, model=str(model), poolers=poolers, folds=3, seeds=2, labels=labels,
                 cache_dtype="fp32", out=folder / "run", cache_dir=folder / "cache",
                 head=HeadConfig(max_epochs=30, patience=3), plugins_dir=plugins_dir, **options)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PLUGINS_DIR, invoke, make_rows
+from conftest import PLUGINS_DIR, invoke, write_rows
 
 # sklearn's "y_prob values do not sum to one" (float32 probe rows) must not come back
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("protocols") / "data.csv"
-    pd.DataFrame(make_rows(150), columns=["text", "label"]).to_csv(path, index=False)
+    write_rows(path, 150)
     return path
 
 

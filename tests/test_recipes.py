@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke, make_rows
+from conftest import invoke, write_rows
 
 pytest.importorskip("sentence_transformers")
 
@@ -108,7 +108,7 @@ def test_a_run_marks_the_models_own_pooling_and_says_what_applied(tiny_model_dir
                     "type": "sentence_transformers.models.Dense"})
     (folder / "modules.json").write_text(json.dumps(modules))
     data = tmp_path / "d.csv"
-    pd.DataFrame(make_rows(40), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 40)
     out = tmp_path / "run"
     result = invoke(["run", "--data", data, "--model", folder, "--poolers", "mean,max",
                      "--folds", "2", "--seeds", "1", "--epochs", "3", "--prompt", "query",
@@ -132,7 +132,7 @@ def test_a_run_marks_the_models_own_pooling_and_says_what_applied(tiny_model_dir
 def test_a_prompt_name_the_folder_lacks_is_one_line(tiny_model_dir, tmp_path):
     folder = st_folder(tiny_model_dir, tmp_path / "st", prompts={"query": "query : "})
     data = tmp_path / "d.csv"
-    pd.DataFrame(make_rows(20), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data, 20)
     result = invoke(["run", "--data", data, "--model", folder, "--prompt", "passage",
                      "--out", tmp_path / "run"])
     assert result.exit_code == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, make_rows
+from conftest import BUILTIN_POOLERS, PLUGINS_DIR, invoke, write_rows
 
 import poolkit
 import poolkit.encoding.encode
@@ -104,7 +104,7 @@ def interrupted_runs(tmp_path_factory, tiny_model_dir):
     """Every scenario's interrupted subprocess, all at once (each with its own cache and out)."""
     root = tmp_path_factory.mktemp("killed")
     data = root / "small.csv"
-    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(data, index=False)
+    write_rows(data)
     plugins = root / "slow-plugins"
     plugins.mkdir()
     (plugins / "slow.py").write_text(SLOW_PLUGIN)

@@ -15,27 +15,17 @@ import json
 import os
 import threading
 
-import pandas as pd
 import pytest
-from conftest import invoke, make_rows
+from conftest import invoke, one_error_line, run_command, write_rows
 
 
 @pytest.fixture
 def data(tmp_path):
     path = tmp_path / "data.csv"
-    pd.DataFrame(make_rows(), columns=["text", "label"]).to_csv(path, index=False)
+    write_rows(path)
     return path
 
 
-def _run(data, model, out, *extra):
-    return invoke(["run", "--data", data, "--model", model, "--poolers", "mean,cls",
-                   "--seeds", 1, "--epochs", 2, "--out", out, *extra])
-
-
-def _one_error(result):
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 def test_out_holding_the_data_file_is_refused_and_the_data_kept(data, tiny_model_dir, tmp_path):
@@ -44,9 +34,9 @@ def test_out_holding_the_data_file_is_refused_and_the_data_kept(data, tiny_model
     user_file = folder / "summary.csv"  # the user's data, named like poolkit's table
     user_file.write_bytes(data.read_bytes())
     before = user_file.read_bytes()
-    result = _run(user_file, tiny_model_dir, folder)
+    result = run_command(user_file, tiny_model_dir, folder)
     assert result.exit_code == 1, result.output
-    error = _one_error(result)
+    error = one_error_line(result)
     assert f"--out '{folder}'" in error and "did not create" in error and "summary.csv" in error
     assert user_file.read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["summary.csv"]  # nothing added
@@ -56,9 +46,9 @@ def test_a_users_results_csv_in_an_existing_folder_is_kept(data, tiny_model_dir,
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "results.csv").write_text("my,own\n1,2\n")
-    result = _run(data, tiny_model_dir, folder)
+    result = run_command(data, tiny_model_dir, folder)
     assert result.exit_code == 1, result.output
-    assert "did not create" in _one_error(result)
+    assert "did not create" in one_error_line(result)
     assert (folder / "results.csv").read_text() == "my,own\n1,2\n"
 
 
@@ -66,19 +56,19 @@ def test_a_users_results_csv_in_an_existing_folder_is_kept(data, tiny_model_dir,
 def test_an_empty_folder_becomes_a_run_directory(data, tiny_model_dir, tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
-    assert _run(data, tiny_model_dir, folder).exit_code == 0
+    assert run_command(data, tiny_model_dir, folder).exit_code == 0
     assert (folder / "results.csv").is_file() and (folder / ".poolkit-run.json").is_file()
-    assert _run(data, tiny_model_dir, folder).exit_code == 0  # and is reused
+    assert run_command(data, tiny_model_dir, folder).exit_code == 0  # and is reused
 
 
 @pytest.mark.slow
 def test_a_file_changed_in_a_run_directory_is_not_overwritten(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    assert _run(data, tiny_model_dir, out).exit_code == 0
+    assert run_command(data, tiny_model_dir, out).exit_code == 0
     (out / "summary.csv").write_text("the user's own notes\n")
-    result = _run(data, tiny_model_dir, out)
+    result = run_command(data, tiny_model_dir, out)
     assert result.exit_code == 1, result.output
-    error = _one_error(result)
+    error = one_error_line(result)
     assert "'summary.csv' is not a file poolkit wrote there" in error
     assert (out / "summary.csv").read_text() == "the user's own notes\n"
 
@@ -86,7 +76,7 @@ def test_a_file_changed_in_a_run_directory_is_not_overwritten(data, tiny_model_d
 @pytest.fixture
 def finished(data, tiny_model_dir, tmp_path):
     out = tmp_path / "finished"
-    assert _run(data, tiny_model_dir, out).exit_code == 0
+    assert run_command(data, tiny_model_dir, out).exit_code == 0
     return out
 
 
@@ -117,13 +107,13 @@ def test_export_to_a_fifo_writes_through_it(finished, tmp_path):
 def test_export_to_a_directory_is_one_line(finished, tmp_path):
     result = invoke(["export", finished, "--format", "csv", "-o", tmp_path])
     assert result.exit_code == 2  # click refuses it as a usage error
-    assert "is a directory" in _one_error(result)
+    assert "is a directory" in one_error_line(result)
 
 
 @pytest.mark.slow
 def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    assert _run(data, tiny_model_dir, out, "--predictions", "--plot", "svg").exit_code == 0
+    assert run_command(data, tiny_model_dir, out, "--predictions", "--plot", "svg").exit_code == 0
     assert (out / "predictions.csv").is_file() and (out / "plots" / "accuracy.svg").is_file()
     assert invoke(["export", out, "--format", "csv", "--table", "predictions"]).exit_code == 0
 
@@ -134,7 +124,7 @@ def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, t
     assert not (out / "plots" / "accuracy.svg").exists()
     stale = invoke(["export", out, "--format", "csv", "--table", "predictions"])
     assert stale.exit_code == 1
-    assert "has no predictions.csv from its last run" in _one_error(stale)
+    assert "has no predictions.csv from its last run" in one_error_line(stale)
     listed = json.loads((out / ".poolkit-run.json").read_text())["files"]
     assert sorted(listed) == ["comparison.json", "labels.json", "pairs.csv", "recipe.json",
                               "results.csv", "settings.json", "summary.csv"]
@@ -143,13 +133,13 @@ def test_files_of_an_earlier_run_are_removed_by_the_next(data, tiny_model_dir, t
 @pytest.mark.slow
 def test_an_edited_head_is_trained_again_not_trusted(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    assert _run(data, tiny_model_dir, out).exit_code == 0
+    assert run_command(data, tiny_model_dir, out).exit_code == 0
     original = (out / "results.csv").read_bytes()
     head = out / "heads" / "mean@2-fold0-seed0.json"
     record = json.loads(head.read_text())
     record["head"]["best_epoch"] += 1  # shown in results.csv
     head.write_text(json.dumps(record))
-    again = _run(data, tiny_model_dir, out)
+    again = run_command(data, tiny_model_dir, out)
     assert again.exit_code == 0, again.output
     assert f"warning: {head} is damaged or was edited (checksum)" in again.stderr
     assert "reusing 9 finished" in again.stderr  # cls@2's 5 folds, mean@2's other 4

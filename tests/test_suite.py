@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke, make_rows
+from conftest import invoke, write_rows
 
 import poolkit
 from poolkit.errors import Interrupted, PoolkitError
@@ -24,8 +24,7 @@ def write_suite(folder: Path, tasks: int = 3, extra: str = "", bad: bool = False
     lines = ['name = "small"', "[defaults]", f"poolers = {list(POOLERS)!r}".replace("'", '"'),
              "folds = 3", extra]
     for i in range(tasks):
-        pd.DataFrame(make_rows(90, seed=i), columns=["text", "label"]).to_csv(
-            folder / f"t{i}.csv", index=False)
+        write_rows(folder / f"t{i}.csv", 90, seed=i)
         lines += ["[[task]]", f'name = "task{i}"', f'data = "t{i}.csv"']
     if bad:
         lines += ["[[task]]", 'name = "broken"', 'data = "no-such-file.csv"']
