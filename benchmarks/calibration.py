@@ -220,9 +220,9 @@ def default_features(pooler: str = "mean"):
 
     config = RunConfig(poolers=(pooler,), folds=1)
     poolers = resolve_poolers(config.poolers)
-    dataset = load_data(config)
+    dataset = load_data(config.group("data"), config.planned)
     encoded = encode(config, poolers.selected, dataset.texts)
-    features = pool(config, encoded)
+    features = pool(encoded)
     (x,) = features.arrays.values()
     return np.asarray(x, dtype=np.float32), dataset.labels
 

@@ -82,9 +82,9 @@ data, cache, mode = sys.argv[1:4]
 config = RunConfig(data=data, cache_dir=cache, cache_mode=mode, seeds=1,
                    poolers=("cls", "bert_pooler", "mean", "max"))
 poolers = pipeline.resolve_poolers(config.poolers)
-dataset = pipeline.load_data(config)
+dataset = pipeline.load_data(config.group("data"), config.planned)
 encoded = pipeline.encode(config, poolers.selected, dataset.texts)
-features = pipeline.pool(config, encoded)
+features = pipeline.pool(encoded)
 print(json.dumps({"entry": str(encoded.cache.path), "tokens": int(encoded.cache.lengths.sum()),
                   "encode_s": encoded.seconds, "pool_s": features.seconds,
                   "hidden": encoded.encoder.hidden_size,

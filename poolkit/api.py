@@ -44,7 +44,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
                        trust_remote_code=trust_remote_code)
     config.validate()
     encoded = pipeline.encode(config, chosen.selected, texts, max_texts=batch_size)
-    features = pipeline.pool(config, encoded)
+    features = pipeline.pool(encoded, timeout=config.pooler_timeout)
     failures = {**encoded.failures, **features.failures}
     if failures:
         key, reason = next(iter(failures.items()))

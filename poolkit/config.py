@@ -3,7 +3,8 @@
 import codecs
 import math
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from poolkit.errors import PoolkitError
 from poolkit.evaluation.metrics import METRICS
 from poolkit.evaluation.protocols import resolve
 from poolkit.heads.base import FineTuneConfig, HeadConfig
-from poolkit.options import MAX_SEEDS, OPTIONS
+from poolkit.options import GROUPS, MAX_SEEDS, OPTIONS
 from poolkit.pooling.pooler import Pooler
 
 
@@ -119,10 +120,21 @@ class RunConfig:
             raise PoolkitError(f"{where('finetune')}: give true, false or a FineTuneConfig")
         return cls(**given)
 
+    @cached_property
+    def planned(self) -> "Plan":
+        """The :class:`Plan`, worked out once (the seeds checked)."""
+        protocol, folds, seeds = resolve(self.protocol, self.folds, self.seeds, self.test_data)
+        return Plan(protocol, folds, tuple(_seed_list(seeds)))
+
     def plan(self) -> tuple:
-        """``(protocol, folds)``: the :class:`~poolkit.evaluation.protocols.Protocol` and its number of folds."""
-        protocol, folds, _ = resolve(self.protocol, self.folds, self.seeds, self.test_data)
-        return protocol, folds
+        """``(protocol, folds)``: the :class:`~poolkit.evaluation.protocols.Protocol` and its
+        number of folds."""
+        return self.planned.protocol, self.planned.folds
+
+    def group(self, name: str):
+        """The settings of one group of :data:`~poolkit.options.GROUPS` (``data``,
+        ``encoder``, ``cache``, ...), as a frozen dataclass: what a stage of that kind uses."""
+        return _GROUP_CLASSES[name](**{f: getattr(self, f) for f in _GROUP_FIELDS[name]})
 
     def model_list(self) -> list:
         """The models to compare: ``[None]`` (the embedded default), or the names given."""
@@ -145,20 +157,7 @@ class RunConfig:
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
         the protocol's)."""
-        seeds = resolve(self.protocol, self.folds, self.seeds, self.test_data)[2]
-        if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-            if not 1 <= seeds <= MAX_SEEDS:
-                raise PoolkitError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}")
-            return list(range(int(seeds)))
-        try:
-            seed_list = [int(s) for s in seeds]
-        except (TypeError, ValueError):
-            raise PoolkitError(f"seeds={seeds!r}: give a count or a list of integers") from None
-        if not 1 <= len(seed_list) <= MAX_SEEDS or min(seed_list) < 0:
-            raise PoolkitError(f"seeds={seeds!r}: give 1 to {MAX_SEEDS} seeds, each 0 or more")
-        if len(set(seed_list)) != len(seed_list):
-            raise PoolkitError(f"seeds={seeds!r} lists a seed twice")
-        return seed_list
+        return list(self.planned.seeds)
 
     def validate(self) -> None:
         """Refuse, with one line naming the option, a setting out of its range."""
@@ -287,3 +286,40 @@ def _positive_seconds(value) -> bool:
     except (TypeError, ValueError):
         return False
     return math.isfinite(seconds) and seconds > 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run's protocol makes of its options, worked out once: the
+    :class:`~poolkit.evaluation.protocols.Protocol`, its number of folds, and the seeds."""
+
+    protocol: object
+    folds: int
+    seeds: tuple
+
+
+def _seed_list(seeds) -> list:
+    """``seeds`` (a count N: seeds 0..N-1, or the seeds) checked: 1 to :data:`MAX_SEEDS`
+    distinct integers >= 0."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise PoolkitError(f"--seeds {seeds}: give a count from 1 to {MAX_SEEDS}")
+        return list(range(int(seeds)))
+    try:
+        seed_list = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise PoolkitError(f"seeds={seeds!r}: give a count or a list of integers") from None
+    if not 1 <= len(seed_list) <= MAX_SEEDS or min(seed_list) < 0:
+        raise PoolkitError(f"seeds={seeds!r}: give 1 to {MAX_SEEDS} seeds, each 0 or more")
+    if len(set(seed_list)) != len(seed_list):
+        raise PoolkitError(f"seeds={seeds!r} lists a seed twice")
+    return seed_list
+
+
+#: Each group's RunConfig fields (its options that are fields), and its settings' class.
+_GROUP_FIELDS = {group: [f.name for f in fields(RunConfig) if f.name in OPTIONS
+                         and OPTIONS[f.name].group == group]
+                 + (["out", "progress"] if group == "output" else [])
+                 for group in GROUPS}
+_GROUP_CLASSES = {group: make_dataclass(f"{group.title()}Settings", names, frozen=True)
+                  for group, names in _GROUP_FIELDS.items()}

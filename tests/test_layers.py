@@ -246,7 +246,7 @@ def test_multi_layer_and_per_layer_features_equal_hand_computation(tiny_model_di
     config = RunConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "c", cache_dtype="fp32",
                        layers="0")
     encoded = pipeline.encode(config, poolers, TEXTS)
-    pooled = pipeline.pool(config, encoded)
+    pooled = pipeline.pool(encoded)
     assert encoded.failures == {} and pooled.failures == {}
     features = pooled.arrays
     assert sorted(features) == ["cls@0", "first_last_avg@1+2", "mean@0"]

@@ -3,7 +3,7 @@ keywords, the suite file's keys and RunConfig's fields all come from the declara
 values are checked there for every surface."""
 
 import inspect
-from dataclasses import fields
+from dataclasses import FrozenInstanceError, fields
 
 import click
 import pytest
@@ -158,3 +158,26 @@ def test_a_command_names_the_run_folder_the_last_release_named(args, monkeypatch
 @pytest.mark.parametrize("options, folder", RELEASED_SUITE_FOLDERS)
 def test_a_suite_names_the_folder_the_last_release_named(options, folder):
     assert str(task_configs(read_suite(None), options)[0]) == f"poolkit-runs/{folder}"
+
+
+def test_the_settings_come_in_groups_and_the_plan_is_made_once(monkeypatch):
+    from poolkit import config as config_module
+    from poolkit.options import GROUPS
+
+    assert {option.group for option in OPTIONS.values()} == set(GROUPS)
+    config = RunConfig(data="d.csv", seeds=3, metric="f1_macro", cache_mode="tokens")
+    data = config.group("data")
+    assert data.data == "d.csv" and data.text_col == "text"
+    assert {f.name for f in fields(data)} == {
+        n for n, o in OPTIONS.items() if o.group == "data" and o.into is None}
+    assert config.group("evaluation").metric == "f1_macro"
+    assert config.group("cache").cache_mode == "tokens"
+    with pytest.raises(FrozenInstanceError):
+        data.text_col = "other"  # frozen: a stage cannot change what the others see
+
+    calls = []
+    real = config_module.resolve
+    monkeypatch.setattr(config_module, "resolve", lambda *a: calls.append(a) or real(*a))
+    for _ in range(3):
+        assert config.plan()[1] == 5 and config.seed_list() == [0, 1, 2]
+    assert len(calls) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poolkit.config import RunConfig
+from poolkit.config import Plan, RunConfig
 from poolkit.data.dataset import load_dataset
 from poolkit.data.readers import DEFAULT_DATASET_NAME, data_digest, default_dataset_path
 from poolkit.encoding import distributed
@@ -173,18 +173,19 @@ def resolve_poolers(names=None, plugins_dir=None, log=_silent, timeout=None) -> 
                    list(pm.load_errors))
 
 
-def load_data(config: RunConfig, log=_silent):
+def load_data(data, plan: Plan, log=_silent):
     """The labelled texts and their folds (a :class:`~poolkit.data.dataset.Dataset`), as the
-    protocol splits them."""
-    protocol, folds = config.plan()
-    dataset = load_dataset(config.data, text_col=config.text_col, label_col=config.label_col,
-                           test_data=config.test_data, labels=config.labels,
-                           split_seed=config.split_seed,
-                           validation_size=config.validation_size if protocol.validation else 0.0,
-                           test_size=config.test_size, empty_texts=config.empty_texts,
-                           encoding=config.encoding, max_train_texts=config.max_train_texts,
-                           label_pattern=config.label_pattern, max_texts=config.max_texts,
-                           text_pair_col=config.text_pair_col, folds=folds, log=log)
+    ``plan``'s protocol splits them; ``data`` is the run's data settings
+    (``RunConfig.group("data")``)."""
+    protocol, folds = plan.protocol, plan.folds
+    dataset = load_dataset(data.data, text_col=data.text_col, label_col=data.label_col,
+                           test_data=data.test_data, labels=data.labels,
+                           split_seed=data.split_seed,
+                           validation_size=data.validation_size if protocol.validation else 0.0,
+                           test_size=data.test_size, empty_texts=data.empty_texts,
+                           encoding=data.encoding, max_train_texts=data.max_train_texts,
+                           label_pattern=data.label_pattern, max_texts=data.max_texts,
+                           text_pair_col=data.text_pair_col, folds=folds, log=log)
     log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.label_names)))
     first = dataset.folds[0]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in first.items())
@@ -193,8 +194,8 @@ def load_data(config: RunConfig, log=_silent):
     else:
         log(f"{folds}-fold cross-fitting: each fold {sizes} (fold 1); every one of the "
             f"{len(dataset.scored)} items scored once, out of fold")
-    if config.max_train_texts is not None:
-        log(f"--max-train-texts {config.max_train_texts}: every head trains on a stratified "
+    if data.max_train_texts is not None:
+        log(f"--max-train-texts {data.max_train_texts}: every head trains on a stratified "
             "subset of its fold's training part; validation and test items are all kept")
     if protocol.name != "default":
         log(f"protocol {protocol.name}: {protocol.about}")
@@ -277,7 +278,7 @@ def _without_trainable(sets: dict, why: str, log) -> dict:
     return {key: fs for key, fs in sets.items() if not fs.trainable or fs.finetuned}
 
 
-def pool(config: RunConfig, encoded: Encoded) -> Features:
+def pool(encoded: Encoded, *, progress: bool = False, timeout=DEFAULT_TIMEOUT) -> Features:
     """Every fixed feature set's features, in one pass over the cached states (or,
     from a pooled cache, read from it)."""
     fixed = _fixed(encoded.sets, encoded.failures)
@@ -287,8 +288,8 @@ def pool(config: RunConfig, encoded: Encoded) -> Features:
         failures = {key: cache.failed[key] for key in fixed if key in cache.failed}
         arrays = {key: cache.features(key) for key in fixed if key not in failures}
     else:
-        arrays, failures = pool_cache(encoded.cache, fixed, progress=config.progress,
-                                      timeout=config.pooler_timeout)
+        arrays, failures = pool_cache(encoded.cache, fixed, progress=progress,
+                                      timeout=timeout)
     return Features(arrays, failures, time.perf_counter() - began)
 
 
@@ -672,7 +673,7 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     config.validate()
     began = time.perf_counter()
     poolers = resolve_poolers(config.poolers, config.plugins_dir, log, config.pooler_timeout)
-    dataset = load_data(config, log)
+    dataset = load_data(config.group("data"), config.planned, log)
     if config.poolers is None and not dataset.pairs:
         poolers = _single_text_poolers(poolers)
     identity = RunIdentity.of(config)
@@ -720,7 +721,7 @@ def _run_model(config: RunConfig, label, encoder, poolers: Poolers, dataset, ide
         claim()
         for key, reason in encoded.failures.items():
             _report_failure(log, encoded.sets[key], reason, label)
-        features = pool(config, encoded)
+        features = pool(encoded, progress=config.progress, timeout=config.pooler_timeout)
         for key, reason in features.failures.items():
             _report_failure(log, encoded.sets[key], reason, label)
         store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset),

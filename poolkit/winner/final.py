@@ -216,7 +216,7 @@ def final_head(run: SavedRun, config, poolers, encoder, key: str, label, fingerp
         if saved is not None:
             log(f"final head of {key}: reused from {store.folder}")
             return saved, feature_set(poolers, encoder, key, config)
-    dataset = load_data(config)
+    dataset = load_data(config.group("data"), config.planned)
     encoded = encode(config, poolers.selected, dataset.texts, encoder, log=log)
     if key not in encoded.sets or key in encoded.failures:
         reason = encoded.failures.get(key, "it is not among the feature sets the run makes now")
@@ -239,7 +239,8 @@ def final_head(run: SavedRun, config, poolers, encoder, key: str, label, fingerp
         kind = TrainablePoolerHeads(encoded.cache, config.pooler_timeout)
         head = next(iter(kind.train(task, [(fs, seeds[:1])])))
     else:
-        features = pool(config, replace(encoded, sets={key: fs}))
+        features = pool(replace(encoded, sets={key: fs}), progress=config.progress,
+                        timeout=config.pooler_timeout)
         if key in features.failures:
             raise PoolkitError(f"{key}: {features.failures[key]}")
         head = train_heads(features.arrays, task, seeds[:1])[0]
