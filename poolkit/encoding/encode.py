@@ -393,8 +393,9 @@ def encode_batches(model, ids, plan, batches, writer, *, device: str, compute: s
 
 def _batch_inputs(ids, lengths, batch, pad_id: int, device: str, token_types: bool) -> tuple:
     """``(input_ids, attention_mask, segments, extra)`` of the texts ``batch`` (of
-    ``lengths`` tokens) on ``device``: padded to the longest; ``segments`` (pairs of texts, else ``None``) also go to the
-    model as ``token_type_ids`` (in ``extra``) with ``token_types``."""
+    ``lengths`` tokens) on ``device``, padded to the longest; ``segments`` (pairs of texts,
+    else ``None``) also go to the model as ``token_type_ids`` (in ``extra``) with
+    ``token_types``."""
     import torch
 
     on_cuda = device.startswith("cuda")

@@ -159,7 +159,8 @@ class HeadKind(Protocol):
     """A way of training heads; see the module docstring for the kinds."""
 
     def wants(self, feature_set) -> bool:
-        """Whether this kind trains ``feature_set``'s heads (a :class:`~poolkit.pooling.features.FeatureSet`)."""
+        """Whether this kind trains ``feature_set``'s heads (a
+        :class:`~poolkit.pooling.features.FeatureSet`)."""
 
     def train(self, task: HeadTask, jobs: list) -> Iterator["TrainedHead | FailedHead"]:
         """Train the heads in ``jobs`` (``[(FeatureSet, [seeds])]``), yielding each one's

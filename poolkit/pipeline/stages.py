@@ -242,7 +242,8 @@ def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encodin
     began = time.perf_counter()
     cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
                                  precision=config.precision, max_texts=max_texts,
-                                 progress=config.progress and distributed.rank() == 0, layers=needed,
+                                 progress=config.progress and distributed.rank() == 0,
+                                 layers=needed,
                                  before_encoding=before_encoding, log=log,
                                  mode=config.cache_mode, pool=_fixed(sets, failures),
                                  budget=config.cache_budget,
@@ -429,8 +430,8 @@ def comparison_key(probabilities: dict, y, options: dict) -> str:
 
 
 def read_comparison(path, key: str):
-    """The :class:`~poolkit.evaluation.stats.Comparison` saved at ``path`` under ``key``, or ``None``
-    (missing, another key, or unreadable: then it is computed again)."""
+    """The :class:`~poolkit.evaluation.stats.Comparison` saved at ``path`` under ``key``, or
+    ``None`` (missing, another key, or unreadable: then it is computed again)."""
     import json
 
     import pandas as pd

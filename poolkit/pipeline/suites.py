@@ -57,8 +57,8 @@ class Suite:
 
 @dataclass
 class SuiteResult:
-    """What :func:`poolkit.suite` returns: the cross-task :class:`~poolkit.evaluation.across.Verdict`,
-    each finished task's :class:`~poolkit.pipeline.stages.RunResult`, the tasks that failed
+    """What :func:`poolkit.suite` returns: the cross-task
+    :class:`~poolkit.evaluation.across.Verdict`, each finished task's :class:`~poolkit.pipeline.stages.RunResult`, the tasks that failed
     ``{name: reason}``, the verdict's sentences and the suite directory."""
 
     verdict: object
