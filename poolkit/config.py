@@ -4,7 +4,7 @@ import codecs
 import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,10 @@ class RunConfig:
     def group(self, name: str):
         """The settings of one group of :data:`~poolkit.options.GROUPS` (``data``,
         ``encoder``, ``cache``, ...), as a frozen dataclass: what a stage of that kind uses."""
-        return _GROUP_CLASSES[name](**{f: getattr(self, f) for f in _GROUP_FIELDS[name]})
+        if name not in GROUPS:
+            raise ValueError(f"no settings group '{name}'; the groups are {', '.join(GROUPS)}")
+        kind = _group_class(name)
+        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
 
     def model_list(self) -> list:
         """The models to compare: ``[None]`` (the embedded default), or the names given."""
@@ -316,10 +319,11 @@ def _seed_list(seeds) -> list:
     return seed_list
 
 
-#: Each group's RunConfig fields (its options that are fields), and its settings' class.
-_GROUP_FIELDS = {group: [f.name for f in fields(RunConfig) if f.name in OPTIONS
-                         and OPTIONS[f.name].group == group]
-                 + (["out", "progress"] if group == "output" else [])
-                 for group in GROUPS}
-_GROUP_CLASSES = {group: make_dataclass(f"{group.title()}Settings", names, frozen=True)
-                  for group, names in _GROUP_FIELDS.items()}
+@cache
+def _group_class(group: str):
+    """The frozen dataclass of one group's settings: its options that are RunConfig fields
+    (``output`` also holds ``out`` and ``progress``), made on first use."""
+    names = [f.name for f in fields(RunConfig) if f.name in OPTIONS
+             and OPTIONS[f.name].group == group]
+    names += ["out", "progress"] if group == "output" else []
+    return make_dataclass(f"{group.title()}Settings", names, frozen=True)

@@ -12,7 +12,6 @@ import math
 import os
 import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -258,6 +257,8 @@ def _resampled_differences(boot: dict, names: list, ia, ib, diffs: list, alpha: 
     # Blocks of pairs reuse memory (fresh pages cost more than the sums); numpy leaves the
     # GIL in these sorts and sums: one thread per core. Each pair's numbers are its own,
     # whichever block or thread computes them.
+    from concurrent.futures import ThreadPoolExecutor  # (not for poolkit --help)
+
     jobs = [(m, block) for block in blocks for m in range(count)]
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         done = list(pool.map(resampled, jobs))
