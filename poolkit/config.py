@@ -110,6 +110,8 @@ class RunConfig:
         for name in [n for n in given if n in OPTIONS and OPTIONS[n].into]:
             group, setting = OPTIONS[name].into.split(".")
             parts[group][setting] = given.pop(name)
+        if not isinstance(given.get("head", HeadConfig()), HeadConfig):
+            raise PoolkitError(f"{where('head')}: give a HeadConfig, not {given['head']!r}")
         given["head"] = replace(given.get("head") or HeadConfig(), **parts["head"])
         finetune = given.pop("finetune", None)
         if finetune is True:

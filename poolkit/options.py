@@ -8,7 +8,8 @@ part of the run's identity. From these declarations come the click options of
 ``poolkit run`` and ``poolkit suite`` (:func:`click_options`), the keywords
 :func:`poolkit.run` accepts, the keys a suite file accepts (:data:`TASK_OPTIONS`,
 :data:`SUITE_OPTIONS`), the CLI reference in the docs, and the one place values
-are normalised and type-checked for every surface (:func:`settings_from`).
+are normalised and type-checked for every surface
+(:meth:`~poolkit.config.RunConfig.from_options`).
 """
 
 from dataclasses import dataclass, fields
@@ -54,9 +55,9 @@ class Option:
     the run's identity (its default folder, what is reused); ``when set``, only when given
     (added after run folders existed, so older folders keep their names); ``no``, output
     only. ``group``: which of :data:`GROUPS` it belongs to. ``into``: the head's or
-    fine-tuning's setting it sets (``head.max_epochs``),
-    else the :class:`~poolkit.config.RunConfig` field of its name. ``cli``/``api``: on the
-    command line / a keyword of :func:`poolkit.run`."""
+    fine-tuning's setting it sets (``head.max_epochs``), else the
+    :class:`~poolkit.config.RunConfig` field of its name. ``cli``/``api``: on the command
+    line / a keyword of :func:`poolkit.run`."""
 
     name: str
     help: str
@@ -86,7 +87,7 @@ class Option:
             isinstance(value, bool) and self.kind not in ("bool", "object"))
         if not wrong and self.kind in ("names", "seeds", "layers") and isinstance(
                 value, (list, tuple)):
-            inner = (str, Path, object) if self.kind == "names" else (int, np.integer)
+            inner = object if self.kind == "names" else (int, np.integer)  # (Pooler instances)
             wrong = not value or any(isinstance(v, bool) or not isinstance(v, inner)
                                      for v in value)
         if wrong:  # (ranges and choices: RunConfig.validate, in the CLI's words)

@@ -68,6 +68,15 @@ def test_the_api_keywords_and_runconfig_fields_come_from_the_declarations():
             assert f.metadata["identity"] == OPTIONS[f.name].identity, f.name
 
 
+def test_every_declaration_says_where_it_applies_in_known_words():
+    from poolkit.options import GROUPS, IDENTITY, KINDS, SCOPES
+
+    for name, option in OPTIONS.items():
+        assert option.scope in SCOPES and option.identity in IDENTITY, name
+        assert option.group in GROUPS and option.kind in KINDS, name
+        assert option.help.endswith((".", ")")), name
+
+
 def test_a_task_option_is_a_key_of_a_suite_files_tasks_and_not_of_its_defaults():
     assert set(TASK_OPTIONS).isdisjoint(SUITE_OPTIONS)
     assert {"data", "text_col", "label_col", "labels", "max_texts"} <= set(TASK_OPTIONS)
@@ -94,6 +103,8 @@ def test_from_options_normalises_once_for_every_surface():
     ({"trust_remote_code": "yes"}, "trust_remote_code: give true or false, not 'yes'"),
     ({"seeds": [1, "2"]}, r"seeds: give a count or a list of integers, not \[1, '2'\]"),
     ({"no_such": 1}, "no_such: no such option"),
+    ({"head": {"max_epochs": 3}}, "head: give a HeadConfig"),
+    ({"finetune": "yes"}, "finetune: give true, false or a FineTuneConfig"),
 ])
 def test_a_value_of_the_wrong_kind_is_one_line_naming_the_option(values, message):
     with pytest.raises(PoolkitError, match=message):
