@@ -7,6 +7,7 @@ line of error.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -156,8 +157,10 @@ def test_a_cache_dir_the_ranks_do_not_share_is_one_line_of_error(setting):
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 2 and all("is not shared between the ranks" in e for e in errors)
-    # (torchrun itself prints a traceback of its ChildFailedError; none comes from poolkit)
-    assert "poolkit/" not in done.stderr.replace(str(FAULT), "")
+    # (torchrun itself prints a traceback of its ChildFailedError; none comes from poolkit's
+    # code, wherever the checkout is: its folder may well be named poolkit)
+    package = Path(importlib.util.find_spec("poolkit").origin).parent
+    assert str(package) not in done.stderr
     assert not [p for p in (root / "split").rglob("tokens.bin")]
 
 

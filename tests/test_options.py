@@ -4,6 +4,7 @@ values are checked there for every surface."""
 
 import inspect
 from dataclasses import FrozenInstanceError, fields
+from pathlib import Path
 
 import click
 import pytest
@@ -128,8 +129,9 @@ def test_a_suite_files_value_of_the_wrong_kind_names_the_file_the_table_and_the_
 
 
 #: The run folders poolkit 0.3.0 (34ed19f, before options were declared once) named for these
-#: commands, and the suite folders of the default suite under these options: a run folder
-#: made then is found and reused now.
+#: commands, and the suite folders of SUITE under these options: a run folder made then is
+#: found and reused now. (A suite's folder hashes its tasks' data paths: SUITE is read by
+#: a relative path, so they are the same on every machine.)
 RELEASED_RUN_FOLDERS = {
     (): "rotten_tomatoes-98e0b384",
     ("--data", "x.csv", "--seeds", "3", "--poolers", "mean,cls"): "x-2dd7fa0f",
@@ -144,10 +146,13 @@ RELEASED_RUN_FOLDERS = {
      "--folds", "1", "--split-seed", "7", "--max-length", "64", "--cache-dtype", "fp32"):
         "rotten_tomatoes-ac4ad949",
 }
+SUITE = ("name = 'gold'\n[defaults]\nseeds = 2\n[[task]]\nname = 'a'\ndata = 'a.csv'\n"
+         "label_col = 'y'\n[[task]]\nname = 'b'\ndata = 'b.csv'\nmax_texts = 50\n")
 RELEASED_SUITE_FOLDERS = (
-    ({}, "suite-default-99da4664"),
-    ({"seeds": 2, "poolers": ("mean", "cls")}, "suite-default-8a1155fb"),
-    ({"model": ("m",), "finetune": True}, "suite-default-b4fc595f"),
+    ({}, "suite-gold-7981c53d"),
+    ({"poolers": ("mean", "cls"), "seeds": 3}, "suite-gold-7b7fa166"),
+    ({"model": ("m",), "finetune": True}, "suite-gold-5efa490e"),
+    ({"model": ("a", "b"), "layers": "all", "metric": "f1_macro"}, "suite-gold-bcb818df"),
 )
 
 
@@ -167,8 +172,10 @@ def test_a_command_names_the_run_folder_the_last_release_named(args, monkeypatch
 
 
 @pytest.mark.parametrize("options, folder", RELEASED_SUITE_FOLDERS)
-def test_a_suite_names_the_folder_the_last_release_named(options, folder):
-    assert str(task_configs(read_suite(None), options)[0]) == f"poolkit-runs/{folder}"
+def test_a_suite_names_the_folder_the_last_release_named(options, folder, tmp_path, monkeypatch):
+    (tmp_path / "s.toml").write_text(SUITE)
+    monkeypatch.chdir(tmp_path)
+    assert str(task_configs(read_suite(Path("s.toml")), options)[0]) == f"poolkit-runs/{folder}"
 
 
 def test_the_settings_come_in_groups_and_the_plan_is_made_once(monkeypatch):
