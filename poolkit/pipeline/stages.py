@@ -1,8 +1,9 @@
 """A run, stage by stage: resolve poolers, load data, encode, pool, train, evaluate, report.
 
-Each stage is a function of the run's :class:`~poolkit.config.RunConfig` and
-what earlier stages produced, returning a small dataclass of its own;
-:func:`run` chains them. Where a change belongs (a metric, a head kind, an
+Each stage is a function of the settings it uses (``load_data``: the data group and the
+:class:`~poolkit.config.Plan`; ``pool``: the encoded states; the others still the run's
+:class:`~poolkit.config.RunConfig`) and what earlier stages produced, returning a small
+dataclass of its own; :func:`run` chains them. Where a change belongs (a metric, a head kind, an
 export format, ...) is mapped in ARCHITECTURE.md.
 """
 
