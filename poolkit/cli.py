@@ -15,7 +15,7 @@ from poolkit.errors import Interrupted, PoolkitError, one_line
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.files import write_output
 from poolkit.identity import RunIdentity
-from poolkit.options import OPTIONS, SUITE_OPTIONS, click_options
+from poolkit.options import OPTIONS, SUITE_OPTIONS, click_options, comma_list, flag_name
 from poolkit.pipeline.results import compact_table, display_table, frozen_vs_finetuned
 from poolkit.pipeline.stages import run_config
 from poolkit.pooling.manager import collect_poolers, get_plugin_manager
@@ -30,13 +30,6 @@ INTERRUPTED = 130
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
-
-
-def _csv_tuple(value):
-    if value is None:
-        return None
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    return items or None
 
 
 class PluginsFailed(click.ClickException):
@@ -89,11 +82,6 @@ def cli(debug):
     """
 
 
-def _option(name: str) -> str:
-    """An option's name as the command line spells it (in error messages)."""
-    return "--" + name.replace("_", "-")
-
-
 def _progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
@@ -111,7 +99,7 @@ def _progress() -> bool:
                    "terminal; summary.csv always has them all).")
 def run(out, plot_formats, wide, **options):
     """Encode once, pool with every pooler, train a head per pooler × seed, compare."""
-    config = RunConfig.from_options({**options, "out": out, "progress": _progress()}, _option)
+    config = RunConfig.from_options({**options, "out": out, "progress": _progress()}, flag_name)
     if out is None:
         out = RunIdentity.of(config).folder()
         config = dataclasses.replace(config, out=out)
@@ -120,7 +108,7 @@ def run(out, plot_formats, wide, **options):
         return
     _print_run(result, config, wide)
     if plot_formats:
-        for path in plot_run(out, formats=_csv_tuple(plot_formats) or ("png",)):
+        for path in plot_run(out, formats=comma_list(plot_formats) or ("png",)):
             _log(f"wrote {path}")
     if result.failures or result.plugin_errors:
         failed = ", ".join(result.failures) or "see errors above"
@@ -189,7 +177,7 @@ def suite(suite_file, plot_formats, out, **options):
         click.echo(f"- {line}")
     click.echo(f"Suite directory: {result.out}")
     if plot_formats:
-        for path in plot_suite(result.out, formats=_csv_tuple(plot_formats) or ("png",)):
+        for path in plot_suite(result.out, formats=comma_list(plot_formats) or ("png",)):
             _log(f"wrote {path}")
     failed = [f"{task}: {', '.join(run.failures)}" for task, run in result.runs.items()
               if run.failures or run.plugin_errors]
@@ -315,9 +303,9 @@ def plot(run_dir, metric, formats, out_dir):
     """Chart a run's summary: a dot chart per metric, a heat map over layers. Of a suite
     directory: its critical-difference diagram and forest plot."""
     if (run_dir / "suite.json").is_file():
-        paths = plot_suite(run_dir, formats=_csv_tuple(formats) or (), out_dir=out_dir)
+        paths = plot_suite(run_dir, formats=comma_list(formats) or (), out_dir=out_dir)
     else:
-        paths = plot_run(run_dir, metric=metric, formats=_csv_tuple(formats) or (),
+        paths = plot_run(run_dir, metric=metric, formats=comma_list(formats) or (),
                          out_dir=out_dir)
     for path in paths:
         _log(f"wrote {path}")

@@ -77,7 +77,7 @@ class Option:
 
     @property
     def flag_name(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag_name(self.name)
 
     def check(self, value, where: str):
         """``value`` from a suite file or the API, refused in one line naming ``where``
@@ -232,15 +232,25 @@ TASK_OPTIONS = tuple(name for name, o in OPTIONS.items() if o.scope == "task")
 SUITE_OPTIONS = tuple(name for name, o in OPTIONS.items() if o.scope == "suite")
 
 
+def flag_name(name: str) -> str:
+    """An option's name as the command line spells it: ``text_col`` -> ``--text-col``."""
+    return "--" + name.replace("_", "-")
+
+
+def comma_list(value) -> tuple | None:
+    """``'a, b,'`` -> ``('a', 'b')``; ``None`` for nothing (``None``, or only commas)."""
+    if value is None:
+        return None
+    return tuple(v.strip() for v in str(value).split(",") if v.strip()) or None
+
+
 class Names(click.ParamType):
     """A comma-separated list on the command line (``a,b``), as a tuple."""
 
     name = "a,b,..."
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        return tuple(v.strip() for v in str(value).split(",") if v.strip()) or None
+        return value if isinstance(value, tuple) else comma_list(value)
 
 
 def click_options(names, *, suite: bool = False):

@@ -272,8 +272,8 @@ class _FoldRefits:
     difference between folds (:func:`refit_variance`); nothing to add otherwise."""
 
     def __init__(self, folds, scored: dict, names: list, ia, ib, test_train_ratio, alpha):
-        self.ia, self.ib, self.names, self.ratio, self.alpha = ia, ib, names, test_train_ratio, \
-            alpha
+        self.ia, self.ib, self.names = ia, ib, names
+        self.ratio, self.alpha = test_train_ratio, alpha
         fold_ids = np.unique(folds) if folds is not None else np.zeros(1)
         self.active = fold_ids.size > 1
         if self.active:  # name -> (F, M): each fold's metrics, mean over seeds

@@ -114,8 +114,8 @@ class _HeadStack:
         import torch
 
         config, device, labels = task.config, task.device, task.labels
-        self.task, self.config, self.device, self.width, self.seeds = task, config, device, \
-            width, seeds
+        self.task, self.config, self.device = task, config, device
+        self.width, self.seeds = width, seeds
         names = list(features)
         self.heads = heads = [(name, seed) for name in names for seed in seeds]
         n_heads = len(heads)
