@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 
+import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -305,3 +306,23 @@ def test_version():
 
 def test_help_is_fast_and_does_not_import_torch():
     assert modules_after_help([], ("torch", "transformers"), ("run", "export")) == "[]"
+
+
+def test_help_lists_the_commands_without_importing_the_library():
+    """``poolkit --help`` imports the group's own three modules, nothing of the library
+    (nor numpy); ``poolkit run --help`` loads the commands."""
+    library = ("numpy", "poolkit.commands", "poolkit.api", "poolkit.pipeline", "poolkit.config")
+    assert modules_after_help([], library, ("run", "export-model", "plugins")) == "[]"
+    assert modules_after_help(["run"], library, ("--model",)) == repr(sorted(library))
+
+
+def test_the_group_lists_each_command_with_its_own_help():
+    import poolkit.cli as group
+    import poolkit.commands as commands
+
+    defined = {c.name: c for c in vars(commands).values() if isinstance(c, click.Command)}
+    assert sorted(defined) == sorted(group.COMMANDS)
+    for name, command in defined.items():
+        assert group.COMMANDS[name] == command.get_short_help_str(10**6), name
+        assert group.cli.get_command(None, name) is command
+    assert group.cli.get_command(None, "nope") is None

@@ -11,7 +11,8 @@ PACKAGE = ROOT / "poolkit"
 
 #: poolkit's floors, top down: a module imports poolkit modules of its own floor or below.
 FLOORS = (
-    ("poolkit", "poolkit.__main__", "poolkit.cli", "poolkit.api", "poolkit.testing"),
+    ("poolkit", "poolkit.__main__", "poolkit.cli", "poolkit.commands", "poolkit.api",
+     "poolkit.testing"),
     ("poolkit.winner",),
     ("poolkit.pipeline",),
     ("poolkit.config", "poolkit.options"),
@@ -24,6 +25,9 @@ FLOORS = (
 #: Third-party libraries too heavy for ``poolkit --help``: a module that imports one at its
 #: top may be imported inside the functions that need it.
 HEAVY = ("torch", "transformers", "pandas", "sklearn", "scipy", "matplotlib")
+#: poolkit modules one module loads when first used, by design: ``poolkit --help`` lists the
+#: commands (``poolkit.cli.COMMANDS``) without importing the library they call.
+LOADED_WHEN_USED = {("poolkit.cli", "poolkit.commands")}
 
 
 def module_name(path: Path) -> str:
@@ -36,10 +40,18 @@ def modules() -> dict:
 
 
 def imports(tree: ast.Module, known) -> list:
-    """``(module imported, at the top?)`` for each import of a poolkit module in ``tree``."""
+    """``(module imported, at the top?)`` for each import of a poolkit module in ``tree``: an
+    import statement (at the top also inside ``if TYPE_CHECKING:``) or an
+    ``importlib.import_module("poolkit....")`` call."""
     top = {id(node) for node in tree.body}
+    top |= {id(node) for block in tree.body if isinstance(block, ast.If)
+            and ast.unparse(block.test) == "TYPE_CHECKING" for node in block.body}
     found = []
     for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and ast.unparse(node.func) == "importlib.import_module"
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value.startswith("poolkit")):
+            found.append((node.args[0].value, False))
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("poolkit"):
             assert node.level == 0, "poolkit imports its own modules by their full names"
             for alias in node.names:  # `from poolkit.x import y`: y may be a module
@@ -107,7 +119,8 @@ def test_poolkit_imports_sit_at_the_top_unless_the_module_is_heavy():
 
     lazy = [f"{name} imports {target} inside a function" for name, tree in trees.items()
             for target, at_top in imports(tree, trees)
-            if not at_top and target != "poolkit" and not heavy(target)]
+            if not at_top and target != "poolkit" and not heavy(target)
+            and (name, target) not in LOADED_WHEN_USED]
     assert not lazy, lazy
 
 
@@ -117,6 +130,9 @@ def test_the_rules_can_fail():
     assert cycles({"a": {"b"}, "b": set()}) == []
     tree = ast.parse("def f():\n    from poolkit.cli import main\n")
     assert imports(tree, {"poolkit.cli"}) == [("poolkit.cli", False)]
+    tree = ast.parse("if TYPE_CHECKING:\n    from poolkit.api import run\n"
+                     "def f():\n    importlib.import_module('poolkit.commands')\n")
+    assert imports(tree, {"poolkit.api"}) == [("poolkit.api", True), ("poolkit.commands", False)]
     assert floor("poolkit.cli") < floor("poolkit.encoding.cache")
     assert floor("poolkit.encoding.cache") == floor("poolkit.encoding.model")
 
@@ -165,3 +181,29 @@ def test_no_function_in_poolkit_is_over_60_lines():
     assert long_functions(ast.parse("def f():\n" + "    x = 1\n" * 60)) == [("f", 61)]
     long = {name: found for name, tree in modules().items() if (found := long_functions(tree))}
     assert not long, f"functions over 60 lines: {long}"
+
+
+def test_every_public_name_is_what_its_module_defines():
+    """``poolkit.EXPORTS`` (names loaded when first used) and the TYPE_CHECKING block that
+    static readers see name the same things, and each resolves to its module's object."""
+    import importlib
+
+    import poolkit
+
+    tree = modules()["poolkit"]
+    static = {alias.asname or alias.name: node.module
+              for block in tree.body if isinstance(block, ast.If)
+              for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert static == {n: ("poolkit" if m == "poolkit.ops" else m) for n, m in
+                      poolkit.EXPORTS.items()}
+    for name, module in poolkit.EXPORTS.items():
+        defined = importlib.import_module(module)
+        assert getattr(poolkit, name) is getattr(defined, name, defined), name
+    assert set(poolkit.__all__) == {*poolkit.EXPORTS, "__version__"}
+    assert "run" in dir(poolkit)
+    try:
+        poolkit.nope
+    except AttributeError as exc:
+        assert "nope" in str(exc)
+    else:
+        raise AssertionError("poolkit.nope did not fail")

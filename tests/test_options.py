@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 import poolkit
-from poolkit import cli as cli_module
+from poolkit import cli as cli_group
+from poolkit import commands as cli_module
 from poolkit.config import RunConfig
 from poolkit.errors import PoolkitError
 from poolkit.heads.base import FineTuneConfig, HeadConfig
@@ -46,15 +47,15 @@ def test_every_option_a_suite_file_takes_is_an_option_of_poolkit_suite(monkeypat
     monkeypatch.setattr(cli_module, "run_suite", given)
     args = ["--cache-dtype", "fp32", "--precision", "fp32", "--prompt", "q: ",
             "--attn-implementation", "eager", "--trust-remote-code", "--pooler-timeout", "9"]
-    options = CliRunner().invoke(cli_module.cli, ["--debug", "suite", *args]).exception.args[0]
+    options = CliRunner().invoke(cli_group.cli, ["--debug", "suite", *args]).exception.args[0]
     assert [options[name] for name in six] == ["fp32", "fp32", "q: ", "eager", True, 9.0]
     # what is not given is None, so that the suite file's [defaults] apply
-    options = CliRunner().invoke(cli_module.cli, ["--debug", "suite"]).exception.args[0]
+    options = CliRunner().invoke(cli_group.cli, ["--debug", "suite"]).exception.args[0]
     assert all(options[name] is None for name in SUITE_OPTIONS)
 
 
 def test_poolkit_suite_help_lists_every_suite_option():
-    text = CliRunner().invoke(cli_module.cli, ["suite", "--help"], terminal_width=200).output
+    text = CliRunner().invoke(cli_group.cli, ["suite", "--help"], terminal_width=200).output
     for name in SUITE_OPTIONS:
         assert OPTIONS[name].flag_name in text, name
 
@@ -166,7 +167,7 @@ def test_a_command_names_the_run_folder_the_last_release_named(args, monkeypatch
         raise _Named(str(config.out))
 
     monkeypatch.setattr(cli_module, "run_config", named)
-    result = CliRunner().invoke(cli_module.cli, ["--debug", "run", *args])
+    result = CliRunner().invoke(cli_group.cli, ["--debug", "run", *args])
     assert isinstance(result.exception, _Named), result.output
     assert str(result.exception) == f"poolkit-runs/{RELEASED_RUN_FOLDERS[args]}"
 
