@@ -43,7 +43,8 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
                        attn_implementation=attn_implementation, prompt=prompt,
                        trust_remote_code=trust_remote_code)
     config.validate()
-    encoded = pipeline.encode(config, chosen.selected, texts, max_texts=batch_size)
+    encoded = pipeline.encode_for(config, config.encoder(config.model), chosen.selected, texts,
+                                  max_texts=batch_size)
     features = pipeline.pool(encoded, timeout=config.pooler_timeout)
     failures = {**encoded.failures, **features.failures}
     if failures:

@@ -37,7 +37,8 @@ def test_every_module_and_name_in_architecture_md_exists():
     defined = set()
     for path in ROOT.glob("poolkit/**/*.py"):
         defined |= _defined_names(path)
-    options = {opt for command in cli.commands.values() for param in command.params
+    commands = [cli.get_command(None, name) for name in cli.list_commands(None)]
+    options = {opt for command in commands for param in command.params
                for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
     for name in quoted:
         if "/" in name:

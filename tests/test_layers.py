@@ -245,7 +245,7 @@ def test_multi_layer_and_per_layer_features_equal_hand_computation(tiny_model_di
     poolers = pipeline.resolve_poolers(["first_last_avg", "mean", "cls"]).selected
     config = RunConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "c", cache_dtype="fp32",
                        layers="0")
-    encoded = pipeline.encode(config, poolers, TEXTS)
+    encoded = pipeline.encode_for(config, config.encoder(config.model), poolers, TEXTS)
     pooled = pipeline.pool(encoded)
     assert encoded.failures == {} and pooled.failures == {}
     features = pooled.arrays

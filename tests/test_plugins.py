@@ -261,7 +261,8 @@ def test_pooler_writing_into_its_input_does_not_corrupt_the_others(tiny_model_di
     poolers = pipeline.resolve_poolers(["writes_input", "mean"], plugins_dir=folder).selected
     assert list(poolers) == ["writes_input", "mean"]  # the vandal pools first
     config = RunConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "c")
-    pooled = pipeline.pool(pipeline.encode(config, poolers, TEXTS))
+    encoded = pipeline.encode_for(config, config.encoder(config.model), poolers, TEXTS)
+    pooled = pipeline.pool(encoded)
     assert list(pooled.failures) == ["writes_input@2"]  # pooler@layer: the tiny BERT's last is 2
     assert_close(pooled.arrays["mean@2"], clean["mean"], rtol=0, atol=0)
 

@@ -1,7 +1,10 @@
 """A run, stage by stage: resolve poolers, load data, encode, pool, train, evaluate, report.
 
-Each stage is a function of the settings it uses (``load_data``: the data group and the
-:class:`~poolkit.config.Plan`; ``pool``: the encoded states; the others still the run's
+Each stage is a function of the settings it uses (the groups of
+:meth:`~poolkit.config.RunConfig.group`: ``load_data`` the data group and the
+:class:`~poolkit.config.Plan`; ``encode`` the cache and poolers groups; ``pool`` the
+encoded states; ``train`` the heads group; ``evaluate`` the evaluation group; ``report``,
+which writes every option into settings.json, the whole
 :class:`~poolkit.config.RunConfig`) and what earlier stages produced, returning a small
 dataclass of its own; :func:`run` chains them. Where a change belongs (a metric, a head kind, an
 export format, ...) is mapped in ARCHITECTURE.md.
@@ -203,61 +206,89 @@ def load_data(data, plan: Plan, log=_silent):
     return dataset
 
 
-def encode(config: RunConfig, poolers: dict, texts, encoder=None, before_encoding=None,
-           max_texts=None, log=_silent) -> Encoded:
-    """Set the poolers up against the encoder and run it once over ``texts`` for the
-    layers their feature sets need, or find those states in the cache.
+def encode(encoder, poolers: dict, texts, *, cache, pooling, plan: Plan, device=None,
+           precision: str = "bf16", finetune=None, baseline=None, progress: bool = False,
+           before_encoding=None, max_texts=None, log=_silent) -> Encoded:
+    """Set the poolers up against ``encoder`` (a loaded
+    :class:`~poolkit.encoding.model.Encoder`) and run it once over ``texts`` for the layers
+    their feature sets need, or find those states in the cache.
 
-    ``encoder`` is a loaded :class:`~poolkit.encoding.model.Encoder` (default: load
-    ``config.model``). ``before_encoding`` is called once the model is known
-    to load and the encoder is about to run (not on a cache hit). ``max_texts``
-    caps the texts per encoder batch (default: only the token budget).
+    ``cache`` and ``pooling`` are the run's ``cache`` and ``poolers`` settings groups
+    (:meth:`~poolkit.config.RunConfig.group`), ``plan`` its :class:`~poolkit.config.Plan`;
+    ``device`` and ``precision`` the encoder's; ``finetune`` (a
+    :class:`~poolkit.heads.base.FineTuneConfig`) adds fine-tuned feature sets; a
+    ``baseline`` no feature set answers is refused before encoding. ``before_encoding``
+    is called once the encoder is about to run (not on a cache hit). ``max_texts`` caps the
+    texts per encoder batch (default: only the token budget).
     """
     if not len(texts):
         raise PoolkitError("no texts to encode")
-    device = pick_device(config.device)
+    device = pick_device(device)
     if distributed.launched() and device == "cuda":  # torchrun: one GPU per rank
         device = f"cuda:{distributed.local_rank()}"
-    if encoder is None:
-        encoder = config.encoder(config.model)
     for note in encoder.notes:
         log(note)
     if encoder.causal:
         log(f"model {encoder.name} is decoder-only: its attention is causal (a token sees "
             "only those before it), so its last token is the one that has read the whole text")
-    specs, setup_failed = setup_poolers(poolers, encoder, len(texts), config.pooler_timeout)
-    sets, failures = feature_sets(poolers, specs, parse_layers(config.layers, encoder.num_layers),
+    sets, failures, needed = _feature_sets(encoder, poolers, len(texts), pooling, plan,
+                                           finetune, log)
+    if baseline is not None:  # a --baseline no feature set answers: an error now
+        _baseline_id(baseline, {k: 1 for k in sets if k not in failures}, sets)
+    root = Path(cache.cache_dir) if cache.cache_dir is not None else default_cache_dir()
+    began = time.perf_counter()
+    entry, ran = encode_to_cache(encoder, texts, root, device=device, dtype=cache.cache_dtype,
+                                 precision=precision, max_texts=max_texts,
+                                 progress=progress and distributed.rank() == 0, layers=needed,
+                                 before_encoding=before_encoding, log=log,
+                                 mode=cache.cache_mode, pool=_fixed(sets, failures),
+                                 budget=cache.cache_budget,
+                                 make_pooling=partial(BatchPooling,
+                                                      timeout=pooling.pooler_timeout))
+    seconds = time.perf_counter() - began
+    return _encoded(encoder, entry, ran, device, sets, failures, needed, seconds, len(texts), log)
+
+
+def encode_for(config: RunConfig, encoder, poolers: dict, texts, **options) -> Encoded:
+    """:func:`encode` with the settings of a run's ``config`` (its ``cache`` and ``poolers``
+    groups, plan, device, precision, fine-tuning, baseline, progress); ``options`` are
+    :func:`encode`'s own (``before_encoding``, ``max_texts``, ``log``)."""
+    return encode(encoder, poolers, texts, cache=config.group("cache"),
+                  pooling=config.group("poolers"), plan=config.planned, device=config.device,
+                  precision=config.precision, finetune=config.finetune,
+                  baseline=config.baseline, progress=config.progress, **options)
+
+
+def _feature_sets(encoder, poolers: dict, texts: int, pooling, plan: Plan, finetune,
+                  log) -> tuple:
+    """``(sets, failures, layers the encoder must give)``: the poolers set up against the
+    encoder, their feature sets on the layers asked for (the trainable ones only where the
+    protocol trains them), and their fine-tuned sets with ``finetune``."""
+    specs, setup_failed = setup_poolers(poolers, encoder, texts, pooling.pooler_timeout)
+    sets, failures = feature_sets(poolers, specs, parse_layers(pooling.layers, encoder.num_layers),
                                   encoder.num_layers, failed=setup_failed)
-    protocol, _ = config.plan()
-    if not protocol.trainable:
-        sets = _without_trainable(sets, f"the {protocol.name} protocol trains scikit-learn "
-                                  "probes on fixed poolers", log)
+    if not plan.protocol.trainable:
+        sets = _without_trainable(sets, f"the {plan.protocol.name} protocol trains "
+                                  "scikit-learn probes on fixed poolers", log)
     needed = sorted({layer for key, fs in sets.items() if key not in failures
                      for layer in fs.layers}) or [encoder.num_layers]
-    if config.finetune is not None:
+    if finetune is not None:
         tuned, tuned_failures = finetuned_sets(sets, failures, encoder.num_layers)
         sets, failures = {**sets, **tuned}, {**failures, **tuned_failures}
-    if config.baseline is not None:  # a --baseline no feature set answers: an error now
-        _baseline_id(config.baseline, {k: 1 for k in sets if k not in failures}, sets)
-    root = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
-    began = time.perf_counter()
-    cache, ran = encode_to_cache(encoder, texts, root, device=device, dtype=config.cache_dtype,
-                                 precision=config.precision, max_texts=max_texts,
-                                 progress=config.progress and distributed.rank() == 0,
-                                 layers=needed,
-                                 before_encoding=before_encoding, log=log,
-                                 mode=config.cache_mode, pool=_fixed(sets, failures),
-                                 budget=config.cache_budget,
-                                 make_pooling=partial(BatchPooling,
-                                                      timeout=config.pooler_timeout))
-    seconds = time.perf_counter() - began
+    return sets, failures, needed
+
+
+def _encoded(encoder, cache, ran, device, sets, failures, needed, seconds, texts: int,
+             log) -> Encoded:
+    """The :class:`Encoded` of an encoder pass (``cache`` ``None`` on a torchrun rank other
+    than 0), its one line said."""
     if cache is not None and cache.mode == "pooled":
         sets = _without_trainable(sets, "they read token states, which a pooled cache does "
                                   "not keep (use --cache-mode tokens)", log)
     if cache is None:  # a torchrun rank other than 0: its share is written
         return Encoded(encoder, None, ran, device, sets, failures, needed, seconds)
     attention = attention_of(encoder, cache)
-    log(f"{'encoded' if ran else 'cache hit:'} {len(texts)} texts, {int(cache.lengths.sum())} "
+    log(f"{'encoded' if ran else 'cache hit:'} {texts} texts, {int(cache.lengths.sum())} "
         f"tokens, layers {','.join(map(str, needed))}, with {encoder.name} on {device}"
         f"{f' (attention: {attention})' if attention else ''} in {seconds:.1f}s ({cache.path})")
     return Encoded(encoder, cache, ran, device, sets, failures, needed, seconds)
@@ -295,13 +326,17 @@ def pool(encoded: Encoded, *, progress: bool = False, timeout=DEFAULT_TIMEOUT) -
     return Features(arrays, failures, time.perf_counter() - began)
 
 
-def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, features: Features,
-          store, log=_silent) -> Training:
+def train(poolers: Poolers, dataset, encoded: Encoded, features: Features, store, *, settings,
+          plan: Plan, timeout=DEFAULT_TIMEOUT, precision: str = "bf16", progress: bool = False,
+          log=_silent) -> Training:
     """A head per runnable feature set × fold × seed: reused from ``store`` (a
     :class:`~poolkit.pipeline.runs.RunStore`) when saved under the same key, else trained
     by the protocol's head kind that wants it and saved as it finishes (with
-    its scores on a single split, so a re-run reuses those too)."""
-    protocol, _ = config.plan()
+    its scores on a single split, so a re-run reuses those too).
+
+    ``settings`` is the run's ``heads`` settings group (the heads' settings, fine-tuning,
+    whether to keep fine-tuned models), ``plan`` its :class:`~poolkit.config.Plan`;
+    ``timeout`` a trainable pooler's, ``precision`` the fine-tuned encoder's."""
     sets = encoded.sets
     failures = {**encoded.failures, **features.failures}
     heads, missing = {}, {}
@@ -309,7 +344,7 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
         for key, fs in sets.items():
             if key in failures:
                 continue
-            for seed in config.seed_list():
+            for seed in plan.seeds:
                 saved = store.load(key, poolers.fingerprints[fs.pooler_name], seed, fold)
                 if saved is None:
                     missing.setdefault(fold, {}).setdefault(key, []).append(seed)
@@ -317,18 +352,16 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
                     heads[key, fold, seed] = saved
     reused = len(heads)
     if reused:
-        log(f"reusing {reused} finished heads from {config.out}")
-    kinds = protocol.kinds(features.arrays, encoded.cache, config.pooler_timeout,
-                           config.progress, log)
-    if config.finetune is not None:
+        log(f"reusing {reused} finished heads from {store.out}")
+    kinds = plan.protocol.kinds(features.arrays, encoded.cache, timeout, progress, log)
+    if settings.finetune is not None:
         from poolkit.heads.finetune import FineTunedHeads
 
-        kinds.append(FineTunedHeads(encoded.encoder, dataset.texts, config.finetune, store,
-                                    config.pooler_timeout, config.precision, config.save_models,
-                                    log))
+        kinds.append(FineTunedHeads(encoded.encoder, dataset.texts, settings.finetune, store,
+                                    timeout, precision, settings.save_models, log))
     began = time.perf_counter()
     for fold, jobs_of_fold in sorted(missing.items()):
-        task = HeadTask(dataset.labels, dataset.folds[fold], dataset.num_labels, config.head,
+        task = HeadTask(dataset.labels, dataset.folds[fold], dataset.num_labels, settings.head,
                         encoded.device, fold, len(dataset.folds))
         for kind in kinds:
             jobs = [(sets[key], seeds) for key, seeds in jobs_of_fold.items()
@@ -349,11 +382,15 @@ def train(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded, featur
     return Training(heads, reused, failures, time.perf_counter() - began, store.key)
 
 
-def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
-             training: Training) -> Evaluation:
+def evaluate(poolers: Poolers, dataset, encoded: Encoded, training: Training, *, settings,
+             seeds, split_seed: int = 0, out=None) -> Evaluation:
     """Every feature set × seed scored on the shared metrics over the scored items
     (each item by the head of the fold that held it out), the feature sets
-    compared pairwise on those items, and the summary with intervals."""
+    compared pairwise on those items, and the summary with intervals.
+
+    ``settings`` is the run's ``evaluation`` settings group (the primary metric, the
+    baseline); ``seeds`` the plan's; ``split_seed`` seeds the bootstrap; a comparison
+    computed before from the same probabilities is read back from ``out``."""
     import pandas as pd
 
     scored = dataset.scored
@@ -366,7 +403,7 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
         fold_of[position[dataset.folds[fold]["test"]]] = fold
     rows, probabilities = [], {}
     for key, fs in encoded.sets.items():
-        for seed in config.seed_list():
+        for seed in seeds:
             if any((key, fold, seed) not in training.heads for fold in folds):
                 continue
             heads = [training.heads[key, fold, seed] for fold in folds]
@@ -388,18 +425,18 @@ def evaluate(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
     results = pd.DataFrame(rows, columns=None if rows else ["pooler", "layer", "encoder", "plugin",
                                                              "seed", "dim"])
     probabilities = {key: np.stack(value) for key, value in probabilities.items()}
-    baseline = _baseline_id(config.baseline, probabilities, encoded.sets)
+    baseline = _baseline_id(settings.baseline, probabilities, encoded.sets)
     ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
-    options = dict(seed=config.split_seed, primary=config.metric, baseline=baseline,
+    options = dict(seed=split_seed, primary=settings.metric, baseline=baseline,
                    folds=fold_of, test_train_ratio=ratio)
-    saved = Path(config.out) / "comparison.json" if config.out is not None else None
+    saved = Path(out) / "comparison.json" if out is not None else None
     key = comparison_key(probabilities, y, options)
     comparison = read_comparison(saved, key)
     if comparison is None:
         comparison = compare(probabilities, y, **options)
     summary = summarize(results, {key: _failed_row(encoded.sets[key], reason)
                                   for key, reason in training.failures.items()},
-                        comparison, primary=config.metric, baseline=baseline)
+                        comparison, primary=settings.metric, baseline=baseline)
     summary = mark_own_pooling(summary, own_poolings(encoded))
     return Evaluation(results, probabilities, comparison.pairs, summary,
                       comparison_json(key, comparison))
@@ -703,7 +740,9 @@ def run(config: RunConfig, log=_silent) -> RunResult | None:
     if all(part[0].cache is None for part in parts.values()):
         raise PoolkitError(f"every model failed: {'; '.join(_model_reasons(parts))}")
     encoded, features, training = parts[None] if labels == [None] else _together(parts)
-    evaluation = evaluate(config, poolers, dataset, encoded, training)
+    evaluation = evaluate(poolers, dataset, encoded, training, settings=config.group("evaluation"),
+                          seeds=config.planned.seeds, split_seed=config.split_seed,
+                          out=config.out)
     return report(config, poolers, dataset, encoded, features, training, evaluation, began)
 
 
@@ -717,7 +756,8 @@ def _run_model(config: RunConfig, label, encoder, poolers: Poolers, dataset, ide
     if label is not None:
         log(f"model {label}: {encoder.name}")
     try:
-        encoded = encode(config, selected, dataset.texts, encoder, claim, log=log)
+        encoded = encode_for(config, encoder, selected, dataset.texts, before_encoding=claim,
+                             log=log)
         if distributed.rank() != 0:
             return None
         claim()
@@ -728,7 +768,11 @@ def _run_model(config: RunConfig, label, encoder, poolers: Poolers, dataset, ide
             _report_failure(log, encoded.sets[key], reason, label)
         store = RunStore(config.out, identity.heads_key(encoded.cache.key, dataset),
                          log=log, folds=len(dataset.folds), subfolder=label)
-        return encoded, features, train(config, poolers, dataset, encoded, features, store, log)
+        training = train(poolers, dataset, encoded, features, store,
+                         settings=config.group("heads"), plan=config.planned,
+                         timeout=config.pooler_timeout, precision=config.precision,
+                         progress=config.progress, log=log)
+        return encoded, features, training
     except ModelFailed as exc:
         # one model of several failing mid-run (its own forward) fails alone: the others'
         # results are written, exit 3 (under torchrun every rank stops instead)

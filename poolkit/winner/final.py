@@ -38,7 +38,7 @@ from poolkit.heads.trainable import TrainablePoolerHeads
 from poolkit.identity import RunIdentity
 from poolkit.pipeline.results import texts_columns
 from poolkit.pipeline.runs import RunStore
-from poolkit.pipeline.stages import encode, load_data, model_labels, pool, resolve_poolers
+from poolkit.pipeline.stages import encode_for, load_data, model_labels, pool, resolve_poolers
 from poolkit.pooling.features import feature_id, feature_sets, finetuned_sets, setup_poolers
 
 
@@ -217,7 +217,7 @@ def final_head(run: SavedRun, config, poolers, encoder, key: str, label, fingerp
             log(f"final head of {key}: reused from {store.folder}")
             return saved, feature_set(poolers, encoder, key, config)
     dataset = load_data(config.group("data"), config.planned)
-    encoded = encode(config, poolers.selected, dataset.texts, encoder, log=log)
+    encoded = encode_for(config, encoder, poolers.selected, dataset.texts, log=log)
     if key not in encoded.sets or key in encoded.failures:
         reason = encoded.failures.get(key, "it is not among the feature sets the run makes now")
         raise PoolkitError(f"{key}: {reason}")
