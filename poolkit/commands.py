@@ -13,11 +13,17 @@ import click
 from poolkit.api import suite as run_suite
 from poolkit.config import RunConfig
 from poolkit.data.readers import read_texts
+from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.files import write_output
 from poolkit.identity import RunIdentity
 from poolkit.options import OPTIONS, SUITE_OPTIONS, click_options, comma_list, flag_name
-from poolkit.pipeline.results import compact_table, display_table, frozen_vs_finetuned
+from poolkit.pipeline.results import (
+    compact_table,
+    display_table,
+    frozen_vs_finetuned,
+    verdict_sentences,
+)
 from poolkit.pipeline.stages import run_config
 from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 from poolkit.winner.export import EXPORT_TABLES, EXPORTERS, export_run
@@ -95,6 +101,9 @@ def _print_run(result, config, wide: bool) -> None:
     verdict = (f"vs baseline: significantly better/worse than {config.baseline} or not"
                if config.baseline else "group: poolers in one group are not significantly worse "
                "than its best")
+    verdict += (f"; decision: against the {'baseline' if config.baseline else 'best'}, "
+                f"'equivalent' within {rope_words(config.metric, settings['rope'])} (--rope) by "
+                "two one-sided tests, 'inconclusive' neither better nor equivalent")
     click.echo(
         f"\n{len(result.results)} results ({scope}: n={settings['scored_items']}), majority-class "
         f"rate {settings['majority_rate']:.3f}; {config.metric}: mean over seeds [95% interval "
@@ -105,6 +114,9 @@ def _print_run(result, config, wide: bool) -> None:
         f"pooling {settings['pool_seconds']:.1f}s, heads {settings['train_seconds']:.1f}s). "
         f"Run directory: {config.out}"
     )
+    sentences = verdict_sentences(result.summary, config.metric, settings["rope"])
+    if sentences:
+        click.echo("\n" + " ".join(sentences))
 
 
 @click.command()

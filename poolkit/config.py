@@ -13,6 +13,7 @@ from poolkit.encoding.cache import parse_budget
 from poolkit.encoding.encode import CACHE_MODES
 from poolkit.encoding.model import attention_asked, load_encoder
 from poolkit.errors import PoolkitError
+from poolkit.evaluation.decisions import rope_of
 from poolkit.evaluation.metrics import METRICS
 from poolkit.evaluation.protocols import resolve
 from poolkit.heads.base import FineTuneConfig, HeadConfig
@@ -79,6 +80,7 @@ class RunConfig:
     progress: bool = field(default=False, metadata={"identity": "no"})
     metric: str = _declared("metric")
     baseline: str | None = _declared("baseline")
+    rope: float | None = _declared("rope")
     save_models: bool = _declared("save_models")
 
     def __post_init__(self):
@@ -175,6 +177,7 @@ class RunConfig:
         attention_asked(self.attn_implementation)
         if self.metric not in METRICS:
             raise PoolkitError(f"--metric {self.metric}: use one of {', '.join(METRICS)}")
+        rope_of(self.rope, self.metric)
         self.head.validate()
         if self.finetune is not None:
             self.finetune.validate()

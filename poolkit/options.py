@@ -156,6 +156,11 @@ OPTIONS = {option.name: option for option in (
            group="evaluation"),
     Option("baseline", "Compare every pooler with this one only (pooler or pooler@layer): "
            "k-1 tests instead of all pairs.", identity="no", group="evaluation"),
+    Option("rope", "Region of practical equivalence, in the primary metric's units: a pair "
+           "whose difference lies within +-ROPE by two one-sided tests is 'equivalent', a "
+           "significant one smaller than it 'better (within ROPE)'. Default: 0.01 (one point) "
+           "for accuracy and the other metrics in [0, 1], 0.02 for mcc, 0.01 for log_loss.",
+           "float", type=click.FloatRange(min=0), identity="no", group="evaluation"),
     Option("max_length", "Tokens per text. Default: the model's limit.", "int",
            type=click.IntRange(min=2), group="encoder"),
     Option("split_seed", "Seed of the train/validation/test split and of the folds.", "int",

@@ -45,7 +45,9 @@ def test_run_end_to_end(finished_run, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     table = result.stdout.splitlines()
-    assert table[0].split()[:4] == ["pooler", "layer", "dim", "group"]  # first_last_avg: 1+2
+    header = table[0].split()
+    assert header[:2] == ["pooler", "layer"]  # first_last_avg: 1+2
+    assert {"group", "decision"} <= set(header)
     assert sorted(line.split()[0] for line in table[1:11]) == sorted(ALL_POOLERS)
     assert str(out) in result.stdout
     assert re.search(r"s total \(encoder [\d.]+s, pooling [\d.]+s, heads [\d.]+s\)", result.stdout)
@@ -206,6 +208,7 @@ BAD_INPUTS = {
     "zero seeds": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--seeds", "0"], ["--seeds"]),
     "max length too long": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--max-length", "999"],
                             ["999"]),
+    "negative rope": (lambda tmp: _rows_csv(tmp / "d.csv"), ["--rope", "-0.01"], ["--rope"]),
     "unseen test label": (lambda tmp: _rows_csv(tmp / "d.csv"),
                           ["--test-data", "{tmp}/t.csv"], ["t.csv", "meh"]),
 }
@@ -287,12 +290,34 @@ def test_output_only_options_reuse_the_run_folder_and_train_nothing(small_csv, t
     (run_dir,) = (tmp_path / "poolkit-runs").iterdir()
     results = (run_dir / "results.csv").read_bytes()
     for extra in (["--plot", "svg"], ["--predictions"], ["--pooler-timeout", "30"],
-                  ["--cache-dir", tmp_path / "other-cache"]):
+                  ["--cache-dir", tmp_path / "other-cache"], ["--rope", "0.2"]):
         again = invoke([*args, *extra])
         assert again.exit_code == 0, again.output
         assert [p.name for p in (tmp_path / "poolkit-runs").iterdir()] == [run_dir.name], extra
         assert "reusing 20 finished heads" in again.stderr, extra
         assert (run_dir / "results.csv").read_bytes() == results, extra
+
+
+def test_run_ends_with_its_verdict_in_words_from_the_decisions(finished_run):
+    """The closing sentence names the best feature set and, by their decisions against it
+    (summary.csv's ``decision``, from pairs.csv's), what it beats, what is practically
+    equivalent to it and what is not told apart yet."""
+    result, out, _ = finished_run
+    summary = pd.read_csv(out / "summary.csv")
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert set(pairs["decision"]) <= {"a better", "b better", "a better (within ROPE)",
+                                      "b better (within ROPE)", "equivalent", "inconclusive"}
+    best = f"{summary['pooler'].iloc[0]}@{summary['layer'].iloc[0]}"
+    assert summary["decision"].iloc[0] == "best"
+    closing = result.stdout.strip().splitlines()[-1]
+    assert closing.startswith(f"Best on this task: {best} (accuracy ")
+    for row in summary.iloc[1:].itertuples():
+        name = f"{row.pooler}@{row.layer}"
+        said = {"worse": "beats", "equivalent": "practically equivalent",
+                "inconclusive": "cannot yet be told apart"}.get(row.decision.split(" (")[0])
+        assert said and name in closing.split(said, 1)[1], (row.decision, closing)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["rope"] == 0.01
 
 
 def test_version():

@@ -29,6 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from poolkit.errors import PoolkitError
+from poolkit.evaluation.decisions import (
+    decide,
+    flipped,
+    prediction,
+    rope_of,
+    rope_words,
+    tost_p,
+)
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.evaluation.stats import ALPHA, holm
 from poolkit.pooling.features import feature_id
@@ -71,6 +79,7 @@ class Verdict:
     baseline: str | None = None
     missing: dict = field(default_factory=dict)
     left_out: list = field(default_factory=list)
+    rope: float = 0.01
 
 
 def random_effects(diffs, ses, alpha: float = ALPHA, hartung_knapp: bool = True) -> dict:
@@ -186,12 +195,14 @@ RESERVED = ("model", "pooler", "layer", "encoder", "set", "mean_rank", "tasks")
 
 
 def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
-            alpha: float = ALPHA, missing: dict | None = None) -> Verdict:
+            alpha: float = ALPHA, missing: dict | None = None,
+            rope: float | None = None) -> Verdict:
     """The cross-task verdict of ``tasks`` ``{name: (summary, pairs)}``: each finished
     task's summary frame and pairs frame (as a run writes them). ``baseline`` (a
     feature set id) compares every other set with it only; ``missing`` names tasks
-    that did not finish, with why. Feature sets not finished on every task are left
-    out of the verdict (named in ``left_out``)."""
+    that did not finish, with why; ``rope`` is the decisions' region of practical
+    equivalence (default: the metric's, :mod:`~poolkit.evaluation.decisions`). Feature
+    sets not finished on every task are left out of the verdict (named in ``left_out``)."""
     import pandas as pd
 
     higher = METRICS[metric].higher_is_better
@@ -218,10 +229,13 @@ def verdict(tasks: dict, *, metric: str = PRIMARY, baseline: str | None = None,
                                 for j in order])
     ordered = [sets[j] for j in order]
     rank_of = {key: float(mean_rank[j]) for j, key in enumerate(sets)}
+    rope = rope_of(rope, metric)
     across, per_task = _pooled_pairs(tasks, _pairs_of(ordered, baseline), rank_of, ranges,
-                                     metric, higher, alpha)
+                                     metric, higher, alpha, rope)
+    across = _decided(across, metric, higher, rope, alpha)
     return Verdict(table, ranks_frame, across, pd.DataFrame(per_task), test, metric, names,
-                   baseline if baseline in rank_of else None, dict(missing or {}), left_out)
+                   baseline if baseline in rank_of else None, dict(missing or {}), left_out,
+                   rope)
 
 
 def _task_values(tasks: dict, metric: str) -> tuple:
@@ -252,27 +266,32 @@ def _pairs_of(ordered: list, baseline) -> list:
             for j in range(i + 1, len(ordered))]
 
 
-def _pooled_pairs(tasks, pairs, rank_of, ranges, metric, higher, alpha) -> tuple:
+def _pooled_pairs(tasks, pairs, rank_of, ranges, metric, higher, alpha, rope) -> tuple:
     """``(across_pairs frame, task_pairs rows)``: each pair's random-effects pooled
-    difference over the tasks, Holm over the pairs, and Nemenyi's mean-rank test."""
+    difference over the tasks, Holm over the pairs, Nemenyi's mean-rank test, and its
+    odds on a new task."""
     import pandas as pd
 
     rows, per_task = [], []
     for a, b in pairs:
         diffs, ses = [], []
         for task, (_, task_pairs) in tasks.items():
-            diff, se, low, high = _task_difference(task_pairs, a, b, metric)
+            diff, se, low, high, decision = _task_difference(task_pairs, a, b, metric)
             diffs.append(diff)
             ses.append(se)
             per_task.append({"a": a, "b": b, "task": task, f"{metric}_diff": diff,
-                             f"{metric}_low": low, f"{metric}_high": high, f"{metric}_se": se})
+                             f"{metric}_low": low, f"{metric}_high": high, f"{metric}_se": se,
+                             "decision": decision})
         pooled = random_effects(diffs, ses, alpha)
         better = np.asarray(diffs) > 0 if higher else np.asarray(diffs) < 0
         rows.append({"a": a, "b": b, "tasks": len(diffs), "a_better_on": int(better.sum()),
                      f"{metric}_diff": pooled["estimate"], f"{metric}_low": pooled["low"],
                      f"{metric}_high": pooled["high"], f"{metric}_se": pooled["se"],
                      f"{metric}_p": pooled["p"], "tau2": pooled["tau2"], "i2": pooled["i2"],
-                     "rank_a": rank_of[a], "rank_b": rank_of[b]})
+                     "rank_a": rank_of[a], "rank_b": rank_of[b],
+                     "equivalent_on": sum(row["decision"] == "equivalent"
+                                          for row in per_task[-len(diffs):]),
+                     **_new_task_columns(prediction(diffs, rope, alpha, higher))})
     across = pd.DataFrame(rows)
     if len(across):
         across[f"{metric}_p_holm"] = holm(across[f"{metric}_p"])
@@ -287,20 +306,54 @@ def across_columns(metric: str) -> list:
     """Columns of across_pairs.csv for ``metric``, in order."""
     return ["a", "b", "tasks", "a_better_on", f"{metric}_diff", f"{metric}_low",
             f"{metric}_high", f"{metric}_se", f"{metric}_p", f"{metric}_p_holm", "tau2", "i2",
-            "rank_a", "rank_b", "significant", "nemenyi_p", "nemenyi_significant"]
+            "rank_a", "rank_b", "significant", "nemenyi_p", "nemenyi_significant",
+            *DECISION_COLUMNS]
+
+
+#: The decision's columns of across_pairs.csv (:func:`_decided`): the equivalence test, the
+#: decision, on how many tasks the task's own test found the pair equivalent, and the odds
+#: on a new task (the prediction interval; P(a wins by more than the ROPE), P(b ...)).
+DECISION_COLUMNS = ("p_equivalent", "p_equivalent_holm", "decision", "equivalent_on",
+                    "new_task_low", "new_task_high", "p_new_task_a", "p_new_task_b")
+
+
+def _new_task_columns(odds: dict) -> dict:
+    return {"new_task_low": odds["low"], "new_task_high": odds["high"],
+            "p_new_task_a": odds["p_a"], "p_new_task_b": odds["p_b"]}
+
+
+def _decided(across, metric: str, higher: bool, rope: float, alpha: float):
+    """``across`` with each pair's equivalence test on the pooled difference (TOST within
+    ``±rope``, t with k - 1 degrees of freedom as its interval; Holm over the pairs) and its
+    decision."""
+    if not len(across):
+        return across.reindex(columns=across_columns(metric))
+    k = across["tasks"].to_numpy()
+    equivalence = tost_p(across[f"{metric}_diff"], across[f"{metric}_se"], rope,
+                         np.where(k > 1, k - 1, np.inf))
+    across["p_equivalent"] = equivalence
+    across["p_equivalent_holm"] = holm(equivalence)
+    across["decision"] = decide(across[f"{metric}_diff"], across[f"{metric}_p_holm"],
+                                across["p_equivalent_holm"], rope, alpha, higher)
+    return across
 
 
 def _task_difference(pairs, a: str, b: str, metric: str) -> tuple:
-    """``(diff, se, low, high)`` of ``a - b`` on ``metric`` in one task's pairs frame
-    (its row may name them the other way round)."""
+    """``(diff, se, low, high, decision)`` of ``a - b`` on ``metric`` in one task's pairs
+    frame (its row may name them the other way round; ``decision`` ``None`` in a pairs
+    frame written before decisions)."""
     for sign, (x, y) in ((1.0, (a, b)), (-1.0, (b, a))):
         row = pairs[(pairs["a"] == x) & (pairs["b"] == y)]
         if len(row):
             row = row.iloc[0]
             low, high = float(row[f"{metric}_low"]), float(row[f"{metric}_high"])
+            decision = row.get("decision")
+            decision = decision if isinstance(decision, str) else None
             if sign < 0:
                 low, high = -high, -low
-            return sign * float(row[f"{metric}_diff"]), float(row[f"{metric}_se"]), low, high
+                decision = flipped(decision) if decision else None
+            return (sign * float(row[f"{metric}_diff"]), float(row[f"{metric}_se"]), low, high,
+                    decision)
 
     raise PoolkitError(f"a task's pairs.csv has no row comparing '{a}' with '{b}' (was it "
                        "run with another --baseline?)")
@@ -317,8 +370,9 @@ def points(metric: str, value: float) -> str:
 def chosen_pairs(verdict: Verdict) -> list:
     """The comparisons worth a sentence (and a forest plot), as ``(prefix, row)``: each
     against the baseline when there is one; else the best feature set by mean rank
-    against each other one and every pair either test establishes, and with several
-    models, so within each model and then each pooler across models."""
+    against each other one and every pair the pooled effect decides (better or
+    equivalent; never a mean-rank test alone), and with several models, so within each
+    model and then each pooler across models."""
     pairs = list(verdict.pairs.itertuples(index=False))
     ranks = verdict.ranks
     if verdict.baseline is not None:
@@ -326,35 +380,37 @@ def chosen_pairs(verdict: Verdict) -> list:
     models = ranks["model"].dropna().unique().tolist() if "model" in ranks else []
     if len(models) < 2:
         best = ranks["set"].iloc[0] if len(ranks) else None
-        return [("", row) for row in pairs if best in (row.a, row.b) or _established(row)]
+        return [("", row) for row in pairs if best in (row.a, row.b) or _decided_pair(row)]
     model_of = dict(zip(ranks["set"], ranks["model"]))
     chosen = []
     for model in models:
         best = ranks[ranks["model"] == model]["set"].iloc[0]
         chosen += [(f"{model}: ", row) for row in pairs
-                   if (best in (row.a, row.b) or _established(row))
+                   if (best in (row.a, row.b) or _decided_pair(row))
                    and model_of[row.a] == model_of[row.b] == model]
     return chosen + [("across models: ", row) for row in pairs
                      if model_of[row.a] != model_of[row.b] and _same_but_model(ranks, row.a, row.b)]
 
 
 def sentences(verdict: Verdict, alpha: float = ALPHA) -> list[str]:
-    """What is and is not established: Friedman's test, then a line per comparison
-    :func:`chosen_pairs` picks."""
+    """What is decided: Friedman's test (a mean-rank summary), then a line per comparison
+    :func:`chosen_pairs` picks, saying its decision and its odds on a new task."""
     if not len(verdict.pairs):
         return ["nothing to compare: fewer than two feature sets finished on every task"]
     lines = []
     test = verdict.friedman
     if not math.isnan(test["statistic"]):
         lines.append(f"Friedman over {test['tasks']} tasks and {test['sets']} feature sets: "
-                     f"chi2 = {test['statistic']:.1f}, {format_p(test['p'])} (by permutation); Nemenyi critical "
-                     f"difference {test['cd']:.2f} ranks at {alpha}")
-    return lines + [prefix + _sentence(row, verdict.metric, alpha)
+                     f"chi2 = {test['statistic']:.1f}, {format_p(test['p'])} (by permutation); "
+                     f"Nemenyi critical difference {test['cd']:.2f} ranks at {alpha} (a "
+                     "mean-rank summary, drawn in the CD diagram; the decisions below rest on "
+                     "each pair's own pooled effect)")
+    return lines + [prefix + _sentence(row._asdict(), verdict.metric, verdict.rope)
                     for prefix, row in chosen_pairs(verdict)]
 
 
-def _established(row) -> bool:
-    return bool(row.significant) or bool(row.nemenyi_significant)
+def _decided_pair(row) -> bool:
+    return isinstance(row.decision, str) and row.decision != "inconclusive"
 
 
 def _same_but_model(ranks, a: str, b: str) -> bool:
@@ -362,22 +418,47 @@ def _same_but_model(ranks, a: str, b: str) -> bool:
     return all(str(rows.at[a, c]) == str(rows.at[b, c]) for c in ("pooler", "layer", "encoder"))
 
 
-def _sentence(row, metric: str, alpha: float) -> str:
-    row = row._asdict()
+def _sentence(row: dict, metric: str, rope: float) -> str:
+    """One pair's line: its decision, the pooled numbers behind it, its odds on a new
+    task, and (as a summary) its mean ranks."""
     diff, low, high = row[f"{metric}_diff"], row[f"{metric}_low"], row[f"{metric}_high"]
-    higher = METRICS[metric].higher_is_better
-    winner, loser = (row["a"], row["b"]) if (diff > 0) == higher else (row["b"], row["a"])
-    wins = row["a_better_on"] if winner == row["a"] else row["tasks"] - row["a_better_on"]
+    a_wins = (diff > 0) == METRICS[metric].higher_is_better
+    winner, loser = (row["a"], row["b"]) if a_wins else (row["b"], row["a"])
+    wins = row["a_better_on"] if a_wins else row["tasks"] - row["a_better_on"]
+    within = rope_words(metric, rope)
     numbers = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
                f"{points(metric, high).replace(' points', '')}], Holm "
                f"{format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%")
+    decision = row["decision"] if isinstance(row["decision"], str) else "inconclusive"
+    if "better" in decision:
+        said = (f"{winner} beats {loser} on {wins} of {row['tasks']} tasks: {numbers}"
+                + (f", by less than the ROPE ({within})" if "ROPE" in decision else ""))
+    elif decision == "equivalent":
+        said = (f"{row['a']} and {row['b']} are practically equivalent (within {within}; "
+                f"equivalent on {row['equivalent_on']} of {row['tasks']} tasks by their own "
+                f"tests): {numbers}, equivalence Holm {format_p(row['p_equivalent_holm'])}")
+    else:
+        said = (f"{row['a']} vs {row['b']} inconclusive (neither better nor within {within}; "
+                f"more tasks would tell): {winner} better on {wins} of {row['tasks']} tasks, "
+                f"{numbers}")
     ranks = (f"mean ranks {row['rank_a']:.2f} vs {row['rank_b']:.2f}, Nemenyi "
-             f"{format_p(row['nemenyi_p'])}"
-             + (" (apart by more than the CD)" if row["nemenyi_significant"] else ""))
-    if row["significant"]:
-        return f"{winner} beats {loser} on {wins} of {row['tasks']} tasks: {numbers}; {ranks}"
-    return (f"{row['a']} vs {row['b']} not established: {winner} better on {wins} of "
-            f"{row['tasks']} tasks, {numbers}; {ranks}")
+             f"{format_p(row['nemenyi_p'])}")
+    return f"{said}; {_new_task(row, metric, winner, loser, a_wins, within)}{ranks}"
+
+
+def _new_task(row: dict, metric: str, winner: str, loser: str, a_wins: bool,
+              within: str) -> str:
+    """The odds on a new task, from the winner's side (empty below 3 tasks)."""
+    low, high = row["new_task_low"], row["new_task_high"]
+    if not isinstance(low, float) or math.isnan(low):
+        return ""
+    if not a_wins:
+        low, high = -high, -low
+    chance = row["p_new_task_a"] if a_wins else row["p_new_task_b"]
+    return (f"on a new task, {winner} beats {loser} by more than {within.lstrip('±')} with "
+            f"probability {chance:.2f}; 95% prediction interval "
+            f"[{points(metric, low).replace(' points', '')}, "
+            f"{points(metric, high).replace(' points', '')}]; ")
 
 
 def format_p(p: float) -> str:

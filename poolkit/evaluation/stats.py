@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from poolkit.evaluation.decisions import decide, rope_of, tost_p
 from poolkit.evaluation.metrics import (
     METRICS,
     PRIMARY,
@@ -33,14 +34,16 @@ N_BOOT = 10_000
 ALPHA = 0.05
 
 
-def pair_columns(metrics=METRICS) -> tuple:
+def pair_columns(metrics=METRICS, primary: str = PRIMARY) -> tuple:
     """Columns of a pairs frame, in order: per metric the two values, their
     difference with its interval and bootstrap standard error, and the raw and
-    Holm-corrected p-values."""
+    Holm-corrected p-values; McNemar's test; then the primary metric's significance,
+    its equivalence test (raw and Holm-corrected) and the pair's decision."""
     per_metric = [f"{m}_{part}" for m in metrics
                   for part in ("a", "b", "diff", "low", "high", "se", "p", "p_holm")]
     return ("a", "b", *per_metric, "mcnemar_b", "mcnemar_c", "p_mcnemar", "p_mcnemar_holm",
-            "significant")
+            "significant", f"{primary}_p_equivalent", f"{primary}_p_equivalent_holm",
+            "decision")
 
 
 #: Columns of the :func:`compare` pairs frame, in order.
@@ -139,7 +142,8 @@ class Comparison:
 
 def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
             seed: int = 0, primary: str = PRIMARY, baseline: str | None = None,
-            metrics=None, folds=None, test_train_ratio: float | None = None) -> Comparison:
+            metrics=None, folds=None, test_train_ratio: float | None = None,
+            rope: float | None = None) -> Comparison:
     """Every feature set's metrics with intervals, and pairs of them compared on the
     same items, for every metric.
 
@@ -154,7 +158,8 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     ``b`` (with a baseline: ``b`` is the baseline). See :data:`METHODS`. ``folds``
     ``(n,)`` (the cross-fitted fold that scored each item) adds the variance of the heads'
     own fits, which the item bootstrap cannot see (:class:`_FoldRefits`;
-    ``test_train_ratio``: a fold's test items over its training items).
+    ``test_train_ratio``: a fold's test items over its training items). ``rope``: the
+    decisions' region of practical equivalence (:mod:`~poolkit.evaluation.decisions`).
     """
     import pandas as pd
 
@@ -174,7 +179,8 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     intervals = {name: _interval(boot[name], name, metrics, n_boot, seed, alpha)
                  for name in names}
     if len(names) < 2:
-        return Comparison(pd.DataFrame({c: [] for c in pair_columns(metrics)}), values, intervals)
+        return Comparison(pd.DataFrame({c: [] for c in pair_columns(metrics, primary)}), values,
+                          intervals)
 
     ia, ib = _pair_indices(names, values, metrics[primary], primary, baseline)
     columns = {"a": [names[i] for i in ia], "b": [names[i] for i in ib]}
@@ -184,19 +190,29 @@ def compare(probabilities: dict, y_true, *, n_boot: int = N_BOOT, alpha: float =
     diffs = [a - b for a, b in sides.values()]
     spreads = _resampled_differences(boot, names, ia, ib, diffs, alpha)
     refits = _FoldRefits(folds, scored, names, ia, ib, test_train_ratio, alpha)
+    dfs = {}
     for m_index, m in enumerate(metrics):
-        (a_values, b_values), diff = sides[m], diffs[m_index]
-        low, high, p, se = refits.widened(m_index, diff, *spreads[m_index])
-        columns.update({f"{m}_a": a_values, f"{m}_b": b_values, f"{m}_diff": diff,
+        low, high, p, se, dfs[m] = refits.widened(m_index, diffs[m_index], *spreads[m_index])
+        columns.update({f"{m}_a": sides[m][0], f"{m}_b": sides[m][1], f"{m}_diff": diffs[m_index],
                         f"{m}_low": low, f"{m}_high": high, f"{m}_se": se, f"{m}_p": p,
                         f"{m}_p_holm": holm(p)})
-    correct = np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y for n in names])
-    b, c, p_mcnemar = _mcnemar(correct, ia, ib)
-    columns.update({"mcnemar_b": b, "mcnemar_c": c, "p_mcnemar": p_mcnemar,
-                    "p_mcnemar_holm": holm(p_mcnemar)})
-    frame = pd.DataFrame(columns)
-    frame["significant"] = frame[f"{primary}_p_holm"] < alpha
+    frame = pd.DataFrame({**columns, **_mcnemar_columns(probs, names, y, ia, ib)})
+    _decided(frame, primary, metrics[primary].higher_is_better, dfs[primary],
+             rope_of(rope, primary), alpha)
     return Comparison(frame, values, intervals)
+
+
+def _decided(frame, primary: str, higher_is_better: bool, df, rope: float, alpha: float) -> None:
+    """Add to a pairs ``frame`` whether the primary metric's difference is significant,
+    its equivalence test (TOST within ``±rope``, Student's t with ``df`` as its two-sided
+    test; raw and Holm-corrected) and each pair's ``decision``."""
+    frame["significant"] = frame[f"{primary}_p_holm"] < alpha
+    equivalence = tost_p(frame[f"{primary}_diff"], frame[f"{primary}_se"], rope, df)
+    frame[f"{primary}_p_equivalent"] = equivalence
+    frame[f"{primary}_p_equivalent_holm"] = holm(equivalence)
+    frame["decision"] = decide(frame[f"{primary}_diff"], frame[f"{primary}_p_holm"],
+                               frame[f"{primary}_p_equivalent_holm"], rope, alpha,
+                               higher_is_better)
 
 
 def _check_arguments(n_boot: int, primary: str, metrics: dict, baseline, names) -> None:
@@ -285,9 +301,10 @@ class _FoldRefits:
                                                   axis=0) for name in names}
 
     def widened(self, m_index: int, diff, low, high, p, se) -> tuple:
-        """``(low, high, p, se)`` of metric ``m_index``'s differences, widened."""
+        """``(low, high, p, se, df)`` of metric ``m_index``'s differences, widened, and the
+        degrees of freedom of their t (infinite: the normal)."""
         if not self.active:
-            return low, high, p, se
+            return low, high, p, se, np.full(len(diff), np.inf)
         from scipy import stats
 
         per_fold, names, alpha = self.per_fold, self.names, self.alpha
@@ -300,7 +317,7 @@ class _FoldRefits:
         with np.errstate(all="ignore"):
             stretch = np.where(se > 0, tails * widened / se, 1.0)
         low, high = diff - stretch * (diff - low), diff + stretch * (high - diff)
-        return low, high, _t_p(diff, widened, refit.df), widened
+        return low, high, _t_p(diff, widened, refit.df), widened, refit.df
 
 
 def rank_groups(accuracy: dict, pairs) -> dict:
@@ -515,6 +532,15 @@ def _p_values(d: np.ndarray, diff: np.ndarray) -> tuple:
             if gaps.any():
                 se[gaps] = np.nanstd(d[:, gaps], axis=0, ddof=1)
     return _t_p(diff, se, np.inf), se
+
+
+def _mcnemar_columns(probs: dict, names: list, y, ia, ib) -> dict:
+    """McNemar's test of each pair on the seed-ensemble predictions (argmax of the
+    probabilities averaged over seeds): its discordant counts, p and Holm's p."""
+    correct = np.column_stack([probs[n].mean(axis=0).argmax(axis=1) == y for n in names])
+    b, c, p_mcnemar = _mcnemar(correct, ia, ib)
+    return {"mcnemar_b": b, "mcnemar_c": c, "p_mcnemar": p_mcnemar,
+            "p_mcnemar_holm": holm(p_mcnemar)}
 
 
 def _mcnemar(ensemble, ia, ib):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from poolkit.encoding.tokenization import is_pairs
+from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.evaluation.stats import rank_groups
 from poolkit.pipeline.runs import RunDirectory
@@ -21,7 +22,9 @@ def summarize(results, failures: dict | None = None, comparison=None, primary: s
     and the seeds; NaN without one). ``group`` is the significance group from
     its paired tests (1 = best; see :data:`poolkit.evaluation.stats.METHODS`); with a
     ``baseline`` feature set, ``vs_baseline`` says instead whether each is
-    significantly better or worse than it. ``failures`` maps ids to their rows'
+    significantly better or worse than it; ``decision`` is each one's decision against the
+    best (or the baseline): better, worse (either within ROPE), equivalent, inconclusive
+    (see :mod:`poolkit.evaluation.decisions`). ``failures`` maps ids to their rows'
     ``{"pooler", "layer", "encoder", ("model",) "reason"}``; those get a row with
     ``status`` 'failed: <reason>'. With a ``model`` column (several models), rows are
     per model × pooler × layer × encoder.
@@ -84,7 +87,27 @@ def _ranked(summary, comparison, primary: str, baseline):
         summary.insert(at, "group", ids.map(groups))
     else:
         summary.insert(at, "group", 1)
+    reference = baseline if baseline is not None else ids.iloc[0]
+    summary.insert(at + 1, "decision", ids.map(_decisions(pairs, reference, baseline is None)))
     return summary
+
+
+def _decisions(pairs, reference: str, best: bool) -> dict:
+    """Each feature set's decision against ``reference`` (the best, or the baseline), from
+    its row's side: better / worse (within ROPE) / equivalent / inconclusive."""
+    said = {reference: "best" if best else "baseline"}
+    if pairs is None or "decision" not in pairs:
+        return said
+    for a, b, decision in zip(pairs["a"], pairs["b"], pairs["decision"]):
+        if reference not in (a, b) or a == b:
+            continue
+        other, side = (b, "b") if a == reference else (a, "a")
+        if "better" in decision:  # "a better", "b better (within ROPE)": from other's side
+            won = decision[0] == side
+            said[other] = ("better" if won else "worse") + decision[len("a better"):]
+        else:
+            said[other] = decision
+    return said
 
 
 def mark_own_pooling(summary, own: dict):
@@ -124,6 +147,8 @@ def display_table(summary, primary: str = PRIMARY):
         table["group"] = summary["group"].map(lambda g: "" if pd.isna(g) else str(int(g)))
     if "vs_baseline" in summary:
         table["vs baseline"] = summary["vs_baseline"].fillna("")
+    if "decision" in summary:
+        table["decision"] = summary["decision"].fillna("")
     for metric, declared in METRICS.items():
         means = ok[f"{metric}_mean"] if len(ok) else pd.Series(dtype=float)
         best = means.max() if declared.higher_is_better else means.min()
@@ -148,14 +173,14 @@ def display_table(summary, primary: str = PRIMARY):
 def compact_table(table, primary: str, width: int) -> tuple:
     """``(table, hidden)``: the columns of a :func:`display_table` that fit in
     ``width`` characters, and the names of those left out. The pooler, layer,
-    group (or baseline verdict), the ``primary`` metric and status always stay;
+    group (or baseline verdict), decision, the ``primary`` metric and status always stay;
     the others join (F1, ROC-AUC, log-loss, MCC, dim, then the rest) while the
     table still fits, and keep their order."""
     def fits(columns):
         text = table[columns].to_string(index=False)
         return max(map(len, text.splitlines())) <= width
 
-    always = {"model", "pooler", "layer", "encoder", "group", "vs baseline", "status",
+    always = {"model", "pooler", "layer", "encoder", "group", "vs baseline", "decision", "status",
               f"{primary} (95% CI)"}
     chosen = [c for c in table.columns if c in always]
     # the metrics that say most first: precision and recall are near F1 on balanced data
@@ -342,3 +367,49 @@ def read_table_back(path, names):
         except (ValueError, TypeError):
             pass
     return frame
+
+
+def verdict_sentences(summary, metric: str, rope: float) -> list:
+    """The run's verdict in words, from its summary's ``decision`` column: the best feature
+    set, what it is established to beat, what is practically equivalent to it (within
+    ``±rope``) and what cannot be told apart from it yet; in a run with a baseline, each
+    decision against it."""
+    ok = summary[summary["status"].eq("ok")] if "status" in summary else summary
+    if "decision" not in ok or not len(ok):
+        return []
+    ids = [feature_id(r.pooler, r.layer, r.encoder, getattr(r, "model", None))
+           for r in ok.itertuples()]
+    said = dict(zip(ids, ok["decision"]))
+    reference = [k for k, d in said.items() if d in ("best", "baseline")]
+    if not reference:
+        return []
+    first = reference[0]
+    value = float(ok[f"{metric}_mean"].iloc[ids.index(first)])
+    within = f"within {rope_words(metric, rope)}"
+
+    def named(*decisions):
+        chosen = [k for k, d in said.items() if d in decisions]
+        return _joined(chosen) if chosen else ""
+
+    if said[first] == "best":
+        lines = [f"Best on this task: {first} ({metric} {value:.3f})."]
+        parts = [f"it beats {named('worse')}" if named("worse") else
+                 "it is established to beat none of the others",
+                 f"beats {named('worse (within ROPE)')} by less than the ROPE"
+                 if named("worse (within ROPE)") else "",
+                 f"is practically equivalent to {named('equivalent')} ({within})"
+                 if named("equivalent") else "",
+                 f"cannot yet be told apart from {named('inconclusive')}"
+                 if named("inconclusive") else ""]
+        sentence = _joined([p for p in parts if p])
+        return lines + [sentence[0].upper() + sentence[1:] + "."]
+    parts = [f"{word}: {named(*decisions)}" for word, decisions in (
+        ("better", ("better", "better (within ROPE)")),
+        ("worse", ("worse", "worse (within ROPE)")),
+        (f"practically equivalent ({within})", ("equivalent",)),
+        ("not yet told apart", ("inconclusive",))) if named(*decisions)]
+    return [f"Against the baseline {first} ({metric} {value:.3f}): {'; '.join(parts)}."]
+
+
+def _joined(parts: list) -> str:
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]

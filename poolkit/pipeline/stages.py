@@ -26,6 +26,7 @@ from poolkit.encoding.cache import default_cache_dir
 from poolkit.encoding.encode import encode_to_cache, pick_device
 from poolkit.encoding.layers import parse_layers
 from poolkit.errors import Interrupted, ModelFailed, PoolkitError
+from poolkit.evaluation.decisions import rope_of
 from poolkit.evaluation.metrics import METRICS, compute_metrics
 from poolkit.evaluation.stats import N_BOOT, Comparison, compare
 from poolkit.heads.base import FailedHead, HeadTask
@@ -428,7 +429,8 @@ def evaluate(poolers: Poolers, dataset, encoded: Encoded, training: Training, *,
     baseline = _baseline_id(settings.baseline, probabilities, encoded.sets)
     ratio = float(np.mean([len(f["test"]) / max(len(f["train"]), 1) for f in dataset.folds]))
     options = dict(seed=split_seed, primary=settings.metric, baseline=baseline,
-                   folds=fold_of, test_train_ratio=ratio)
+                   folds=fold_of, test_train_ratio=ratio,
+                   rope=rope_of(settings.rope, settings.metric))
     saved = Path(out) / "comparison.json" if out is not None else None
     key = comparison_key(probabilities, y, options)
     comparison = read_comparison(saved, key)
@@ -565,6 +567,7 @@ def run_settings(config: RunConfig, poolers: Poolers, dataset, encoded: Encoded,
         "split_sizes": {k: len(v) for k, v in dataset.folds[0].items()},
         "majority_rate": float(np.bincount(y_scored).max() / len(y_scored)),
         "metric": config.metric, "baseline": config.baseline,
+        "rope": rope_of(config.rope, config.metric),
         "head": asdict(config.head),
         "finetune": asdict(config.finetune) if config.finetune is not None else None,
         "max_train_texts": config.max_train_texts,

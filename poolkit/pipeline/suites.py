@@ -18,6 +18,7 @@ from poolkit.encoding import distributed
 from poolkit.errors import Interrupted, PoolkitError
 from poolkit.evaluation import across
 from poolkit.evaluation.across import METHODS, RESERVED, Verdict
+from poolkit.evaluation.decisions import default_rope
 from poolkit.identity import RUNS_FOLDER, digest
 from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS
 from poolkit.pipeline.results import read_table_back
@@ -208,7 +209,8 @@ def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> 
     compared = [r.pairs["b"].iloc[0] for r in runs.values() if len(r.pairs)]
     baseline = compared[0] if first.baseline is not None and compared else None
     verdict = across.verdict({name: (r.summary, r.pairs) for name, r in runs.items()},
-                             metric=first.metric, baseline=baseline, missing=missing)
+                             metric=first.metric, baseline=baseline, missing=missing,
+                             rope=first.rope)
     lines = across.sentences(verdict) if runs else []
     if missing:
         why = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
@@ -228,6 +230,7 @@ def write_suite_dir(out: Path, suite: Suite, verdict, configs: dict, lines: list
         "suite": suite.name,
         "file": str(suite.path) if suite.path is not None else "embedded default suite",
         "metric": verdict.metric, "baseline": verdict.baseline, "alpha": verdict.friedman["alpha"],
+        "rope": verdict.rope,
         "tasks": {name: {"run": name, "data": str(config.data),
                          "status": "ok" if name in verdict.tasks
                          else f"failed: {verdict.missing.get(name, 'unknown')}"}
@@ -261,14 +264,15 @@ def read_verdict(out) -> object:
                for name, task in settings["tasks"].items() if task["status"] != "ok"}
     return Verdict(tables["suite"], tables["ranks"], tables["across_pairs"],
                    tables["task_pairs"], {**settings["friedman"], "alpha": settings["alpha"]},
-                   settings["metric"], tasks, settings["baseline"], missing, settings["left_out"])
+                   settings["metric"], tasks, settings["baseline"], missing, settings["left_out"],
+                   settings.get("rope", default_rope(settings["metric"])))
 
 
 #: Each verdict file's columns that hold names: read back as the text they are (the
 #: rest are numbers; ranks.csv has a column per task, whatever the task is called).
 _SET = ("model", "pooler", "layer", "encoder", "set")
-_TEXT_COLUMNS = {"suite": ("task", *_SET), "ranks": _SET, "across_pairs": ("a", "b"),
-                 "task_pairs": ("a", "b", "task")}
+_TEXT_COLUMNS = {"suite": ("task", *_SET), "ranks": _SET, "across_pairs": ("a", "b", "decision"),
+                 "task_pairs": ("a", "b", "task", "decision")}
 
 
 def _read_csv(path: Path, text_columns):
