@@ -25,6 +25,8 @@ from poolkit.pipeline.results import (
     verdict_sentences,
 )
 from poolkit.pipeline.stages import run_config
+from poolkit.pipeline.suites import dry_run as suite_dry_run
+from poolkit.pipeline.suites import read_suite
 from poolkit.pooling.manager import collect_poolers, get_plugin_manager
 from poolkit.winner.export import EXPORT_TABLES, EXPORTERS, export_run
 from poolkit.winner.export_model import export_model as write
@@ -127,7 +129,10 @@ def _print_run(result, config, wide: bool) -> None:
                    "poolkit-runs/suite-<name>-<hash>.")
 @click.option("--plot", "plot_formats", default=None,
               help="Also draw the critical-difference diagram and forest plot, e.g. 'png,svg'.")
-def suite(suite_file, plot_formats, out, **options):
+@click.option("--dry-run", is_flag=True,
+              help="Print the tasks it would run (name, source, labels, texts after "
+                   "max_texts), one per line, and stop before encoding anything.")
+def suite(suite_file, plot_formats, out, dry_run, **options):
     """Run every task of a suite (default: the embedded one) and one verdict across them.
 
     Each task is an ordinary run in SUITE_DIR/<task>; ranks, Friedman's test with
@@ -135,6 +140,10 @@ def suite(suite_file, plot_formats, out, **options):
     into SUITE_DIR (suite.csv, ranks.csv, across_pairs.csv). An option not given here
     comes from the suite file's [defaults], else a run's default.
     """
+    if dry_run:
+        for line in suite_dry_run(read_suite(suite_file), options):
+            click.echo(line)
+        return
     result = run_suite(suite_file, out=out, log=_log, progress=_progress(), **options)
     if result.verdict is None:  # a torchrun rank other than 0
         return

