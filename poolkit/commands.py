@@ -15,7 +15,7 @@ from poolkit.config import RunConfig
 from poolkit.data.readers import read_texts
 from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
-from poolkit.files import write_output
+from poolkit.files import check_output, write_output
 from poolkit.identity import RunIdentity
 from poolkit.options import OPTIONS, SUITE_OPTIONS, click_options, comma_list, flag_name
 from poolkit.pipeline.results import (
@@ -203,6 +203,8 @@ def plugins(plugins_dir):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write. Default: standard output.")
 def export(run_dir, fmt, table, output):
+    if output is not None:
+        check_output(output)
     text = export_run(run_dir, fmt, table)
     if output is None:
         click.echo(text, nl=False)
@@ -234,6 +236,8 @@ def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, ca
     """Label new texts with a finished run's feature set and its final head (trained on
     all the run's items on first use, then kept in RUN_DIR/heads): each text's
     predicted label and p_<label> columns in labels.json order."""
+    if output is not None:
+        check_output(output)
     options = read_run(run_dir).settings["options"]
     texts, rows = read_texts(data, text_col or options.get("text_col", "text"), encoding,
                              text_pair_col or options.get("text_pair_col"))

@@ -17,7 +17,7 @@ from poolkit.evaluation.decisions import rope_of
 from poolkit.evaluation.metrics import METRICS
 from poolkit.evaluation.protocols import resolve
 from poolkit.heads.base import FineTuneConfig, HeadConfig
-from poolkit.options import GROUPS, MAX_SEEDS, OPTIONS
+from poolkit.options import GROUPS, MAX_SEEDS, OPTIONS, comma_list, flag_name
 from poolkit.pooling.pooler import Pooler
 
 
@@ -88,12 +88,14 @@ class RunConfig:
             object.__setattr__(self, "attn_implementation", None)
 
     @classmethod
-    def from_options(cls, values: dict, where=lambda name: name) -> "RunConfig":
+    def from_options(cls, values: dict, where=None) -> "RunConfig":
         """The RunConfig of option ``values`` from any surface (the command line, a suite
-        file, the Python API): each checked for its kind (one line naming ``where(name)``),
-        lists made tuples, ``finetune=True`` and the head's and fine-tuning's own options
-        (``epochs``, ``finetune_epochs``, ...) made their settings; ``None`` means not
-        given (the default)."""
+        file, the Python API): each checked for its kind and then its range (one line
+        naming ``where(name)``: a suite file's task and key), lists made tuples (a string
+        of names split at its commas, as the command line splits it), ``finetune=True``
+        and the head's and fine-tuning's own options (``epochs``, ``finetune_epochs``, ...)
+        made their settings; ``None`` means not given (the default)."""
+        named, where = where, where or (lambda name: name)
         unknown = sorted(set(values) - set(OPTIONS) - {"out", "progress"})
         if unknown:
             raise PoolkitError(f"{where(unknown[0])}: no such option; the options are "
@@ -103,9 +105,11 @@ class RunConfig:
             if name in OPTIONS:
                 OPTIONS[name].check(value, where(name))
         given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
-        for name in ("poolers", "labels"):  # one name, not its letters
-            if isinstance(given.get(name), (str, Path)):
-                given[name] = (given[name],)
+        for name in ("poolers", "labels"):  # names, as the command line spells them
+            if isinstance(given.get(name), Path):
+                given[name] = (str(given[name]),)
+            elif isinstance(given.get(name), str):
+                given[name] = comma_list(given[name]) or (given[name],)
         if isinstance(given.get("model"), tuple) and len(given["model"]) == 1:
             given["model"] = given["model"][0]
         parts = {"head": {}, "finetune": {}}
@@ -122,7 +126,12 @@ class RunConfig:
             given["finetune"] = replace(finetune, **parts["finetune"])
         elif finetune not in (None, False):
             raise PoolkitError(f"{where('finetune')}: give true, false or a FineTuneConfig")
-        return cls(**given)
+        config = cls(**given)
+        try:
+            config.validate()
+        except PoolkitError as exc:  # a suite file's task and key, not the CLI's flag
+            raise PoolkitError(_named_as(str(exc), named) if named else str(exc)) from None
+        return config
 
     @cached_property
     def planned(self) -> "Plan":
@@ -294,6 +303,16 @@ def _positive_seconds(value) -> bool:
     except (TypeError, ValueError):
         return False
     return math.isfinite(seconds) and seconds > 0
+
+
+def _named_as(message: str, where) -> str:
+    """A range check's ``message``, said in the command line's words (``--max-texts -5:
+    ...``), with its option named as ``where`` names it (a suite file's task and key)."""
+    for name in OPTIONS:
+        flag = flag_name(name)
+        if message.startswith(flag + " ") and where(name) != flag:
+            return f"{where(name)}:{message[len(flag):]}"
+    return message
 
 
 @dataclass(frozen=True)

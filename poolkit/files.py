@@ -8,6 +8,60 @@ from pathlib import Path
 from poolkit.errors import PoolkitError
 
 
+#: The file that marks a folder as poolkit's own (a run or a suite directory) and lists
+#: poolkit's files in it, each with the sha256 of what poolkit wrote.
+MARKER = ".poolkit-run.json"
+#: A poolkit folder's subfolders that are wholly its own (saved heads, fine-tuned models).
+OWN_SUBFOLDERS = ("heads", "models")
+
+
+def owner(path) -> Path | None:
+    """The poolkit run or suite directory whose own file ``path`` is (links followed): one
+    its marker lists, one inside its ``heads/`` or ``models/``, or its marker and lock;
+    ``None`` when no poolkit folder holds it."""
+    import json
+
+    path = Path(os.path.realpath(path))
+    for folder in path.parents:
+        marker = folder / MARKER
+        if not marker.is_file():
+            continue
+        try:
+            listed = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+        inside = path.relative_to(folder).as_posix()
+        if (inside in listed or inside.split("/")[0] in OWN_SUBFOLDERS
+                or inside in (MARKER, Path(MARKER).with_suffix(".lock").name)):
+            return folder
+    return None
+
+
+def refuse_owned(path, option: str) -> None:
+    """Refuse, in one line naming ``option``, to write ``path`` when it is a poolkit run or
+    suite directory's own file: that folder's results would be lost."""
+    folder = owner(path)
+    if folder is not None:
+        raise PoolkitError(f"{option} '{path}' is a file of the poolkit folder '{folder}', "
+                           "which poolkit does not write over from another command; name "
+                           "another file")
+
+
+def check_output(path, option: str = "-o") -> None:
+    """Before any work: refuse, in one line naming ``option``, an output file that poolkit
+    could not write at the end: a run's own file, a directory, or one in a folder that does
+    not exist or is not writable."""
+    path = Path(path)
+    refuse_owned(path, option)
+    if path.is_dir():
+        raise PoolkitError(f"{option} '{path}' is a directory; name a file")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PoolkitError(f"{option} '{path}': its folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK) and not (path.exists() and os.access(path, os.W_OK)):
+        raise PoolkitError(f"{option} '{path}': its folder '{folder}' is not writable")
+
+
 def write_atomic(path, data) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
@@ -30,15 +84,16 @@ def write_atomic(path, data) -> None:
         raise
 
 
-def write_output(path, data) -> None:
+def write_output(path, data, option: str = "-o") -> None:
     """Write ``data`` (as :func:`write_atomic`) to a file the user named, e.g. ``-o FILE``.
 
     A regular file (or a new one) is replaced atomically; a symbolic link is
     followed and its target replaced, so the link stays a link; a FIFO, a
     device or a socket is written through, never replaced; a directory is an
-    error.
+    error; a file a poolkit run or suite folder owns is refused (:func:`refuse_owned`).
     """
     path = Path(path)
+    refuse_owned(path, option)
     target = path.resolve() if path.is_symlink() else path
     try:
         mode = os.stat(target).st_mode

@@ -345,3 +345,33 @@ def test_the_default_suite_dry_run_reads_every_task(tmp_path, monkeypatch):
     assert [line.split()[0] for line in lines] == [t.name for t in read_suite(None).tasks]
     texts = [int(line.rsplit("  ", 1)[1].split()[0].replace(",", "")) for line in lines]
     assert min(texts) >= 100 and all(" labels (" in line for line in lines)
+
+
+@pytest.mark.parametrize("line, table, said", [
+    ("max_texts = -5", "task", "task 'task0': max_texts: -5: give an integer >= 2"),
+    ('max_texts = "50"', "task", "task 'task0': max_texts: give an integer, not '50'"),
+    ('seeds = "12"', "defaults", "[defaults] seeds: give a count or a list of integers"),
+    ("folds = 0", "defaults", "[defaults] folds: 0: give 1 (one split)"),
+    ("rope = -1", "defaults", "[defaults] rope: -1: give a number of 0 or more"),
+    ('metric = "nope"', "defaults", "[defaults] metric: nope: use one of accuracy"),
+])
+def test_a_suite_files_bad_value_is_one_line_naming_the_file_task_and_key(tmp_path, line,
+                                                                          table, said):
+    suite = write_suite(tmp_path, tasks=1)
+    text = suite.read_text().replace("folds = 3\n", "")
+    if table == "task":
+        text += line + "\n"
+    else:
+        text = text.replace("[defaults]\n", f"[defaults]\n{line}\n")
+    suite.write_text(text)
+    result = invoke(["suite", suite, "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (error,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert f"suite file '{suite}'" in error and said in error, error
+
+
+def test_a_suite_files_poolers_string_is_split_at_commas_as_the_command_line_does(tmp_path):
+    suite = write_suite(tmp_path, tasks=1)
+    suite.write_text(suite.read_text().replace("poolers = [", 'poolers = "cls,mean"\n#['))
+    _, configs = poolkit.pipeline.suites.task_configs(read_suite(suite), {})
+    assert configs["task0"].poolers == ("cls", "mean")

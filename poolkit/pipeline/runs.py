@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from poolkit.errors import PoolkitError
-from poolkit.files import sha256_file, tensors_sha256, write_atomic, write_tensors
+from poolkit.files import MARKER, OWN_SUBFOLDERS, sha256_file, tensors_sha256, write_atomic, write_tensors
 from poolkit.heads.base import TrainedHead
 from poolkit.version import __version__
 
-#: The file that marks a folder as a poolkit run directory and lists poolkit's
-#: files in it, each with the sha256 of what poolkit wrote.
-MARKER = ".poolkit-run.json"
+
+
+#: What a poolkit folder is made for (its marker's ``kind``).
+KINDS = ("run", "suite")
 
 
 class RunDirectory:
@@ -37,8 +38,7 @@ class RunDirectory:
     def __init__(self, path):
         self.path = Path(path)
 
-    def files(self) -> dict | None:
-        """``{relative path: sha256}`` of poolkit's files, or ``None`` if not a run directory."""
+    def _record(self) -> dict | None:
         try:
             record = json.loads((self.path / MARKER).read_text())
             files = record["files"]
@@ -47,33 +47,63 @@ class RunDirectory:
         if not isinstance(files, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             return None
-        return files
+        return record
 
-    def claim(self, names=(), subfolders=("heads",)) -> None:
-        """Create the run directory (with ``subfolders``), or check that the existing
-        folder is one, and that poolkit may write ``names`` there; fail with one line
-        before any work."""
+    def files(self) -> dict | None:
+        """``{relative path: sha256}`` of poolkit's files, or ``None`` if not a run directory."""
+        record = self._record()
+        return record["files"] if record is not None else None
+
+    def kind(self) -> str | None:
+        """What poolkit made the folder for: ``run`` or ``suite`` (read from folders older
+        than the record by the files they list), ``None`` when not yet known."""
+        record = self._record()
+        if record is None:
+            return None
+        if record.get("kind") in KINDS:
+            return record["kind"]
+        files = record["files"]
+        return "suite" if "suite.json" in files else "run" if files else None
+
+    def claim(self, names=(), subfolders=("heads",), kind: str = "run") -> None:
+        """Create the ``kind`` directory (a run's or a suite's, with ``subfolders``), or
+        check that the existing folder is poolkit's own of that kind, and that poolkit may
+        write ``names`` there; fail with one line before any work, leaving it untouched."""
         try:
-            if self.path.exists() and not self.path.is_dir():
-                raise PoolkitError(f"--out '{self.path}' is a file, not a folder; "
-                                   "choose another --out")
-            if self.path.is_dir() and self.files() is None:
-                found = sorted(p.name for p in self.path.iterdir())
-                if found:
-                    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-                    raise PoolkitError(
-                        f"--out '{self.path}' is a folder poolkit did not create (it holds "
-                        f"{shown}); poolkit writes only into new, empty or its own run "
-                        "folders: choose another --out")
+            self._refuse_others(kind)
             self.path.mkdir(parents=True, exist_ok=True)
+            if self.files() is None:  # the marker first: a folder cut off after is ours
+                write_atomic(self.path / MARKER, _marker({}, kind))
             for folder in subfolders:
                 (self.path / folder).mkdir(exist_ok=True)
-            if self.files() is None:
-                write_atomic(self.path / MARKER, _marker({}))
         except OSError as exc:
-            raise PoolkitError(f"cannot write run directory '{self.path}': "
+            raise PoolkitError(f"cannot write {kind} directory '{self.path}': "
                                f"{exc.strerror or exc}; choose another --out") from None
         self._check(names, self.files() or {})
+
+    def _refuse_others(self, kind: str) -> None:
+        """Refuse a file, a folder poolkit did not make (anything in it but empty
+        ``heads``/``models`` folders a cut-off claim left), and poolkit's folder of
+        another kind."""
+        if self.path.exists() and not self.path.is_dir():
+            raise PoolkitError(f"--out '{self.path}' is a file, not a folder; "
+                               "choose another --out")
+        if not self.path.is_dir():
+            return
+        if self.files() is None:
+            found = sorted(p.name for p in self.path.iterdir()
+                           if not (p.name in OWN_SUBFOLDERS and p.is_dir()
+                                   and not any(p.iterdir())))
+            if found:
+                shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+                raise PoolkitError(
+                    f"--out '{self.path}' is a folder poolkit did not create (it holds "
+                    f"{shown}); poolkit writes only into new, empty or its own run "
+                    "folders: choose another --out")
+        elif self.kind() not in (None, kind):
+            raise PoolkitError(f"--out '{self.path}' is a poolkit {self.kind()} folder, not a "
+                               f"{kind} folder, and poolkit does not write one kind's results "
+                               "into another's: choose another --out")
 
     def _check(self, names, files: dict) -> None:
         for name in names:
@@ -111,7 +141,7 @@ class RunDirectory:
                     if stale.is_file() and not stale.is_symlink() \
                             and sha256_file(stale) == files[name]:
                         stale.unlink()
-                write_atomic(self.path / MARKER, _marker(kept))
+                write_atomic(self.path / MARKER, _marker(kept, self.kind()))
         except OSError as exc:
             raise PoolkitError(f"cannot write run directory '{self.path}': "
                                f"{exc.strerror or exc}") from None
@@ -137,9 +167,9 @@ def check_saved_models(out) -> None:
                                "write over it; move it away or choose another --out")
 
 
-def _marker(files: dict) -> str:
-    return json.dumps({"poolkit": __version__, "files": dict(sorted(files.items()))},
-                      indent=1) + "\n"
+def _marker(files: dict, kind: str | None) -> str:
+    record = {"poolkit": __version__, "files": dict(sorted(files.items()))}
+    return json.dumps({**record, "kind": kind} if kind else record, indent=1) + "\n"
 
 
 @contextmanager

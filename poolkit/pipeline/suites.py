@@ -20,7 +20,7 @@ from poolkit.evaluation import across
 from poolkit.evaluation.across import METHODS, RESERVED, Verdict
 from poolkit.evaluation.decisions import default_rope
 from poolkit.identity import RUNS_FOLDER, digest
-from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS
+from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS, flag_name
 from poolkit.pipeline.results import read_table_back
 from poolkit.pipeline.runs import RunDirectory
 from poolkit.pipeline.stages import load_data, run_config
@@ -172,7 +172,7 @@ def task_configs(suite: Suite, options: dict, out=None) -> tuple:
         def named(name):
             if name in task.options:
                 return f"{file}: task '{task.name}': {name}"
-            return f"{file}: [defaults] {name}" if name not in given else name
+            return f"{file}: [defaults] {name}" if name not in given else flag_name(name)
         return named
 
     configs = {task.name: RunConfig.from_options({**chosen, **task.options}, where(task))
@@ -208,7 +208,7 @@ def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> 
     out, configs = task_configs(suite, options or {}, out)
     for config in configs.values():
         config.validate()
-    RunDirectory(out).claim(SUITE_FILES, subfolders=())
+    RunDirectory(out).claim(SUITE_FILES, subfolders=(), kind="suite")
     runs, missing = {}, {}
     for number, (name, config) in enumerate(configs.items(), start=1):
         log(f"task {name} ({number} of {len(configs)}): {config.data}")

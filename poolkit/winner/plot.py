@@ -15,7 +15,7 @@ from poolkit.errors import PoolkitError, one_line
 from poolkit.evaluation.across import chosen_pairs, format_p
 from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
-from poolkit.files import write_atomic
+from poolkit.files import refuse_owned, write_atomic
 from poolkit.pipeline.results import NAME_COLUMNS, read_table_back
 from poolkit.pipeline.runs import RunDirectory
 from poolkit.pipeline.suites import read_verdict
@@ -519,6 +519,8 @@ def _write_charts(run_dir: Path, contents: dict, out_dir) -> list[Path]:
         run.write({f"plots/{name}": save for name, save in contents.items()}, replace=False)
         return [run_dir / "plots" / name for name in contents]
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    for name in contents:
+        refuse_owned(out_dir / name, "--out-dir")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, save in contents.items():
