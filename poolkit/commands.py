@@ -231,8 +231,12 @@ def export(run_dir, fmt, table, output):
 @click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
 @click.option("--force", is_flag=True,
               help="Use a pooler whose plugin changed since the run (default: refuse).")
+@click.option("--empty-texts", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True, help="Rows whose text is empty or whitespace: stop with an "
+              "error naming the first, or leave them out (counted; the others keep their row "
+              "numbers).")
 def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, cache_dir,
-            device, force):
+            device, force, empty_texts):
     """Label new texts with a finished run's feature set and its final head (trained on
     all the run's items on first use, then kept in RUN_DIR/heads): each text's
     predicted label and p_<label> columns in labels.json order."""
@@ -240,7 +244,7 @@ def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, ca
         check_output(output)
     options = read_run(run_dir).settings["options"]
     texts, rows = read_texts(data, text_col or options.get("text_col", "text"), encoding,
-                             text_pair_col or options.get("text_pair_col"))
+                             text_pair_col or options.get("text_pair_col"), empty_texts, _log)
     classifier = load(run_dir, set_id, cache_dir=cache_dir, device=device, force=force,
                       log=_log)
     frame = predictions_frame(classifier, texts, rows)

@@ -2,6 +2,7 @@
 
 import codecs
 import math
+import os
 import re
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
 from functools import cache, cached_property
@@ -159,8 +160,12 @@ class RunConfig:
         models = list(self.model)
         if not models:
             raise PoolkitError("--model: give at least one model")
-        if len(set(map(str, models))) != len(models):
-            raise PoolkitError(f"--model lists a model twice: {','.join(map(str, models))}")
+        seen = {}
+        for model in models:  # one folder under two spellings (M, M/, ./M) is one model
+            same = os.path.realpath(model) if os.path.exists(str(model)) else str(model)
+            if same in seen:
+                raise PoolkitError(f"--model lists a model twice: {seen[same]} and {model}")
+            seen[same] = model
         return models
 
     def encoder(self, model=None):

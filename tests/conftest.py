@@ -243,6 +243,17 @@ def one_error_line(result, *culprits) -> str:
     return errors[0]
 
 
+def write_owned(folder, contents: dict, kind: str = "run"):
+    """Write ``contents`` ({name: text}) into ``folder`` as poolkit writes a run's files
+    (recorded in its marker), so a test can hand poolkit a folder of its own; returns it."""
+    from poolkit.pipeline.runs import RunDirectory
+
+    run = RunDirectory(folder)
+    run.claim(subfolders=(), kind=kind)
+    run.write(contents, replace=False)
+    return Path(folder)
+
+
 def run_command(data, model, out, *extra, poolers="mean,cls", seeds=1, epochs=2):
     """``poolkit run`` on ``data`` with ``model`` into ``out`` (quick heads), ``extra``
     options after."""

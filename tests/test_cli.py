@@ -15,6 +15,8 @@ from conftest import (
     invoke,
     make_rows,
     modules_after_help,
+    one_error_line,
+    write_owned,
     write_rows,
 )
 
@@ -169,12 +171,24 @@ GARBLED = {
 def test_export_of_a_garbled_summary_is_one_line(finished_run, tmp_path, garble, fmt):
     run = tmp_path / "run"
     shutil.copytree(finished_run[1], run)
-    (run / "summary.csv").write_text(GARBLED[garble])
+    write_owned(run, {"summary.csv": GARBLED[garble]})  # as if poolkit had written it
     result = invoke(["export", run, "--format", fmt])
     if fmt == "csv" and garble != "an unterminated quote":
         return  # csv passes cells through as they are: nothing to misread
     assert_clean_failure(result, str(run / "summary.csv"), "was it written by poolkit run?")
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
+
+
+@pytest.mark.parametrize("name, table", [("summary.csv", "summary"), ("pairs.csv", "pairs"),
+                                         ("recipe.json", "recipe")])
+def test_a_file_edited_after_the_run_is_refused_before_it_is_read(finished_run, tmp_path, name,
+                                                                  table):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[1], run)
+    with (run / name).open("a") as handle:
+        handle.write("\n")
+    result = invoke(["export", run, "--format", "md", "--table", table])
+    one_error_line(result, str(run / name), "changed after poolkit wrote it")
 
 
 def _csv(path, text):

@@ -64,9 +64,28 @@ def test_two_models_one_table_and_paired_tests_across_them(small_csv, tiny_model
     assert (out / "results.csv").read_text() == results.to_csv(index=False)
 
 
-def test_a_model_listed_twice_is_an_error(small_csv, tiny_model_dir):
-    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{tiny_model_dir}"])
-    assert result.exit_code == 1 and "lists a model twice" in result.output
+@pytest.mark.parametrize("spelling", ["{m}", "{m}/", "{m}/../{name}", "./{rel}"])
+def test_a_model_listed_twice_is_an_error_however_spelled(small_csv, tiny_model_dir, spelling,
+                                                          monkeypatch):
+    monkeypatch.chdir(tiny_model_dir.parent.parent)
+    again = spelling.format(m=tiny_model_dir, name=tiny_model_dir.name,
+                            rel=tiny_model_dir.relative_to(tiny_model_dir.parent.parent))
+    result = invoke(["run", "--data", small_csv, "--model", f"{tiny_model_dir},{again}"])
+    assert result.exit_code == 1 and "lists a model twice" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_model_folder_without_its_tokenizer_is_one_line(small_csv, tiny_model_dir, tmp_path):
+    """transformers builds a five-token tokenizer for a folder without tokenizer files, and
+    every word is [UNK]: the model would run at chance."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, bare / name)
+    result = invoke(["run", "--data", small_csv, "--model", bare, "--out", tmp_path / "r"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert str(bare) in line and "no tokenizer of its own" in line
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke, modules_after_help, one_error_line
+from conftest import invoke, modules_after_help, one_error_line, write_owned
 
 from poolkit.errors import PoolkitError
 from poolkit.evaluation.metrics import METRICS
@@ -45,12 +45,11 @@ def failed_row(pooler, layer):
 
 
 def write_run(path, rows, settings=None):
-    path.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(path / "summary.csv", index=False)
+    """A run folder as poolkit writes one, holding a summary of ``rows`` and ``settings``."""
     settings = settings or {"model": "/models/tiny-bert", "data": "/data/reviews.csv",
                             "layers": [6], "num_layers": 6}
-    (path / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    return path
+    return write_owned(path, {"summary.csv": pd.DataFrame(rows).to_csv(index=False),
+                              "settings.json": json.dumps(settings, indent=2) + "\n"})
 
 
 SINGLE_ROWS = [  # one layer: accuracy order is mean, cls, max, bert_pooler
@@ -306,7 +305,7 @@ def test_dot_chart_title_names_the_protocol(single_run):
     for extra, expected in [({"protocol": "default", "folds": 5}, "tiny-bert on reviews.csv, "
                              "5-fold cross-fitted"),
                             ({"protocol": "mteb", "folds": 1}, "reviews.csv, mteb (one test split)")]:
-        (single_run / "settings.json").write_text(json.dumps({**settings, **extra}))
+        write_owned(single_run, {"settings.json": json.dumps({**settings, **extra})})
         plot_run(single_run, "mcc", formats=("svg",))
         assert any(expected in t for t in svg_texts(single_run / "plots" / "mcc.svg")), expected
 

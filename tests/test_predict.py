@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PLUGINS_DIR, invoke, write_rows
+from conftest import PLUGINS_DIR, invoke, one_error_line, write_owned, write_rows
 
 import poolkit
 from poolkit.errors import PoolkitError
@@ -139,6 +139,29 @@ def test_predict_defaults_to_the_runs_best_set_and_names_it(finished, tmp_path):
     assert "labels: 0=neg, 1=pos" in result.output
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_blank_lines_are_rows_said_or_counted_never_dropped(finished, tmp_path, suffix):
+    """Five lines of texts, two blank or whitespace-only: an error naming the first of them
+    by its line; with --empty-texts skip, three predictions whose rows name their lines."""
+    run, _ = finished
+    lines = ["a fine film", "", "a dull plot", "   ", "what a film"]
+    new = tmp_path / f"new{suffix}"
+    if suffix == ".csv":
+        new.write_text("text\n" + "\n".join(lines) + "\n")
+    else:
+        new.write_text("\n".join(json.dumps({"text": t}) if t.strip() else t
+                                  for t in lines) + "\n")
+    result = invoke(["predict", run, "--data", new])
+    one_error_line(result, new.name, "2 row(s)", "first at row 2", "--empty-texts skip")
+    result = invoke(["predict", run, "--data", new, "--empty-texts", "skip", "-o",
+                     tmp_path / "out.csv"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert table["row"].tolist() == [1, 3, 5]
+    assert table["text"].tolist() == ["a fine film", "a dull plot", "what a film"]
+    assert "2 row(s) with an empty or whitespace-only text" in result.output
+
+
 def test_load_predicts_label_names_and_probabilities_in_label_order(finished):
     classifier = poolkit.load(finished[0], "mean")
     p = classifier.predict_proba(TEXTS)
@@ -221,12 +244,12 @@ def test_bad_input_is_one_line_each(finished, tmp_path):
         assert error.startswith("Error: ") and all(e in error for e in expected), error
 
     fails(["predict", run, "--set", "nope", "--data", new], "--set nope", "cls@2, mean@2")
-    fails(["predict", tmp_path, "--data", new], "is not a finished poolkit run directory")
+    fails(["predict", tmp_path, "--data", new], "is not a finished poolkit run")
     fails(["predict", tmp_path / "missing", "--data", new], "does not exist")
     fails(["predict", run, "--data", new, "--text-col", "body"], "no text column 'body'")
     blank = tmp_path / "blank.csv"
     blank.write_text('text\ngood\n""\n')
-    fails(["predict", run, "--data", blank], "blank.csv", "column 'text'", "row 2")
+    fails(["predict", run, "--data", blank], "blank.csv", "column(s) 'text'", "row 2")
     fails(["export-model", run, "--set", "mean@2", "-o", tmp_path / "m"],
           "mean@2 is not a transformers class", "--format sentence-transformers")
     fails(["export-model", run, "--set", "attention@2", "-o", tmp_path / "m",
@@ -304,14 +327,29 @@ def test_a_finetuned_set_predicts_and_exports_with_its_kept_model(tmp_path, tiny
     assert result.exit_code == 1 and "--save-models" in result.output
 
 
+@pytest.mark.parametrize("name", ["labels.json", "summary.csv", "settings.json"])
+def test_a_run_folder_edited_after_the_run_is_refused(tmp_path, finished, name):
+    """Swapped label names would name every prediction wrongly: the marker's sha256 of each
+    file is checked before it is read."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    if name == "labels.json":
+        (run / name).write_text(json.dumps({"0": "pos", "1": "neg"}))
+    else:
+        (run / name).write_text((run / name).read_text().replace("0", "1", 1))
+    for args in (["predict", run, "--data", finished[1]], ["export-model", run, "-o", tmp_path / "m"]):
+        one_error_line(invoke(args), str(run / name), "changed after poolkit wrote it")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_run_without_a_finished_set_is_one_line(tmp_path, finished):
     run = tmp_path / "run"
     shutil.copytree(finished[0], run)
     summary = pd.read_csv(run / "summary.csv", dtype=str, keep_default_na=False)
-    summary.assign(status="failed: broken").to_csv(run / "summary.csv", index=False)
+    write_owned(run, {"summary.csv": summary.assign(status="failed: broken").to_csv(index=False)})
     result = invoke(["predict", run, "--data", finished[1]])
     assert result.exit_code == 1 and "has no finished feature set" in result.output
-    (run / "settings.json").write_text(json.dumps({"data": None}))  # an older poolkit's
+    write_owned(run, {"settings.json": json.dumps({"data": None})})  # an older poolkit's
     result = invoke(["export-model", run, "-o", tmp_path / "m"])
     assert result.exit_code == 1 and "written by an older poolkit" in result.output
 

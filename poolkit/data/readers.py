@@ -80,8 +80,10 @@ def read_table(path, encoding: str = "utf-8"):
         )
     try:
         if kind in ("csv", "tsv"):
+            # a blank line is a row (with empty cells): row numbers count every line
             frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding=encoding,
-                                dtype=str, keep_default_na=False, na_filter=False)
+                                dtype=str, keep_default_na=False, na_filter=False,
+                                skip_blank_lines=False)
         elif kind == "jsonl":
             frame = _read_jsonl(path, encoding)
         else:
@@ -339,7 +341,8 @@ def _read_jsonl(path, encoding: str = "utf-8"):
     records = []
     with get_handle(path, "r", encoding=encoding, compression="infer") as handle:
         for number, line in enumerate(handle.handle, start=1):
-            if not line.strip():
+            if not line.strip():  # a row without values: row numbers count every line
+                records.append({})
                 continue
             try:
                 record = json.loads(line, parse_int=str, parse_float=str,
@@ -483,27 +486,34 @@ def read_examples(path, text_col: str, label_col: str, empty_texts: str = "error
     return [texts[i] for i in kept], raw
 
 
-def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str | None = None):
+def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str | None = None,
+               empty: str = "error", log=None):
     """``(texts, rows)``: every row's text (a ``(text, text_pair)`` pair with
-    ``text_pair_col``) of a file of texts to label, and the rows' 1-based numbers. No
-    row is skipped, so each output row answers one input row: a missing, empty or
-    whitespace-only text is an error naming the file, the column and the row."""
+    ``text_pair_col``) of a file of texts to label, and the rows' 1-based numbers (a blank
+    line is a row too), so each output row names its input row. A missing, empty or
+    whitespace-only text is an error naming the file, the column and the row; with
+    ``empty="skip"`` its row is left out, counted in a line to ``log``."""
     frame = read_table(path, encoding)
     columns = [text_col] + ([text_pair_col] if text_pair_col is not None else [])
     _check_columns(frame, path, list(zip(("text", "text-pair"), columns)))
-    values = []
-    for column in columns:
-        texts = _column_text(frame, column, "text", path)
-        blank = [row for row, text in enumerate(texts) if text is None or not text.strip()]
-        if blank:
-            raise PoolkitError(f"data file '{path}': {len(blank)} empty or whitespace-only "
-                               f"text(s) in column '{column}', first at row {blank[0] + 1}; "
-                               "there is nothing to predict from")
-        values.append(texts)
-    if not values[0]:
+    values = [_column_text(frame, column, "text", path) for column in columns]
+    blank = sorted({row for texts in values for row, text in enumerate(texts)
+                    if text is None or not text.strip()})
+    if blank:
+        said = (f"data file '{path}': {len(blank)} row(s) with an empty or whitespace-only "
+                f"text in column(s) {', '.join(repr(c) for c in columns)}, first at row "
+                f"{blank[0] + 1}")
+        if empty != "skip":
+            raise PoolkitError(f"{said}; there is nothing to predict from (--empty-texts "
+                               "skip leaves them out)")
+        if log is not None:
+            log(f"warning: {said}: left out, the other rows keep their numbers")
+    rows = np.array([row for row in range(len(values[0])) if row not in set(blank)]) + 1
+    if not len(rows):
         raise PoolkitError(f"data file '{path}' has no rows to predict")
-    texts = list(zip(*values)) if text_pair_col is not None else values[0]
-    return texts, np.arange(1, len(texts) + 1)
+    picked = [[texts[row - 1] for row in rows] for texts in values]
+    texts = list(zip(*picked)) if text_pair_col is not None else picked[0]
+    return texts, rows
 
 
 def load_default_examples():

@@ -404,9 +404,22 @@ def _load_checked(name: str, path: str, trust_remote_code: bool):
             "states of an encoder (BERT, RoBERTa, MiniLM, ...) or a decoder-only model "
             "(GPT-2, Llama, Qwen, ...)"
         )
+    _check_vocabulary(name, config, tokenizer)
     if not getattr(tokenizer, "is_fast", False):
         raise PoolkitError(f"model '{name}' has no fast tokenizer; poolkit needs one")
     return config, tokenizer
+
+
+def _check_vocabulary(name: str, config, tokenizer) -> None:
+    """Refuse a tokenizer that knows under half the model's vocabulary: what transformers
+    builds for a folder without tokenizer files (five special tokens, every word [UNK]),
+    with which a model runs at chance."""
+    size = getattr(config, "vocab_size", None)
+    if isinstance(size, int) and size > 0 and len(tokenizer) < size / 2:
+        raise PoolkitError(
+            f"model '{name}': its tokenizer knows {len(tokenizer)} tokens and the model "
+            f"{size}; the folder has no tokenizer of its own (tokenizer.json, vocab.txt, "
+            "...): copy the tokenizer files in beside config.json")
 
 
 def _remote_code_hint(exc: Exception, trusted: bool) -> str:

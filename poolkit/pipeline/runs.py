@@ -81,6 +81,23 @@ class RunDirectory:
                                f"{exc.strerror or exc}; choose another --out") from None
         self._check(names, self.files() or {})
 
+    def verify(self, *names) -> None:
+        """Before reading ``names`` (files of this folder): refuse, in one line, a folder
+        without poolkit's marker and a file poolkit did not write there or that changed
+        since (its sha256 is not the one the marker records). A missing file is left to
+        its reader to name."""
+        files = self.files()
+        if files is None:
+            raise PoolkitError(f"'{self.path}' is not a finished poolkit run or suite "
+                               f"directory (no readable {MARKER})")
+        for name in names:
+            path = self.path / name
+            if path.is_file() and files.get(name) != sha256_file(path):
+                raise PoolkitError(
+                    f"'{path}' was changed after poolkit wrote it (its sha256 is not the one "
+                    f"{MARKER} records), and poolkit does not read an edited run: restore it "
+                    "or run the command again")
+
     def _refuse_others(self, kind: str) -> None:
         """Refuse a file, a folder poolkit did not make (anything in it but empty
         ``heads``/``models`` folders a cut-off claim left), and poolkit's folder of

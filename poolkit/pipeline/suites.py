@@ -274,6 +274,7 @@ def read_verdict(out) -> object:
     import json
 
     out = Path(out)
+    RunDirectory(out).verify(*SUITE_FILES)
     try:
         settings = json.loads((out / "suite.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

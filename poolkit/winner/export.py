@@ -85,6 +85,7 @@ def export_run(run_dir, fmt: str, table: str = "summary") -> str:
             hint = " (run with --predictions to save them)" if table == "predictions" else ""
             raise PoolkitError(f"run directory '{run_dir}' has no {path.name} from its last "
                                f"run{hint}")
+    RunDirectory(run_dir).verify(path.name)
     try:
         if table == "grid":
             grid = _primary_grid(run_dir)

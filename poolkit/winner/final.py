@@ -37,7 +37,7 @@ from poolkit.heads.linear import train_heads
 from poolkit.heads.trainable import TrainablePoolerHeads
 from poolkit.identity import RunIdentity
 from poolkit.pipeline.results import texts_columns
-from poolkit.pipeline.runs import RunStore
+from poolkit.pipeline.runs import RunDirectory, RunStore
 from poolkit.pipeline.stages import encode_for, load_data, model_labels, pool, resolve_poolers
 from poolkit.pooling.features import feature_id, feature_sets, finetuned_sets, setup_poolers
 
@@ -72,6 +72,7 @@ def read_run(run_dir) -> SavedRun:
     path = Path(run_dir)
     if not path.is_dir():
         raise PoolkitError(f"run directory '{path}' does not exist")
+    RunDirectory(path).verify("settings.json", "recipe.json", "labels.json", "summary.csv")
     try:
         settings = json.loads((path / "settings.json").read_text())
         recipe = json.loads((path / "recipe.json").read_text())

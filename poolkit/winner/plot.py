@@ -79,6 +79,7 @@ def read_summary(run_dir):
     path = Path(run_dir) / "summary.csv"
     if not path.is_file():
         raise PoolkitError(f"'{run_dir}' is not a poolkit run directory (no summary.csv)")
+    RunDirectory(run_dir).verify("summary.csv", "settings.json")
     try:
         summary = read_table_back(path, NAME_COLUMNS["summary"])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
