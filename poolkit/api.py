@@ -103,7 +103,8 @@ def suite(suite=None, *, out=None, log=None, **options):
     return run_suite(chosen, options, out=out, log=log)
 
 
-def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=None):
+def load(run_dir, set=None, *, cache_dir=None, device=None, force=False,
+         trust_remote_code=False, log=None):
     """The final model of one feature set of a finished run, for labelling new texts: a
     :class:`~poolkit.winner.final.Classifier` with ``predict(texts)`` (label names) and
     ``predict_proba(texts)`` (columns in ``classes_`` order, the run's labels.json).
@@ -112,7 +113,8 @@ def load(run_dir, set=None, *, cache_dir=None, device=None, force=False, log=Non
     the run's best by its primary metric. Its final head (trained on every labelled
     item, for the median best epoch of the run's heads) is trained on first use and
     kept in ``run_dir/heads``. ``force``: use a pooler whose plugin changed since the
-    run (with a warning) instead of refusing it.
+    run (with a warning) instead of refusing it. A run whose model ran its own code is
+    loaded only with ``trust_remote_code=True``.
     """
     return load_final(run_dir, set, cache_dir=cache_dir, device=device, force=force,
-                      log=log or (lambda message: None))
+                      trust_remote_code=trust_remote_code, log=log or (lambda message: None))

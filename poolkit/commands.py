@@ -13,6 +13,7 @@ import click
 from poolkit.api import suite as run_suite
 from poolkit.config import RunConfig
 from poolkit.data.readers import read_texts
+from poolkit.errors import PoolkitError
 from poolkit.evaluation.decisions import rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
 from poolkit.files import check_output, write_output
@@ -43,6 +44,10 @@ class PluginsFailed(click.ClickException):
 
     exit_code = 3
 
+
+#: predict's and export-model's --trust-remote-code.
+RERUN_REMOTE_CODE = ("Let the run's model run its own code again (a run made with "
+                     "--trust-remote-code is refused without it).")
 
 #: The table's legend for a pooler marked "(own)".
 OWN = ("(own) = the pooling the model was trained with, as its sentence-transformers "
@@ -235,18 +240,22 @@ def export(run_dir, fmt, table, output):
               show_default=True, help="Rows whose text is empty or whitespace: stop with an "
               "error naming the first, or leave them out (counted; the others keep their row "
               "numbers).")
+@click.option("--trust-remote-code", is_flag=True, help=RERUN_REMOTE_CODE)
 def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, cache_dir,
-            device, force, empty_texts):
+            device, force, empty_texts, trust_remote_code):
     """Label new texts with a finished run's feature set and its final head (trained on
     all the run's items on first use, then kept in RUN_DIR/heads): each text's
     predicted label and p_<label> columns in labels.json order."""
     if output is not None:
         check_output(output)
     options = read_run(run_dir).settings["options"]
+    if text_pair_col is not None and options.get("text_pair_col") is None:
+        raise PoolkitError(f"--text-pair-col {text_pair_col}: run '{run_dir}' was on single "
+                           "texts, and its model labels single texts: leave --text-pair-col out")
     texts, rows = read_texts(data, text_col or options.get("text_col", "text"), encoding,
                              text_pair_col or options.get("text_pair_col"), empty_texts, _log)
     classifier = load(run_dir, set_id, cache_dir=cache_dir, device=device, force=force,
-                      log=_log)
+                      trust_remote_code=trust_remote_code, log=_log)
     frame = predictions_frame(classifier, texts, rows)
     _log("labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(classifier.classes_)))
     text = frame.to_csv(index=False)
@@ -273,10 +282,12 @@ def predict(run_dir, set_id, data, text_col, text_pair_col, encoding, output, ca
               help="The cache the run used, if not the default one.")
 @click.option("--force", is_flag=True,
               help="Use a pooler whose plugin changed since the run (default: refuse).")
-def export_model(run_dir, set_id, out, fmt, cache_dir, force):
+@click.option("--trust-remote-code", is_flag=True, help=RERUN_REMOTE_CODE)
+def export_model(run_dir, set_id, out, fmt, cache_dir, force, trust_remote_code):
     """Write a finished run's feature set (encoder, pooler, final head) as a model that
     transformers or sentence-transformers load without poolkit, its label names inside."""
-    write(run_dir, set_id, out, fmt, cache_dir=cache_dir, force=force, log=_log)
+    write(run_dir, set_id, out, fmt, cache_dir=cache_dir, force=force,
+          trust_remote_code=trust_remote_code, log=_log)
 
 
 @click.command()

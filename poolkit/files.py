@@ -1,12 +1,13 @@
 """Writing files safely: whole or not at all, never over what is not poolkit's to replace."""
 
 import hashlib
+import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from poolkit.errors import PoolkitError
-
 
 #: The file that marks a folder as poolkit's own (a run or a suite directory) and lists
 #: poolkit's files in it, each with the sha256 of what poolkit wrote.
@@ -15,12 +16,20 @@ MARKER = ".poolkit-run.json"
 OWN_SUBFOLDERS = ("heads", "models")
 
 
+def path_part(name: str) -> str:
+    """``name`` as one safe part of a path: itself when it is only letters, digits and
+    ``_ . @ + -`` (and not ``.`` or ``..``), else those characters kept, the others made
+    ``_``, and 8 hex digits of its sha256 added, so two names never share a part."""
+    safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
+    if safe != name or safe.strip(".") == "":
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
+
+
 def owner(path) -> Path | None:
     """The poolkit run or suite directory whose own file ``path`` is (links followed): one
     its marker lists, one inside its ``heads/`` or ``models/``, or its marker and lock;
     ``None`` when no poolkit folder holds it."""
-    import json
-
     path = Path(os.path.realpath(path))
     for folder in path.parents:
         marker = folder / MARKER

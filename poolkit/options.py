@@ -57,7 +57,7 @@ class Option:
     only. ``group``: which of :data:`GROUPS` it belongs to. ``into``: the head's or
     fine-tuning's setting it sets (``head.max_epochs``), else the
     :class:`~poolkit.config.RunConfig` field of its name. ``cli``/``api``: on the command
-    line / a keyword of :func:`poolkit.run`."""
+    line / a keyword of :func:`poolkit.run`; ``in_files``: a suite file may set it."""
 
     name: str
     help: str
@@ -71,6 +71,9 @@ class Option:
     flag: bool = False
     cli: bool = True
     api: bool = True
+    #: whether a suite file may set it (not an option that lets code run: only the
+    #: command or call that runs it may)
+    in_files: bool = True
     #: what ``poolkit run`` passes when the option is not given, where it is not
     #: ``default`` (run folders named by the CLI's options depend on it)
     cli_default: object = None
@@ -184,7 +187,8 @@ OPTIONS = {option.name: option for option in (
     Option("plugins_dir", "Also load every *.py file in this folder as a plugin.", "path",
            type=_DIR, group="poolers"),
     Option("trust_remote_code", "Let transformers run the model repository's own code (off "
-           "by default).", "bool", default=False, flag=True, group="encoder"),
+           "by default; not from a suite file).", "bool", default=False, flag=True,
+           group="encoder", in_files=False),
     Option("attn_implementation", "The encoder's attention kernel; auto: transformers' "
            "choice (SDPA where the architecture has it, else eager).", default="auto",
            type=_choice(ATTENTION), identity="when set", group="encoder"),

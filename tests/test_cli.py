@@ -365,3 +365,34 @@ def test_the_group_lists_each_command_with_its_own_help():
         assert group.COMMANDS[name] == command.get_short_help_str(10**6), name
         assert group.cli.get_command(None, name) is command
     assert group.cli.get_command(None, "nope") is None
+
+
+def test_markdown_exports_escape_what_markdown_reads_as_structure(tmp_path, tiny_model_dir):
+    """Labels with a pipe, a line break and raw HTML: every exported row has the header's
+    number of cells, no raw tag passes through, and the exported model's README table holds
+    one row per label."""
+    labels = ["[x]|y", "two\nlines", "<script>alert(1)</script>"]
+    rows = [(text, labels[i % 3]) for i, (text, _) in enumerate(make_rows(90))]
+    data = tmp_path / "odd.csv"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(data, index=False)
+    out = tmp_path / "run"
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--poolers", "mean",
+                     "--seeds", 1, "--epochs", 2, "--folds", 1, "--predictions", "--out", out])
+    assert result.exit_code == 0, result.output
+
+    def cells(line):
+        return len(re.findall(r"(?<!\\)\|", line))
+
+    for table in ("predictions", "summary"):
+        text = invoke(["export", out, "--format", "md", "--table", table]).stdout
+        lines = text.strip().splitlines()
+        assert len({cells(line) for line in lines}) == 1, text
+        assert "<script>" not in text
+        assert "&lt;script&gt;" in text or table == "summary"
+    model = tmp_path / "model"
+    assert invoke(["export-model", out, "--format", "sentence-transformers", "-o",
+                   model]).exit_code == 0
+    readme = (model / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| ") and "id" not in line]
+    assert len(table) == 3 and {cells(line) for line in table} == {3}
+    assert "<script>" not in readme

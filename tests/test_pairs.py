@@ -378,8 +378,40 @@ def test_a_run_warns_with_the_count_of_pairs_cut_to_max_length(pairs_csv, tiny_m
                      "hypothesis", "--model", tiny_model_dir, "--folds", 1, "--poolers",
                      "mean_a_b", "--max-length", 16, "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
-    assert (f"warning: {longer} of {len(frame)} pairs of texts are longer than 16 tokens "
-            "together and were truncated, longest first") in result.output
+    said = (f"warning: {longer} of {len(frame)} pairs of texts are longer than 16 tokens "
+            "together and were truncated, longest first")
+    assert said in result.output
+    again = invoke(["run", "--data", pairs_csv, "--text-col", "premise", "--text-pair-col",
+                    "hypothesis", "--model", tiny_model_dir, "--folds", 1, "--poolers",
+                    "mean_a_b", "--max-length", 16, "--out", tmp_path / "run2"])
+    assert "cache hit" in again.output and said in again.output  # said on a warm cache too
+
+
+@pytest.mark.slow
+def test_a_pair_run_exports_and_predicts_as_pairs_and_says_so(pairs_csv, tiny_model_dir,
+                                                              tmp_path, small_csv):
+    out = tmp_path / "run"
+    assert invoke(["run", "--data", pairs_csv, "--text-col", "premise", "--text-pair-col",
+                   "hypothesis", "--model", tiny_model_dir, "--folds", "1", "--poolers",
+                   "bert_pooler,mean", "--out", out]).exit_code == 0
+    for fmt, set_id, said in (("hf", "bert_pooler", '"text_pair": "its pair"'),
+                              ("sentence-transformers", "mean", '[["a text", "its pair"]]')):
+        result = invoke(["export-model", out, "--set", set_id, "--format", fmt, "-o",
+                         tmp_path / fmt])
+        assert result.exit_code == 0, result.output
+        assert said in (tmp_path / fmt / "README.md").read_text()
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tmp_path / "sentence-transformers"), device="cpu")
+    assert model.encode([["a text", "its pair"]]).shape == (1, 2)
+    single = tmp_path / "single"
+    assert invoke(["run", "--data", small_csv, "--model", tiny_model_dir, "--folds", "1",
+                   "--poolers", "mean", "--out", single]).exit_code == 0
+    result = invoke(["predict", single, "--data", pairs_csv, "--text-col", "premise",
+                     "--text-pair-col", "hypothesis"])
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert "--text-pair-col hypothesis" in line and "single texts" in line
+    assert not list((single / "heads").glob("*final*"))  # said before the final head trains
 
 
 @pytest.mark.slow

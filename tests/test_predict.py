@@ -7,6 +7,7 @@ the exported logits far beyond the tolerance (each test shows by how much).
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -337,7 +338,8 @@ def test_a_run_folder_edited_after_the_run_is_refused(tmp_path, finished, name):
         (run / name).write_text(json.dumps({"0": "pos", "1": "neg"}))
     else:
         (run / name).write_text((run / name).read_text().replace("0", "1", 1))
-    for args in (["predict", run, "--data", finished[1]], ["export-model", run, "-o", tmp_path / "m"]):
+    for args in (["predict", run, "--data", finished[1]],
+                 ["export-model", run, "-o", tmp_path / "m"]):
         one_error_line(invoke(args), str(run / name), "changed after poolkit wrote it")
     assert not (tmp_path / "m").exists()
 
@@ -371,3 +373,56 @@ def test_a_runs_prompt_goes_with_its_sentence_transformers_export(tmp_path, tiny
     np.testing.assert_allclose(model.encode(TEXTS), ours, atol=1e-4)
     assert np.abs(model.encode(TEXTS, prompt="") - ours).max() > 1e-3  # the prompt matters
     assert json.loads((out / "poolkit.json").read_text())["prompt"] == "the plot : "
+
+
+def test_a_run_that_ran_remote_code_is_loaded_again_only_when_asked(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    settings = json.loads((run / "settings.json").read_text())
+    settings["options"]["trust_remote_code"] = True
+    write_owned(run, {"settings.json": json.dumps(settings)})
+    for args in (["predict", run, "--data", finished[1]],
+                 ["export-model", run, "-o", tmp_path / "m"]):
+        one_error_line(invoke(args), "ran its model's own code", "--trust-remote-code")
+    with pytest.raises(PoolkitError, match="--trust-remote-code"):
+        poolkit.load(run)
+    said = invoke(["predict", run, "--data", finished[1], "--trust-remote-code"])
+    assert said.exit_code == 0, said.output
+    assert "runs its own code (--trust-remote-code)" in said.output
+
+
+def test_an_empty_head_file_is_damaged_and_trained_again_not_an_error(tmp_path, finished):
+    """A 0-byte .npy (a full disk, a truncation) is a damaged head, as an edited one is."""
+    from poolkit.pipeline.runs import RunStore
+
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    record = sorted((run / "heads").glob("*fold0-seed0.json"))[0]
+    saved = json.loads(record.read_text())
+    store, said = RunStore(run, saved["key"], log=[].append, folds=3), []
+    store.log = said.append
+    head = saved["head"]
+    assert store.load(head["feature_set"], saved["fingerprint"], 0, 0) is not None
+    record.with_suffix(".npy").write_bytes(b"")
+    assert store.load(head["feature_set"], saved["fingerprint"], 0, 0) is None
+    assert said and "damaged or was edited" in said[0]
+
+
+def test_export_model_to_a_folder_it_cannot_write_is_said_before_the_final_head(tmp_path,
+                                                                                finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    for final in (run / "heads").glob("*final*"):
+        final.unlink()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who writes anywhere")
+        result = invoke(["export-model", run, "--set", "mean@2", "--format",
+                         "sentence-transformers", "-o", locked / "m"])
+        one_error_line(result, str(locked), "not writable")
+        assert not list((run / "heads").glob("*final*"))
+    finally:
+        locked.chmod(0o700)

@@ -375,3 +375,35 @@ def test_a_suite_files_poolers_string_is_split_at_commas_as_the_command_line_doe
     suite.write_text(suite.read_text().replace("poolers = [", 'poolers = "cls,mean"\n#['))
     _, configs = poolkit.pipeline.suites.task_configs(read_suite(suite), {})
     assert configs["task0"].poolers == ("cls", "mean")
+
+
+@pytest.mark.parametrize("line, said", [
+    ('name = "x/../../../escaped"', "name 'x/../../../escaped'"),
+    ('name = ".."', "name '..'"),
+])
+def test_a_suite_name_that_would_leave_its_folder_is_refused(tmp_path, monkeypatch, line, said):
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path / "deep" / "files", tasks=1)
+    suite.write_text(suite.read_text().replace('name = "small"', line))
+    result = invoke(["suite", suite, "--dry-run"])
+    assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+
+
+@pytest.mark.parametrize("task", ["suite.csv", "suite.json", "ranks.csv", "plots"])
+def test_a_task_named_as_a_file_of_the_suite_folder_is_refused_before_any_work(tmp_path, task):
+    suite = write_suite(tmp_path, tasks=1)
+    suite.write_text(suite.read_text().replace('name = "task0"', f'name = "{task}"'))
+    result = invoke(["suite", suite, "--out", tmp_path / "out"])
+    assert result.exit_code == 1 and f"is named '{task}'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_suite_file_cannot_grant_remote_code(tmp_path):
+    suite = write_suite(tmp_path, tasks=1)
+    suite.write_text(suite.read_text().replace("[defaults]\n",
+                                               "[defaults]\ntrust_remote_code = true\n"))
+    result = invoke(["suite", suite, "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "[defaults] trust_remote_code: a suite file may not set it" in result.output
+    assert "--trust-remote-code" in result.output

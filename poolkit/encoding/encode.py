@@ -23,7 +23,7 @@ from poolkit.encoding.cache import (
     pooled_name,
     token_cache_bytes,
 )
-from poolkit.encoding.tokenization import segments, tokenize
+from poolkit.encoding.tokenization import is_pairs, segments, tokenize
 from poolkit.errors import ModelFailed, PoolkitError, one_line
 from poolkit.identity import RunIdentity, pooler_fingerprint
 
@@ -117,6 +117,7 @@ def encode_to_cache(encoder, texts, cache_dir, *, device: str = "cpu", dtype: st
         else None
     cache = _cached(cache_dir, key, layers, mode, wanted, log)
     if cache is not None:
+        _say_truncated(int(cache.meta.get("truncated", 0)), texts, encoder, log)
         return cache, False
     # A miss: check and load the model first, then let the caller prepare
     # (e.g. create its run directory) only once the model is known to load.
@@ -184,12 +185,18 @@ def _check_writable(cache_dir) -> None:
 def _tokenized(encoder, texts, log):
     """The texts' token ids and how many were cut, the cut said in a line."""
     ids, truncated = tokenize(encoder, texts)
+    _say_truncated(truncated, texts, encoder, log)
+    return ids, truncated
+
+
+def _say_truncated(truncated: int, texts, encoder, log) -> None:
+    """The warning that ``truncated`` of ``texts`` were cut at the encoder's length, said
+    when they are encoded and again when their states come from the cache."""
     if truncated:
         what = ("pairs of texts are longer than {} tokens together and were truncated, "
-                "longest first" if ids.pair_starts is not None else
+                "longest first" if is_pairs(texts) else
                 "texts are longer than {} tokens and were truncated").format(encoder.max_length)
         log(f"warning: {truncated} of {len(texts)} {what} (--max-length)")
-    return ids, truncated
 
 
 def _choose_mode(mode, plan, encoder, layers, dtype, pool, budget, cache_dir, log) -> str:

@@ -235,6 +235,12 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
     encoder.recipe = recipe
     encoder.prompt = (recipe or Recipe()).prompt(prompt)  # no folder: no prompts to name
     _recipe_notes(encoder, recipe, prompt)
+    config = settings if settings is not None else vars(encoder._config)
+    if config.get("auto_map") and not trust_remote_code:
+        encoder.notes.append(
+            f"note: model '{name}' names code of its own (auto_map); without "
+            f"--trust-remote-code transformers' built-in {config.get('model_type', 'class')} "
+            "class runs it instead")
     return encoder
 
 

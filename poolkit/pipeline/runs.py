@@ -16,11 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from poolkit.errors import PoolkitError
-from poolkit.files import MARKER, OWN_SUBFOLDERS, sha256_file, tensors_sha256, write_atomic, write_tensors
+from poolkit.files import (
+    MARKER,
+    OWN_SUBFOLDERS,
+    path_part,
+    sha256_file,
+    tensors_sha256,
+    write_atomic,
+    write_tensors,
+)
 from poolkit.heads.base import TrainedHead
 from poolkit.version import __version__
-
-
 
 #: What a poolkit folder is made for (its marker's ``kind``).
 KINDS = ("run", "suite")
@@ -223,6 +229,8 @@ class RunStore:
         self.models = self.out / "models" if out is not None else None
         if out is not None and subfolder is not None:
             label = re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
+            if label.strip(".") == "":  # a model named . or ..: not the folder above
+                label = path_part(subfolder)
             self.folder, self.models = self.folder / label, self.models / label
         self.key, self.label = key, subfolder
         self.log = log
@@ -230,9 +238,7 @@ class RunStore:
 
     def _path(self, feature_set: str, seed: int, fold: int | str = 0) -> Path:
         """``<set>[-fold<F>]-seed<N>.json``; ``fold="final"``: ``<set>-final-seed<N>.json``."""
-        safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", feature_set)
-        if safe != feature_set:
-            safe += "-" + hashlib.sha256(feature_set.encode()).hexdigest()[:8]
+        safe = path_part(feature_set)
         part = f"-{fold}" if fold == "final" else f"-fold{fold}" if self.folds > 1 else ""
         return self.folder / f"{safe}{part}-seed{seed}.json"
 
@@ -276,7 +282,7 @@ class RunStore:
                 data = path.with_suffix(".safetensors").read_bytes()
                 intact = hashlib.sha256(data).hexdigest() == saved["head"]["weights_sha256"]
                 weights = load(data) if intact else None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError):  # EOF: an empty .npy
             intact = False
         if not intact:
             self.log(f"warning: {path} is damaged or was edited (checksum); training that "

@@ -19,8 +19,9 @@ from poolkit.errors import Interrupted, PoolkitError
 from poolkit.evaluation import across
 from poolkit.evaluation.across import METHODS, RESERVED, Verdict
 from poolkit.evaluation.decisions import default_rope
+from poolkit.files import path_part
 from poolkit.identity import RUNS_FOLDER, digest
-from poolkit.options import SUITE_OPTIONS, TASK_OPTIONS, flag_name
+from poolkit.options import OPTIONS, SUITE_OPTIONS, TASK_OPTIONS, flag_name
 from poolkit.pipeline.results import read_table_back
 from poolkit.pipeline.runs import RunDirectory
 from poolkit.pipeline.stages import load_data, run_config
@@ -100,6 +101,10 @@ def read_suite(path=None) -> Suite:
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
         raise PoolkitError(f"{where}: [defaults] must be a table")
+    granted = sorted(key for key in defaults if key in OPTIONS and not OPTIONS[key].in_files)
+    if granted:
+        raise PoolkitError(f"{where}: [defaults] {granted[0]}: a suite file may not set it (it "
+                           f"lets code run); give {flag_name(granted[0])} to the command")
     wrong = sorted(set(defaults) - set(SUITE_OPTIONS))
     if wrong:
         raise PoolkitError(f"{where}: [defaults] has unknown option(s) {', '.join(wrong)}; use "
@@ -113,8 +118,11 @@ def read_suite(path=None) -> Suite:
         if tasks[-1].name in seen:
             raise PoolkitError(f"{where}: two tasks are named '{tasks[-1].name}'")
         seen.add(tasks[-1].name)
-    return Suite(str(document.get("name", file.stem)), tuple(tasks), dict(defaults),
-                 file if path is not None else None)
+    name = document.get("name", path_part(file.stem))
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise PoolkitError(f"{where}: name {name!r}: give letters, digits, '_', '-' or '.' "
+                           "(it names the suite's folder)")
+    return Suite(name, tuple(tasks), dict(defaults), file if path is not None else None)
 
 
 def _task(entry, number: int, file: Path, where: str) -> Task:
@@ -124,6 +132,9 @@ def _task(entry, number: int, file: Path, where: str) -> Task:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
         raise PoolkitError(f"{where}: task {number} needs a name of letters, digits, '_', '-' "
                            f"or '.' (not {', '.join(RESERVED)}), got {name!r}")
+    if name in (*SUITE_FILES, "plots"):  # its run folder would be the suite's own file
+        raise PoolkitError(f"{where}: task {number} is named '{name}', as a file or folder of "
+                           "the suite's own folder is; name it otherwise")
     wrong = sorted(set(entry) - set(TASK_OPTIONS) - set(TASK_FIELDS))
     if wrong:
         shared = [key for key in wrong if key in SUITE_OPTIONS]

@@ -46,10 +46,25 @@ def _latex_escape(text: str) -> str:
     return text
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: its ``|`` escaped (a column of its own
+    otherwise), line breaks as ``<br>`` (a row of their own otherwise), and ``&``, ``<``,
+    ``>`` as HTML entities (raw HTML otherwise)."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
+def _markdown(frame) -> str:
+    frame = frame.rename(columns=markdown_cell).map(
+        lambda v: markdown_cell(v) if isinstance(v, str) else v)
+    return frame.to_markdown(index=False) + "\n"
+
+
 #: Format name -> :class:`Exporter`.
 EXPORTERS = {e.name: e for e in (
     Exporter("csv", False, lambda frame: frame.to_csv(index=False)),
-    Exporter("md", True, lambda frame: frame.to_markdown(index=False) + "\n"),
+    Exporter("md", True, _markdown),
     Exporter("latex", True, _latex),
     Exporter("json", False, lambda frame: frame.to_json(orient="records", indent=2) + "\n",
              write_record=lambda record: json.dumps(record, indent=2) + "\n"),

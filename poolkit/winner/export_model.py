@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 
 from poolkit.errors import PoolkitError
+from poolkit.files import refuse_owned
+from poolkit.winner.export import markdown_cell
 from poolkit.winner.final import choose_set, load, read_run
 
 #: poolkit pooler -> sentence-transformers ``Pooling`` mode computing the same on
@@ -36,7 +38,8 @@ FORMATS = {"hf": "a transformers folder (AutoModelForSequenceClassification, pip
 
 
 def export_model(run_dir, set=None, out=None, fmt: str = "hf", *, cache_dir=None,
-                 force: bool = False, log=lambda message: None) -> Path:
+                 force: bool = False, trust_remote_code: bool = False,
+                 log=lambda message: None) -> Path:
     """Write feature set ``set`` (default: the run's best) of ``run_dir`` as a ``fmt``
     model into the folder ``out`` (new, or empty; written whole or not at all);
     returns ``out``."""
@@ -49,6 +52,10 @@ def export_model(run_dir, set=None, out=None, fmt: str = "hf", *, cache_dir=None
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PoolkitError(f"-o '{out}' exists and is not an empty folder; name a new folder")
+    refuse_owned(out, "-o")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK):  # said now, not after the final head is trained
+        raise PoolkitError(f"-o '{out}': '{existing}' is not writable; name another folder")
     run = read_run(run_dir)
     set_id = choose_set(run, set, log)
     row = run.finished_sets()[set_id]
@@ -64,7 +71,8 @@ def export_model(run_dir, set=None, out=None, fmt: str = "hf", *, cache_dir=None
         raise PoolkitError(f"{set_id}: sentence-transformers' Pooling implements "
                            f"{', '.join(ST_MODES)} on the last layer (layer {last}); this set is "
                            "not one of those")
-    classifier = load(run_dir, set_id, cache_dir=cache_dir, device="cpu", force=force, log=log)
+    classifier = load(run_dir, set_id, cache_dir=cache_dir, device="cpu", force=force,
+                      trust_remote_code=trust_remote_code, log=log)
     if fmt == "hf" and not _is_bert(classifier.model.encoder):
         raise PoolkitError(f"{set_id}: the model is not a BERT with a pooler; "
                            "BertForSequenceClassification needs one (use --format "
@@ -170,13 +178,17 @@ def _write_about(classifier, out: Path, fmt: str, run_dir: Path, name: str) -> N
              "max_length": classifier.encoder.max_length,
              **({"prompt": classifier.encoder.prompt} if classifier.encoder.prompt else {})}
     (out / "poolkit.json").write_text(json.dumps(about, indent=2) + "\n")
-    table = "\n".join(f"| {i} | {label} |" for i, label in labels.items())
+    table = "\n".join(f"| {i} | {markdown_cell(label)} |" for i, label in labels.items())
+    text = ('{"text": "a text", "text_pair": "its pair"}' if classifier.pairs
+            else '"a text"')
     use = ('from transformers import pipeline\n'
-           f'classify = pipeline("text-classification", model="{name}")\n'
-           'classify(["a text"], truncation=True)' if fmt == "hf" else
+           f'classify = pipeline("text-classification", model={json.dumps(name)})\n'
+           f'classify([{text}], truncation=True)' if fmt == "hf" else
            'from sentence_transformers import SentenceTransformer\n'
-           f'model = SentenceTransformer("{name}")\n'
-           'logits = model.encode(["a text"])  # softmax over them: the probabilities')
+           f'model = SentenceTransformer({json.dumps(name)})\n'
+           + ('logits = model.encode([["a text", "its pair"]])  # the pair, tokenized together'
+              if classifier.pairs else
+              'logits = model.encode(["a text"])  # softmax over them: the probabilities'))
     (out / "README.md").write_text(
         f"# {classifier.set_id}, exported by poolkit\n\n"
         f"Feature set `{classifier.set_id}` of the poolkit run in `{run_dir}`: its encoder, "

@@ -176,12 +176,20 @@ def predictions_frame(classifier: Classifier, texts, rows=None):
 
 
 def load(run_dir, set=None, *, cache_dir=None, device=None, force: bool = False,
-         log=_silent) -> Classifier:
+         trust_remote_code: bool = False, log=_silent) -> Classifier:
     """The :class:`Classifier` of feature set ``set`` (default: the run's best) of the
     run directory ``run_dir``, training its final head first if the run directory does
     not hold it yet. ``force``: a pooler whose plugin changed since the run is used as
-    it is now (a warning), not refused. See the module docstring."""
+    it is now (a warning), not refused. A run whose model ran its own code
+    (``--trust-remote-code``) is loaded only with ``trust_remote_code=True``, given again
+    here. See the module docstring."""
     run = read_run(run_dir)
+    if run.settings["options"].get("trust_remote_code") and not trust_remote_code:
+        raise PoolkitError(f"run '{run.path}' ran its model's own code (--trust-remote-code); "
+                           "loading it runs that code again: give --trust-remote-code if you "
+                           "trust it")
+    if trust_remote_code and run.settings["options"].get("trust_remote_code"):
+        log(f"note: the model of '{run.path}' runs its own code (--trust-remote-code)")
     set_id = choose_set(run, set, log)
     row = run.finished_sets()[set_id]
     options = run.settings["options"]

@@ -597,8 +597,9 @@ def _pooled_diamond(ax, row, y: float, metric: str, scale: float) -> str:
                   linewidth=0.8, gid="prediction")
     ax.add_patch(Polygon([(low, y), (pooled, y - 0.35), (high, y), (pooled, y + 0.35)],
                          closed=True, color=color, gid="pooled"))
-    return (f"    pooled: {decision} (Holm {format_p(getattr(row, f'{metric}_p_holm'))}, "
-            f"I² {100 * row.i2:.0f}%)")
+    p = row.p_equivalent_holm if decision == "equivalent" else getattr(row, f"{metric}_p_holm")
+    test = "equivalence Holm" if decision == "equivalent" else "Holm"
+    return f"    pooled: {decision} ({test} {format_p(p)}, I² {100 * row.i2:.0f}%)"
 
 
 def forest_plot(verdict):
@@ -651,6 +652,6 @@ def forest_plot(verdict):
         "95% intervals; diamonds pooled over tasks (random effects, Hartung–Knapp 95%): blue "
         "better, green practically equivalent, grey inconclusive; the thin bar under each, the "
         f"95% prediction interval for a new task; shaded, the ROPE "
-        f"({rope_words(metric, verdict.rope)})", 95), fontsize=8)
+        f"({rope_words(metric, verdict.rope)})", 70), fontsize=8)
     return fig
 
