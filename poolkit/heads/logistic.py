@@ -39,6 +39,8 @@ class Fit:
     iterations: int
     #: (P,) largest absolute gradient entry at the end
     gradient: np.ndarray
+    #: the preconditioner's eigenvectors it worked out, for a fit that starts from it
+    basis: object = None
 
     def logits(self, x) -> np.ndarray:
         """(P, N, K) label scores of ``x`` (for two labels, column 0 is zero)."""
@@ -63,34 +65,45 @@ def _full(z, k, xp):
 
 
 def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100,
-        max_cg: int = 250) -> Fit:
+        max_cg: int = 250, start: Fit | None = None) -> Fit:
     """Fit ``P = len(c)`` problems on ``x`` (N, D) with labels ``y`` (N,) in
     ``range(num_labels)``: problem ``p`` weighs row ``i`` by ``weights[p, i]`` and
     has inverse regularization ``c[p]``. Each problem must see every label (a
-    ``ValueError`` otherwise, as scikit-learn would fit a smaller model)."""
+    ``ValueError`` otherwise, as scikit-learn would fit a smaller model). ``start``: a
+    :class:`Fit` of the same shape to start from (default: zero), e.g. the solutions at a
+    neighbouring ``C``; a problem is solved only while its gradient is above ``tol``, so
+    every step's products run over the problems still going."""
     import torch
 
     problems = _Problems(x, y, weights, c, num_labels)
     p, k, d = problems.p, problems.k, problems.d
-    w = torch.zeros(p, k, d + 1, dtype=torch.float64)
-    stalled = torch.zeros(p, dtype=torch.bool)  # no descent left within rounding
-    steps = 0
+    w = torch.zeros(p, k, d + 1, dtype=torch.float64) if start is None else torch.cat(
+        [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
+    largest = torch.zeros(p, dtype=torch.float64)
+    going = torch.arange(p)  # the problems not yet solved (nor stalled)
+    steps, basis = 0, start.basis if start is not None else None
     for steps in range(max_iter + 1):
-        prob = torch.softmax(problems.scores(w), dim=2)[..., -k:]  # (N, P, K')
-        grad = problems.gradient(w, prob)
-        largest = grad.abs().amax(dim=(1, 2))
-        active = (largest > tol) & ~stalled
+        sub, now = problems.subset(going), w[going]
+        prob = torch.softmax(sub.scores(now), dim=2)[..., -k:]  # (N, P', K')
+        grad = sub.gradient(now, prob)
+        largest[going] = grad.abs().amax(dim=(1, 2))
+        active = largest[going] > tol
         if steps == max_iter or not bool(active.any()):
             break
-        curvature = problems.scale[..., None] * prob * (1 - prob)  # (N, P, K')
+        going, sub, now = going[active], sub.subset(active.nonzero()[:, 0]), now[active]
+        prob, grad = prob[:, active], grad[active]
+        curvature = sub.scale[..., None] * prob * (1 - prob)  # (N, P', K')
+        if basis is None:
+            basis = _Preconditioner(sub.x1, curvature)
+        everyone = torch.ones(len(going), dtype=torch.bool)
         step = _conjugate_gradients(
-            lambda v, prob=prob: problems.hessian_times(v, prob), -grad,
-            _preconditioner(problems.x1, curvature, problems.reg), active, max_cg)
-        length = _backtrack(problems.objective, w, step, grad, active)
-        stalled = stalled | (active & (length == 0))
-        w = w + length[:, None, None] * step
+            lambda v, prob=prob: sub.hessian_times(v, prob), -grad,
+            basis.at(curvature, sub.reg), everyone, max_cg)
+        length = _backtrack(sub.objective, now, step, grad, everyone)
+        w[going] = now + length[:, None, None] * step
+        going = going[length > 0]  # no descent left within rounding: stalled, stays
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
-    return Fit(coef, intercept, steps, largest.numpy())
+    return Fit(coef, intercept, steps, largest.numpy(), basis)
 
 
 class _Problems:
@@ -117,11 +130,21 @@ class _Problems:
             raise ValueError(f"problem {problem} has no item of label {label} to learn from")
         self.k = 1 if num_labels == 2 else num_labels
         self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
+        self.x1_32 = self.x1.to(torch.float32)
         self.scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
         self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
         self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
         self.penalized[-1] = 0.0  # the intercept
         self.target = onehot[:, None, -self.k:]  # (N, 1, K')
+
+    def subset(self, index) -> "_Problems":
+        """The same design matrix and labels with only the problems ``index`` (a view:
+        nothing is copied but their weights and penalties)."""
+        import copy
+
+        part = copy.copy(self)
+        part.scale, part.reg, part.p = self.scale[:, index], self.reg[index], len(index)
+        return part
 
     def scores(self, w):
         """(P, K', D+1) -> (N, P, K) softmax scores."""
@@ -150,19 +173,26 @@ class _Problems:
             self.reg[:, None, None] * w * self.penalized
 
     def hessian_times(self, v, prob):
-        """Hessian-vector products, one per problem, at the scores ``prob``."""
+        """Hessian-vector products, one per problem, at the scores ``prob``: in float32
+        (twice float64's speed here), since they only steer the Newton step that the
+        float64 gradient and line search then check."""
+        import torch
+
         n, p, k, d = self.n, self.p, self.k, self.d
-        u = (self.x1 @ v.reshape(p * k, d + 1).T).view(n, p, k)
+        x1, prob = self.x1_32, prob.to(torch.float32)
+        u = (x1 @ v.to(torch.float32).reshape(p * k, d + 1).T).view(n, p, k)
         hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
             else prob * (1 - prob) * u
-        return self.back(self.scale[..., None] * hu) + self.reg[:, None, None] * v * self.penalized
+        g = self.scale.to(torch.float32)[..., None] * hu
+        back = (g.reshape(n, p * k).T @ x1).view(p, k, d + 1).to(torch.float64)
+        return back + self.reg[:, None, None] * v * self.penalized
 
 
 def _dot(a, b):
     return (a * b).sum(dim=(1, 2))
 
 
-def _preconditioner(x1, curvature, reg):
+class _Preconditioner:
     """``r -> M_p^-1 r`` for every problem ``p``, with ``M_p = a_p G + reg_p I``:
     ``G = X^T diag(h) X`` on the rows' curvature ``h`` averaged over the problems
     (one per label), scaled by each problem's total curvature ``a_p``. The
@@ -170,25 +200,44 @@ def _preconditioner(x1, curvature, reg):
     eigendecomposition per label inverts all of them; ``M_p`` catches the
     correlations between raw features that make plain conjugate gradients slow.
 
+    ``G``'s eigenvectors are worked out once, at the first step's curvature (in float32:
+    a preconditioner needs no more), and kept: later steps update only its eigenvalues'
+    scale and each problem's share, since the curvature moves little between Newton
+    steps, and conjugate gradients stay exact whatever the preconditioner.
+
     With more than two labels the steps keep the intercepts' sum where it starts
     (0, as scikit-learn's lbfgs does): adding one number to every intercept
     changes neither the loss nor the penalty."""
-    import torch
 
-    mean = curvature.mean(dim=1)  # (N, K')
-    gram = torch.stack([(x1 * mean[:, j, None]).T @ x1 for j in range(mean.shape[1])])
-    eigenvalues, vectors = torch.linalg.eigh(gram)  # (K', D+1), (K', D+1, D+1)
-    share = curvature.sum(dim=0) / mean.sum(dim=0)  # (P, K')
-    denominator = share[..., None] * eigenvalues.clamp(min=0) + reg[:, None, None]
+    def __init__(self, x1, curvature):
+        import torch
 
-    def apply(r):  # (P, K', D+1)
-        rotated = torch.einsum("kde,pkd->pke", vectors, r) / denominator
-        out = torch.einsum("kde,pke->pkd", vectors, rotated)
-        if out.shape[1] > 1:  # the softmax's flat direction: intercepts all moved alike
-            out[..., -1] -= out[..., -1].mean(dim=1, keepdim=True)
-        return out
+        mean = curvature.mean(dim=1).to(torch.float32)  # (N, K')
+        x = x1.to(torch.float32)
+        gram = torch.stack([(x * mean[:, j, None]).T @ x for j in range(mean.shape[1])])
+        eigenvalues, vectors = torch.linalg.eigh(gram)  # (K', D+1), (K', D+1, D+1)
+        self.vectors = vectors
+        self.eigenvalues = eigenvalues.to(torch.float64).clamp(min=0)
+        self.mean = mean.to(torch.float64).sum(dim=0)  # (K',) the curvature G was made at
 
-    return apply
+    def at(self, curvature, reg):
+        """The preconditioner of the problems at ``curvature`` (N, P, K') and penalties
+        ``reg`` (P,)."""
+        import torch
+
+        share = curvature.sum(dim=0) / self.mean  # (P, K')
+        denominator = (share[..., None] * self.eigenvalues + reg[:, None, None]).to(
+            torch.float32)
+        vectors = self.vectors
+
+        def apply(r):  # (P, K', D+1), rotated in float32
+            rotated = torch.einsum("kde,pkd->pke", vectors, r.to(torch.float32)) / denominator
+            out = torch.einsum("kde,pke->pkd", vectors, rotated).to(torch.float64)
+            if out.shape[1] > 1:  # the softmax's flat direction: intercepts all moved alike
+                out[..., -1] -= out[..., -1].mean(dim=1, keepdim=True)
+            return out
+
+        return apply
 
 
 def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
@@ -199,7 +248,8 @@ def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
     import torch
 
     norm = rhs.flatten(1).norm(dim=1)
-    bound = torch.clamp(norm.sqrt(), max=0.5) * norm
+    # float32 products resolve a residual to about 1e-5 of the right-hand side
+    bound = torch.clamp(norm.sqrt(), min=1e-5, max=0.5) * norm
     step = torch.zeros_like(rhs)
     residual = rhs.clone()
     z = precondition(residual)
