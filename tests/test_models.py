@@ -220,3 +220,19 @@ def test_every_model_failing_is_one_line(small_csv, tiny_model_dir, wide_model_d
                      "--poolers", "mean", "--folds", "2", "--out", tmp_path / "run"])
     assert result.exit_code == 1
     assert f"every model failed: {tiny_model_dir.name}: model failed: model " in result.output
+
+
+def test_a_folder_naming_its_own_code_without_the_flag_is_said(small_csv, tiny_model_dir,
+                                                               tmp_path):
+    """A config with an ``auto_map``: without --trust-remote-code transformers runs its
+    built-in class, and the run says so rather than silently."""
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    result = invoke(["run", "--data", small_csv, "--model", folder, "--poolers", "mean",
+                     "--seeds", 1, "--epochs", 1, "--folds", 1, "--out", tmp_path / "r"])
+    assert result.exit_code == 0, result.output
+    assert "names code of its own (auto_map)" in result.output
+    assert "built-in bert class runs it instead" in result.output
