@@ -237,7 +237,7 @@ def notes(fig):
 @pytest.mark.slow
 def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
     settings = json.loads((single_run / "settings.json").read_text())
-    (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": 0.625}))
+    write_owned(single_run, {"settings.json": json.dumps({**settings, "majority_rate": 0.625})})
     plot_run(single_run, "accuracy", formats=("svg",))
     assert any("majority class 0.625" in t for t in svg_texts(single_run / "plots" / "accuracy.svg"))
     fig = dot_chart(read_summary(single_run), "accuracy", majority=0.78)  # among the rows
@@ -249,7 +249,7 @@ def test_dot_chart_draws_the_majority_class_rate_from_the_run(single_run):
     assert text.get_text() == "◂ majority class 0.300"
     plot_run(single_run, "mcc", formats=("svg",))  # a rate of items: accuracy's chart only
     assert "majority class" not in svg_texts(single_run / "plots" / "mcc.svg")
-    (single_run / "settings.json").write_text(json.dumps({**settings, "majority_rate": "x"}))
+    write_owned(single_run, {"settings.json": json.dumps({**settings, "majority_rate": "x"})})
     plot_run(single_run, "accuracy", formats=("svg",))  # garbled: no line, no failure
     assert "majority class" not in svg_texts(single_run / "plots" / "accuracy.svg")
 
