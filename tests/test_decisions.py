@@ -168,3 +168,22 @@ def test_the_forest_plot_draws_the_rope_band_decisions_and_predictions():
     assert len(bars) == len([p for p in ax.patches if p.get_gid() == "pooled"])
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert any("pooled: equivalent" in t for t in labels), labels
+
+
+def test_a_runs_verdict_in_words_against_its_best_and_against_a_baseline():
+    from poolkit.pipeline.results import verdict_sentences
+
+    summary = pd.DataFrame({"pooler": ["mean", "max", "cls", "first"], "layer": "6",
+                            "encoder": "frozen", "status": "ok",
+                            "accuracy_mean": [0.80, 0.799, 0.75, 0.78],
+                            "decision": ["best", "equivalent", "worse", "inconclusive"]})
+    first, second = verdict_sentences(summary, "accuracy", 0.01)
+    assert first == "Best on this task: mean@6 (accuracy 0.800)."
+    assert second == ("It beats cls@6, is practically equivalent to max@6 (within ±1 point) "
+                      "and cannot yet be told apart from first@6.")
+    baseline = summary.assign(decision=["better", "better (within ROPE)", "baseline", "worse"])
+    (said,) = verdict_sentences(baseline, "accuracy", 0.02)
+    assert said == ("Against the baseline cls@6 (accuracy 0.750): better: mean@6 and max@6; "
+                    "worse: first@6.")
+    alone = summary.iloc[[2]].assign(decision="baseline")
+    assert verdict_sentences(alone, "accuracy", 0.01) == []

@@ -408,6 +408,8 @@ def verdict_sentences(summary, metric: str, rope: float) -> list:
         ("worse", ("worse", "worse (within ROPE)")),
         (f"practically equivalent ({within})", ("equivalent",)),
         ("not yet told apart", ("inconclusive",))) if named(*decisions)]
+    if not parts:  # the baseline alone finished
+        return []
     return [f"Against the baseline {first} ({metric} {value:.3f}): {'; '.join(parts)}."]
 
 
