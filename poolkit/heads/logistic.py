@@ -39,7 +39,7 @@ class Fit:
     iterations: int
     #: (P,) largest absolute gradient entry at the end
     gradient: np.ndarray
-    #: the preconditioner's eigenvectors it worked out, for a fit that starts from it
+    #: the preconditioner's eigenvectors it worked out, for a fit of the same curvature
     basis: object = None
 
     def logits(self, x) -> np.ndarray:
@@ -65,14 +65,16 @@ def _full(z, k, xp):
 
 
 def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100,
-        max_cg: int = 250, start: Fit | None = None) -> Fit:
+        max_cg: int = 250, start: Fit | None = None, basis=None) -> Fit:
     """Fit ``P = len(c)`` problems on ``x`` (N, D) with labels ``y`` (N,) in
     ``range(num_labels)``: problem ``p`` weighs row ``i`` by ``weights[p, i]`` and
     has inverse regularization ``c[p]``. Each problem must see every label (a
     ``ValueError`` otherwise, as scikit-learn would fit a smaller model). ``start``: a
     :class:`Fit` of the same shape to start from (default: zero), e.g. the solutions at a
-    neighbouring ``C``; a problem is solved only while its gradient is above ``tol``, so
-    every step's products run over the problems still going."""
+    neighbouring ``C``; ``basis``: a :class:`Fit`'s ``basis``, for problems of about its
+    curvature (default: worked out at the first step). A problem is solved only while its
+    gradient is above ``tol``, so every step's products run over the problems still
+    going."""
     import torch
 
     problems = _Problems(x, y, weights, c, num_labels)
@@ -81,7 +83,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
         [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
     largest = torch.zeros(p, dtype=torch.float64)
     going = torch.arange(p)  # the problems not yet solved (nor stalled)
-    steps, basis = 0, start.basis if start is not None else None
+    steps = 0
     for steps in range(max_iter + 1):
         sub, now = problems.subset(going), w[going]
         prob = torch.softmax(sub.scores(now), dim=2)[..., -k:]  # (N, P', K')
@@ -94,12 +96,11 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
         prob, grad = prob[:, active], grad[active]
         curvature = sub.scale[..., None] * prob * (1 - prob)  # (N, P', K')
         if basis is None:
-            basis = _Preconditioner(sub.x1, curvature)
-        everyone = torch.ones(len(going), dtype=torch.bool)
-        step = _conjugate_gradients(
-            lambda v, prob=prob: sub.hessian_times(v, prob), -grad,
-            basis.at(curvature, sub.reg), everyone, max_cg)
-        length = _backtrack(sub.objective, now, step, grad, everyone)
+            basis = _Preconditioner(sub.x1_32, curvature)
+        prob32 = prob.to(torch.float32)  # what the Hessian products read, once per step
+        step = _conjugate_gradients(lambda v: sub.hessian_times(v, prob32), -grad,
+                                    basis.at(curvature, sub.reg), max_cg)
+        length = _backtrack(sub.objective, now, step, grad)
         w[going] = now + length[:, None, None] * step
         going = going[length > 0]  # no descent left within rounding: stalled, stays
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
@@ -132,6 +133,7 @@ class _Problems:
         self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
         self.x1_32 = self.x1.to(torch.float32)
         self.scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
+        self.scale_32 = self.scale.to(torch.float32)
         self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
         self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
         self.penalized[-1] = 0.0  # the intercept
@@ -144,6 +146,7 @@ class _Problems:
 
         part = copy.copy(self)
         part.scale, part.reg, part.p = self.scale[:, index], self.reg[index], len(index)
+        part.scale_32 = self.scale_32[:, index]
         return part
 
     def scores(self, w):
@@ -154,10 +157,11 @@ class _Problems:
         z = (self.x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
         return _full(z, k, torch)
 
-    def back(self, g):
-        """(N, P, K') per-row gradients -> (P, K', D+1)."""
+    def back(self, g, x1=None):
+        """(N, P, K') per-row gradients -> (P, K', D+1), through ``x1`` (default: the
+        design matrix in float64)."""
         n, p, k, d = self.n, self.p, self.k, self.d
-        return (g.reshape(n, p * k).T @ self.x1).view(p, k, d + 1)
+        return (g.reshape(n, p * k).T @ (self.x1 if x1 is None else x1)).view(p, k, d + 1)
 
     def objective(self, w):
         import torch
@@ -173,18 +177,16 @@ class _Problems:
             self.reg[:, None, None] * w * self.penalized
 
     def hessian_times(self, v, prob):
-        """Hessian-vector products, one per problem, at the scores ``prob``: in float32
-        (twice float64's speed here), since they only steer the Newton step that the
-        float64 gradient and line search then check."""
+        """Hessian-vector products, one per problem, at the float32 scores ``prob``: in
+        float32 (twice float64's speed here), since they only steer the Newton step that
+        the float64 gradient and line search then check."""
         import torch
 
         n, p, k, d = self.n, self.p, self.k, self.d
-        x1, prob = self.x1_32, prob.to(torch.float32)
-        u = (x1 @ v.to(torch.float32).reshape(p * k, d + 1).T).view(n, p, k)
+        u = (self.x1_32 @ v.to(torch.float32).reshape(p * k, d + 1).T).view(n, p, k)
         hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
             else prob * (1 - prob) * u
-        g = self.scale.to(torch.float32)[..., None] * hu
-        back = (g.reshape(n, p * k).T @ x1).view(p, k, d + 1).to(torch.float64)
+        back = self.back(self.scale_32[..., None] * hu, self.x1_32).to(torch.float64)
         return back + self.reg[:, None, None] * v * self.penalized
 
 
@@ -210,11 +212,11 @@ class _Preconditioner:
     changes neither the loss nor the penalty."""
 
     def __init__(self, x1, curvature):
+        """``x1``: the design matrix in float32."""
         import torch
 
         mean = curvature.mean(dim=1).to(torch.float32)  # (N, K')
-        x = x1.to(torch.float32)
-        gram = torch.stack([(x * mean[:, j, None]).T @ x for j in range(mean.shape[1])])
+        gram = torch.stack([(x1 * mean[:, j, None]).T @ x1 for j in range(mean.shape[1])])
         eigenvalues, vectors = torch.linalg.eigh(gram)  # (K', D+1), (K', D+1, D+1)
         self.vectors = vectors
         self.eigenvalues = eigenvalues.to(torch.float64).clamp(min=0)
@@ -240,7 +242,7 @@ class _Preconditioner:
         return apply
 
 
-def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
+def _conjugate_gradients(hess, rhs, precondition, max_cg: int):
     """Approximate Newton steps: ``hess(step) = rhs`` per problem, by
     preconditioned conjugate gradients, each problem stopped once its residual
     is below ``min(0.5, sqrt(|rhs|)) * |rhs|`` (the usual forcing sequence of
@@ -255,7 +257,7 @@ def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
     z = precondition(residual)
     direction = z.clone()
     rz = _dot(residual, z)
-    going = active.clone()
+    going = torch.ones(len(rhs), dtype=torch.bool)
     for _ in range(max_cg):
         going = going & (residual.flatten(1).norm(dim=1) > bound)
         if not bool(going.any()):
@@ -272,17 +274,16 @@ def _conjugate_gradients(hess, rhs, precondition, active, max_cg: int):
     return step
 
 
-def _backtrack(objective, w, step, grad, active, shrink: float = 0.5, tries: int = 40):
+def _backtrack(objective, w, step, grad, shrink: float = 0.5, tries: int = 40):
     """Step lengths (P,) meeting Armijo's condition, halved from 1 per problem
-    (0 for problems already converged, and for those that found none)."""
+    (0 for those that found none)."""
     import torch
 
     now = objective(w)
     slope = _dot(grad, step)
-    length = active.to(w.dtype)
+    length = torch.ones(len(w), dtype=w.dtype)
     for _ in range(tries):
         done = objective(w + length[:, None, None] * step) <= now + 1e-4 * length * slope
-        done = done | ~active
         if bool(done.all()):
             break
         length = torch.where(done, length, length * shrink)

@@ -106,8 +106,6 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     :func:`poolkit.heads.logistic.fit`) are solved to ``inner_tol``, each ``C`` of the
     (ascending) grid starting from the previous one's solutions, where few Newton steps
     remain; only the chosen ``C`` is refitted, to full precision, from the folds' mean."""
-    from dataclasses import replace
-
     from sklearn.model_selection import StratifiedKFold
 
     x, y = x[rows], y[rows]
@@ -122,18 +120,16 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     accuracy, fits, start = np.zeros((len(splits), len(grid))), {}, None
     for j in np.argsort(grid, kind="stable"):  # a new C: a new curvature, a new basis
         start = fits[j] = logistic.fit(x, ids, weights, np.full(len(splits), grid[j]),
-                                       len(classes), tol=inner_tol,
-                                       start=replace(start, basis=None) if start else None)
+                                       len(classes), tol=inner_tol, start=start)
         predicted = start.logits(x).argmax(axis=2)  # (folds, N), ties: the first label
         accuracy[:, j] = [np.mean(predicted[f, test] == ids[test])
                           for f, (_, test) in enumerate(splits)]
     scores = [np.mean(accuracy[:, j]) for j in range(len(grid))]
     best = int(np.argmax(scores))
     mean = logistic.Fit(fits[best].coef.mean(axis=0, keepdims=True),
-                        fits[best].intercept.mean(axis=0, keepdims=True), 0, np.zeros(1),
-                        fits[best].basis)
+                        fits[best].intercept.mean(axis=0, keepdims=True), 0, np.zeros(1))
     refit = logistic.fit(x, ids, np.ones((1, len(y))), grid[best:best + 1], len(classes),
-                         start=mean)
+                         start=mean, basis=fits[best].basis)
     return SentEvalProbe(refit, 0, classes, grid[best], scores)
 
 
