@@ -426,8 +426,7 @@ def _sentence(row: dict, metric: str, rope: float) -> str:
     winner, loser = (row["a"], row["b"]) if a_wins else (row["b"], row["a"])
     wins = row["a_better_on"] if a_wins else row["tasks"] - row["a_better_on"]
     within = rope_words(metric, rope)
-    pooled = (f"pooled {points(metric, diff)} [{points(metric, low).replace(' points', '')}, "
-              f"{points(metric, high).replace(' points', '')}]")
+    pooled = f"pooled {points(metric, diff)} {_bracketed(metric, low, high)}"
     numbers = f"{pooled}, Holm {format_p(row[f'{metric}_p_holm'])}, I² = {100 * row['i2']:.0f}%"
     decision = row["decision"] if isinstance(row["decision"], str) else "inconclusive"
     if "better" in decision:
@@ -458,8 +457,14 @@ def _new_task(row: dict, metric: str, winner: str, loser: str, a_wins: bool,
     chance = row["p_new_task_a"] if a_wins else row["p_new_task_b"]
     return (f"on a new task, {winner} beats {loser} by more than {within.lstrip('±')} with "
             f"probability {chance:.2f}; 95% prediction interval "
-            f"[{points(metric, low).replace(' points', '')}, "
-            f"{points(metric, high).replace(' points', '')}]; ")
+            f"{_bracketed(metric, low, high)}; ")
+
+
+def _bracketed(metric: str, low: float, high: float) -> str:
+    """An interval as the sentences say it: ``[-0.4, +0.8]`` (points, the unit said once
+    before it)."""
+    return f"[{points(metric, low).replace(' points', '')}, " \
+           f"{points(metric, high).replace(' points', '')}]"
 
 
 def format_p(p: float) -> str:
