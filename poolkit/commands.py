@@ -236,7 +236,7 @@ def export(run_dir, fmt, table, output):
 @click.option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.")
 @click.option("--force", is_flag=True,
               help="Use a pooler whose plugin changed since the run (default: refuse).")
-@click.option("--empty-texts", type=click.Choice(["error", "skip"]), default="error",
+@click.option("--empty-texts", type=OPTIONS["empty_texts"].type, default="error",
               show_default=True, help="Rows whose text is empty or whitespace: stop with an "
               "error naming the first, or leave them out (counted; the others keep their row "
               "numbers).")

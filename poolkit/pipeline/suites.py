@@ -170,7 +170,7 @@ def _package_folder(package, task: str, where: str) -> Path:
 def task_configs(suite: Suite, options: dict, out=None) -> tuple:
     """``(suite directory, {task name: RunConfig})``: each task's data options over the
     suite-wide ``options`` (the command line's, then ``[defaults]``, then a run's
-    defaults). ``out`` defaults to ``poolkit-runs/suite-<name>-<hash of what the
+    defaults), each checked by :meth:`RunConfig.from_options`. ``out`` defaults to ``poolkit-runs/suite-<name>-<hash of what the
     results depend on>``."""
     given = {k: v for k, v in options.items() if v is not None}
     chosen = {**suite.defaults, **given}
@@ -202,8 +202,7 @@ def dry_run(suite: Suite, options: dict | None = None) -> list[str]:
     _, configs = task_configs(suite, options or {})
     lines = []
     for task in suite.tasks:
-        config = configs[task.name]
-        config.validate()
+        config = configs[task.name]  # checked, as task_configs makes every one
         dataset = load_data(config.group("data"), config.planned)
         labels = ", ".join(dataset.label_names)
         labels = labels if len(labels) <= 60 else labels[:57].rsplit(", ", 1)[0] + ", ..."
@@ -216,9 +215,7 @@ def run_suite(suite: Suite, options: dict | None = None, out=None, log=None) -> 
     """Run every task of ``suite`` (each as :func:`poolkit.run` would, into
     ``out/<task>``), then the verdict across them, written into ``out``."""
     log = log or (lambda message: None)
-    out, configs = task_configs(suite, options or {}, out)
-    for config in configs.values():
-        config.validate()
+    out, configs = task_configs(suite, options or {}, out)  # each checked, before any work
     RunDirectory(out).claim(SUITE_FILES, subfolders=(), kind="suite")
     runs, missing = {}, {}
     for number, (name, config) in enumerate(configs.items(), start=1):
