@@ -497,18 +497,18 @@ def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str 
     columns = [text_col] + ([text_pair_col] if text_pair_col is not None else [])
     _check_columns(frame, path, list(zip(("text", "text-pair"), columns)))
     values = [_column_text(frame, column, "text", path) for column in columns]
-    blank = sorted({row for texts in values for row, text in enumerate(texts)
-                    if text is None or not text.strip()})
+    blank = {row for texts in values for row, text in enumerate(texts)
+             if text is None or not text.strip()}
     if blank:
         said = (f"data file '{path}': {len(blank)} row(s) with an empty or whitespace-only "
                 f"text in column(s) {', '.join(repr(c) for c in columns)}, first at row "
-                f"{blank[0] + 1}")
+                f"{min(blank) + 1}")
         if empty != "skip":
             raise PoolkitError(f"{said}; there is nothing to predict from (--empty-texts "
                                "skip leaves them out)")
         if log is not None:
             log(f"warning: {said}: left out, the other rows keep their numbers")
-    rows = np.array([row for row in range(len(values[0])) if row not in set(blank)]) + 1
+    rows = np.array([row for row in range(len(values[0])) if row not in blank]) + 1
     if not len(rows):
         raise PoolkitError(f"data file '{path}' has no rows to predict")
     picked = [[texts[row - 1] for row in rows] for texts in values]

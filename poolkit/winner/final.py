@@ -184,11 +184,11 @@ def load(run_dir, set=None, *, cache_dir=None, device=None, force: bool = False,
     (``--trust-remote-code``) is loaded only with ``trust_remote_code=True``, given again
     here. See the module docstring."""
     run = read_run(run_dir)
-    if run.settings["options"].get("trust_remote_code") and not trust_remote_code:
-        raise PoolkitError(f"run '{run.path}' ran its model's own code (--trust-remote-code); "
-                           "loading it runs that code again: give --trust-remote-code if you "
-                           "trust it")
-    if trust_remote_code and run.settings["options"].get("trust_remote_code"):
+    if run.settings["options"].get("trust_remote_code"):
+        if not trust_remote_code:
+            raise PoolkitError(f"run '{run.path}' ran its model's own code "
+                               "(--trust-remote-code); loading it runs that code again: give "
+                               "--trust-remote-code if you trust it")
         log(f"note: the model of '{run.path}' runs its own code (--trust-remote-code)")
     set_id = choose_set(run, set, log)
     row = run.finished_sets()[set_id]
