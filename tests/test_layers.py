@@ -204,10 +204,30 @@ def test_states_padded_and_gather_per_layer(sweep_cache, hf_reference):
             assert not hidden[row, n:].any()
 
 
+def test_in_memory_block_gathers_what_the_cache_file_gives_bit_for_bit(sweep_cache):
+    """Trainable poolers' batches from the in-memory block: the same tensors as
+    ``gather`` from the file, standardized or not, any texts in any order."""
+    from poolkit.heads.base import Standardization
+
+    cache = sweep_cache[0]
+    scale = Standardization(torch.linspace(-1, 1, cache.hidden_size),
+                            torch.linspace(0.5, 2, cache.hidden_size))
+    for layer in (0, 2):
+        for standardize in (None, scale):
+            block = cache.in_memory(layer, standardize)
+            for order in (np.array([7, 1, 4, 0, 9]), np.array([3]), np.arange(len(TEXTS))):
+                hidden, mask = block.gather(order)
+                want_hidden, want_mask = cache.gather(order, layer, standardize)
+                assert torch.equal(hidden, want_hidden) and torch.equal(mask, want_mask)
+                assert hidden.shape == (len(order), int(cache.lengths[order].max()),
+                                        cache.hidden_size)
+
+
 def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
         sweep_cache, hf_reference):
     """What trainable poolers standardize with: per dimension, over every real
-    token of the texts (not per text, not counting padding), in chunks of texts."""
+    token of the texts (not per text, not counting padding), from per-text sums read
+    in chunks of tokens that split texts."""
     from poolkit.heads.trainable import token_standardization
 
     cache = sweep_cache[0]
@@ -215,7 +235,7 @@ def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
     rows = np.array([7, 1, 4, 0, 9])
     for layer in (0, 2):
         real = torch.cat([states(TEXTS[i])[layer] for i in rows]).double()
-        standardize = token_standardization(cache, rows, layer, chunk=2)
+        standardize = token_standardization(cache, rows, cache.text_moments(layer, chunk=7))
         torch.testing.assert_close(standardize.shift, real.mean(dim=0).float(), atol=ATOL,
                                    rtol=1e-4)
         torch.testing.assert_close(standardize.scale, real.std(dim=0, correction=0).float(),

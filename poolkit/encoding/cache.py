@@ -210,6 +210,41 @@ class HiddenStateCache:
             flat = standardize.apply(flat)
         return pad_tokens(flat, self.lengths[indices])
 
+    def in_memory(self, layer: int | None = None, standardize=None) -> "TokenBlock":
+        """``layer``'s states read once into memory as float32 (``4 * total_tokens *
+        hidden_size`` bytes), standardized as :meth:`gather` does: a
+        :class:`TokenBlock` whose ``gather`` gives :meth:`gather`'s tensors, bit for bit,
+        without reading the file again."""
+        import torch
+
+        states = torch.from_numpy(self.states(layer))
+        # a copy, always (the memory map is copy-on-write, and the block changes in place),
+        # with one row of zeros after the tokens: where every padding position reads from
+        block = torch.zeros(len(states) + 1, self.hidden_size)
+        block[:-1] = states
+        if standardize is not None:  # in place: the same float32 operations as apply()
+            block[:-1].sub_(torch.as_tensor(standardize.shift)).div_(
+                torch.as_tensor(standardize.scale))
+        return TokenBlock(block, self)
+
+    def text_moments(self, layer: int | None = None, chunk: int = 1 << 20) -> tuple:
+        """Per text, the float64 sum and sum of squares of its real tokens' states at
+        ``layer`` (two ``(texts, hidden_size)`` arrays): the token statistics of any set
+        of texts add up from them, in one read of the layer."""
+        import torch
+
+        states, order = self.states(layer), np.argsort(self.starts, kind="stable")
+        owner = np.repeat(order, self.lengths[order])  # the text of each row, storage order
+        sums = torch.zeros(len(self), self.hidden_size, dtype=torch.float64)
+        squares = torch.zeros_like(sums)
+        first = int(self.starts[order[0]]) if len(order) else 0
+        for start in range(0, len(owner), chunk):
+            rows = torch.from_numpy(owner[start : start + chunk])
+            part = torch.from_numpy(states[first + start : first + start + len(rows)]).double()
+            sums.index_add_(0, rows, part)
+            squares.index_add_(0, rows, part * part)
+        return sums.numpy(), squares.numpy()
+
     def token_rows(self, indices) -> np.ndarray:
         """The rows of texts ``indices``' real tokens in a layer's block
         (:meth:`states`), text after text."""
@@ -220,15 +255,37 @@ class HiddenStateCache:
 
 
 
+class TokenBlock:
+    """One layer's token states in memory (from :meth:`HiddenStateCache.in_memory`)."""
+
+    def __init__(self, block, cache: HiddenStateCache):
+        self.block, self.cache = block, cache
+
+    def gather(self, indices):
+        """:meth:`HiddenStateCache.gather` of ``indices`` from memory, in one copy."""
+        import torch
+
+        indices = np.asarray(indices)
+        lengths, starts = self.cache.lengths[indices], self.cache.starts[indices]
+        mask = np.arange(int(lengths.max())) < lengths[:, None]
+        rows = np.where(mask, starts[:, None] + np.arange(mask.shape[1]), len(self.block) - 1)
+        hidden = self.block.index_select(0, torch.from_numpy(rows.ravel()))
+        return hidden.view(*mask.shape, -1), torch.from_numpy(mask).long()
+
+
 def pad_tokens(flat, lengths):
     """``(hidden, mask)``: ``flat`` ``(tokens, H)`` torch states, texts of ``lengths``
     (numpy) one after another, zero-padded into ``(texts, longest, H)``."""
     import torch
 
-    mask = torch.arange(int(lengths.max())) < torch.from_numpy(lengths)[:, None]
-    hidden = flat.new_zeros(*mask.shape, flat.shape[-1])
-    hidden[mask] = flat  # row-major fill follows the text order
-    return hidden, mask.long()
+    longest, total = int(lengths.max()), int(lengths.sum())
+    # each token's row in the padded (texts * longest, H) view: one copy, no boolean mask
+    begins = np.repeat(np.arange(len(lengths)) * longest - (np.cumsum(lengths) - lengths),
+                       lengths)
+    hidden = flat.new_zeros(len(lengths) * longest, flat.shape[-1])
+    hidden.index_copy_(0, torch.from_numpy(begins + np.arange(total)), flat)
+    mask = torch.arange(longest) < torch.from_numpy(lengths)[:, None]
+    return hidden.view(len(lengths), longest, -1), mask.long()
 
 
 def _meta_checksum(meta: dict) -> str:

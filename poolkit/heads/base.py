@@ -218,22 +218,14 @@ class Standardization:
         return cls(x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6))
 
     @classmethod
-    def of_token_chunks(cls, chunks, size: int) -> "Standardization":
-        """From token states arriving as ``(tokens, size)`` chunks: mean and std over
-        all tokens, accumulated in float64 (std at least 1e-6)."""
+    def of_sums(cls, total, squares, count: int) -> "Standardization":
+        """From the float64 sums of token states and of their squares over ``count``
+        tokens: their mean and std (at least 1e-6), as float32 tensors."""
         import torch
 
-        total = torch.zeros(size, dtype=torch.float64)
-        squares = torch.zeros(size, dtype=torch.float64)
-        count = 0
-        for chunk in chunks:
-            chunk = torch.as_tensor(chunk).double()
-            total += chunk.sum(dim=0)
-            squares += (chunk**2).sum(dim=0)
-            count += len(chunk)
         count = max(count, 1)
-        mean = total / count
-        std = (squares / count - mean**2).clamp(min=0).sqrt()
+        mean = torch.as_tensor(total, dtype=torch.float64) / count
+        std = (torch.as_tensor(squares, dtype=torch.float64) / count - mean**2).clamp(min=0).sqrt()
         return cls(mean.float(), std.clamp(min=1e-6).float())
 
     def apply(self, x):

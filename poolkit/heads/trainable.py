@@ -27,6 +27,7 @@ class TrainablePoolerHeads:
 
     def __init__(self, cache, timeout=DEFAULT_TIMEOUT, log=lambda message: None):
         self.cache, self.timeout, self.log = cache, timeout, log
+        self.moments = {}  # {layer: per-text token sums}, shared by every fold and pooler
 
     def wants(self, feature_set) -> bool:
         return feature_set.trainable and not feature_set.finetuned
@@ -36,7 +37,8 @@ class TrainablePoolerHeads:
             fold = f", fold {task.fold + 1} of {task.folds}" if task.folds > 1 else ""
             self.log(f"training pooler '{feature_set.pooler_name}' (layer {feature_set.layer}"
                      f"{fold}) with its heads")
-            heads = train_trainable(self.cache, feature_set, task, seeds, self.timeout)
+            heads = train_trainable(self.cache, feature_set, task, seeds, self.timeout,
+                                    self.moments)
             while True:
                 try:
                     # No budget for the whole training: each call into the pooler has its own.
@@ -50,13 +52,15 @@ class TrainablePoolerHeads:
                 yield head
 
 
-def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_TIMEOUT):
+def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout, moments: dict):
     """Train ``feature_set``'s trainable pooler jointly with its head, per seed; yield
     each seed's :class:`~poolkit.heads.base.TrainedHead` as it finishes.
 
     With ``task.config.standardize`` the token states are standardized per
     dimension with train-split statistics (the token-level counterpart of the
-    fixed features' standardization).
+    fixed features' standardization), from ``moments`` (``{layer:``
+    :meth:`~poolkit.encoding.cache.HiddenStateCache.text_moments` ``}``, filled as
+    needed: pass the same dict to every fold).
     """
     import torch
     import torch.nn.functional as F
@@ -65,7 +69,7 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout=DEFAULT_T
     train, val = task.train, task.validation
     if feature_set.segments and cache.pair_starts is None:
         raise PluginFailure(NEEDS_PAIRS)
-    states = _TokenInputs(cache, feature_set, task, timeout)
+    states = _TokenInputs(cache, feature_set, task, timeout, moments)
     y_all = torch.from_numpy(task.labels)
     for seed in seeds:
         own_seed = head_seed(seed, feature_set.id)
@@ -113,27 +117,47 @@ def _new_model(feature_set, task: HeadTask, hidden_size: int, own_seed: int, tim
     return torch.nn.ModuleDict({"pooler": module, "head": head}).to(task.device)
 
 
+#: Token states a trainable pooler's training holds in memory as float32, standardized
+#: (its layers together); above, every batch is read from the cache file.
+IN_MEMORY_BYTES = 2 << 30
+
+
 class _TokenInputs:
     """A trainable pooler's inputs read from the token cache (standardized per layer with
-    the fold's train statistics), and its model's outputs on them."""
+    the fold's train statistics), and its model's outputs on them.
 
-    def __init__(self, cache, feature_set, task: HeadTask, timeout):
+    Where its layers fit :data:`IN_MEMORY_BYTES` as float32, they are read and
+    standardized once per fold, and each batch is copied from memory: the same tensors
+    as the cache's :meth:`~poolkit.encoding.cache.HiddenStateCache.gather`, without its
+    file reads, float conversions and standardization on every batch of every epoch."""
+
+    def __init__(self, cache, feature_set, task: HeadTask, timeout, moments: dict):
         import torch
 
         self.cache, self.feature_set, self.task, self.timeout = cache, feature_set, task, timeout
         hidden_size = cache.hidden_size
-        self.standardize = {
-            layer: token_standardization(cache, task.train, layer) if task.config.standardize
-            else Standardization(torch.zeros(hidden_size), torch.ones(hidden_size))
-            for layer in feature_set.layers
-        }
+        self.standardize = {}
+        for layer in feature_set.layers:
+            if task.config.standardize:
+                if layer not in moments:
+                    moments[layer] = cache.text_moments(layer)
+                self.standardize[layer] = token_standardization(cache, task.train,
+                                                                moments[layer])
+            else:
+                self.standardize[layer] = Standardization(torch.zeros(hidden_size),
+                                                          torch.ones(hidden_size))
+        fits = 4 * hidden_size * int(cache.lengths.sum()) * len(feature_set.layers) \
+            <= IN_MEMORY_BYTES
+        self.blocks = {layer: cache.in_memory(layer, scale)
+                       for layer, scale in self.standardize.items()} if fits else None
 
     def inputs(self, rows) -> tuple:
         """The pooler's arguments for texts ``rows``: hidden, mask (and segments)."""
         device, feature_set = self.task.device, self.feature_set
         parts, mask = [], None
         for layer in feature_set.layers:
-            hidden, mask = self.cache.gather(rows, layer, self.standardize[layer])
+            hidden, mask = self.blocks[layer].gather(rows) if self.blocks is not None \
+                else self.cache.gather(rows, layer, self.standardize[layer])
             parts.append(hidden.to(device))
         mask = mask.to(device)
         pair = (self.cache.segments(rows).to(device),) if feature_set.segments else ()
@@ -189,10 +213,10 @@ class _TokenInputs:
                            fold=task.fold, weights=weights)
 
 
-def token_standardization(cache, rows, layer, chunk: int = 1024) -> Standardization:
-    """Per-dimension mean and std of the real-token states of texts ``rows`` at ``layer``,
-    read straight from the cache (no padding to add and take off)."""
-    states = cache.states(layer)
-    chunks = (states[cache.token_rows(rows[start : start + chunk])]
-              for start in range(0, len(rows), chunk))
-    return Standardization.of_token_chunks(chunks, cache.hidden_size)
+def token_standardization(cache, rows, moments) -> Standardization:
+    """Per-dimension mean and std of the real-token states of texts ``rows``, from the
+    layer's per-text ``moments`` (:meth:`~poolkit.encoding.cache.HiddenStateCache.text_moments`):
+    no token is read again."""
+    sums, squares = moments
+    return Standardization.of_sums(sums[rows].sum(axis=0), squares[rows].sum(axis=0),
+                                   int(cache.lengths[rows].sum()))
