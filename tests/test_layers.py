@@ -445,6 +445,21 @@ def test_attention_is_trained_from_the_cache_and_deterministic(small_csv, tiny_m
     assert_frame_equal(first.results, second.results, check_exact=True)
 
 
+def test_attention_trains_the_same_from_memory_as_from_the_cache_file(
+        small_csv, tiny_model_dir, tmp_path, monkeypatch):
+    """Token states held in memory (the default while they fit) or read batch by batch
+    from the cache file: the same trained heads, bit for bit."""
+    from poolkit.heads import trainable
+
+    kwargs = dict(model=str(tiny_model_dir), poolers=["attention"], seeds=1, head=HEAD,
+                  cache_dir=tmp_path / "c", layers="-1")
+    from_memory = poolkit.run(small_csv, **kwargs).results
+    monkeypatch.setattr(trainable, "IN_MEMORY_BYTES", 0)
+    from_file = poolkit.run(small_csv, **kwargs).results
+    assert len(from_file) == 1
+    assert_frame_equal(from_memory, from_file, check_exact=True)
+
+
 # ---------------------------------------------------------------- the CLI
 
 @pytest.mark.slow
