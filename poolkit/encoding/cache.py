@@ -227,7 +227,7 @@ class HiddenStateCache:
                 torch.as_tensor(standardize.scale))
         return TokenBlock(block, self)
 
-    def text_moments(self, layer: int | None = None, chunk: int = 1 << 20) -> tuple:
+    def text_moments(self, layer: int | None = None, chunk: int = 1 << 16) -> tuple:
         """Per text, the float64 sum and sum of squares of its real tokens' states at
         ``layer`` (two ``(texts, hidden_size)`` arrays): the token statistics of any set
         of texts add up from them, in one read of the layer."""
