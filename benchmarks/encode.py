@@ -6,9 +6,12 @@ embedded MiniLM BERT), max length, device and threads. Throughput counts real
 the token-state cache; sentence-transformers' includes tokenizing and its mean
 pooling. Achieved FLOP/s counts the encoder's matmuls from the model's shape
 and the real token lengths, over a large fp32 (CPU) or bf16 (GPU) matmul's
-FLOP/s measured in the same run.
+FLOP/s measured in the same run. With ``--compile``, a third side: poolkit with
+``--compile`` (the encoder under ``torch.compile``; its compile happens in the warm-up,
+timed on its own), and how far its states are from eager ones (every real token's
+last-layer state, fp32 caches of both).
 
-    python benchmarks/encode.py [--texts N] [--repeats R] [--device cpu|cuda]
+    python benchmarks/encode.py [--texts N] [--repeats R] [--device cpu|cuda] [--compile]
 """
 
 import argparse
@@ -24,6 +27,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="add poolkit --compile")
     args = parser.parse_args()
 
     import pandas as pd
@@ -46,19 +50,28 @@ def main():
     st = SentenceTransformer(str(default_model_path()), device=device)
     st.max_seq_length = args.max_length
 
-    def run_poolkit():
+    def run_poolkit(which=encoder):
         with tempfile.TemporaryDirectory() as cache:
-            encode_to_cache(encoder, texts, cache, device=device)
+            encode_to_cache(which, texts, cache, device=device)
 
     def run_st():
         st.encode(texts, batch_size=32, convert_to_numpy=True)
 
     run_poolkit(), run_st()  # warm-up: first-call allocations, lazy imports
+    sides = [("poolkit", run_poolkit), ("sentence-transformers", run_st)]
+    notes = []
+    if args.compile:
+        compiled = load_encoder(None, max_length=args.max_length, compile=True)
+        began = time.perf_counter()
+        run_poolkit(compiled)  # its warm-up: compiles
+        warm_up = time.perf_counter() - began
+        sides.append(("poolkit --compile", lambda: run_poolkit(compiled)))
+        notes.append(f"poolkit --compile: its first pass (compiling included) {warm_up:.1f} s; "
+                     f"states against eager: {_state_gap(encoder, compiled, texts, device)}")
     peak_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     matmul_n = 8192 if device.startswith("cuda") else 2048
-    seconds = {"poolkit": [], "sentence-transformers": []}
+    seconds = {name: [] for name, _ in sides}
     peaks = []
-    sides = [("poolkit", run_poolkit), ("sentence-transformers", run_st)]
     for repeat in range(args.repeats):  # interleaved, order alternating: drift hits both alike
         # The peak is measured in every repeat and the best kept: one slow
         # moment on a shared machine must not deflate it.
@@ -83,6 +96,10 @@ def main():
         })
     table = pd.DataFrame(rows)
     speedup = rows[1]["best s"] / rows[0]["best s"]
+    if args.compile:
+        within = sorted(e / c for e, c in zip(seconds["poolkit"], seconds["poolkit --compile"]))
+        notes.append(f"poolkit eager / --compile, per interleaved repeat: median "
+                     f"{np.median(within):.2f}x, range {within[0]:.2f}-{within[-1]:.2f}x")
     # Each repeat times both sides back to back: their ratio is the least
     # exposed to drift on a shared machine.
     paired = sorted(st / pk for pk, st in zip(seconds["poolkit"], seconds["sentence-transformers"]))
@@ -95,7 +112,24 @@ def main():
         f"encoder work {flops / 1e12:.2f} TFLOP",
         f"best of {args.repeats} interleaved repeats (order alternating) after one warm-up each; "
         "matmul peak: best of one measurement per repeat",
+        *notes,
     ])
+
+
+def _state_gap(eager, compiled, texts, device) -> str:
+    """Largest difference between two encoders' last-layer states of ``texts`` (fp32 caches),
+    absolute and relative to the largest state."""
+    from poolkit.encoding.encode import encode_to_cache
+
+    states = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, which in enumerate((eager, compiled)):
+            cache, _ = encode_to_cache(which, texts, f"{folder}/{i}", device=device,
+                                       dtype="fp32")
+            states.append(np.asarray(cache.states(None), dtype=np.float64))
+    gap = float(np.abs(states[0] - states[1]).max())
+    return (f"largest difference {gap:.2e}, {gap / np.abs(states[0]).max():.2e} of the largest "
+            "state (the fp16 cache rounds by 2**-11 = 4.9e-04 of a state)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ DEFAULT_POOLERS = ("cls", "bert_pooler", "mean", "max")
 
 def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size=None,
          device=None, *, cache_dir=None, plugins_dir=None, cache_dtype="fp16", precision="bf16",
-         attn_implementation=None, prompt=None, trust_remote_code=False):
+         attn_implementation=None, prompt=None, trust_remote_code=False, compile=False):
     """Pooled features ``{name: (len(texts), D) float32 array}`` in input order.
 
     ``poolers`` are registered names or :class:`Pooler` instances (fixed ones:
@@ -24,7 +24,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     caps the texts per encoder batch. Single-layer poolers pool the last
     layer. A pooler that fails raises :class:`PoolkitError` naming it. Pairs of
     texts: ``texts`` a list of ``(text, text_pair)`` tuples. ``attn_implementation``,
-    ``prompt`` and ``trust_remote_code`` as in :func:`run`.
+    ``prompt``, ``trust_remote_code`` and ``compile`` as in :func:`run`.
     """
     texts = list(texts)
     def is_pair(item):
@@ -41,7 +41,7 @@ def pool(texts, poolers=DEFAULT_POOLERS, model=None, max_length=None, batch_size
     config = RunConfig(model=model, max_length=max_length, device=device, cache_dir=cache_dir,
                        cache_dtype=cache_dtype, precision=precision,
                        attn_implementation=attn_implementation, prompt=prompt,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, compile=compile)
     config.validate()
     encoded = pipeline.encode_for(config, config.encoder(config.model), chosen.selected, texts,
                                   max_texts=batch_size)

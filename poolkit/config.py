@@ -71,6 +71,7 @@ class RunConfig:
     trust_remote_code: bool = _declared("trust_remote_code")
     #: ``None``: transformers' choice (``auto`` is kept as ``None``: one identity)
     attn_implementation: str | None = _declared("attn_implementation", default=None)
+    compile: bool = _declared("compile")
     prompt: str | None = _declared("prompt")
     out: str | Path | None = field(default=None, metadata={"identity": "no"})
     cache_dir: str | Path | None = _declared("cache_dir")
@@ -173,7 +174,8 @@ class RunConfig:
         under this run's encoder options."""
         return load_encoder(model, max_length=self.max_length,
                             trust_remote_code=self.trust_remote_code,
-                            attn_implementation=self.attn_implementation, prompt=self.prompt)
+                            attn_implementation=self.attn_implementation, prompt=self.prompt,
+                            compile=self.compile)
 
     def seed_list(self) -> list[int]:
         """The seeds, checked: 1 to :data:`MAX_SEEDS` distinct integers >= 0 (by default,
@@ -269,10 +271,12 @@ class RunConfig:
         return cls(**{**options, **changes})
 
     def results_options(self) -> dict:
-        """The options the results depend on (every field not marked output-only)."""
+        """The options the results depend on (every field not marked output-only; one
+        marked ``when set`` only when given: not ``None``, and for a flag not off)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.metadata["identity"] == "yes"
-                or (f.metadata["identity"] == "when set" and getattr(self, f.name) is not None)}
+                or (f.metadata["identity"] == "when set"
+                    and getattr(self, f.name) is not None and getattr(self, f.name) is not False)}
 
 
 def _is_int(value) -> bool:

@@ -76,6 +76,49 @@ def test_eager_and_sdpa_states_agree_and_an_asked_implementation_keys_its_own_en
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
 
 
+@pytest.mark.slow
+def test_compiled_states_agree_with_eager_and_key_their_own_entry(tiny_model_dir, tmp_path):
+    """--compile: the states of torch.compile's kernels, every layer and the last, within
+    float32 rounding of eager ones, in an entry of their own."""
+    import poolkit
+
+    cache = tmp_path / "cache"
+    for poolers in (["mean", "cls"], ["first_last_avg"]):  # the last layer; every layer
+        eager = poolkit.pool(TEXTS, poolers, model=str(tiny_model_dir), cache_dir=cache,
+                             cache_dtype="fp32")
+        compiled = poolkit.pool(TEXTS, poolers, model=str(tiny_model_dir), cache_dir=cache,
+                                cache_dtype="fp32", compile=True)
+        for name in eager:
+            assert np.abs(eager[name]).max() > 0.1
+            np.testing.assert_allclose(compiled[name], eager[name], atol=1e-5)
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 4
+    from poolkit.encoding.model import load_encoder
+
+    encoder = load_encoder(str(tiny_model_dir), compile=True)
+    assert encoder.encoding_model() is encoder.encoding_model()  # compiled once, kept
+
+
+@pytest.mark.slow
+def test_compile_that_cannot_compile_says_so_in_one_line(tiny_model_dir, tmp_path,
+                                                         monkeypatch):
+    """No C++ compiler for inductor: one line naming --compile, before any file is made."""
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()  # nothing compiled earlier in this process, nor read from disk
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    out = tmp_path / "run"
+    data = write_rows(tmp_path / "d.csv")
+    result = invoke(["run", "--data", data, "--model", tiny_model_dir, "--compile",
+                     "--poolers", "mean", "--out", out, "--cache-dir", tmp_path / "c"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "--compile: torch.compile could not compile" in result.output, result.output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("model_type", DECODERS)
 def test_a_decoder_pools_last_token_and_mean_as_its_own_forward_does(tiny, model_type):
     """Against transformers run on each text alone (no padding at all): poolkit pads

@@ -122,7 +122,7 @@ def encode_to_cache(encoder, texts, cache_dir, *, device: str = "cpu", dtype: st
     # A miss: check and load the model first, then let the caller prepare
     # (e.g. create its run directory) only once the model is known to load.
     encoder.validate()
-    model = encoder.model
+    model = encoder.encoding_model(device, all_layers=layers != [encoder.num_layers])
     _check_writable(cache_dir)
     if before_encoding is not None:
         before_encoding()

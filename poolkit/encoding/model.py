@@ -58,6 +58,8 @@ class Encoder:
     attn_implementation: str | None = None
     #: the one the loaded model uses (``None`` until the model is loaded)
     attention: str | None = None
+    #: encode under ``torch.compile`` (``--compile``)
+    compile: bool = False
     #: the text prepended to every text (``--prompt``, or the folder's default prompt)
     prompt: str | None = None
     #: a sentence-transformers folder's recipe (:func:`~poolkit.encoding.recipes.read_recipe`)
@@ -67,6 +69,7 @@ class Encoder:
     _tokenizer: object = None
     _config: object = None
     _model: object = None
+    _compiled: object = None
 
     @property
     def tokenizer(self):
@@ -93,6 +96,30 @@ class Encoder:
         if self._model is None:
             self._model = _load_model(self)
         return self._model
+
+    def encoding_model(self, device: str = "cpu", all_layers: bool = False):
+        """:attr:`model` as the encoder pass runs it: under ``torch.compile`` with
+        ``--compile`` (dynamic shapes: batches of any size and length), compiled here on a
+        small batch on ``device`` (with every layer's states out if ``all_layers``, as the
+        pass asks), so a machine that cannot compile says so before the pass starts."""
+        if not self.compile:
+            return self.model
+        import torch
+
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=True)
+        compiled = self._compiled
+        ids = torch.zeros((2, 8), dtype=torch.long, device=device)
+        try:
+            with torch.inference_mode():
+                compiled.to(device)(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    output_hidden_states=all_layers)
+        except Exception as exc:  # inductor's failures have many types: the one line says
+            raise PoolkitError(f"--compile: torch.compile could not compile {self.name} "
+                               f"here ({one_line(exc)}); run without --compile") from None
+        finally:
+            self.model.to("cpu")
+        return compiled
 
     @property
     def hidden_size(self) -> int:
@@ -187,6 +214,8 @@ class Encoder:
             identity["attn_implementation"] = self.attn_implementation
         if self.prompt:  # the texts the model sees (entries without one keep their keys)
             identity["prompt"] = self.prompt
+        if self.compile:  # other kernels: states equal within rounding, not bit for bit
+            identity["compile"] = True
         return identity
 
 
@@ -197,7 +226,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
-                 attn_implementation: str | None = None, prompt: str | None = None) -> Encoder:
+                 attn_implementation: str | None = None, prompt: str | None = None,
+                 compile: bool = False) -> Encoder:
     """Describe ``model`` (a name or path; ``None`` = default) for encoding.
 
     A local folder is read from its files (config.json, tokenizer_config.json);
@@ -205,7 +235,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
     ``attn_implementation``: one of :data:`ATTENTION` (``None`` or ``auto``:
     transformers' choice). A sentence-transformers folder's recipe
     (:mod:`poolkit.encoding.recipes`) gives the default ``max_length`` and the prompts
-    ``prompt`` may name (``None``: the folder's default prompt, if any).
+    ``prompt`` may name (``None``: the folder's default prompt, if any). ``compile``: encode
+    under ``torch.compile`` (:meth:`Encoder.encoding_model`).
     """
     attn_implementation = attention_asked(attn_implementation)
     if model is not None and str(model) == DEFAULT_MODEL_NAME:  # its name, as --model a,b lists it
@@ -223,7 +254,8 @@ def load_encoder(model=None, max_length=None, trust_remote_code: bool = False,
     settings, limits = _local_settings(path)
     if settings is not None:
         _check_weight_headers(name, Path(path))
-    encoder = Encoder(name, path, settings, 0, trust_remote_code, attn_implementation)
+    encoder = Encoder(name, path, settings, 0, trust_remote_code, attn_implementation,
+                      compile=bool(compile))
     if settings is None:  # a hub name, or a folder transformers must interpret
         encoder.validate()
         if recipe is None and not Path(path).is_dir():
