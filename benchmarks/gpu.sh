@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path, measured in one go (about 10 minutes on one GPU): encoder throughput,
-# fine-tuning step rate, the default run on the GPU, pairs fine-tuned end to end, and a
-# 2-process torchrun checked against the single process.
+# fine-tuning step rate, the default run on the GPU (its heads: the attention pooler's
+# against mean's, and the SentEval probe), pairs fine-tuned end to end, a 2-process
+# torchrun checked against the single process, and last the encoder under torch.compile.
 #
 # Here (a machine with the project's venv):
 #     benchmarks/gpu.sh prepare
@@ -76,6 +77,22 @@ transformers.__version__)"; } >>"$log" 2>&1
     /usr/bin/time -f "wall %e s, peak RSS %M KB" timeout 150 python3 -m poolkit run \
         --device cuda --out /tmp/gpu-default >>"$log" 2>&1
     cp /tmp/gpu-default/summary.csv "$OUT/default-summary.csv" 2>/dev/null
+    heads() { python3 -c "import json, sys; s = json.load(open(sys.argv[1] + '/settings.json'))
+print(sys.argv[1], 'heads', s['train_seconds'], 's, encoder', s['encode_seconds'], 's')" "$1" \
+        2>&1 | tee -a "$log"; }
+    heads /tmp/gpu-default
+
+    step "trainable pooler against a fixed one: --poolers attention, then mean (warm cache)"
+    for pooler in attention mean; do
+        timeout 60 python3 -m poolkit run --device cuda --poolers $pooler \
+            --out /tmp/gpu-$pooler >>"$log" 2>&1
+        heads /tmp/gpu-$pooler
+    done
+
+    step "--protocol senteval, mean (the probe's solver runs on the CPU; warm cache)"
+    timeout 90 python3 -m poolkit run --device cuda --protocol senteval --poolers mean \
+        --out /tmp/gpu-senteval >>"$log" 2>&1
+    heads /tmp/gpu-senteval
 
     step "pairs fine-tuned end to end: all 2,411 pairs, 5 poolers, one split"
     /usr/bin/time -f "wall %e s, peak RSS %M KB" timeout 200 python3 -m poolkit run \
@@ -91,6 +108,10 @@ transformers.__version__)"; } >>"$log" 2>&1
         if cmp -s "/tmp/gpu-default/$f" "/tmp/gpu-torchrun/$f"; then same=identical; else same=DIFFER; fi
         echo "$f: $same" | tee -a "$log"
     done
+
+    step "the encoder under torch.compile (benchmarks/encode.py --device cuda --compile)"
+    timeout 240 python3 benchmarks/encode.py --device cuda --repeats 2 --compile >>"$log" 2>&1
+    cp benchmarks/results/encode-cuda.md "$OUT"/encode-cuda-compile.md 2>/dev/null
     step "done"
 }
 
