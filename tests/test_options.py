@@ -157,6 +157,17 @@ RELEASED_SUITE_FOLDERS = (
 )
 
 
+def test_a_when_set_flag_joins_the_identity_only_when_on():
+    """--compile (added after run folders existed): off, the run keeps the folder it had;
+    on, a run of its own (its states differ from eager ones by rounding)."""
+    assert "compile" not in RunConfig().results_options()
+    assert RunConfig(compile=True).results_options()["compile"] is True
+    from poolkit.identity import RunIdentity
+
+    on, off = (RunIdentity.of(RunConfig(compile=flag)).folder() for flag in (True, False))
+    assert on != off
+
+
 class _Named(Exception):
     pass
 
