@@ -192,7 +192,7 @@ OPTIONS = {option.name: option for option in (
     Option("attn_implementation", "The encoder's attention kernel; auto: transformers' "
            "choice (SDPA where the architecture has it, else eager).", default="auto",
            type=_choice(ATTENTION), identity="when set", group="encoder"),
-    Option("compile", "Run the encoder under torch.compile: faster once compiled (1.2x "
+    Option("compile", "Run the encoder under torch.compile: faster once compiled (1.1-1.2x "
            "on this project's 2-core CPU), after a one-time compile of 20-60 s, so it pays "
            "off on large data; its states equal eager ones within the fp16 cache's rounding.",
            "bool", default=False, flag=True, identity="when set", group="encoder"),
