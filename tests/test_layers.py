@@ -223,19 +223,30 @@ def test_in_memory_block_gathers_what_the_cache_file_gives_bit_for_bit(sweep_cac
                                         cache.hidden_size)
 
 
+@pytest.mark.parametrize("kept", [True, False])
 def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
-        sweep_cache, hf_reference):
+        sweep_cache, hf_reference, kept, monkeypatch):
     """What trainable poolers standardize with: per dimension, over every real
     token of the texts (not per text, not counting padding), from per-text sums read
-    in chunks of tokens that split texts."""
+    in chunks of tokens that split texts and kept for every fold, or (``kept`` False: too
+    many texts to keep them) read for the given texts in chunks of texts."""
+    from poolkit.heads import trainable
     from poolkit.heads.trainable import token_standardization
+
+    if not kept:
+        monkeypatch.setattr(trainable, "MOMENTS_BYTES", 0)
 
     cache = sweep_cache[0]
     states, _ = hf_reference
     rows = np.array([7, 1, 4, 0, 9])
     for layer in (0, 2):
         real = torch.cat([states(TEXTS[i])[layer] for i in rows]).double()
-        standardize = token_standardization(cache, rows, cache.text_moments(layer, chunk=7))
+        moments = {}
+        standardize = token_standardization(cache, rows, layer, moments, chunk=2)
+        assert (layer in moments) == kept
+        if kept:  # read in chunks of tokens that split texts: the same sums
+            for whole, split in zip(moments[layer], cache.text_moments(layer, chunk=7)):
+                np.testing.assert_allclose(split, whole, rtol=1e-12)
         torch.testing.assert_close(standardize.shift, real.mean(dim=0).float(), atol=ATOL,
                                    rtol=1e-4)
         torch.testing.assert_close(standardize.scale, real.std(dim=0, correction=0).float(),

@@ -27,7 +27,7 @@ class TrainablePoolerHeads:
 
     def __init__(self, cache, timeout=DEFAULT_TIMEOUT, log=lambda message: None):
         self.cache, self.timeout, self.log = cache, timeout, log
-        self.moments = {}  # {layer: per-text token sums}, shared by every fold and pooler
+        self.moments = {}  # token_standardization's per-text sums, for every fold and pooler
 
     def wants(self, feature_set) -> bool:
         return feature_set.trainable and not feature_set.finetuned
@@ -58,9 +58,8 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout, moments:
 
     With ``task.config.standardize`` the token states are standardized per
     dimension with train-split statistics (the token-level counterpart of the
-    fixed features' standardization), from ``moments`` (``{layer:``
-    :meth:`~poolkit.encoding.cache.HiddenStateCache.text_moments` ``}``, filled as
-    needed: pass the same dict to every fold).
+    fixed features' standardization); ``moments`` keeps what
+    :func:`token_standardization` reads once for every fold (pass the same dict to each).
     """
     import torch
     import torch.nn.functional as F
@@ -139,10 +138,8 @@ class _TokenInputs:
         self.standardize = {}
         for layer in feature_set.layers:
             if task.config.standardize:
-                if layer not in moments:
-                    moments[layer] = cache.text_moments(layer)
-                self.standardize[layer] = token_standardization(cache, task.train,
-                                                                moments[layer])
+                self.standardize[layer] = token_standardization(cache, task.train, layer,
+                                                                moments)
             else:
                 self.standardize[layer] = Standardization(torch.zeros(hidden_size),
                                                           torch.ones(hidden_size))
@@ -213,10 +210,30 @@ class _TokenInputs:
                            fold=task.fold, weights=weights)
 
 
-def token_standardization(cache, rows, moments) -> Standardization:
-    """Per-dimension mean and std of the real-token states of texts ``rows``, from the
-    layer's per-text ``moments`` (:meth:`~poolkit.encoding.cache.HiddenStateCache.text_moments`):
-    no token is read again."""
-    sums, squares = moments
-    return Standardization.of_sums(sums[rows].sum(axis=0), squares[rows].sum(axis=0),
-                                   int(cache.lengths[rows].sum()))
+#: Per-text token sums (16 bytes per text and dimension) kept for the whole run while they
+#: fit; above, each fold's statistics are read from the cache on their own.
+MOMENTS_BYTES = 1 << 30
+
+
+def token_standardization(cache, rows, layer, moments: dict, chunk: int = 1024):
+    """Per-dimension mean and std (a :class:`~poolkit.heads.base.Standardization`) of the
+    real-token states of texts ``rows`` at ``layer``: from the layer's per-text sums
+    (:meth:`~poolkit.encoding.cache.HiddenStateCache.text_moments`, read once into
+    ``moments`` and kept for every fold) while they fit :data:`MOMENTS_BYTES`, else read
+    for these texts, ``chunk`` texts at a time."""
+    import torch
+
+    if 16 * len(cache) * cache.hidden_size <= MOMENTS_BYTES:
+        if layer not in moments:
+            moments[layer] = cache.text_moments(layer)
+        sums, squares = moments[layer]
+        return Standardization.of_sums(sums[rows].sum(axis=0), squares[rows].sum(axis=0),
+                                       int(cache.lengths[rows].sum()))
+    states = cache.states(layer)
+    total = torch.zeros(cache.hidden_size, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(rows), chunk):
+        part = torch.from_numpy(states[cache.token_rows(rows[start : start + chunk])]).double()
+        total += part.sum(dim=0)
+        squares += (part * part).sum(dim=0)
+    return Standardization.of_sums(total, squares, int(cache.lengths[rows].sum()))
