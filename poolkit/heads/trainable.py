@@ -135,14 +135,12 @@ class _TokenInputs:
 
         self.cache, self.feature_set, self.task, self.timeout = cache, feature_set, task, timeout
         hidden_size = cache.hidden_size
-        self.standardize = {}
-        for layer in feature_set.layers:
-            if task.config.standardize:
-                self.standardize[layer] = token_standardization(cache, task.train, layer,
-                                                                moments)
-            else:
-                self.standardize[layer] = Standardization(torch.zeros(hidden_size),
-                                                          torch.ones(hidden_size))
+        self.standardize = {
+            layer: token_standardization(cache, task.train, layer, moments)
+            if task.config.standardize
+            else Standardization(torch.zeros(hidden_size), torch.ones(hidden_size))
+            for layer in feature_set.layers
+        }
         fits = 4 * hidden_size * int(cache.lengths.sum()) * len(feature_set.layers) \
             <= IN_MEMORY_BYTES
         self.blocks = {layer: cache.in_memory(layer, scale)
