@@ -60,7 +60,7 @@ def main():
                                                 ["--poolers", pooler])
                     done["cache"], done["epochs"] = cache, _epochs(tmp / f"attention-{tag}")
                     runs[side].append(done)
-                    print(side, {k: (v if k == "encode" else round(v["heads"], 2))
+                    print(side, {k: round(v["heads"], 2) if isinstance(v, dict) else v
                                  for k, v in done.items()}, flush=True)
             parts = floor(runs["this checkout"][-1]["cache"])
         finally:
