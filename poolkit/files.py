@@ -16,11 +16,15 @@ MARKER = ".poolkit-run.json"
 OWN_SUBFOLDERS = ("heads", "models")
 
 
+#: The characters a path part may not hold (all but letters, digits and ``_ . @ + -``).
+UNSAFE = re.compile(r"[^A-Za-z0-9_.@+-]")
+
+
 def path_part(name: str) -> str:
     """``name`` as one safe part of a path: itself when it is only letters, digits and
     ``_ . @ + -`` (and not ``.`` or ``..``), else those characters kept, the others made
     ``_``, and 8 hex digits of its sha256 added, so two names never share a part."""
-    safe = re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
+    safe = UNSAFE.sub("_", name)
     if safe != name or safe.strip(".") == "":
         safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return safe

@@ -9,7 +9,6 @@ or changed data is recomputed.
 import hashlib
 import io
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from poolkit.errors import PoolkitError
 from poolkit.files import (
     MARKER,
     OWN_SUBFOLDERS,
+    UNSAFE,
     path_part,
     sha256_file,
     tensors_sha256,
@@ -228,7 +228,7 @@ class RunStore:
         self.folder = self.out / "heads" if out is not None else None
         self.models = self.out / "models" if out is not None else None
         if out is not None and subfolder is not None:
-            label = re.sub(r"[^A-Za-z0-9_.@+-]", "_", subfolder)
+            label = UNSAFE.sub("_", subfolder)  # no hash added: older runs keep their folders
             if label.strip(".") == "":  # a model named . or ..: not the folder above
                 label = path_part(subfolder)
             self.folder, self.models = self.folder / label, self.models / label
