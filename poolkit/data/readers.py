@@ -508,12 +508,12 @@ def read_texts(path, text_col: str, encoding: str = "utf-8", text_pair_col: str 
                                "skip leaves them out)")
         if log is not None:
             log(f"warning: {said}: left out, the other rows keep their numbers")
-    rows = np.array([row for row in range(len(values[0])) if row not in blank]) + 1
-    if not len(rows):
+    kept = [row for row in range(len(values[0])) if row not in blank]
+    if not kept:
         raise PoolkitError(f"data file '{path}' has no rows to predict")
-    picked = [[texts[row - 1] for row in rows] for texts in values]
+    picked = [[texts[row] for row in kept] for texts in values]
     texts = list(zip(*picked)) if text_pair_col is not None else picked[0]
-    return texts, rows
+    return texts, np.array(kept) + 1
 
 
 def load_default_examples():
