@@ -387,27 +387,28 @@ def verdict_sentences(summary, metric: str, rope: float) -> list:
     value = float(ok[f"{metric}_mean"].iloc[ids.index(first)])
     within = f"within {rope_words(metric, rope)}"
 
-    def named(*decisions):
-        chosen = [k for k, d in said.items() if d in decisions]
-        return _joined(chosen) if chosen else ""
+    def said_as(clauses) -> list:
+        """Each clause ``(text with {}, decisions)`` whose decisions name any set, filled."""
+        filled = []
+        for text, decisions in clauses:
+            chosen = [k for k, d in said.items() if d in decisions]
+            if chosen:
+                filled.append(text.format(_joined(chosen)))
+        return filled
 
     if said[first] == "best":
         lines = [f"Best on this task: {first} ({metric} {value:.3f})."]
-        parts = [f"it beats {named('worse')}" if named("worse") else
-                 "it is established to beat none of the others",
-                 f"beats {named('worse (within ROPE)')} by less than the ROPE"
-                 if named("worse (within ROPE)") else "",
-                 f"is practically equivalent to {named('equivalent')} ({within})"
-                 if named("equivalent") else "",
-                 f"cannot yet be told apart from {named('inconclusive')}"
-                 if named("inconclusive") else ""]
-        sentence = _joined([p for p in parts if p])
+        parts = said_as([("it beats {}", ("worse",))]) or [
+            "it is established to beat none of the others"]
+        parts += said_as([("beats {} by less than the ROPE", ("worse (within ROPE)",)),
+                          (f"is practically equivalent to {{}} ({within})", ("equivalent",)),
+                          ("cannot yet be told apart from {}", ("inconclusive",))])
+        sentence = _joined(parts)
         return lines + [sentence[0].upper() + sentence[1:] + "."]
-    parts = [f"{word}: {named(*decisions)}" for word, decisions in (
-        ("better", ("better", "better (within ROPE)")),
-        ("worse", ("worse", "worse (within ROPE)")),
-        (f"practically equivalent ({within})", ("equivalent",)),
-        ("not yet told apart", ("inconclusive",))) if named(*decisions)]
+    parts = said_as([("better: {}", ("better", "better (within ROPE)")),
+                     ("worse: {}", ("worse", "worse (within ROPE)")),
+                     (f"practically equivalent ({within}): {{}}", ("equivalent",)),
+                     ("not yet told apart: {}", ("inconclusive",))])
     if not parts:  # the baseline alone finished
         return []
     return [f"Against the baseline {first} ({metric} {value:.3f}): {'; '.join(parts)}."]
