@@ -170,8 +170,8 @@ def _package_folder(package, task: str, where: str) -> Path:
 def task_configs(suite: Suite, options: dict, out=None) -> tuple:
     """``(suite directory, {task name: RunConfig})``: each task's data options over the
     suite-wide ``options`` (the command line's, then ``[defaults]``, then a run's
-    defaults), each checked by :meth:`RunConfig.from_options`. ``out`` defaults to ``poolkit-runs/suite-<name>-<hash of what the
-    results depend on>``."""
+    defaults), each checked by :meth:`RunConfig.from_options`. ``out`` defaults to
+    ``poolkit-runs/suite-<name>-<hash of what the results depend on>``."""
     given = {k: v for k, v in options.items() if v is not None}
     chosen = {**suite.defaults, **given}
     unknown = sorted(set(chosen) - set(SUITE_OPTIONS) - {f.name for f in fields(RunConfig)})
