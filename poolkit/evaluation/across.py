@@ -29,16 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from poolkit.errors import PoolkitError
-from poolkit.evaluation.decisions import (
-    decide,
-    flipped,
-    prediction,
-    rope_of,
-    rope_words,
-    tost_p,
-)
+from poolkit.evaluation.decisions import flipped, prediction, rope_of, rope_words
 from poolkit.evaluation.metrics import METRICS, PRIMARY
-from poolkit.evaluation.stats import ALPHA, holm
+from poolkit.evaluation.stats import ALPHA, decisions, holm
 from poolkit.pooling.features import feature_id
 
 METHODS = (
@@ -329,12 +322,9 @@ def _decided(across, metric: str, higher: bool, rope: float, alpha: float):
     if not len(across):
         return across.reindex(columns=across_columns(metric))
     k = across["tasks"].to_numpy()
-    equivalence = tost_p(across[f"{metric}_diff"], across[f"{metric}_se"], rope,
-                         np.where(k > 1, k - 1, np.inf))
-    across["p_equivalent"] = equivalence
-    across["p_equivalent_holm"] = holm(equivalence)
-    across["decision"] = decide(across[f"{metric}_diff"], across[f"{metric}_p_holm"],
-                                across["p_equivalent_holm"], rope, alpha, higher)
+    across["p_equivalent"], across["p_equivalent_holm"], across["decision"] = decisions(
+        across[f"{metric}_diff"], across[f"{metric}_se"], across[f"{metric}_p_holm"],
+        np.where(k > 1, k - 1, np.inf), rope, alpha, higher)
     return across
 
 

@@ -207,12 +207,21 @@ def _decided(frame, primary: str, higher_is_better: bool, df, rope: float, alpha
     its equivalence test (TOST within ``±rope``, Student's t with ``df`` as its two-sided
     test; raw and Holm-corrected) and each pair's ``decision``."""
     frame["significant"] = frame[f"{primary}_p_holm"] < alpha
-    equivalence = tost_p(frame[f"{primary}_diff"], frame[f"{primary}_se"], rope, df)
-    frame[f"{primary}_p_equivalent"] = equivalence
-    frame[f"{primary}_p_equivalent_holm"] = holm(equivalence)
-    frame["decision"] = decide(frame[f"{primary}_diff"], frame[f"{primary}_p_holm"],
-                               frame[f"{primary}_p_equivalent_holm"], rope, alpha,
-                               higher_is_better)
+    (frame[f"{primary}_p_equivalent"], frame[f"{primary}_p_equivalent_holm"],
+     frame["decision"]) = decisions(frame[f"{primary}_diff"], frame[f"{primary}_se"],
+                                    frame[f"{primary}_p_holm"], df, rope, alpha,
+                                    higher_is_better)
+
+
+def decisions(diff, se, p_holm, df, rope: float, alpha: float, higher_is_better: bool) -> tuple:
+    """``(p_equivalent, p_equivalent_holm, decision)`` of pairs with differences ``diff``,
+    standard errors ``se`` (Student's t with ``df``) and Holm-corrected two-sided p-values:
+    their equivalence test within ``±rope`` (TOST), Holm over the pairs, and each pair's
+    decision (:func:`~poolkit.evaluation.decisions.decide`); on one task and across tasks."""
+    equivalence = tost_p(diff, se, rope, df)
+    corrected = holm(equivalence)
+    return (equivalence, corrected,
+            decide(diff, p_holm, corrected, rope, alpha, higher_is_better))
 
 
 def _check_arguments(n_boot: int, primary: str, metrics: dict, baseline, names) -> None:
