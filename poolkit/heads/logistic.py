@@ -195,17 +195,19 @@ def _dot(a, b):
 
 
 class _Preconditioner:
-    """``r -> M_p^-1 r`` for every problem ``p``, with ``M_p = a_p G + reg_p I``:
-    ``G = X^T diag(h) X`` on the rows' curvature ``h`` averaged over the problems
-    (one per label), scaled by each problem's total curvature ``a_p``. The
-    problems share ``G`` (their rows and iterates are alike), so one
-    eigendecomposition per label inverts all of them; ``M_p`` catches the
-    correlations between raw features that make plain conjugate gradients slow.
+    """``r -> M_p^-1 r`` for every problem ``p``: ``M_p`` is the diagonal of each
+    label's block of the problem's Hessian (``X^T diag(h_pk) X`` plus its penalty) in
+    one orthonormal basis of the features, the eigenvectors of ``X^T diag(h) X`` on the
+    rows' curvature ``h`` averaged over the problems and labels. In that basis the raw
+    features' correlations, which make plain conjugate gradients slow, are gone, and
+    what is left of each label's curvature sits mostly on the diagonal.
 
-    ``G``'s eigenvectors are worked out once, at the first step's curvature (in float32:
-    a preconditioner needs no more), and kept: later steps update only its eigenvalues'
-    scale and each problem's share, since the curvature moves little between Newton
-    steps, and conjugate gradients stay exact whatever the preconditioner.
+    The basis is worked out once, at the first step's curvature (in float32: a
+    preconditioner needs no more), and kept; every step then takes the diagonal at its
+    own curvature, for each problem and label: one matrix product over the rows, and two
+    over the features for each use, however many labels there are (one eigenvector basis
+    per label costs a decomposition each, and was most of the time on many labels).
+    Conjugate gradients stay exact whatever the preconditioner.
 
     With more than two labels the steps keep the intercepts' sum where it starts
     (0, as scikit-learn's lbfgs does): adding one number to every intercept
@@ -215,26 +217,23 @@ class _Preconditioner:
         """``x1``: the design matrix in float32."""
         import torch
 
-        mean = curvature.mean(dim=1).to(torch.float32)  # (N, K')
-        gram = torch.stack([(x1 * mean[:, j, None]).T @ x1 for j in range(mean.shape[1])])
-        eigenvalues, vectors = torch.linalg.eigh(gram)  # (K', D+1), (K', D+1, D+1)
-        self.vectors = vectors
-        self.eigenvalues = eigenvalues.to(torch.float64).clamp(min=0)
-        self.mean = mean.to(torch.float64).sum(dim=0)  # (K',) the curvature G was made at
+        mean = curvature.mean(dim=(1, 2)).to(torch.float32)  # (N,)
+        _, vectors = torch.linalg.eigh(((x1 * mean[:, None]).T @ x1).to(torch.float64))
+        self.vectors = vectors.to(torch.float32)  # (D+1, D+1), one eigenvector a column
+        self.squares = (x1 @ self.vectors) ** 2  # (N, D+1): the rows in that basis, squared
 
     def at(self, curvature, reg):
         """The preconditioner of the problems at ``curvature`` (N, P, K') and penalties
         ``reg`` (P,)."""
         import torch
 
-        share = curvature.sum(dim=0) / self.mean  # (P, K')
-        denominator = (share[..., None] * self.eigenvalues + reg[:, None, None]).to(
-            torch.float32)
+        n, p, k = curvature.shape
+        diagonal = (curvature.to(torch.float32).reshape(n, p * k).T @ self.squares).view(
+            p, k, -1) + reg.to(torch.float32)[:, None, None]
         vectors = self.vectors
 
         def apply(r):  # (P, K', D+1), rotated in float32
-            rotated = torch.einsum("kde,pkd->pke", vectors, r.to(torch.float32)) / denominator
-            out = torch.einsum("kde,pke->pkd", vectors, rotated).to(torch.float64)
+            out = ((r.to(torch.float32) @ vectors) / diagonal @ vectors.T).to(torch.float64)
             if out.shape[1] > 1:  # the softmax's flat direction: intercepts all moved alike
                 out[..., -1] -= out[..., -1].mean(dim=1, keepdim=True)
             return out
