@@ -34,6 +34,7 @@ from against import ROOT, checkout  # noqa: E402
 PROBE = """
 import json, sys, time
 import numpy as np
+import sklearn.model_selection, torch  # imported before the clock starts, as in a run
 from poolkit.heads.probes import SENTEVAL_C, senteval_probe
 d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
 rows = np.arange(len(y))[np.arange(len(y)) % 10 != 0]
@@ -161,7 +162,8 @@ def main():
         "heads and encoder seconds from its settings.json (10 outer folds)",
         f"one outer fold (rows i % 10 != 0), the same mean features: this checkout's "
         f"senteval_probe and {args.ref}'s (its 66 problems solved at once in float64), each in "
-        "a fresh interpreter; scores: the 6 inner mean accuracies, largest difference",
+        "a fresh interpreter (torch imported before the clock starts); scores: the 6 inner "
+        "mean accuracies, largest difference",
         f"sklearn-100: SentEval's path, 61 LogisticRegression fits (lbfgs, 100 iterations) on "
         f"the fold's first {args.subset} rows",
     ])
