@@ -9,12 +9,13 @@ which film a review is of).
 1. The whole command per case, ``poolkit run --protocol senteval --poolers mean`` from a cold
    cache of its own: ``settings.json``'s heads seconds over its encoder seconds.
 2. One outer fold's probe on the same ``mean`` features: this checkout's
-   :func:`poolkit.heads.probes.senteval_probe`, the one of commit ``--ref`` (the solver
-   before this change, run from a worktree), and scikit-learn fit by fit as SentEval runs it
-   (``sklearn-100``, 61 fits) on ``--subset`` rows of the fold: seconds, the ``C`` each
-   chose, and the inner scores' largest difference from this checkout's.
+   :func:`poolkit.heads.probes.senteval_probe`, the one of commit ``--ref`` (default
+   17a62d2, the solver with one preconditioner basis per label; run from a worktree), and
+   scikit-learn fit by fit as SentEval runs it (``sklearn-100``, 61 fits) on ``--subset``
+   rows of the fold: seconds, the ``C`` each chose, and the inner scores' largest
+   difference from this checkout's.
 
-    python benchmarks/senteval_labels.py [--ref 459fdf6] [--subset 1000]
+    python benchmarks/senteval_labels.py [--ref 17a62d2] [--subset 1000]
 """
 
 import argparse
@@ -129,7 +130,7 @@ def main():
     from common import save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ref", default="459fdf6", help="the commit before this change")
+    parser.add_argument("--ref", default="17a62d2", help="the commit to compare with")
     parser.add_argument("--subset", type=int, default=1000,
                         help="rows of the fold scikit-learn's fit-by-fit path gets")
     args = parser.parse_args()
@@ -161,9 +162,8 @@ def main():
         "whole command: poolkit run --protocol senteval --poolers mean, cold cache of its own; "
         "heads and encoder seconds from its settings.json (10 outer folds)",
         f"one outer fold (rows i % 10 != 0), the same mean features: this checkout's "
-        f"senteval_probe and {args.ref}'s (its 66 problems solved at once in float64), each in "
-        "a fresh interpreter (torch imported before the clock starts); scores: the 6 inner "
-        "mean accuracies, largest difference",
+        f"senteval_probe and {args.ref}'s, each in a fresh interpreter (torch imported before "
+        "the clock starts); scores: the 6 inner mean accuracies, largest difference",
         f"sklearn-100: SentEval's path, 61 LogisticRegression fits (lbfgs, 100 iterations) on "
         f"the fold's first {args.subset} rows",
     ])
