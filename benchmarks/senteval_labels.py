@@ -15,7 +15,10 @@ which film a review is of).
    rows of the fold: seconds, the ``C`` each chose, and the inner scores' largest
    difference from this checkout's.
 
-    python benchmarks/senteval_labels.py [--ref 17a62d2] [--subset 1000]
+3. With ``--profile K``: this checkout's fold under ``cProfile``, its ``K`` costliest
+   functions per case (where the time goes).
+
+    python benchmarks/senteval_labels.py [--ref 17a62d2] [--subset 1000] [--profile 8]
 """
 
 import argparse
@@ -43,6 +46,22 @@ began = time.perf_counter()
 probe = senteval_probe(x, y, rows, SENTEVAL_C, 10, 0)
 print(json.dumps({"seconds": time.perf_counter() - began, "C": float(probe.C),
                   "scores": [float(s) for s in probe.scores]}))
+"""
+
+PROFILE = """
+import cProfile, json, os, pstats, sys
+import numpy as np
+import sklearn.model_selection, torch
+from poolkit.heads.probes import SENTEVAL_C, senteval_probe
+d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
+rows = np.arange(len(y))[np.arange(len(y)) % 10 != 0]
+profile = cProfile.Profile()
+profile.runcall(senteval_probe, x, y, rows, SENTEVAL_C, 10, 0)
+stats = pstats.Stats(profile).stats  # {(file, line, name): (calls, _, own s, _, _)}
+top = sorted(stats.items(), key=lambda item: -item[1][2])[:int(sys.argv[2])]
+print(json.dumps({"total": sum(v[2] for v in stats.values()), "top": [
+    [name if file == "~" else f"{os.path.basename(file)}:{line} {name}", v[0], v[2]]
+    for (file, line, name), v in top]}))
 """
 
 
@@ -100,8 +119,8 @@ def features(options: list, cache: Path, tmp: Path, name: str) -> Path:
     return path
 
 
-def probe(source: Path, path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True,
+def probe(source: Path, path: Path, code: str = PROBE, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, str(path), *args], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(source)}, cwd=source)
     if done.returncode != 0:
         raise SystemExit(f"probe in {source} failed:\n{done.stderr[-2000:]}")
@@ -133,8 +152,11 @@ def main():
     parser.add_argument("--ref", default="17a62d2", help="the commit to compare with")
     parser.add_argument("--subset", type=int, default=1000,
                         help="rows of the fold scikit-learn's fit-by-fit path gets")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="also profile this checkout's fold (cProfile): its K costliest "
+                        "functions per case, into senteval-labels-profile.md")
     args = parser.parse_args()
-    rows = []
+    rows, profiled = [], []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         before = checkout(args.ref, tmp / "ref")
@@ -155,6 +177,12 @@ def main():
                     "scores differ by": f"{_largest_gap(now['scores'], old['scores']):.1e}",
                     f"sklearn-100 s ({sk['rows']} rows), C": f"{sk['seconds']:.1f}, {sk['C']:g}"})
                 print(rows[-1], flush=True)
+                if args.profile:
+                    found = probe(ROOT, path, PROFILE, str(args.profile))
+                    profiled += [{"case": name, "function": function, "calls": calls,
+                                  "own s": round(own, 2),
+                                  "share": f"{own / found['total']:.0%}"}
+                                 for function, calls, own in found["top"]]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(before)], capture_output=True)
@@ -167,6 +195,11 @@ def main():
         f"sklearn-100: SentEval's path, 61 LogisticRegression fits (lbfgs, 100 iterations) on "
         f"the fold's first {args.subset} rows",
     ])
+    if profiled:
+        save("senteval-labels-profile", pd.DataFrame(profiled), [
+            "this checkout's outer fold (rows i % 10 != 0) of each case under cProfile, in a "
+            f"fresh interpreter: the {args.profile} functions with the most own time "
+            "(a function's own, not its callees'), share of the profiled total"])
 
 
 if __name__ == "__main__":
