@@ -202,8 +202,8 @@ class _Preconditioner:
     features' correlations, which make plain conjugate gradients slow, are gone, and
     what is left of each label's curvature sits mostly on the diagonal.
 
-    The basis is worked out once, at the first step's curvature (its matrix in float32:
-    a preconditioner needs no more), and kept; every step then takes the diagonal at its
+    The basis is worked out once, at the first step's curvature (in float32: a
+    preconditioner needs no more), and kept; every step then takes the diagonal at its
     own curvature, for each problem and label: one matrix product over the rows, and two
     over the features for each use, however many labels there are (one eigenvector basis
     per label costs a decomposition each, and was most of the time on many labels).
@@ -218,8 +218,7 @@ class _Preconditioner:
         import torch
 
         mean = curvature.mean(dim=(1, 2)).to(torch.float32)  # (N,)
-        _, vectors = torch.linalg.eigh(((x1 * mean[:, None]).T @ x1).to(torch.float64))
-        self.vectors = vectors.to(torch.float32)  # (D+1, D+1), one eigenvector a column
+        _, self.vectors = torch.linalg.eigh((x1 * mean[:, None]).T @ x1)  # one a column
         self.squares = (x1 @ self.vectors) ** 2  # (N, D+1): the rows in that basis, squared
 
     def at(self, curvature, reg):
