@@ -35,26 +35,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from against import ROOT, checkout  # noqa: E402
 
-PROBE = """
-import json, sys, time
+#: One outer fold's data in a fresh interpreter: rows i % 10 != 0 of the .npz in argv[1].
+FOLD = """
+import cProfile, json, os, pstats, sys, time
 import numpy as np
-import sklearn.model_selection, torch  # imported before the clock starts, as in a run
+import sklearn.model_selection, torch  # imported before any clock starts, as in a run
 from poolkit.heads.probes import SENTEVAL_C, senteval_probe
 d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
 rows = np.arange(len(y))[np.arange(len(y)) % 10 != 0]
+"""
+
+PROBE = FOLD + """
 began = time.perf_counter()
 probe = senteval_probe(x, y, rows, SENTEVAL_C, 10, 0)
 print(json.dumps({"seconds": time.perf_counter() - began, "C": float(probe.C),
                   "scores": [float(s) for s in probe.scores]}))
 """
 
-PROFILE = """
-import cProfile, json, os, pstats, sys
-import numpy as np
-import sklearn.model_selection, torch
-from poolkit.heads.probes import SENTEVAL_C, senteval_probe
-d = np.load(sys.argv[1]); x, y = d["x"], d["y"]
-rows = np.arange(len(y))[np.arange(len(y)) % 10 != 0]
+PROFILE = FOLD + """
 profile = cProfile.Profile()
 profile.runcall(senteval_probe, x, y, rows, SENTEVAL_C, 10, 0)
 stats = pstats.Stats(profile).stats  # {(file, line, name): (calls, _, own s, _, _)}
