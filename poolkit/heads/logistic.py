@@ -209,9 +209,12 @@ class _Preconditioner:
     per label costs a decomposition each, and was most of the time on many labels).
     Conjugate gradients stay exact whatever the preconditioner.
 
-    With more than two labels the steps keep the intercepts' sum where it starts
-    (0, as scikit-learn's lbfgs does): adding one number to every intercept
-    changes neither the loss nor the penalty."""
+    With more than two labels the steps keep the sum over the labels of every
+    coefficient where it starts (0, where scikit-learn's optimum has it): adding one
+    vector to every label's row leaves the loss as it is, so the Hessian's only
+    curvature along it is the penalty's (none for the intercept), which a per-label
+    diagonal takes for the labels' far larger one; left in, that direction is most of
+    the conjugate gradients' work at large ``C``."""
 
     def __init__(self, x1, curvature):
         """``x1``: the design matrix in float32."""
@@ -233,8 +236,8 @@ class _Preconditioner:
 
         def apply(r):  # (P, K', D+1), rotated in float32
             out = ((r.to(torch.float32) @ vectors) / diagonal @ vectors.T).to(torch.float64)
-            if out.shape[1] > 1:  # the softmax's flat direction: intercepts all moved alike
-                out[..., -1] -= out[..., -1].mean(dim=1, keepdim=True)
+            if out.shape[1] > 1:  # every label's row moved alike: the loss's flat direction
+                out -= out.mean(dim=1, keepdim=True)
             return out
 
         return apply
