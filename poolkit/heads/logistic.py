@@ -72,36 +72,39 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     ``ValueError`` otherwise, as scikit-learn would fit a smaller model). ``start``: a
     :class:`Fit` of the same shape to start from (default: zero), e.g. the solutions at a
     neighbouring ``C``; ``basis``: a :class:`Fit`'s ``basis``, for problems of about its
-    curvature (default: worked out at the first step). A problem is solved only while its
-    gradient is above ``tol``, so every step's products run over the problems still
-    going."""
+    curvature on the same ``x`` (default: worked out at the first step). A problem is
+    solved only while its gradient is above ``tol``, so every step's products run over the
+    problems still going."""
     import torch
 
     problems = _Problems(x, y, weights, c, num_labels)
     p, k, d = problems.p, problems.k, problems.d
     w = torch.zeros(p, k, d + 1, dtype=torch.float64) if start is None else torch.cat(
         [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
+    z = problems.scores(w)  # (N, P, K'), kept up to date along the steps
     largest = torch.zeros(p, dtype=torch.float64)
     going = torch.arange(p)  # the problems not yet solved (nor stalled)
     steps = 0
     for steps in range(max_iter + 1):
-        sub, now = problems.subset(going), w[going]
-        prob = torch.softmax(sub.scores(now), dim=2)[..., -k:]  # (N, P', K')
+        sub, now, scores = problems.subset(going), w[going], z[:, going]
+        prob = sub.probabilities(scores)  # (N, P', K')
         grad = sub.gradient(now, prob)
         largest[going] = grad.abs().amax(dim=(1, 2))
         active = largest[going] > tol
         if steps == max_iter or not bool(active.any()):
             break
-        going, sub, now = going[active], sub.subset(active.nonzero()[:, 0]), now[active]
+        going, sub, now, scores = going[active], sub.subset(active.nonzero()[:, 0]), \
+            now[active], scores[:, active]
         prob, grad = prob[:, active], grad[active]
-        curvature = sub.scale[..., None] * prob * (1 - prob)  # (N, P', K')
         if basis is None:
-            basis = _Preconditioner(sub.x1_32, curvature)
-        prob32 = prob.to(torch.float32)  # what the Hessian products read, once per step
-        step = _conjugate_gradients(lambda v: sub.hessian_times(v, prob32), -grad,
-                                    basis.at(curvature, sub.reg), max_cg)
-        length = _backtrack(sub.objective, now, step, grad)
+            basis = _Basis(sub, prob)
+        step = basis.newton_step(sub, prob, grad, max_cg)
+        along = sub.scores(step)  # the scores move linearly along the step: one product
+        length = _backtrack(lambda t: sub.objective(now + t[:, None, None] * step,
+                                                    scores + t[None, :, None] * along),
+                            _dot(grad, step))
         w[going] = now + length[:, None, None] * step
+        z[:, going] = scores + length[None, :, None] * along
         going = going[length > 0]  # no descent left within rounding: stalled, stays
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
     return Fit(coef, intercept, steps, largest.numpy(), basis)
@@ -109,9 +112,9 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
 
 class _Problems:
     """``P`` weighted L2 logistic regressions on one design matrix, in float64: their
-    scores, objective, gradient and Hessian-vector products, all problems at once.
-    Weights ``w`` are ``(P, K', D+1)``: ``K' = 1`` for two labels (scikit-learn's binary
-    model), else ``K``; the last column is the unpenalized intercept."""
+    scores, objective and gradient, all problems at once. Weights ``w`` are
+    ``(P, K', D+1)``: ``K' = 1`` for two labels (scikit-learn's binary model), else
+    ``K``; the last column is the unpenalized intercept."""
 
     def __init__(self, x, y, weights, c, num_labels: int):
         import torch
@@ -131,9 +134,7 @@ class _Problems:
             raise ValueError(f"problem {problem} has no item of label {label} to learn from")
         self.k = 1 if num_labels == 2 else num_labels
         self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
-        self.x1_32 = self.x1.to(torch.float32)
         self.scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
-        self.scale_32 = self.scale.to(torch.float32)
         self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
         self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
         self.penalized[-1] = 0.0  # the intercept
@@ -146,68 +147,52 @@ class _Problems:
 
         part = copy.copy(self)
         part.scale, part.reg, part.p = self.scale[:, index], self.reg[index], len(index)
-        part.scale_32 = self.scale_32[:, index]
         return part
 
     def scores(self, w):
-        """(P, K', D+1) -> (N, P, K) softmax scores."""
+        """(P, K', D+1) -> (N, P, K') scores (for two labels, of label 1 only)."""
+        n, p, k, d = self.n, self.p, self.k, self.d
+        return (self.x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
+
+    def probabilities(self, z):
+        """(N, P, K') scores -> (N, P, K') softmax probabilities of the same labels."""
         import torch
 
-        n, p, k, d = self.n, self.p, self.k, self.d
-        z = (self.x1 @ w.reshape(p * k, d + 1).T).view(n, p, k)
-        return _full(z, k, torch)
+        return torch.softmax(_full(z, self.k, torch), dim=2)[..., -self.k:]
 
-    def back(self, g, x1=None):
-        """(N, P, K') per-row gradients -> (P, K', D+1), through ``x1`` (default: the
-        design matrix in float64)."""
-        n, p, k, d = self.n, self.p, self.k, self.d
-        return (g.reshape(n, p * k).T @ (self.x1 if x1 is None else x1)).view(p, k, d + 1)
-
-    def objective(self, w):
+    def objective(self, w, z):
+        """The objectives (P,) at weights ``w`` with scores ``z`` (``self.scores(w)``)."""
         import torch
 
-        z, k, target = self.scores(w), self.k, self.target
-        loss = torch.logsumexp(z, dim=2) - (z[..., -k:] * target).sum(dim=2) if k > 1 \
-            else torch.nn.functional.softplus(z[..., 1]) - z[..., 1] * target[..., 0]
+        loss = torch.logsumexp(z, dim=2) - (z * self.target).sum(dim=2) if self.k > 1 \
+            else torch.nn.functional.softplus(z[..., 0]) - z[..., 0] * self.target[..., 0]
         return (self.scale * loss).sum(dim=0) + \
             0.5 * self.reg * ((w * w) * self.penalized).sum(dim=(1, 2))
 
     def gradient(self, w, prob):
-        return self.back(self.scale[..., None] * (prob - self.target)) + \
-            self.reg[:, None, None] * w * self.penalized
-
-    def hessian_times(self, v, prob):
-        """Hessian-vector products, one per problem, at the float32 scores ``prob``: in
-        float32 (twice float64's speed here), since they only steer the Newton step that
-        the float64 gradient and line search then check."""
-        import torch
-
         n, p, k, d = self.n, self.p, self.k, self.d
-        u = (self.x1_32 @ v.to(torch.float32).reshape(p * k, d + 1).T).view(n, p, k)
-        hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
-            else prob * (1 - prob) * u
-        back = self.back(self.scale_32[..., None] * hu, self.x1_32).to(torch.float64)
-        return back + self.reg[:, None, None] * v * self.penalized
+        loss = (self.scale[..., None] * (prob - self.target)).reshape(n, p * k).T @ self.x1
+        return loss.view(p, k, d + 1) + self.reg[:, None, None] * w * self.penalized
 
 
 def _dot(a, b):
     return (a * b).sum(dim=(1, 2))
 
 
-class _Preconditioner:
-    """``r -> M_p^-1 r`` for every problem ``p``: ``M_p`` is the diagonal of each
-    label's block of the problem's Hessian (``X^T diag(h_pk) X`` plus its penalty) in
-    one orthonormal basis of the features, the eigenvectors of ``X^T diag(h) X`` on the
+class _Basis:
+    """Newton steps by preconditioned conjugate gradients on Hessian-vector products, in
+    one orthonormal basis of the features: the eigenvectors of ``X^T diag(h) X`` on the
     rows' curvature ``h`` averaged over the problems and labels. In that basis the raw
-    features' correlations, which make plain conjugate gradients slow, are gone, and
-    what is left of each label's curvature sits mostly on the diagonal.
+    features' correlations, which make plain conjugate gradients slow, are gone, and what
+    is left of each label's block of each problem's Hessian (``X^T diag(h_pk) X`` plus its
+    penalty) sits mostly on its diagonal: the preconditioner, a division.
 
-    The basis is worked out once, at the first step's curvature (in float32: a
-    preconditioner needs no more), and kept; every step then takes the diagonal at its
-    own curvature, for each problem and label: one matrix product over the rows, and two
-    over the features for each use, however many labels there are (one eigenvector basis
-    per label costs a decomposition each, and was most of the time on many labels).
-    Conjugate gradients stay exact whatever the preconditioner.
+    The basis is worked out once, at the first step's curvature, and kept, with the rows
+    turned into it; every step takes the diagonal at its own curvature (one matrix product
+    over the rows) and runs its conjugate gradients wholly in the basis, in float32 (twice
+    float64's speed here: they only steer the step, which the float64 gradient and line
+    search then check), so a conjugate gradient step is the Hessian product's two matrix
+    products and nothing more, however many labels there are.
 
     With more than two labels the steps keep the sum over the labels of every
     coefficient where it starts (0, where scikit-learn's optimum has it): adding one
@@ -216,31 +201,44 @@ class _Preconditioner:
     diagonal takes for the labels' far larger one; left in, that direction is most of
     the conjugate gradients' work at large ``C``."""
 
-    def __init__(self, x1, curvature):
-        """``x1``: the design matrix in float32."""
+    def __init__(self, problems: _Problems, prob):
         import torch
 
-        mean = curvature.mean(dim=(1, 2)).to(torch.float32)  # (N,)
-        _, self.vectors = torch.linalg.eigh((x1 * mean[:, None]).T @ x1)  # one a column
-        self.squares = (x1 @ self.vectors) ** 2  # (N, D+1): the rows in that basis, squared
+        x1 = problems.x1.to(torch.float32)
+        mean = (problems.scale[..., None] * prob * (1 - prob)).mean(dim=(1, 2))
+        _, self.vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
+        self.x1 = x1 @ self.vectors  # (N, D+1): the rows in that basis
+        self.squares = self.x1**2
+        self.intercept = self.vectors[-1]  # the unpenalized direction, in that basis
 
-    def at(self, curvature, reg):
-        """The preconditioner of the problems at ``curvature`` (N, P, K') and penalties
-        ``reg`` (P,)."""
+    def newton_step(self, problems: _Problems, prob, grad, max_cg: int):
+        """The (truncated) Newton steps (P, K', D+1) of ``problems`` at probabilities
+        ``prob`` (N, P, K') and gradients ``grad``."""
         import torch
 
-        n, p, k = curvature.shape
-        diagonal = (curvature.to(torch.float32).reshape(n, p * k).T @ self.squares).view(
-            p, k, -1) + reg.to(torch.float32)[:, None, None]
-        vectors = self.vectors
+        n, p, k = prob.shape
+        prob = prob.to(torch.float32)
+        scale = problems.scale.to(torch.float32)[..., None]
+        reg = problems.reg.to(torch.float32)[:, None, None]
+        diagonal = ((scale * prob * (1 - prob)).reshape(n, p * k).T @ self.squares).view(
+            p, k, -1) + reg
 
-        def apply(r):  # (P, K', D+1), rotated in float32
-            out = ((r.to(torch.float32) @ vectors) / diagonal @ vectors.T).to(torch.float64)
-            if out.shape[1] > 1:  # every label's row moved alike: the loss's flat direction
-                out -= out.mean(dim=1, keepdim=True)
-            return out
+        def hessian_times(v):
+            u = (self.x1 @ v.reshape(p * k, -1).T).view(n, p, k)
+            hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
+                else prob * (1 - prob) * u
+            back = ((scale * hu).reshape(n, p * k).T @ self.x1).view(p, k, -1)
+            return back + reg * (v - (v @ self.intercept)[..., None] * self.intercept)
 
-        return apply
+        def precondition(r):
+            out = r / diagonal
+            # every label's row moved alike: the loss's flat direction
+            return out - out.mean(dim=1, keepdim=True) if k > 1 else out
+
+        step = _conjugate_gradients(hessian_times, -(grad.to(torch.float32) @ self.vectors),
+                                    precondition, max_cg)
+        step = (step @ self.vectors.T).to(torch.float64)
+        return step - step.mean(dim=1, keepdim=True) if k > 1 else step  # float32's drift
 
 
 def _conjugate_gradients(hess, rhs, precondition, max_cg: int):
@@ -275,16 +273,16 @@ def _conjugate_gradients(hess, rhs, precondition, max_cg: int):
     return step
 
 
-def _backtrack(objective, w, step, grad, shrink: float = 0.5, tries: int = 40):
+def _backtrack(objective, slope, shrink: float = 0.5, tries: int = 40):
     """Step lengths (P,) meeting Armijo's condition, halved from 1 per problem
-    (0 for those that found none)."""
+    (0 for those that found none): ``objective(lengths)`` (P,) is the objectives at
+    those lengths along the steps, ``slope`` (P,) the gradients' along them."""
     import torch
 
-    now = objective(w)
-    slope = _dot(grad, step)
-    length = torch.ones(len(w), dtype=w.dtype)
+    now = objective(torch.zeros_like(slope))
+    length = torch.ones_like(slope)
     for _ in range(tries):
-        done = objective(w + length[:, None, None] * step) <= now + 1e-4 * length * slope
+        done = objective(length) <= now + 1e-4 * length * slope
         if bool(done.all()):
             break
         length = torch.where(done, length, length * shrink)
