@@ -52,6 +52,8 @@ def test_every_problem_reaches_sklearns_optimum(labels):
     fitted = logistic.fit(x, y, weights, c, labels)
     assert fitted.coef.shape == (len(c), 1 if labels == 2 else labels, x.shape[1])
     assert (fitted.gradient <= logistic.TOL).all()
+    # the scores kept up to date along the steps are the final coefficients' scores
+    np.testing.assert_allclose(fitted.fitted_logits, fitted.logits(x), atol=1e-9, rtol=0)
     for p in range(len(c)):
         expected = _sklearn(x, y, c[p], sample_weight=weights[p])
         np.testing.assert_allclose(fitted.coef[p], expected.coef_, atol=ATOL, rtol=0)

@@ -41,6 +41,8 @@ class Fit:
     gradient: np.ndarray
     #: the preconditioner's eigenvectors it worked out, for a fit of the same curvature
     basis: object = None
+    #: (P, N, K) label scores of the rows it was fitted on, as :meth:`logits` gives them
+    fitted_logits: np.ndarray = None
 
     def logits(self, x) -> np.ndarray:
         """(P, N, K) label scores of ``x`` (for two labels, column 0 is zero)."""
@@ -82,32 +84,54 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     w = torch.zeros(p, k, d + 1, dtype=torch.float64) if start is None else torch.cat(
         [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
     z = problems.scores(w)  # (N, P, K'), kept up to date along the steps
+    value = problems.objective(w, z)  # (P,), likewise
     largest = torch.zeros(p, dtype=torch.float64)
-    going = torch.arange(p)  # the problems not yet solved (nor stalled)
+    going = None  # the problems not yet solved (nor stalled): an index, None for all
     steps = 0
     for steps in range(max_iter + 1):
-        sub, now, scores = problems.subset(going), w[going], z[:, going]
+        sub = problems if going is None else problems.subset(going)
+        now, scores = _part(w, going), _part(z, going, 1)
         prob = sub.probabilities(scores)  # (N, P', K')
         grad = sub.gradient(now, prob)
-        largest[going] = grad.abs().amax(dim=(1, 2))
-        active = largest[going] > tol
+        _put(largest, going, grad.abs().amax(dim=(1, 2)))
+        active = _part(largest, going) > tol
         if steps == max_iter or not bool(active.any()):
             break
-        going, sub, now, scores = going[active], sub.subset(active.nonzero()[:, 0]), \
-            now[active], scores[:, active]
-        prob, grad = prob[:, active], grad[active]
+        if not bool(active.all()):
+            kept = active.nonzero()[:, 0]
+            going = kept if going is None else going[kept]
+            sub, now, scores = sub.subset(kept), now[kept], scores[:, kept]
+            prob, grad = prob[:, kept], grad[kept]
         if basis is None:
             basis = _Basis(sub, prob)
         step = basis.newton_step(sub, prob, grad, max_cg)
         along = sub.scores(step)  # the scores move linearly along the step: one product
-        length = _backtrack(lambda t: sub.objective(now + t[:, None, None] * step,
-                                                    scores + t[None, :, None] * along),
-                            _dot(grad, step))
-        w[going] = now + length[:, None, None] * step
-        z[:, going] = scores + length[None, :, None] * along
-        going = going[length > 0]  # no descent left within rounding: stalled, stays
+        length, reached = _backtrack(
+            lambda t: sub.objective(now + t[:, None, None] * step,
+                                    scores + t[None, :, None] * along),
+            _dot(grad, step), _part(value, going))
+        _put(w, going, now + length[:, None, None] * step)
+        _put(z, going, scores + length[None, :, None] * along, dim=1)
+        _put(value, going, reached)
+        if not bool((length > 0).all()):  # no descent left within rounding: stalled, stays
+            kept = (length > 0).nonzero()[:, 0]
+            going = kept if going is None else going[kept]
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
-    return Fit(coef, intercept, steps, largest.numpy(), basis)
+    return Fit(coef, intercept, steps, largest.numpy(), basis,
+               _full(z.permute(1, 0, 2).numpy(), k, np))
+
+
+def _part(t, index, dim: int = 0):
+    """``t``'s problems ``index`` along ``dim`` (all of ``t`` itself for ``None``)."""
+    return t if index is None else t.index_select(dim, index)
+
+
+def _put(t, index, value, dim: int = 0):
+    """Write ``value`` into ``t``'s problems ``index`` along ``dim`` (all for ``None``)."""
+    if index is None:
+        t.copy_(value)
+    else:
+        t.index_copy_(dim, index, value)
 
 
 class _Problems:
@@ -158,7 +182,9 @@ class _Problems:
         """(N, P, K') scores -> (N, P, K') softmax probabilities of the same labels."""
         import torch
 
-        return torch.softmax(_full(z, self.k, torch), dim=2)[..., -self.k:]
+        if self.k == 1:
+            return torch.sigmoid(z)
+        return torch.exp(z - torch.logsumexp(z, dim=2, keepdim=True))  # twice softmax's speed
 
     def objective(self, w, z):
         """The objectives (P,) at weights ``w`` with scores ``z`` (``self.scores(w)``)."""
@@ -273,19 +299,18 @@ def _conjugate_gradients(hess, rhs, precondition, max_cg: int):
     return step
 
 
-def _backtrack(objective, slope, shrink: float = 0.5, tries: int = 40):
-    """Step lengths (P,) meeting Armijo's condition, halved from 1 per problem
-    (0 for those that found none): ``objective(lengths)`` (P,) is the objectives at
-    those lengths along the steps, ``slope`` (P,) the gradients' along them."""
+def _backtrack(objective, slope, now, shrink: float = 0.5, tries: int = 40):
+    """Step lengths (P,) meeting Armijo's condition, halved from 1 per problem (0 for
+    those that found none), and the objectives there: ``objective(lengths)`` (P,) is the
+    objectives at those lengths along the steps, ``slope`` (P,) the gradients' along
+    them, ``now`` (P,) the objectives at length 0."""
     import torch
 
-    now = objective(torch.zeros_like(slope))
     length = torch.ones_like(slope)
     for _ in range(tries):
-        done = objective(length) <= now + 1e-4 * length * slope
+        reached = objective(length)
+        done = reached <= now + 1e-4 * length * slope
         if bool(done.all()):
-            break
+            return length, reached
         length = torch.where(done, length, length * shrink)
-    else:
-        length = torch.where(done, length, torch.zeros_like(length))
-    return length
+    return torch.where(done, length, torch.zeros_like(length)), torch.where(done, reached, now)

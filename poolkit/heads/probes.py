@@ -124,7 +124,7 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
         start = fits[j] = logistic.fit(x, ids, weights, np.full(len(splits), grid[j]),
                                        len(classes), tol=inner_tol, start=start,
                                        basis=None if start is None else start.basis)
-        predicted = start.logits(x).argmax(axis=2)  # (folds, N), ties: the first label
+        predicted = start.fitted_logits.argmax(axis=2)  # (folds, N), ties: the first label
         accuracy[:, j] = [np.mean(predicted[f, test] == ids[test])
                           for f, (_, test) in enumerate(splits)]
     scores = [np.mean(accuracy[:, j]) for j in range(len(grid))]
