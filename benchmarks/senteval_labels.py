@@ -10,7 +10,8 @@ which film a review is of).
    cache of its own: ``settings.json``'s heads seconds over its encoder seconds.
 2. One outer fold's probe on the same ``mean`` features: this checkout's
    :func:`poolkit.heads.probes.senteval_probe`, the one of commit ``--ref`` (default
-   17a62d2, the solver with one preconditioner basis per label; run from a worktree), and
+   02e2ee5, the solver before the label-sum projection and the rotated float32 conjugate
+   gradients; run from a worktree), and
    scikit-learn fit by fit as SentEval runs it (``sklearn-100``, 61 fits) on ``--subset``
    rows of the fold: seconds, the ``C`` each chose, and the inner scores' largest
    difference from this checkout's.
@@ -18,7 +19,7 @@ which film a review is of).
 3. With ``--profile K``: this checkout's fold under ``cProfile``, its ``K`` costliest
    functions per case (where the time goes).
 
-    python benchmarks/senteval_labels.py [--ref 17a62d2] [--subset 1000] [--profile 8]
+    python benchmarks/senteval_labels.py [--ref 02e2ee5] [--subset 1000] [--profile 8]
 """
 
 import argparse
@@ -147,7 +148,7 @@ def main():
     from common import save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ref", default="17a62d2", help="the commit to compare with")
+    parser.add_argument("--ref", default="02e2ee5", help="the commit to compare with")
     parser.add_argument("--subset", type=int, default=1000,
                         help="rows of the fold scikit-learn's fit-by-fit path gets")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
