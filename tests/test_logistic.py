@@ -94,6 +94,18 @@ def test_the_steps_leave_out_the_labels_shared_direction():
     np.testing.assert_allclose(fitted.coef.sum(axis=1), 0.0, atol=1e-9)
 
 
+def test_a_basis_from_other_rows_only_preconditions():
+    """A fit's ``basis`` handed to a fit on other rows of the same features (as the refit
+    takes the inner folds'): the same optimum as scikit-learn's, reached to ``TOL``."""
+    x, y = _problem(3, n=300, seed=6)
+    other = logistic.fit(x[:120], y[:120], np.ones((1, 120)), np.array([1.0]), 3)
+    fitted = logistic.fit(x[120:], y[120:], np.ones((1, 180)), np.array([1.0]), 3,
+                          basis=other.basis)
+    assert (fitted.gradient <= logistic.TOL).all(), fitted.gradient
+    expected = _sklearn(x[120:], y[120:], 1.0)
+    np.testing.assert_allclose(fitted.coef[0], expected.coef_, atol=ATOL, rtol=0)
+
+
 def test_a_problem_without_some_label_is_refused():
     x, y = _problem(3)
     weights = np.ones((2, len(y)))

@@ -39,7 +39,7 @@ class Fit:
     iterations: int
     #: (P,) largest absolute gradient entry at the end
     gradient: np.ndarray
-    #: the preconditioner's eigenvectors it worked out, for a fit of the same curvature
+    #: the preconditioner's eigenvectors it used, for a fit of about the same curvature
     basis: object = None
     #: (P, N, K) label scores of the rows it was fitted on, as :meth:`logits` gives them
     fitted_logits: np.ndarray = None
@@ -74,7 +74,8 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     ``ValueError`` otherwise, as scikit-learn would fit a smaller model). ``start``: a
     :class:`Fit` of the same shape to start from (default: zero), e.g. the solutions at a
     neighbouring ``C``; ``basis``: a :class:`Fit`'s ``basis``, for problems of about its
-    curvature on the same ``x`` (default: worked out at the first step). A problem is
+    curvature, on any rows of the same features (default: worked out at the first step;
+    either way only the preconditioner, never the solution, depends on it). A problem is
     solved only while its gradient is above ``tol``, so every step's products run over the
     problems still going."""
     import torch
@@ -83,6 +84,8 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     p, k, d = problems.p, problems.k, problems.d
     w = torch.zeros(p, k, d + 1, dtype=torch.float64) if start is None else torch.cat(
         [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
+    if basis is not None:  # its eigenvectors, for these rows
+        basis = _Basis(basis.vectors, problems.x1)
     z = problems.scores(w)  # (N, P, K'), kept up to date along the steps
     value = problems.objective(w, z)  # (P,), likewise
     largest = torch.zeros(p, dtype=torch.float64)
@@ -103,7 +106,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
             sub, now, scores = sub.subset(kept), now[kept], scores[:, kept]
             prob, grad = prob[:, kept], grad[kept]
         if basis is None:
-            basis = _Basis(sub, prob)
+            basis = _Basis.at(sub, prob)
         step = basis.newton_step(sub, prob, grad, max_cg)
         along = sub.scores(step)  # the scores move linearly along the step: one product
         length, reached = _backtrack(
@@ -227,15 +230,24 @@ class _Basis:
     diagonal takes for the labels' far larger one; left in, that direction is most of
     the conjugate gradients' work at large ``C``."""
 
-    def __init__(self, problems: _Problems, prob):
+    def __init__(self, vectors, x1):
+        """The basis of the columns of ``vectors`` (D+1, D+1), for the rows ``x1``."""
+        import torch
+
+        self.vectors = vectors
+        self.x1 = x1.to(torch.float32) @ vectors  # (N, D+1): the rows in that basis
+        self.squares = self.x1**2
+        self.intercept = vectors[-1]  # the unpenalized direction, in that basis
+
+    @classmethod
+    def at(cls, problems: _Problems, prob) -> "_Basis":
+        """The basis of ``problems`` at probabilities ``prob`` (N, P, K')."""
         import torch
 
         x1 = problems.x1.to(torch.float32)
         mean = (problems.scale[..., None] * prob * (1 - prob)).mean(dim=(1, 2))
-        _, self.vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
-        self.x1 = x1 @ self.vectors  # (N, D+1): the rows in that basis
-        self.squares = self.x1**2
-        self.intercept = self.vectors[-1]  # the unpenalized direction, in that basis
+        _, vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
+        return cls(vectors, problems.x1)
 
     def newton_step(self, problems: _Problems, prob, grad, max_cg: int):
         """The (truncated) Newton steps (P, K', D+1) of ``problems`` at probabilities
