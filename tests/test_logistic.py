@@ -95,8 +95,8 @@ def test_the_steps_leave_out_the_labels_shared_direction():
 
 
 def test_a_basis_from_other_rows_only_preconditions():
-    """A fit's ``basis`` handed to a fit on other rows of the same features (as the refit
-    takes the inner folds'): the same optimum as scikit-learn's, reached to ``TOL``."""
+    """A fit's ``basis`` handed to a fit on other rows of the same features (the API
+    allows it): the same optimum as scikit-learn's, reached to ``TOL``."""
     x, y = _problem(3, n=300, seed=6)
     other = logistic.fit(x[:120], y[:120], np.ones((1, 120)), np.array([1.0]), 3)
     fitted = logistic.fit(x[120:], y[120:], np.ones((1, 180)), np.array([1.0]), 3,
