@@ -102,7 +102,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
             break
         if not bool(active.all()):
             kept = active.nonzero()[:, 0]
-            going = kept if going is None else going[kept]
+            going = _narrow(going, kept)
             sub, now, scores = sub.subset(kept), now[kept], scores[:, kept]
             prob, grad = prob[:, kept], grad[kept]
         if basis is None:
@@ -117,8 +117,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
         _put(z, going, scores + length[None, :, None] * along, dim=1)
         _put(value, going, reached)
         if not bool((length > 0).all()):  # no descent left within rounding: stalled, stays
-            kept = (length > 0).nonzero()[:, 0]
-            going = kept if going is None else going[kept]
+            going = _narrow(going, (length > 0).nonzero()[:, 0])
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
     return Fit(coef, intercept, steps, largest.numpy(), basis,
                _full(z.permute(1, 0, 2).numpy(), k, np))
@@ -127,6 +126,11 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
 def _part(t, index, dim: int = 0):
     """``t``'s problems ``index`` along ``dim`` (all of ``t`` itself for ``None``)."""
     return t if index is None else t.index_select(dim, index)
+
+
+def _narrow(index, kept):
+    """The problems ``index`` (``None`` for all) narrowed to its positions ``kept``."""
+    return kept if index is None else index[kept]
 
 
 def _put(t, index, value, dim: int = 0):
@@ -247,7 +251,7 @@ class _Basis:
         x1 = problems.x1.to(torch.float32)
         mean = (problems.scale[..., None] * prob * (1 - prob)).mean(dim=(1, 2))
         _, vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
-        return cls(vectors, problems.x1)
+        return cls(vectors, x1)
 
     def newton_step(self, problems: _Problems, prob, grad, max_cg: int):
         """The (truncated) Newton steps (P, K', D+1) of ``problems`` at probabilities
@@ -256,15 +260,16 @@ class _Basis:
 
         n, p, k = prob.shape
         prob = prob.to(torch.float32)
+        curvature = prob * (1 - prob)  # each label's own, per row and problem
         scale = problems.scale.to(torch.float32)[..., None]
         reg = problems.reg.to(torch.float32)[:, None, None]
-        diagonal = ((scale * prob * (1 - prob)).reshape(n, p * k).T @ self.squares).view(
+        diagonal = ((scale * curvature).reshape(n, p * k).T @ self.squares).view(
             p, k, -1) + reg
 
         def hessian_times(v):
             u = (self.x1 @ v.reshape(p * k, -1).T).view(n, p, k)
             hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
-                else prob * (1 - prob) * u
+                else curvature * u
             back = ((scale * hu).reshape(n, p * k).T @ self.x1).view(p, k, -1)
             return back + reg * (v - (v @ self.intercept)[..., None] * self.intercept)
 
