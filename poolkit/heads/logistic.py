@@ -107,7 +107,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
             prob, grad = prob[:, kept], grad[kept]
         if basis is None:
             basis = _Basis.at(sub, prob)
-        step = basis.newton_step(sub, prob, grad, max_cg)
+        step = basis.newton_step(sub, prob, grad, max_cg, tol / 2)
         along = sub.scores(step)  # the scores move linearly along the step: one product
         length, reached = _backtrack(
             lambda t: sub.objective(now + t[:, None, None] * step,
@@ -165,7 +165,8 @@ class _Problems:
             raise ValueError(f"problem {problem} has no item of label {label} to learn from")
         self.k = 1 if num_labels == 2 else num_labels
         self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
-        self.scale = s.T / s.sum(dim=1)  # (N, P): each row's weight in each problem's mean
+        # (N, P): each row's weight in each problem's mean (row-major: views, not copies)
+        self.scale = (s.T / s.sum(dim=1)).contiguous()
         self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
         self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
         self.penalized[-1] = 0.0  # the intercept
@@ -253,24 +254,26 @@ class _Basis:
         _, vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
         return cls(vectors, x1)
 
-    def newton_step(self, problems: _Problems, prob, grad, max_cg: int):
+    def newton_step(self, problems: _Problems, prob, grad, max_cg: int, floor: float = 0.0):
         """The (truncated) Newton steps (P, K', D+1) of ``problems`` at probabilities
-        ``prob`` (N, P, K') and gradients ``grad``."""
+        ``prob`` (N, P, K') and gradients ``grad``; their conjugate gradients stop at a
+        residual of ``floor`` at the latest."""
         import torch
 
         n, p, k = prob.shape
         prob = prob.to(torch.float32)
-        curvature = prob * (1 - prob)  # each label's own, per row and problem
         scale = problems.scale.to(torch.float32)[..., None]
+        # each label's own curvature, per row and problem, weighted as in the mean
+        curvature = scale * prob * (1 - prob)
         reg = problems.reg.to(torch.float32)[:, None, None]
-        diagonal = ((scale * curvature).reshape(n, p * k).T @ self.squares).view(
-            p, k, -1) + reg
+        diagonal = (curvature.reshape(n, p * k).T @ self.squares).view(p, k, -1) + reg
+        weight = scale * prob if k > 1 else curvature
 
         def hessian_times(v):
             u = (self.x1 @ v.reshape(p * k, -1).T).view(n, p, k)
-            hu = prob * (u - (prob * u).sum(dim=2, keepdim=True)) if k > 1 \
-                else curvature * u
-            back = ((scale * hu).reshape(n, p * k).T @ self.x1).view(p, k, -1)
+            hu = (u - (prob * u).sum(dim=2, keepdim=True)).mul_(weight) if k > 1 \
+                else weight * u
+            back = (hu.reshape(n, p * k).T @ self.x1).view(p, k, -1)
             return back + reg * (v - (v @ self.intercept)[..., None] * self.intercept)
 
         def precondition(r):
@@ -279,21 +282,23 @@ class _Basis:
             return out - out.mean(dim=1, keepdim=True) if k > 1 else out
 
         step = _conjugate_gradients(hessian_times, -(grad.to(torch.float32) @ self.vectors),
-                                    precondition, max_cg)
+                                    precondition, max_cg, floor)
         step = (step @ self.vectors.T).to(torch.float64)
         return step - step.mean(dim=1, keepdim=True) if k > 1 else step  # float32's drift
 
 
-def _conjugate_gradients(hess, rhs, precondition, max_cg: int):
+def _conjugate_gradients(hess, rhs, precondition, max_cg: int, floor: float = 0.0):
     """Approximate Newton steps: ``hess(step) = rhs`` per problem, by
     preconditioned conjugate gradients, each problem stopped once its residual
     is below ``min(0.5, sqrt(|rhs|)) * |rhs|`` (the usual forcing sequence of
-    truncated Newton methods)."""
+    truncated Newton methods) or below ``floor``: the residual is the gradient the
+    step leaves (to first order), so one below the fit's tolerance is as good as
+    any smaller one."""
     import torch
 
     norm = rhs.flatten(1).norm(dim=1)
     # float32 products resolve a residual to about 1e-5 of the right-hand side
-    bound = torch.clamp(norm.sqrt(), min=1e-5, max=0.5) * norm
+    bound = torch.clamp(torch.clamp(norm.sqrt(), min=1e-5, max=0.5) * norm, min=floor)
     step = torch.zeros_like(rhs)
     residual = rhs.clone()
     z = precondition(residual)
