@@ -94,6 +94,54 @@ def test_the_steps_leave_out_the_labels_shared_direction():
     np.testing.assert_allclose(fitted.coef.sum(axis=1), 0.0, atol=1e-9)
 
 
+def test_conjugate_gradients_stop_once_the_residual_is_below_the_floor():
+    """The residual is the gradient a step leaves: once it is below the floor (half the
+    fit's tolerance), more conjugate gradients buy nothing. A small right-hand side,
+    where the forcing sequence alone asks for 1.9e-8: 57 products; a floor of 1e-6 stops
+    at 26, with the residual below it."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    h = torch.tensor((q * np.logspace(0, 3, 40)) @ q.T, dtype=torch.float32)
+    rhs = torch.tensor(rng.normal(size=(1, 1, 40)) * 1e-6, dtype=torch.float32)
+    products = {}
+    for floor in (0.0, 1e-6):
+        products[floor] = 0
+
+        def hess(v, floor=floor):
+            products[floor] += 1
+            return v @ h
+
+        step = logistic._conjugate_gradients(hess, rhs, lambda r: r, 200, floor)
+        assert float((rhs - step @ h).norm()) <= max(floor, 2e-8)
+    assert products[1e-6] < products[0.0] / 1.5, products
+
+
+def test_the_path_onward_starts_nearer_the_next_solution():
+    """SentEval's inner folds walk the grid of C upward: each C starts from the line
+    through the previous two solutions in log C. On this problem that start lies at 0.46
+    (C=4) and 0.35 (C=3) of the distance from the last solution to the next one; taking
+    C=3 one whole grid step on (as for C=4) would land further off than the last
+    solution itself (0.32 against its 0.25). Equal C: the last solution."""
+    from poolkit.heads.probes import _onward
+
+    x, y = _problem(5, n=400, d=12, seed=0)
+    every = np.ones((1, len(y)))
+    one, two = (logistic.fit(x, y, every, np.array([c]), 5) for c in (1.0, 2.0))
+    for c in (4.0, 3.0):
+        target = logistic.fit(x, y, every, np.array([c]), 5, start=two)
+        onward = _onward([(1.0, one), (2.0, two)], c)
+
+        def distance(fit):
+            return np.sqrt(((fit.coef - target.coef) ** 2).sum()
+                           + ((fit.intercept - target.intercept) ** 2).sum())
+
+        assert distance(onward) < 0.6 * distance(two), c
+    assert _onward([(2.0, one), (2.0, two)], 4.0).coef == pytest.approx(two.coef)
+    assert _onward([(2.0, two)], 4.0) is two and _onward([], 4.0) is None
+
+
 def test_a_basis_from_other_rows_only_preconditions():
     """A fit's ``basis`` handed to a fit on other rows of the same features (the API
     allows it): the same optimum as scikit-learn's, reached to ``TOL``."""

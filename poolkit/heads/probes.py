@@ -103,11 +103,12 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     (ties: the first), refitted on all of ``rows``.
 
     The inner folds only choose ``C``: their problems (one per fold, solved together by
-    :func:`poolkit.heads.logistic.fit`) are solved to ``inner_tol``, each ``C`` of the
-    (ascending) grid starting from the previous one's solutions, where few Newton steps
-    remain, and in the preconditioner's basis of the first (the curvature moves little
-    along the grid: as few conjugate gradients, and one eigendecomposition instead of
-    six); only the chosen ``C`` is refitted, to full precision, from the folds' mean."""
+    :func:`poolkit.heads.logistic.fit`) are solved to ``inner_tol``, along the
+    (ascending) grid, each ``C`` starting where the path of solutions through the
+    previous two leads (their line in ``log C``), where few Newton steps remain, and in
+    the preconditioner's basis of the first (the curvature moves little along the grid:
+    as few conjugate gradients, and one eigendecomposition instead of six); only the
+    chosen ``C`` is refitted, to full precision, from the folds' mean."""
     from sklearn.model_selection import StratifiedKFold
 
     x, y = x[rows], y[rows]
@@ -119,12 +120,13 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     weights = np.zeros((len(splits), len(y)))
     for f, (train, _) in enumerate(splits):
         weights[f, train] = 1.0
-    accuracy, fits, start = np.zeros((len(splits), len(grid))), {}, None
+    accuracy, fits, path = np.zeros((len(splits), len(grid))), {}, []
     for j in np.argsort(grid, kind="stable"):
-        start = fits[j] = logistic.fit(x, ids, weights, np.full(len(splits), grid[j]),
-                                       len(classes), tol=inner_tol, start=start,
-                                       basis=None if start is None else start.basis)
-        predicted = start.fitted_logits.argmax(axis=2)  # (folds, N), ties: the first label
+        fits[j] = logistic.fit(x, ids, weights, np.full(len(splits), grid[j]), len(classes),
+                               tol=inner_tol, start=_onward(path, grid[j]),
+                               basis=path[-1][1].basis if path else None)
+        path = [*path[-1:], (grid[j], fits[j])]
+        predicted = fits[j].fitted_logits.argmax(axis=2)  # (folds, N), ties: the first label
         accuracy[:, j] = [np.mean(predicted[f, test] == ids[test])
                           for f, (_, test) in enumerate(splits)]
     scores = [np.mean(accuracy[:, j]) for j in range(len(grid))]
@@ -134,6 +136,18 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     refit = logistic.fit(x, ids, np.ones((1, len(y))), grid[best:best + 1], len(classes),
                          start=mean, basis=fits[best].basis)
     return SentEvalProbe(refit, 0, classes, grid[best], scores)
+
+
+def _onward(path, c: float):
+    """A start at ``c`` for the problems solved at the ``C`` of ``path`` (up to two
+    ``(C, Fit)``, ascending): the last solution moved on along the line through the two
+    in ``log C`` (the last alone for one; none for none)."""
+    if len(path) < 2:
+        return path[-1][1] if path else None
+    (c0, a), (c1, b) = path
+    step = np.log(c / c1) / np.log(c1 / c0) if c1 > c0 else 0.0
+    return logistic.Fit(b.coef + step * (b.coef - a.coef),
+                        b.intercept + step * (b.intercept - a.intercept), 0, b.gradient)
 
 
 def undersample(y, rows, per_label: int, seed: int) -> np.ndarray:
