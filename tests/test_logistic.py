@@ -138,8 +138,7 @@ def test_the_path_onward_starts_nearer_the_next_solution():
                            + ((fit.intercept - target.intercept) ** 2).sum())
 
         assert distance(onward) < 0.6 * distance(two), c
-    assert _onward([(2.0, one), (2.0, two)], 4.0).coef == pytest.approx(two.coef)
-    assert _onward([(2.0, two)], 4.0) is two and _onward([], 4.0) is None
+    assert _onward([(2.0, one), (2.0, two)], 4.0) is two
 
 
 def test_a_basis_from_other_rows_only_preconditions():

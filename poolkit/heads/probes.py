@@ -106,11 +106,12 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
 
     The inner folds only choose ``C``: their problems (one per fold, solved together by
     :func:`poolkit.heads.logistic.fit`) are solved to ``inner_tol``, along the
-    (ascending) grid, each ``C`` starting where the path of solutions through the
-    previous two leads (their line in ``log C``), where few Newton steps remain, and in
-    the preconditioner's basis of the first (the curvature moves little along the grid:
-    as few conjugate gradients, and one eigendecomposition instead of six); only the
-    chosen ``C`` is refitted, to full precision, from the folds' mean."""
+    (ascending) grid. The first ``C``'s start from the solution on all of ``rows`` there
+    (one problem, from zero: most of the path's Newton steps, a tenth of the work), each
+    later ``C``'s where the line through the previous two solutions leads (in ``log C``):
+    few Newton steps remain. All in the preconditioner's basis of the first fit (the
+    curvature moves little along the grid: one eigendecomposition instead of six); only
+    the chosen ``C`` is refitted, to full precision, from the folds' mean."""
     from sklearn.model_selection import StratifiedKFold
 
     x, y = x[rows], y[rows]
@@ -122,12 +123,16 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     weights = np.zeros((len(splits), len(y)))
     for f, (train, _) in enumerate(splits):
         weights[f, train] = 1.0
-    accuracy, fits, path = np.zeros((len(splits), len(grid))), {}, []
-    for j in np.argsort(grid, kind="stable"):
+    order = np.argsort(grid, kind="stable")
+    whole = logistic.fit(x, ids, np.ones((1, len(y))), grid[order[:1]], len(classes),
+                         tol=inner_tol)
+    accuracy, fits = np.zeros((len(splits), len(grid))), {}
+    path = [(grid[order[0]], _each(whole, len(splits)))] * 2  # (C, Fit) of the last two C
+    for j in order:
         fits[j] = logistic.fit(x, ids, weights, np.full(len(splits), grid[j]), len(classes),
                                tol=inner_tol, start=_onward(path, grid[j]),
-                               basis=path[-1][1].basis if path else None)
-        path = [*path[-1:], (grid[j], fits[j])]
+                               basis=path[-1][1].basis)
+        path = [path[-1], (grid[j], fits[j])]
         predicted = fits[j].fitted_logits.argmax(axis=2)  # (folds, N), ties: the first label
         accuracy[:, j] = [np.mean(predicted[f, test] == ids[test])
                           for f, (_, test) in enumerate(splits)]
@@ -140,14 +145,21 @@ def senteval_probe(x, y, rows, grid, folds: int, seed: int,
     return SentEvalProbe(refit, 0, classes, grid[best], scores)
 
 
+def _each(fit, count: int):
+    """``count`` problems, each starting from the one solution of ``fit``."""
+    return logistic.Fit(np.repeat(fit.coef, count, axis=0),
+                        np.repeat(fit.intercept, count, axis=0), 0,
+                        np.repeat(fit.gradient, count), fit.basis)
+
+
 def _onward(path, c: float):
-    """A start at ``c`` for the problems solved at the ``C`` of ``path`` (up to two
-    ``(C, Fit)``, ascending): the last solution moved on along the line through the two
-    in ``log C`` (the last alone for one; none for none)."""
-    if len(path) < 2:
-        return path[-1][1] if path else None
+    """A start at ``c`` for the problems solved at the two ``C`` of ``path`` (``(C, Fit)``,
+    ascending): the last solution moved on along the line through the two in ``log C``
+    (the last solution itself where the two ``C`` are one)."""
     (c0, a), (c1, b) = path
-    step = np.log(c / c1) / np.log(c1 / c0) if c1 > c0 else 0.0
+    if c1 == c0:
+        return b
+    step = np.log(c / c1) / np.log(c1 / c0)
     return logistic.Fit(b.coef + step * (b.coef - a.coef),
                         b.intercept + step * (b.intercept - a.intercept), 0, b.gradient)
 
