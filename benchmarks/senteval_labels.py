@@ -10,8 +10,9 @@ which film a review is of).
    cache of its own: ``settings.json``'s heads seconds over its encoder seconds.
 2. One outer fold's probe on the same ``mean`` features: this checkout's
    :func:`poolkit.heads.probes.senteval_probe`, the one of commit ``--ref`` (default
-   02e2ee5, the solver before the label-sum projection and the rotated float32 conjugate
-   gradients; run from a worktree), and
+   e8839a3, the probe before the starts along the line through the last two ``C`` and the
+   inner folds' 1e-5; 02e2ee5 is the solver before the label-sum projection and the
+   rotated float32 conjugate gradients; run from a worktree), and
    scikit-learn fit by fit as SentEval runs it (``sklearn-100``, 61 fits) on ``--subset``
    rows of the fold: seconds, the ``C`` each chose, and the inner scores' largest
    difference from this checkout's.
@@ -19,7 +20,7 @@ which film a review is of).
 3. With ``--profile K``: this checkout's fold under ``cProfile``, its ``K`` costliest
    functions per case (where the time goes).
 
-    python benchmarks/senteval_labels.py [--ref 02e2ee5] [--subset 1000] [--profile 8]
+    python benchmarks/senteval_labels.py [--ref e8839a3] [--subset 1000] [--profile 8]
 """
 
 import argparse
@@ -148,7 +149,7 @@ def main():
     from common import save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ref", default="02e2ee5", help="the commit to compare with")
+    parser.add_argument("--ref", default="e8839a3", help="the commit to compare with")
     parser.add_argument("--subset", type=int, default=1000,
                         help="rows of the fold scikit-learn's fit-by-fit path gets")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
