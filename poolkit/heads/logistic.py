@@ -49,7 +49,7 @@ class Fit:
         p, k, d = self.coef.shape
         z = np.asarray(x, dtype=np.float64) @ self.coef.reshape(p * k, d).T  # (N, P K')
         z = z.reshape(len(z), p, k).transpose(1, 0, 2) + self.intercept[:, None, :]
-        return _full(z, self.coef.shape[1], np)
+        return _full(z, self.coef.shape[1])
 
     def predict_proba(self, x) -> np.ndarray:
         """(P, N, K) probabilities, as scikit-learn's ``predict_proba``."""
@@ -58,12 +58,9 @@ class Fit:
         return z / z.sum(axis=2, keepdims=True)
 
 
-def _full(z, k, xp):
+def _full(z, k):
     """Binomial scores (one column) as two softmax columns ``[0, z]``."""
-    if k != 1:
-        return z
-    return xp.concatenate([xp.zeros_like(z), z], axis=-1) if xp is np \
-        else xp.cat([xp.zeros_like(z), z], dim=-1)
+    return z if k != 1 else np.concatenate([np.zeros_like(z), z], axis=-1)
 
 
 def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100,
@@ -120,7 +117,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
             going = _narrow(going, (length > 0).nonzero()[:, 0])
     coef, intercept = w[..., :d].numpy(), w[..., d].numpy()
     return Fit(coef, intercept, steps, largest.numpy(), basis,
-               _full(z.permute(1, 0, 2).numpy(), k, np))
+               _full(z.permute(1, 0, 2).numpy(), k))
 
 
 def _part(t, index, dim: int = 0):
