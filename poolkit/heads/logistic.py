@@ -108,10 +108,10 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
         along = sub.scores(step)  # the scores move linearly along the step: one product
         length, reached = _backtrack(
             lambda t: sub.objective(now + t[:, None, None] * step,
-                                    scores + t[None, :, None] * along),
+                                    torch.addcmul(scores, t[None, :, None], along)),
             _dot(grad, step), _part(value, going))
         _put(w, going, now + length[:, None, None] * step)
-        _put(z, going, scores + length[None, :, None] * along, dim=1)
+        _put(z, going, scores.addcmul_(length[None, :, None], along), dim=1)
         _put(value, going, reached)
         if not bool((length > 0).all()):  # no descent left within rounding: stalled, stays
             going = _narrow(going, (length > 0).nonzero()[:, 0])
@@ -168,6 +168,7 @@ class _Problems:
         self.penalized = torch.ones(self.d + 1, dtype=x.dtype)
         self.penalized[-1] = 0.0  # the intercept
         self.target = onehot[:, None, -self.k:]  # (N, 1, K')
+        self.label = y[:, None, None]  # (N, 1, 1)
 
     def subset(self, index) -> "_Problems":
         """The same design matrix and labels with only the problems ``index`` (a view:
@@ -189,20 +190,28 @@ class _Problems:
 
         if self.k == 1:
             return torch.sigmoid(z)
-        return torch.exp(z - torch.logsumexp(z, dim=2, keepdim=True))  # twice softmax's speed
+        # one (N, P, K) array made, none for temporaries: twice torch.softmax's speed here
+        e = (z - z.amax(dim=2, keepdim=True)).exp_()
+        return e.div_(e.sum(dim=2, keepdim=True))
 
     def objective(self, w, z):
         """The objectives (P,) at weights ``w`` with scores ``z`` (``self.scores(w)``)."""
         import torch
 
-        loss = torch.logsumexp(z, dim=2) - (z * self.target).sum(dim=2) if self.k > 1 \
-            else torch.nn.functional.softplus(z[..., 0]) - z[..., 0] * self.target[..., 0]
+        if self.k > 1:  # log-sum-exp less the label's score, with one (N, P, K) temporary
+            top = z.amax(dim=2, keepdim=True)
+            loss = (z - top).exp_().sum(dim=2).log_() + top[..., 0] - \
+                z.gather(2, self.label.expand(-1, z.shape[1], -1))[..., 0]
+        else:
+            loss = torch.nn.functional.softplus(z[..., 0]) - z[..., 0] * self.target[..., 0]
         return (self.scale * loss).sum(dim=0) + \
             0.5 * self.reg * ((w * w) * self.penalized).sum(dim=(1, 2))
 
     def gradient(self, w, prob):
         n, p, k, d = self.n, self.p, self.k, self.d
-        loss = (self.scale[..., None] * (prob - self.target)).reshape(n, p * k).T @ self.x1
+        loss = (prob * self.scale[..., None]).addcmul_(self.scale[..., None], self.target,
+                                                        value=-1.0)
+        loss = loss.reshape(n, p * k).T @ self.x1
         return loss.view(p, k, d + 1) + self.reg[:, None, None] * w * self.penalized
 
 
@@ -254,29 +263,34 @@ class _Basis:
     def newton_step(self, problems: _Problems, prob, grad, max_cg: int, floor: float = 0.0):
         """The (truncated) Newton steps (P, K', D+1) of ``problems`` at probabilities
         ``prob`` (N, P, K') and gradients ``grad``; their conjugate gradients stop at a
-        residual of ``floor`` at the latest."""
+        residual of ``floor`` in every label's row at the latest."""
         import torch
 
         n, p, k = prob.shape
         prob = prob.to(torch.float32)
-        scale = problems.scale.to(torch.float32)[..., None]
         # each label's own curvature, per row and problem, weighted as in the mean
-        curvature = scale * prob * (1 - prob)
+        weight = prob * problems.scale.to(torch.float32)[..., None]
+        curvature = torch.addcmul(weight, weight, prob, value=-1.0)
         reg = problems.reg.to(torch.float32)[:, None, None]
         diagonal = (curvature.reshape(n, p * k).T @ self.squares).view(p, k, -1) + reg
-        weight = scale * prob if k > 1 else curvature
+        if k == 1:
+            weight = curvature
+        u = torch.empty(n, p * k)  # the products' rows, made once (a fresh one costs more)
 
         def hessian_times(v):
-            u = (self.x1 @ v.reshape(p * k, -1).T).view(n, p, k)
-            hu = (u - (prob * u).sum(dim=2, keepdim=True)).mul_(weight) if k > 1 \
-                else weight * u
-            back = (hu.reshape(n, p * k).T @ self.x1).view(p, k, -1)
-            return back + reg * (v - (v @ self.intercept)[..., None] * self.intercept)
+            torch.mm(self.x1, v.reshape(p * k, -1).T, out=u)
+            hu = u.view(n, p, k)
+            if k > 1:  # the softmax's coupling of the labels
+                hu.sub_(torch.einsum("npk,npk->np", prob, hu)[..., None])
+            hu.mul_(weight)
+            back = (u.T @ self.x1).view(p, k, -1).addcmul_(reg, v)
+            return back.addcmul_(reg * (v @ self.intercept)[..., None], self.intercept,
+                                 value=-1.0)
 
         def precondition(r):
             out = r / diagonal
             # every label's row moved alike: the loss's flat direction
-            return out - out.mean(dim=1, keepdim=True) if k > 1 else out
+            return out.sub_(out.mean(dim=1, keepdim=True)) if k > 1 else out
 
         step = _conjugate_gradients(hessian_times, -(grad.to(torch.float32) @ self.vectors),
                                     precondition, max_cg, floor)
@@ -288,14 +302,15 @@ def _conjugate_gradients(hess, rhs, precondition, max_cg: int, floor: float = 0.
     """Approximate Newton steps: ``hess(step) = rhs`` per problem, by
     preconditioned conjugate gradients, each problem stopped once its residual
     is below ``min(0.5, sqrt(|rhs|)) * |rhs|`` (the usual forcing sequence of
-    truncated Newton methods) or below ``floor``: the residual is the gradient the
-    step leaves (to first order), so one below the fit's tolerance is as good as
-    any smaller one."""
+    truncated Newton methods) or each of its rows (labels) below ``floor``: the
+    residual is the gradient the step leaves (to first order), whose largest entry no
+    rotation of a row takes above the row's norm, so one below the fit's tolerance is
+    as good as any smaller one."""
     import torch
 
     norm = rhs.flatten(1).norm(dim=1)
     # float32 products resolve a residual to about 1e-5 of the right-hand side
-    bound = torch.clamp(torch.clamp(norm.sqrt(), min=1e-5, max=0.5) * norm, min=floor)
+    bound = torch.clamp(norm.sqrt(), min=1e-5, max=0.5) * norm
     step = torch.zeros_like(rhs)
     residual = rhs.clone()
     z = precondition(residual)
@@ -303,17 +318,18 @@ def _conjugate_gradients(hess, rhs, precondition, max_cg: int, floor: float = 0.
     rz = _dot(residual, z)
     going = torch.ones(len(rhs), dtype=torch.bool)
     for _ in range(max_cg):
-        going = going & (residual.flatten(1).norm(dim=1) > bound)
+        going = going & (residual.flatten(1).norm(dim=1) > bound) & \
+            (residual.norm(dim=2).amax(dim=1) > floor)
         if not bool(going.any()):
             break
         hd = hess(direction)
         alpha = torch.where(going, rz / _dot(direction, hd), torch.zeros_like(rz))
-        step = step + alpha[:, None, None] * direction
-        residual = residual - alpha[:, None, None] * hd
+        step.addcmul_(alpha[:, None, None], direction)
+        residual.addcmul_(alpha[:, None, None], hd, value=-1.0)
         z = precondition(residual)
         rz_next = _dot(residual, z)
         beta = torch.where(going, rz_next / rz, torch.zeros_like(rz))
-        direction = z + beta[:, None, None] * direction
+        direction.mul_(beta[:, None, None]).add_(z)
         rz = torch.where(going, rz_next, rz)
     return step
 
