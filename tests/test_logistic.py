@@ -144,6 +144,35 @@ def test_the_floor_holds_each_labels_row_not_the_whole_residual():
     assert products[16] <= products[1] + 1, products
 
 
+def test_the_floor_is_on_the_largest_entry_where_the_fit_measures_it():
+    """Conjugate gradients run in a rotated basis and the fit stops on the largest
+    gradient entry in its own: told how to measure that, they stop once it is below the
+    floor, which a row's norm (up to the root of its length above it) reaches later."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    h = torch.tensor((q * np.logspace(0, 3, 40)) @ q.T, dtype=torch.float32)
+    turn = torch.tensor(np.linalg.qr(rng.normal(size=(40, 40)))[0], dtype=torch.float32)
+    rhs = torch.tensor(rng.normal(size=(2, 3, 40)) * 1e-5, dtype=torch.float32)
+
+    def largest(r):
+        return (r @ turn.T).abs().amax(dim=(1, 2))
+
+    products = {}
+    for measured in (None, largest):
+        products[measured] = 0
+
+        def hess(v, measured=measured):
+            products[measured] += 1
+            return v @ h
+
+        step = logistic._conjugate_gradients(hess, rhs, lambda r: r.clone(), 200, 1e-6,
+                                             measured)
+        assert float(largest(rhs - step @ h).max()) <= 1e-6
+    assert products[largest] < products[None], products
+
+
 def test_the_path_onward_starts_nearer_the_next_solution():
     """SentEval's inner folds walk the grid of C upward: each C starts from the line
     through the previous two solutions in log C. On this problem that start lies at 0.46
