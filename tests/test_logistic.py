@@ -94,6 +94,28 @@ def test_the_steps_leave_out_the_labels_shared_direction():
     np.testing.assert_allclose(fitted.coef.sum(axis=1), 0.0, atol=1e-9)
 
 
+@pytest.mark.parametrize("labels", [2, 5])
+def test_a_loose_fit_sums_its_gradient_in_float32_and_still_reaches_its_tolerance(labels):
+    """At the inner folds' tolerance the gradient's sums run in float32; the float64
+    gradient at the fit's solution is below the tolerance all the same."""
+    import torch
+
+    x, y = _problem(labels, n=400, d=24)
+    c, weights = np.array([0.25, 4.0]), np.ones((2, len(y)))
+    weights[1, :100] = 0.0
+    tol = logistic.FLOAT32_GRADIENT
+    fitted = logistic.fit(x, y, weights, c, labels, tol=tol)
+    exact = logistic._Problems(x, y, weights, c, labels)
+    loose = logistic._Problems(x, y, weights, c, labels, float32_gradient=True)
+    assert loose.summed.dtype == torch.float32 and exact.summed.dtype == torch.float64
+    w = torch.cat([torch.as_tensor(fitted.coef), torch.as_tensor(fitted.intercept)[..., None]],
+                  dim=2)
+    gradient = exact.gradient(w, exact.probabilities(exact.scores(w)))
+    assert float(gradient.abs().max()) <= tol
+    assert float((loose.gradient(w, exact.probabilities(exact.scores(w))) - gradient)
+                 .abs().max()) < tol / 100
+
+
 def test_conjugate_gradients_stop_once_the_residual_is_below_the_floor():
     """The residual is the gradient a step leaves: once it is below the floor (half the
     fit's tolerance), more conjugate gradients buy nothing. A small right-hand side,
