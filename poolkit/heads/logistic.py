@@ -118,6 +118,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
                                     torch.addcmul(scores, t[None, :, None], along)),
             _dot(grad, step), _part(value, going))
         _put(w, going, now + length[:, None, None] * step)
+        # in place: ``scores`` is ``z`` itself, or a copy of its problems still going
         _put(z, going, scores.addcmul_(length[None, :, None], along), dim=1)
         _put(value, going, reached)
         if not bool((length > 0).all()):  # no descent left within rounding: stalled, stays
