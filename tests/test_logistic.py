@@ -110,14 +110,14 @@ def test_a_loose_fit_sums_its_gradient_in_float32_and_still_reaches_its_toleranc
     assert loose.summed.dtype == torch.float32 and exact.summed.dtype == torch.float64
     w = torch.cat([torch.as_tensor(fitted.coef), torch.as_tensor(fitted.intercept)[..., None]],
                   dim=2)
-    gradient = exact.gradient(w, exact.probabilities(exact.scores(w)))
+    prob = exact.probabilities(exact.scores(w))
+    gradient = exact.gradient(w, prob)
     assert float(gradient.abs().max()) <= tol
-    assert float((loose.gradient(w, exact.probabilities(exact.scores(w))) - gradient)
-                 .abs().max()) < tol / 100
+    assert float((loose.gradient(w, prob) - gradient).abs().max()) < tol / 100
 
 
 def test_conjugate_gradients_stop_once_the_residual_is_below_the_floor():
-    """The residual is the gradient a step leaves: once it is below the floor (half the
+    """The residual is the gradient a step leaves: once it is below the floor (0.9 of the
     fit's tolerance), more conjugate gradients buy nothing. A small right-hand side,
     where the forcing sequence alone asks for 1.9e-8: 57 products; a floor of 1e-6 stops
     at 26, with the residual below it."""

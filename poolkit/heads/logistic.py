@@ -87,7 +87,7 @@ def fit(x, y, weights, c, num_labels: int, tol: float = TOL, max_iter: int = 100
     w = torch.zeros(p, k, d + 1, dtype=torch.float64) if start is None else torch.cat(
         [torch.as_tensor(start.coef), torch.as_tensor(start.intercept)[..., None]], dim=2)
     if basis is not None:  # its eigenvectors, for these rows
-        basis = _Basis(basis.vectors, problems.x1)
+        basis = _Basis(basis.vectors, problems.x1_32)
     z = problems.scores(w)  # (N, P, K'), kept up to date along the steps
     value = problems.objective(w, z)  # (P,), likewise
     largest = torch.zeros(p, dtype=torch.float64)
@@ -171,7 +171,8 @@ class _Problems:
             raise ValueError(f"problem {problem} has no item of label {label} to learn from")
         self.k = 1 if num_labels == 2 else num_labels
         self.x1 = torch.cat([x, torch.ones(self.n, 1, dtype=x.dtype)], dim=1)  # (N, D+1)
-        self.summed = self.x1.to(torch.float32) if float32_gradient else self.x1
+        self.x1_32 = self.x1.to(torch.float32)  # for the preconditioner's basis
+        self.summed = self.x1_32 if float32_gradient else self.x1
         # (N, P): each row's weight in each problem's mean (row-major: views, not copies)
         self.scale = (s.T / s.sum(dim=1)).contiguous()
         self.reg = 1.0 / (c * s.sum(dim=1))  # (P,)
@@ -252,11 +253,9 @@ class _Basis:
     the conjugate gradients' work at large ``C``."""
 
     def __init__(self, vectors, x1):
-        """The basis of the columns of ``vectors`` (D+1, D+1), for the rows ``x1``."""
-        import torch
-
+        """The basis of the columns of ``vectors`` (D+1, D+1), for the float32 rows ``x1``."""
         self.vectors = vectors
-        self.x1 = x1.to(torch.float32) @ vectors  # (N, D+1): the rows in that basis
+        self.x1 = x1 @ vectors  # (N, D+1): the rows in that basis
         self.squares = self.x1**2
         self.intercept = vectors[-1]  # the unpenalized direction, in that basis
 
@@ -265,7 +264,7 @@ class _Basis:
         """The basis of ``problems`` at probabilities ``prob`` (N, P, K')."""
         import torch
 
-        x1 = problems.x1.to(torch.float32)
+        x1 = problems.x1_32
         mean = (problems.scale[..., None] * prob * (1 - prob)).mean(dim=(1, 2))
         _, vectors = torch.linalg.eigh((x1 * mean.to(torch.float32)[:, None]).T @ x1)
         return cls(vectors, x1)
