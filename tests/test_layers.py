@@ -223,6 +223,26 @@ def test_in_memory_block_gathers_what_the_cache_file_gives_bit_for_bit(sweep_cac
                                         cache.hidden_size)
 
 
+def test_in_memory_block_written_over_a_spare_one_is_a_fresh_block_bit_for_bit(sweep_cache):
+    """The next fold's block reuses the last one's memory (a trainable pooler's folds
+    read the same layer each time), in chunks of any size, with the same bits as a
+    fresh block; a spare of another shape is not used."""
+    from poolkit.heads.base import Standardization
+
+    cache = sweep_cache[0]
+    first = Standardization(torch.zeros(cache.hidden_size), torch.ones(cache.hidden_size))
+    second = Standardization(torch.linspace(-1, 1, cache.hidden_size),
+                             torch.linspace(0.5, 2, cache.hidden_size))
+    spare = cache.in_memory(0, first)
+    fresh = cache.in_memory(2, second)
+    for chunk in (1 << 13, 3):
+        reused = cache.in_memory(2, second, spare, chunk=chunk)
+        assert reused.block.data_ptr() == spare.block.data_ptr()
+        assert torch.equal(reused.block, fresh.block)
+    odd = type(spare)(torch.zeros(3, cache.hidden_size), cache)
+    assert cache.in_memory(2, second, odd).block.data_ptr() != odd.block.data_ptr()
+
+
 @pytest.mark.parametrize("kept", [True, False])
 def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
         sweep_cache, hf_reference, kept, monkeypatch):
@@ -458,8 +478,9 @@ def test_attention_is_trained_from_the_cache_and_deterministic(small_csv, tiny_m
 
 def test_attention_trains_the_same_from_memory_as_from_the_cache_file(
         small_csv, tiny_model_dir, tmp_path, monkeypatch):
-    """Token states held in memory (the default while they fit) or read batch by batch
-    from the cache file: the same trained heads, bit for bit."""
+    """Token states held in memory (the default while they fit; each fold's block written
+    over the last fold's) or read batch by batch from the cache file: the same trained
+    heads, bit for bit."""
     from poolkit.heads import trainable
 
     kwargs = dict(model=str(tiny_model_dir), poolers=["attention"], seeds=1, head=HEAD,

@@ -210,21 +210,34 @@ class HiddenStateCache:
             flat = standardize.apply(flat)
         return pad_tokens(flat, self.lengths[indices])
 
-    def in_memory(self, layer: int | None = None, standardize=None) -> "TokenBlock":
+    def in_memory(self, layer: int | None = None, standardize=None, reuse=None,
+                  chunk: int = 1 << 13) -> "TokenBlock":
         """``layer``'s states read once into memory as float32 (``4 * total_tokens *
         hidden_size`` bytes), standardized as :meth:`gather` does: a
         :class:`TokenBlock` whose ``gather`` gives :meth:`gather`'s tensors, bit for bit,
-        without reading the file again."""
+        without reading the file again.
+
+        ``reuse``: an earlier block of this cache's (another fold's, of any layer), written
+        over in place: its memory is already the process's, where a fresh block's first
+        touch of each page costs more than the copy itself. It is then no longer valid."""
         import torch
 
         states = torch.from_numpy(self.states(layer))
         # a copy, always (the memory map is copy-on-write, and the block changes in place),
         # with one row of zeros after the tokens: where every padding position reads from
-        block = torch.zeros(len(states) + 1, self.hidden_size)
-        block[:-1] = states
-        if standardize is not None:  # in place: the same float32 operations as apply()
-            block[:-1].sub_(torch.as_tensor(standardize.shift)).div_(
-                torch.as_tensor(standardize.scale))
+        shape = (len(states) + 1, self.hidden_size)
+        if reuse is not None and reuse.cache is self and reuse.block.shape == shape:
+            block = reuse.block
+        else:
+            block = torch.empty(shape)
+        block[-1] = 0
+        # chunk by chunk, so the float32 rows are still in the CPU's cache when standardized
+        for start in range(0, len(states), chunk):
+            part = block[start : min(start + chunk, len(states))]
+            part.copy_(states[start : start + chunk])
+            if standardize is not None:  # in place: the same float32 operations as apply()
+                part.sub_(torch.as_tensor(standardize.shift)).div_(
+                    torch.as_tensor(standardize.scale))
         return TokenBlock(block, self)
 
     def text_moments(self, layer: int | None = None, chunk: int = 1 << 16) -> tuple:

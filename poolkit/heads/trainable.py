@@ -28,6 +28,7 @@ class TrainablePoolerHeads:
     def __init__(self, cache, timeout=DEFAULT_TIMEOUT, log=lambda message: None):
         self.cache, self.timeout, self.log = cache, timeout, log
         self.moments = {}  # token_standardization's per-text sums, for every fold and pooler
+        self.spare = []  # the last pooler's in-memory blocks, written over by the next one's
 
     def wants(self, feature_set) -> bool:
         return feature_set.trainable and not feature_set.finetuned
@@ -38,7 +39,7 @@ class TrainablePoolerHeads:
             self.log(f"training pooler '{feature_set.pooler_name}' (layer {feature_set.layer}"
                      f"{fold}) with its heads")
             heads = train_trainable(self.cache, feature_set, task, seeds, self.timeout,
-                                    self.moments)
+                                    self.moments, self.spare)
             while True:
                 try:
                     # No budget for the whole training: each call into the pooler has its own.
@@ -52,14 +53,17 @@ class TrainablePoolerHeads:
                 yield head
 
 
-def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout, moments: dict):
+def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout, moments: dict,
+                    spare: list):
     """Train ``feature_set``'s trainable pooler jointly with its head, per seed; yield
     each seed's :class:`~poolkit.heads.base.TrainedHead` as it finishes.
 
     With ``task.config.standardize`` the token states are standardized per
     dimension with train-split statistics (the token-level counterpart of the
     fixed features' standardization); ``moments`` keeps what
-    :func:`token_standardization` reads once for every fold (pass the same dict to each).
+    :func:`token_standardization` reads once for every fold (pass the same dict to each),
+    ``spare`` the in-memory blocks of the last call (pass the same list to each, one
+    call after the other: each writes over the last one's).
     """
     import torch
     import torch.nn.functional as F
@@ -68,7 +72,7 @@ def train_trainable(cache, feature_set, task: HeadTask, seeds, timeout, moments:
     train, val = task.train, task.validation
     if feature_set.segments and cache.pair_starts is None:
         raise PluginFailure(NEEDS_PAIRS)
-    states = _TokenInputs(cache, feature_set, task, timeout, moments)
+    states = _TokenInputs(cache, feature_set, task, timeout, moments, spare)
     y_all = torch.from_numpy(task.labels)
     for seed in seeds:
         own_seed = head_seed(seed, feature_set.id)
@@ -130,7 +134,8 @@ class _TokenInputs:
     as the cache's :meth:`~poolkit.encoding.cache.HiddenStateCache.gather`, without its
     file reads, float conversions and standardization on every batch of every epoch."""
 
-    def __init__(self, cache, feature_set, task: HeadTask, timeout, moments: dict):
+    def __init__(self, cache, feature_set, task: HeadTask, timeout, moments: dict,
+                 spare: list):
         import torch
 
         self.cache, self.feature_set, self.task, self.timeout = cache, feature_set, task, timeout
@@ -143,8 +148,12 @@ class _TokenInputs:
         }
         fits = 4 * hidden_size * int(cache.lengths.sum()) * len(feature_set.layers) \
             <= IN_MEMORY_BYTES
-        self.blocks = {layer: cache.in_memory(layer, scale)
-                       for layer, scale in self.standardize.items()} if fits else None
+        self.blocks = None
+        if fits:
+            reuse = list(spare)  # ``spare``'s memory, instead of fresh pages every fold
+            self.blocks = {layer: cache.in_memory(layer, scale, reuse.pop() if reuse else None)
+                           for layer, scale in self.standardize.items()}
+            spare[:] = self.blocks.values()
 
     def inputs(self, rows) -> tuple:
         """The pooler's arguments for texts ``rows``: hidden, mask (and segments)."""
