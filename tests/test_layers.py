@@ -243,6 +243,22 @@ def test_in_memory_block_written_over_a_spare_one_is_a_fresh_block_bit_for_bit(s
     assert cache.in_memory(2, second, odd).block.data_ptr() != odd.block.data_ptr()
 
 
+def test_in_memory_gather_into_kept_memory_gives_the_same_batches(sweep_cache):
+    """A training step's batch is copied into memory the block keeps (grown when a batch
+    needs more): each batch the same bits as a fresh copy, the next one written over it."""
+    cache = sweep_cache[0]
+    block = cache.in_memory(2)
+    batches = (np.arange(len(TEXTS)), np.array([7, 1, 4]), np.array([3]), np.array([2, 9]))
+    kept = []
+    for order in batches:
+        hidden, mask = block.gather(order, reuse=True)
+        want_hidden, want_mask = block.gather(order)
+        assert torch.equal(hidden, want_hidden) and torch.equal(mask, want_mask)
+        kept.append(hidden)  # held: a fresh copy could not land where an earlier one is
+    # the first batch was the largest: no new memory after it
+    assert len({hidden.data_ptr() for hidden in kept}) == 1
+
+
 @pytest.mark.parametrize("kept", [True, False])
 def test_token_stats_are_mean_and_std_over_the_real_tokens_of_the_given_texts(
         sweep_cache, hf_reference, kept, monkeypatch):

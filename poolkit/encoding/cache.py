@@ -273,16 +273,28 @@ class TokenBlock:
 
     def __init__(self, block, cache: HiddenStateCache):
         self.block, self.cache = block, cache
+        self.scratch = block.new_empty(0)  # what gather(reuse=True) writes into
 
-    def gather(self, indices):
-        """:meth:`HiddenStateCache.gather` of ``indices`` from memory, in one copy."""
+    def gather(self, indices, reuse: bool = False):
+        """:meth:`HiddenStateCache.gather` of ``indices`` from memory, in one copy.
+
+        ``reuse``: the states are copied into memory this block keeps for it, written over
+        by the next such call (a training step's batch, done with before the next one):
+        fresh memory for every batch costs as much again as the copy."""
         import torch
 
         indices = np.asarray(indices)
         lengths, starts = self.cache.lengths[indices], self.cache.starts[indices]
         mask = np.arange(int(lengths.max())) < lengths[:, None]
-        rows = np.where(mask, starts[:, None] + np.arange(mask.shape[1]), len(self.block) - 1)
-        hidden = self.block.index_select(0, torch.from_numpy(rows.ravel()))
+        rows = torch.from_numpy(
+            np.where(mask, starts[:, None] + np.arange(mask.shape[1]), len(self.block) - 1).ravel())
+        if not reuse:
+            hidden = self.block.index_select(0, rows)
+        else:
+            if self.scratch.numel() < rows.numel() * self.block.shape[1]:
+                self.scratch = self.block.new_empty(rows.numel() * self.block.shape[1])
+            hidden = self.scratch[: rows.numel() * self.block.shape[1]].view(len(rows), -1)
+            torch.index_select(self.block, 0, rows, out=hidden)
         return hidden.view(*mask.shape, -1), torch.from_numpy(mask).long()
 
 

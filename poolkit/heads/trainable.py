@@ -160,8 +160,10 @@ class _TokenInputs:
         device, feature_set = self.task.device, self.feature_set
         parts, mask = [], None
         for layer in feature_set.layers:
-            hidden, mask = self.blocks[layer].gather(rows) if self.blocks is not None \
-                else self.cache.gather(rows, layer, self.standardize[layer])
+            if self.blocks is not None:  # each batch is done with before the next is read
+                hidden, mask = self.blocks[layer].gather(rows, reuse=True)
+            else:
+                hidden, mask = self.cache.gather(rows, layer, self.standardize[layer])
             parts.append(hidden.to(device))
         mask = mask.to(device)
         pair = (self.cache.segments(rows).to(device),) if feature_set.segments else ()
