@@ -140,7 +140,7 @@ def floor(cache_dir: Path) -> dict:
         for start in range(0, len(train), 64):
             rows = train[rng.permutation(len(train))[:64]]
             began = time.perf_counter()
-            hidden, mask = block.gather(rows)
+            hidden, mask = block.gather(rows, reuse=True)  # as training reads its batches
             copied = time.perf_counter()
             loss = F.cross_entropy(model["head"](model["pooler"](hidden, mask)),
                                    y[torch.from_numpy(rows)])
