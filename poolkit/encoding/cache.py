@@ -218,8 +218,8 @@ class HiddenStateCache:
         without reading the file again.
 
         ``reuse``: an earlier block of this cache's (another fold's, of any layer), written
-        over in place: its memory is already the process's, where a fresh block's first
-        touch of each page costs more than the copy itself. It is then no longer valid."""
+        over in place, so no longer valid after: its memory is already the process's, where
+        a fresh block's first touch of each page costs more than the copy itself."""
         import torch
 
         states = torch.from_numpy(self.states(layer))
