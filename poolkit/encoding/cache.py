@@ -231,13 +231,14 @@ class HiddenStateCache:
         else:
             block = torch.empty(shape)
         block[-1] = 0
+        if standardize is not None:
+            shift, scale = torch.as_tensor(standardize.shift), torch.as_tensor(standardize.scale)
         # chunk by chunk, so the float32 rows are still in the CPU's cache when standardized
         for start in range(0, len(states), chunk):
             part = block[start : min(start + chunk, len(states))]
             part.copy_(states[start : start + chunk])
             if standardize is not None:  # in place: the same float32 operations as apply()
-                part.sub_(torch.as_tensor(standardize.shift)).div_(
-                    torch.as_tensor(standardize.scale))
+                part.sub_(shift).div_(scale)
         return TokenBlock(block, self)
 
     def text_moments(self, layer: int | None = None, chunk: int = 1 << 16) -> tuple:
